@@ -1,0 +1,1 @@
+//! Key-broker protocols, client and the reference key broker (issue 7).

@@ -1,0 +1,1 @@
+//! LUKS1/LUKS2 in pure Rust (issue 5).

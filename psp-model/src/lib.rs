@@ -1,0 +1,1 @@
+//! Software model of the AMD Secure Processor launch commands (issue 6).

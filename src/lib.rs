@@ -1,0 +1,7 @@
+//! libkrun-sev: run one process inside an AMD SEV, SEV-ES or SEV-SNP microVM.
+//!
+//! The C API (`capi`) only parses and validates; it hands a plain Rust configuration
+//! (`resources::VmResources`) to the VMM.
+
+pub mod capi;
+pub mod resources;

@@ -1,0 +1,1 @@
+//! The nested-KVM test host (issue 3).
