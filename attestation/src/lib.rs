@@ -10,7 +10,12 @@
 //! statically and drives it over any `Read + Write` stream (vsock proxied by the VMM). The
 //! broker itself is the `krun-kbs` crate.
 
+pub mod client;
+pub mod http;
 pub mod keys;
 pub mod rcar;
 pub mod reference;
 pub mod secret_table;
+pub mod transport;
+
+pub use client::{ClientConfig, ClientError, KbsProtocol, Step};
