@@ -187,8 +187,7 @@ pub mod tls {
     ) -> Result<Box<dyn Stream>, io::Error> {
         let name = ServerName::try_from(host.to_string())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, TlsError::ServerName))?;
-        let conn = rustls::ClientConnection::new(config.clone(), name)
-            .map_err(io::Error::other)?;
+        let conn = rustls::ClientConnection::new(config.clone(), name).map_err(io::Error::other)?;
         Ok(Box::new(rustls::StreamOwned::new(conn, stream)))
     }
 }

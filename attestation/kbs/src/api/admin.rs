@@ -256,3 +256,19 @@ pub(super) async fn remove_secret(
     });
     finish("admin_remove_secret", r)
 }
+
+/// Admin `GET /kbs/v0/admin/stats` answer.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Sessions in the table (open, attested, or expired and not yet collected).
+    pub sessions: usize,
+}
+
+pub(super) async fn stats(State(b): State<Arc<Broker>>, headers: HeaderMap) -> Response {
+    let r = require_admin(&b, &headers).and_then(|_| {
+        json_response(&Stats {
+            sessions: b.sessions.len(),
+        })
+    });
+    finish("admin_stats", r)
+}

@@ -2,7 +2,7 @@
 //! admin API. Handlers return `Result<Response, Refusal>`; refusals are logged in one place.
 
 mod admin;
-pub use admin::{decode_measurements, WorkloadInfo, WorkloadSpec, DEFAULT_SEV_POLICY};
+pub use admin::{decode_measurements, Stats, WorkloadInfo, WorkloadSpec, DEFAULT_SEV_POLICY};
 mod rcar;
 mod reference;
 
@@ -20,7 +20,7 @@ use zeroize::Zeroizing;
 use crate::config::BrokerConfig;
 use crate::db::Store;
 use crate::refusal::Refusal;
-use crate::sessions::{Protocol, Sessions};
+use crate::sessions::{Protocol, Sessions, Stage};
 use crate::verify_sev::SevTrust;
 use crate::verify_snp::SnpVerifier;
 
@@ -74,6 +74,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
             "/kbs/v0/admin/workloads/{id}",
             axum::routing::delete(admin::remove_workload),
         )
+        .route("/kbs/v0/admin/stats", get(admin::stats))
         .route(
             "/kbs/v0/admin/workloads/{id}/secrets/{*name}",
             put(admin::put_secret).delete(admin::remove_secret),
@@ -187,15 +188,27 @@ async fn attest(State(b): AppState, headers: HeaderMap, body: Bytes) -> Response
 }
 
 fn attest_inner(b: &Broker, headers: &HeaderMap, body: &[u8]) -> Result<Response, Refusal> {
-    if let Some(id) = cookie(headers, krun_attestation::rcar::SESSION_COOKIE) {
+    let (id, s, result) = if let Some(id) = cookie(headers, krun_attestation::rcar::SESSION_COOKIE)
+    {
         let s = b.sessions.get(&id, Protocol::Rcar)?;
-        return rcar::attest(b, &s, body);
-    }
-    if let Some(id) = cookie(headers, krun_attestation::reference::SESSION_COOKIE) {
+        let r = rcar::attest(b, &s, body);
+        (id, s, r)
+    } else if let Some(id) = cookie(headers, krun_attestation::reference::SESSION_COOKIE) {
         let s = b.sessions.get(&id, Protocol::Reference)?;
-        return reference::attest(b, &s, body);
+        let r = reference::attest(b, &s, body);
+        (id, s, r)
+    } else {
+        return Err(Refusal::unauthorized("MissingCookie", "no session cookie"));
+    };
+    // A session whose one attestation attempt failed is of no further use.
+    let failed = s
+        .lock()
+        .map(|g| matches!(g.stage, Stage::Failed))
+        .unwrap_or(true);
+    if failed {
+        b.sessions.remove(&id);
     }
-    Err(Refusal::unauthorized("MissingCookie", "no session cookie"))
+    result
 }
 
 /// Path parameters that name a workload.

@@ -62,15 +62,17 @@ pub(super) fn attest(
     let mut session = s
         .lock()
         .map_err(|_| Refusal::internal("session poisoned"))?;
-    let stage = std::mem::replace(&mut session.stage, Stage::Failed);
-    if !matches!(stage, Stage::RcarPending) {
+    if !matches!(session.stage, Stage::RcarPending) {
         return Err(Refusal::unauthorized(
             "NonceUsed",
             "session already attested or failed",
         ));
     }
-    if !openssl::memcmp::eq(att.runtime_data.nonce.as_bytes(), session.nonce.as_bytes())
-        || att.runtime_data.nonce.len() != session.nonce.len()
+    // The nonce is single-use: whatever the outcome, this session cannot attest again.
+    session.stage = Stage::Failed;
+    // Length first: memcmp::eq requires equal lengths.
+    if att.runtime_data.nonce.len() != session.nonce.len()
+        || !openssl::memcmp::eq(att.runtime_data.nonce.as_bytes(), session.nonce.as_bytes())
     {
         return Err(Refusal::unauthorized(
             "NonceMismatch",

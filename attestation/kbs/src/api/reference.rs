@@ -90,6 +90,15 @@ pub(super) fn attest(b: &Broker, s: &SessionRef, body: &[u8]) -> Result<Response
     let mut session = s
         .lock()
         .map_err(|_| Refusal::internal("session poisoned"))?;
+    if !matches!(
+        session.stage,
+        Stage::SnpPending { .. } | Stage::SevPending { .. }
+    ) {
+        return Err(Refusal::unauthorized(
+            "NonceUsed",
+            "session already attested or failed",
+        ));
+    }
     // The nonce is single-use: whatever the outcome, this session cannot attest again.
     let stage = std::mem::replace(&mut session.stage, Stage::Failed);
     let attested = match stage {
