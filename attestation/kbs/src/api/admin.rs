@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use krun_attestation::reference::{RegisterWorkload, SevPolicy};
 
-use super::{bearer, finish, json_response, parse_json, Broker};
+use super::{bearer, finish, json_response, parse_json_quiet, Broker};
 use crate::db::{SnpRequirements, TeeKind, Workload, KEY_SECRET};
 use crate::refusal::Refusal;
 
@@ -80,7 +80,7 @@ fn register_inner(b: &Broker, headers: &HeaderMap, body: &[u8]) -> Result<Respon
             Refusal::forbidden("RegistrationDisabled", "registration is disabled")
         });
     }
-    let reg: RegisterWorkload = parse_json(body, "registration")?;
+    let reg: RegisterWorkload = parse_json_quiet(body, "registration")?;
     // buildah sends no TEE name: the digest length tells SEV (SHA-256) from SNP (SHA-384).
     let tee = match reg.launch_measurement.trim().len() {
         64 => TeeKind::Sev,
@@ -97,10 +97,10 @@ fn register_inner(b: &Broker, headers: &HeaderMap, body: &[u8]) -> Result<Respon
         Ok(p) => p.to_u32(),
         // The SNP value is cosmetic (reference-kbs ignores it).
         Err(_) if tee == TeeKind::Snp => 0,
-        Err(e) => {
+        Err(_) => {
             return Err(Refusal::bad_request(
                 "InvalidWorkload",
-                format!("malformed tee_config: {e}"),
+                "malformed tee_config",
             ))
         }
     };
@@ -195,7 +195,7 @@ pub(super) async fn put_workload(
     body: Bytes,
 ) -> Response {
     let r = require_admin(&b, &headers).and_then(|_| {
-        let spec: WorkloadSpec = parse_json(&body, "workload")?;
+        let spec: WorkloadSpec = parse_json_quiet(&body, "workload")?;
         spec.apply(&b)?;
         tracing::info!(workload = %spec.id, "workload stored by admin");
         Ok(StatusCode::OK.into_response())

@@ -120,6 +120,13 @@ pub(crate) fn parse_json<T: DeserializeOwned>(body: &[u8], what: &str) -> Result
         .map_err(|e| Refusal::bad_request("InvalidRequest", format!("malformed {what}: {e}")))
 }
 
+/// Like [`parse_json`] but without the parser's message, which can quote the input: for
+/// bodies that carry secrets (registration, admin).
+pub(crate) fn parse_json_quiet<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, Refusal> {
+    serde_json::from_slice(body)
+        .map_err(|_| Refusal::bad_request("InvalidRequest", format!("malformed {what}")))
+}
+
 pub(crate) fn parse_json_str<T: DeserializeOwned>(text: &str, what: &str) -> Result<T, Refusal> {
     parse_json(text.as_bytes(), what)
 }
