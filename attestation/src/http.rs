@@ -399,4 +399,26 @@ mod tests {
             204
         );
     }
+
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        // Every prefix of a valid chunked answer, then pseudo-random garbage.
+        let valid =
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX: y\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+        for n in 0..valid.len() {
+            let _ = exchange(&mut Canned::new(&valid[..n], 7), &post(b""), 64);
+        }
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..2000 {
+            let mut input = b"HTTP/1.1 200 OK\r\n".to_vec();
+            for _ in 0..(seed % 200) {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                input
+                    .push(b"\r\n:0123456789abcdefTransfer-Encoding chunked;"[(seed % 45) as usize]);
+            }
+            let _ = exchange(&mut Canned::new(&input, 5), &post(b""), 64);
+        }
+    }
 }

@@ -2,6 +2,7 @@
 //! [`Connector`]. [`snp`] runs attestation from inside an SNP guest; [`sev`] is the host-side
 //! SEV/SEV-ES pre-attestation the VMM drives around LAUNCH_START/MEASURE/SECRET.
 
+pub mod report;
 pub mod sev;
 pub mod snp;
 
