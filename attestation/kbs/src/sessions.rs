@@ -93,7 +93,9 @@ pub type SessionRef = Arc<Mutex<Session>>;
 
 /// The session table.
 pub struct Sessions {
-    map: Mutex<HashMap<String, SessionRef>>,
+    /// Protocol and expiry sit beside the session so lookups and collection never wait for
+    /// a session that is busy verifying evidence.
+    map: Mutex<HashMap<String, (Protocol, Instant, SessionRef)>>,
     ttl: Duration,
     max: usize,
 }
@@ -140,7 +142,7 @@ impl Sessions {
             .map_err(|_| Refusal::internal("session table poisoned"))?;
         if map.len() >= self.max {
             let now = Instant::now();
-            map.retain(|_, s| s.lock().map(|s| s.expires > now).unwrap_or(false));
+            map.retain(|_, (_, expires, _)| *expires > now);
             if map.len() >= self.max {
                 return Err(Refusal::new(
                     axum::http::StatusCode::SERVICE_UNAVAILABLE,
@@ -150,15 +152,19 @@ impl Sessions {
             }
         }
         let id = random_id();
+        let expires = Instant::now() + self.ttl;
         let session = Session {
             id: id.clone(),
             protocol,
             nonce,
-            expires: Instant::now() + self.ttl,
+            expires,
             stage,
             released: HashSet::new(),
         };
-        map.insert(id.clone(), Arc::new(Mutex::new(session)));
+        map.insert(
+            id.clone(),
+            (protocol, expires, Arc::new(Mutex::new(session))),
+        );
         Ok(id)
     }
 
@@ -168,16 +174,10 @@ impl Sessions {
             .map
             .lock()
             .map_err(|_| Refusal::internal("session table poisoned"))?;
-        let Some(s) = map.get(id).cloned() else {
+        let Some((proto, expires, s)) = map.get(id).cloned() else {
             return Err(Refusal::unauthorized("InvalidSession", "unknown session"));
         };
-        let (expired, proto) = {
-            let g = s
-                .lock()
-                .map_err(|_| Refusal::internal("session poisoned"))?;
-            (g.expires <= Instant::now(), g.protocol)
-        };
-        if expired {
+        if expires <= Instant::now() {
             map.remove(id);
             return Err(Refusal::unauthorized("ExpiredSession", "session expired"));
         }
@@ -202,7 +202,7 @@ impl Sessions {
         let now = Instant::now();
         match self.map.lock() {
             Ok(mut map) => {
-                map.retain(|_, s| s.lock().map(|s| s.expires > now).unwrap_or(false));
+                map.retain(|_, (_, expires, _)| *expires > now);
                 map.len()
             }
             Err(_) => 0,
