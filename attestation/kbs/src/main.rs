@@ -61,6 +61,9 @@ struct Cli {
     /// Lowest SNP report version accepted for workloads registered by buildah.
     #[arg(long, default_value_t = 2)]
     min_report_version: u32,
+    /// Minimum SNP TCB (bootloader:tee:snp:microcode) for workloads registered by buildah.
+    #[arg(long, value_parser = parse_tcb)]
+    min_tcb: Option<MinTcb>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -289,6 +292,7 @@ fn serve(cli: &Cli, listen: SocketAddr) -> Result<(), MainError> {
         body_limit: cli.body_limit,
         default_snp: SnpRequirements {
             min_report_version: cli.min_report_version,
+            min_tcb: cli.min_tcb.unwrap_or_default(),
             ..Default::default()
         },
     };

@@ -423,3 +423,18 @@ fn workloads_survive_a_restart() {
         "list shows no secrets"
     );
 }
+
+#[test]
+fn minimum_tcb_from_the_command_line_applies_to_registered_workloads() {
+    let ev = SnpEvidence::new();
+    // The fake platform reports SNP SVN 8.
+    let kbs = Kbs::start(ev.trusted_by(KbsOptions {
+        admin_token: true,
+        extra_args: vec!["--min-tcb".into(), "0:0:9:0".into()],
+        ..Default::default()
+    }));
+    kbs.register("w1", &hex::encode(M1), "passphrase-one", 15);
+    let err = run(&kbs, &ev, "w1", KbsProtocol::Rcar, M1, LIBKRUN_POLICY).unwrap_err();
+    assert_eq!(status(&err), (Step::Attest, 401), "{err}");
+    assert!(err.to_string().contains("TCB"), "{err}");
+}

@@ -43,6 +43,7 @@ pub struct KbsOptions {
     pub tls: Option<(Vec<u8>, Vec<u8>)>,
     pub vcek_dir: Option<PathBuf>,
     pub max_sessions: Option<usize>,
+    pub extra_args: Vec<String>,
 }
 
 impl Kbs {
@@ -92,6 +93,7 @@ impl Kbs {
         if let Some(v) = &opts.vcek_dir {
             args.extend(["--vcek-dir".into(), v.display().to_string()]);
         }
+        args.extend(opts.extra_args.iter().cloned());
         let mut kbs = Kbs {
             child: None,
             dir,
