@@ -22,6 +22,7 @@ fn request(wid: &str, protocol: KbsProtocol) -> SnpRequest<'_> {
         protocol,
         generation: "milan",
         resource_path: None,
+        certs: &[],
     }
 }
 
@@ -437,4 +438,30 @@ fn minimum_tcb_from_the_command_line_applies_to_registered_workloads() {
     let err = run(&kbs, &ev, "w1", KbsProtocol::Rcar, M1, LIBKRUN_POLICY).unwrap_err();
     assert_eq!(status(&err), (Step::Attest, 401), "{err}");
     assert!(err.to_string().contains("TCB"), "{err}");
+}
+
+#[test]
+fn vcek_from_the_guest_certificate_table_needs_no_vcek_directory() {
+    let ev = SnpEvidence::new();
+    let kbs = Kbs::start(KbsOptions {
+        admin_token: true,
+        trust_root_pem: Some(ev.trust_root_pem()),
+        ..Default::default()
+    });
+    kbs.register("w1", &hex::encode(M1), "passphrase-one", 15);
+    let certs = ev.cert_table();
+    for protocol in [KbsProtocol::Reference, KbsProtocol::Rcar] {
+        let mut report =
+            |rd: [u8; 64]| -> Result<Vec<u8>, Box<dyn std::error::Error + Send + Sync>> {
+                Ok(ev.report(rd, M1, LIBKRUN_POLICY))
+            };
+        let with = SnpRequest {
+            certs: &certs,
+            ..request("w1", protocol)
+        };
+        let secret = snp::attest(&kbs.client(), &with, &mut report).unwrap();
+        assert_eq!(secret.as_slice(), b"passphrase-one", "{protocol:?}");
+        let err = snp::attest(&kbs.client(), &request("w1", protocol), &mut report).unwrap_err();
+        assert_eq!(status(&err), (Step::Attest, 401), "no VCEK anywhere: {err}");
+    }
 }

@@ -18,6 +18,9 @@ pub struct SnpRequest<'a> {
     pub generation: &'a str,
     /// RCAR: resource path of the secret; default `default/key/<workload_id>`.
     pub resource_path: Option<&'a str>,
+    /// Certificates from an extended report (VCEK, ASK) to send with the evidence, so the
+    /// broker needs no local VCEK; empty when the guest has none.
+    pub certs: &'a [sev::firmware::host::CertTableEntry],
 }
 
 /// The caller's report source: REPORT_DATA in, raw 1184-byte report out (from
@@ -101,7 +104,8 @@ pub fn attest_reference(
     let evidence = reference::SnpAttestation {
         gen: req.generation.to_string(),
         report: hex::encode(raw),
-        cert_chain: "[]".into(),
+        cert_chain: serde_json::to_string(req.certs)
+            .map_err(|e| ClientError::answer(Step::Attest, e))?,
     };
     let att = reference::Attestation {
         tee_pubkey: pubkey,
@@ -162,9 +166,10 @@ pub fn attest_rcar(
     let raw = report(get_report, data)?;
     let parsed =
         AttestationReport::from_bytes(&raw).map_err(|e| ClientError::Report(Box::new(e)))?;
+    let cert_chain = (!req.certs.is_empty()).then(|| req.certs.to_vec());
     let evidence = rcar::SnpEvidence {
         attestation_report: parsed,
-        cert_chain: None,
+        cert_chain,
     };
     let att = rcar::Attestation {
         init_data: None,

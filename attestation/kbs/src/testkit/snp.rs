@@ -161,3 +161,16 @@ impl FakeSnp {
             .to_vec())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cert_table_json_round_trips() {
+        let fake = FakeSnp::new().unwrap();
+        let text = serde_json::to_string(&fake.cert_table()).unwrap();
+        let back: Vec<CertTableEntry> = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, fake.cert_table());
+    }
+}
