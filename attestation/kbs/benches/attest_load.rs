@@ -55,7 +55,6 @@ fn run(
                         protocol,
                         generation: "milan",
                         resource_path: None,
-                        certs: &[],
                     };
                     let t = Instant::now();
                     match snp::attest(&cfg, &req, &mut report) {

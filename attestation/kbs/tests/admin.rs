@@ -161,7 +161,6 @@ fn admin_api_and_cli_manage_workloads_and_secrets() {
         protocol: KbsProtocol::Rcar,
         generation: "milan",
         resource_path: None,
-        certs: &[],
     };
     assert_eq!(
         snp::attest(&kbs.client(), &req, &mut report)
@@ -200,7 +199,6 @@ fn admin_api_and_cli_manage_workloads_and_secrets() {
     assert!(!kbs.cli(&["workload", "remove", "cli-w"]).status.success());
     let req = SnpRequest {
         resource_path: None,
-        certs: &[],
         workload_id: "cli-w",
         ..req
     };
@@ -291,7 +289,6 @@ fn https_broker_with_a_custom_ca() {
             protocol,
             generation: "milan",
             resource_path: None,
-            certs: &[],
         };
         assert_eq!(
             snp::attest(&cfg, &req, &mut report).unwrap().as_slice(),
@@ -306,7 +303,6 @@ fn https_broker_with_a_custom_ca() {
         protocol: KbsProtocol::Rcar,
         generation: "milan",
         resource_path: None,
-        certs: &[],
     };
     let err = snp::attest(&cfg, &req, &mut report).unwrap_err();
     assert!(err.to_string().starts_with("auth: "), "{err}");

@@ -22,7 +22,6 @@ fn request(wid: &str, protocol: KbsProtocol) -> SnpRequest<'_> {
         protocol,
         generation: "milan",
         resource_path: None,
-        certs: &[],
     }
 }
 
@@ -455,11 +454,8 @@ fn vcek_from_the_guest_certificate_table_needs_no_vcek_directory() {
             |rd: [u8; 64]| -> Result<Vec<u8>, Box<dyn std::error::Error + Send + Sync>> {
                 Ok(ev.report(rd, M1, LIBKRUN_POLICY))
             };
-        let with = SnpRequest {
-            certs: &certs,
-            ..request("w1", protocol)
-        };
-        let secret = snp::attest(&kbs.client(), &with, &mut report).unwrap();
+        let req = request("w1", protocol);
+        let secret = snp::attest_with_certs(&kbs.client(), &req, &certs, &mut report).unwrap();
         assert_eq!(secret.as_slice(), b"passphrase-one", "{protocol:?}");
         let err = snp::attest(&kbs.client(), &request("w1", protocol), &mut report).unwrap_err();
         assert_eq!(status(&err), (Step::Attest, 401), "no VCEK anywhere: {err}");

@@ -18,10 +18,11 @@ pub struct SnpRequest<'a> {
     pub generation: &'a str,
     /// RCAR: resource path of the secret; default `default/key/<workload_id>`.
     pub resource_path: Option<&'a str>,
-    /// Certificates from an extended report (VCEK, ASK) to send with the evidence, so the
-    /// broker needs no local VCEK; empty when the guest has none.
-    pub certs: &'a [sev::firmware::host::CertTableEntry],
 }
+
+/// Certificates from an extended report (VCEK, ASK), sent with the evidence so the broker
+/// needs no local VCEK.
+pub type CertTable = [sev::firmware::host::CertTableEntry];
 
 /// The caller's report source: REPORT_DATA in, raw 1184-byte report out (from
 /// /dev/sev-guest at VMPL 0, or the PSP model's report service).
@@ -35,16 +36,26 @@ pub fn attest(
     req: &SnpRequest<'_>,
     get_report: &mut ReportFn<'_>,
 ) -> Result<Zeroizing<Vec<u8>>, ClientError> {
+    attest_with_certs(cfg, req, &[], get_report)
+}
+
+/// [`attest`] sending `certs` (from an extended report) with the evidence.
+pub fn attest_with_certs(
+    cfg: &ClientConfig,
+    req: &SnpRequest<'_>,
+    certs: &CertTable,
+    get_report: &mut ReportFn<'_>,
+) -> Result<Zeroizing<Vec<u8>>, ClientError> {
     match req.protocol {
-        KbsProtocol::Rcar => attest_rcar(cfg, req, get_report),
-        KbsProtocol::Reference => match attest_reference(cfg, req, get_report) {
+        KbsProtocol::Rcar => attest_rcar(cfg, req, certs, get_report),
+        KbsProtocol::Reference => match attest_reference(cfg, req, certs, get_report) {
             Err(ClientError::Status {
                 step: Step::Auth,
                 status: 401,
                 message,
             }) if message.contains(rcar::VERSION_MISMATCH) => {
                 log::info!("key broker speaks RCAR, switching protocol");
-                attest_rcar(cfg, req, get_report)
+                attest_rcar(cfg, req, certs, get_report)
             }
             other => other,
         },
@@ -67,6 +78,7 @@ fn json<T: serde::Serialize>(step: Step, v: &T) -> Result<Vec<u8>, ClientError> 
 pub fn attest_reference(
     cfg: &ClientConfig,
     req: &SnpRequest<'_>,
+    certs: &CertTable,
     get_report: &mut ReportFn<'_>,
 ) -> Result<Zeroizing<Vec<u8>>, ClientError> {
     let extra = serde_json::to_string(&reference::SnpRequest {
@@ -104,7 +116,7 @@ pub fn attest_reference(
     let evidence = reference::SnpAttestation {
         gen: req.generation.to_string(),
         report: hex::encode(raw),
-        cert_chain: serde_json::to_string(req.certs)
+        cert_chain: serde_json::to_string(certs)
             .map_err(|e| ClientError::answer(Step::Attest, e))?,
     };
     let att = reference::Attestation {
@@ -139,6 +151,7 @@ pub fn attest_reference(
 pub fn attest_rcar(
     cfg: &ClientConfig,
     req: &SnpRequest<'_>,
+    certs: &CertTable,
     get_report: &mut ReportFn<'_>,
 ) -> Result<Zeroizing<Vec<u8>>, ClientError> {
     let auth = rcar::auth_request(rcar::Tee::Snp);
@@ -166,7 +179,7 @@ pub fn attest_rcar(
     let raw = report(get_report, data)?;
     let parsed =
         AttestationReport::from_bytes(&raw).map_err(|e| ClientError::Report(Box::new(e)))?;
-    let cert_chain = (!req.certs.is_empty()).then(|| req.certs.to_vec());
+    let cert_chain = (!certs.is_empty()).then(|| certs.to_vec());
     let evidence = rcar::SnpEvidence {
         attestation_report: parsed,
         cert_chain,
