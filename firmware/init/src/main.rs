@@ -9,9 +9,11 @@
 
 mod console;
 mod exit;
+mod footer;
 mod host_config;
 mod mounts;
 mod rlimits;
+mod secret_table;
 mod sys;
 
 use std::path::Path;
