@@ -7,14 +7,19 @@
 // Modules are wired into main() step by step; the allowance goes when the flow is complete.
 #![allow(dead_code)]
 
+#[cfg(test)]
+mod c_probe;
 mod console;
 mod exit;
 mod footer;
 mod host_config;
+mod key_source;
 mod mounts;
 mod rlimits;
 mod secret_table;
+mod snp_report;
 mod sys;
+mod vsock;
 
 use std::path::Path;
 

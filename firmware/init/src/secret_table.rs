@@ -14,6 +14,10 @@
 //! confidential-containers tooling use for "the LUKS key"; brokers that build the table for
 //! this project must use it. Its data is the passphrase; trailing NUL bytes are stripped, as
 //! sevctl-style tables terminate it with one.
+//!
+//! The reference-kbs form is accepted as well: without the header GUID, the slot holds the
+//! passphrase itself, zero-padded (to 512 bytes), and the passphrase is the bytes before the
+//! first NUL. An all-zero slot means nothing was injected.
 
 use std::io::{self, Read, Write};
 use std::path::Path;
@@ -127,8 +131,15 @@ pub fn parse(area: &[u8]) -> Result<Vec<SecretEntry<'_>>, SecretTableError> {
     Ok(entries)
 }
 
-/// The disk passphrase from a table, trailing NULs stripped.
+/// The disk passphrase from a table (trailing NULs stripped) or from the reference-kbs form.
 pub fn passphrase_from_table(area: &[u8]) -> Result<Zeroizing<Vec<u8>>, SecretTableError> {
+    if area.len() < 16 || area[..16] != TABLE_GUID.0 {
+        let len = area.iter().position(|&b| b == 0).unwrap_or(area.len());
+        if len == 0 {
+            return Err(SecretTableError::NotPopulated);
+        }
+        return Ok(Zeroizing::new(area[..len].to_vec()));
+    }
     let entries = parse(area)?;
     let entry = entries
         .iter()
@@ -284,6 +295,20 @@ mod tests {
     }
 
     #[test]
+    fn reference_kbs_padded_form_is_accepted() {
+        let mut area = b"0123abcd".to_vec();
+        area.resize(512, 0);
+        assert_eq!(
+            passphrase_from_table(&area).unwrap().as_slice(),
+            b"0123abcd"
+        );
+        assert!(matches!(
+            passphrase_from_table(&[0u8; 512]),
+            Err(SecretTableError::NotPopulated)
+        ));
+    }
+
+    #[test]
     fn take_wipes_and_unlinks_the_slot() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("secret");
@@ -306,10 +331,12 @@ mod tests {
     fn unusable_slot_is_still_wiped() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("secret");
-        std::fs::write(&path, b"garbage that is not a table").unwrap();
+        let mut corrupted = documented_example();
+        corrupted[36] = 0x30;
+        std::fs::write(&path, &corrupted).unwrap();
         assert!(matches!(
             take_passphrase(&path),
-            Err(SecretTableError::NotPopulated)
+            Err(SecretTableError::Corrupted)
         ));
         assert!(!path.exists());
     }
