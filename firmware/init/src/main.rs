@@ -10,15 +10,18 @@
 #[cfg(test)]
 mod c_probe;
 mod console;
+mod dm;
 mod exit;
 mod footer;
 mod host_config;
 mod key_source;
 mod mounts;
+mod net;
 mod rlimits;
 mod secret_table;
 mod snp_report;
 mod sys;
+mod unlock;
 mod vsock;
 
 use std::path::Path;
