@@ -365,7 +365,9 @@ mod tests {
         ] {
             let key: Vec<u8> = (0u8..).take(len).map(|i| i ^ 0x5a).collect();
             let c = SectorCipher::new(CipherSpec::new(mode, len).unwrap(), &key).unwrap();
-            let plain: Vec<u8> = (0..4096u32).map(|i| (i * 7 % 251).to_le_bytes()[0]).collect();
+            let plain: Vec<u8> = (0..4096u32)
+                .map(|i| (i * 7 % 251).to_le_bytes()[0])
+                .collect();
             let mut buf = plain.clone();
             c.encrypt_sector(9, &mut buf).unwrap();
             assert_ne!(buf, plain);
