@@ -1,7 +1,11 @@
 //! Images made by cryptsetup unlock to the key cryptsetup reports; payload sectors decrypt
 //! like an independent AES implementation (pyca/cryptography) does.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::cast_possible_truncation)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation
+)]
 
 mod common;
 
