@@ -418,6 +418,26 @@ pub fn format_luks2(passphrase: &[u8], opts: &Luks2Options) -> Result<NewVolume,
     })
 }
 
+/// PBKDF2 iterations that take about `target` on this machine (as luksy and cryptsetup
+/// benchmark), at least 1000 (cryptsetup's minimum).
+pub fn benchmark_pbkdf2(hash: HashAlg, key_len: usize, target: std::time::Duration) -> u32 {
+    const PROBE: u32 = 20_000;
+    let mut out = Zeroizing::new(vec![0u8; key_len.max(1)]);
+    let start = std::time::Instant::now();
+    // The probe runs with a fixed, non-secret input; a zero count is impossible here.
+    let _ = hash.pbkdf2(b"benchmark", &[0u8; 32], PROBE, &mut out);
+    let spent = start.elapsed().as_secs_f64().max(1e-6);
+    let n = f64::from(PROBE) * target.as_secs_f64() / spent;
+    if n >= f64::from(u32::MAX) {
+        u32::MAX
+    } else {
+        // In range: checked just above, and the cast rounds toward zero.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let n = n as u32;
+        n.max(1000)
+    }
+}
+
 /// Plaintext processed per step; bounds memory use of [`write_encrypted`].
 pub const CHUNK: usize = 1 << 20;
 
@@ -469,4 +489,40 @@ pub fn write_encrypted<R: Read, W: Write>(
 impl CipherSpec {
     /// aes-xts-plain64 with a 512-bit key (AES-256-XTS), the LUKS default.
     pub const XTS_512: CipherSpec = CipherSpec::const_new(CipherMode::XtsPlain64, 64);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn benchmark_scales_with_target_and_has_a_floor() {
+        let tiny = benchmark_pbkdf2(HashAlg::Sha256, 64, std::time::Duration::from_nanos(1));
+        assert_eq!(tiny, 1000);
+        let big = benchmark_pbkdf2(HashAlg::Sha1, 64, std::time::Duration::from_secs(5));
+        assert!(big > 1000, "{big}");
+    }
+
+    #[test]
+    fn luks1_layout_offsets_follow_the_key_size() {
+        let opts = |cipher, layout| Luks1Options {
+            cipher,
+            layout,
+            keyslot_iterations: 1000,
+            mk_digest_iterations: 1000,
+            ..Luks1Options::default()
+        };
+        let x256 = CipherSpec::new(CipherMode::XtsPlain64, 32).unwrap();
+        for (c, l, sectors) in [
+            (CipherSpec::XTS_512, Luks1Layout::Luksy, 4040),
+            (CipherSpec::XTS_512, Luks1Layout::Cryptsetup, 4096),
+            (x256, Luks1Layout::Luksy, 2056),
+            (x256, Luks1Layout::Cryptsetup, 4096),
+        ] {
+            let v = format_luks1(b"p", &opts(c, l)).unwrap();
+            assert_eq!(v.payload.offset, sectors * 512);
+            assert_eq!(v.header.len() as u64, v.payload.offset);
+            assert_eq!(v.uuid.len(), 36);
+        }
+    }
 }

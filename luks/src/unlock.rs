@@ -26,7 +26,8 @@ pub enum UnlockError {
         id: u32,
     },
     /// No keyslot matched, and at least one could not be tried because its cost is above the
-    /// limits (the passphrase may belong to it).
+    /// limits (the passphrase may belong to it). Other keyslot failures are reported the same
+    /// way through their own variants.
     #[error("no keyslot matches the passphrase; keyslot {id} was not tried")]
     KeyslotNotTried {
         /// The first keyslot that was skipped.
@@ -35,6 +36,9 @@ pub enum UnlockError {
         #[source]
         source: KdfError,
     },
+    /// The master-key digest could not be computed.
+    #[error("cannot compute the volume key digest")]
+    Digest(#[source] KdfError),
     /// Key derivation failed for a keyslot.
     #[error("key derivation failed for keyslot {id}")]
     Kdf {
@@ -93,20 +97,26 @@ impl Header {
         if self.keyslots.is_empty() {
             return Err(UnlockError::NoKeyslot);
         }
-        let mut skipped = None;
+        // A keyslot that cannot be tried (cost above the limits, out of memory) must not hide
+        // a later keyslot that opens; its error is reported only if none does.
+        let mut failed = None;
         for slot in &self.keyslots {
-            if let Err(e) = slot.kdf.check(limits) {
-                skipped.get_or_insert((slot.id, e));
-                continue;
-            }
-            if let Some(k) = self.try_keyslot(slot, passphrase, limits)? {
-                return Ok(k);
+            let res = match slot.kdf.check(limits) {
+                Err(source) => Err(UnlockError::KeyslotNotTried {
+                    id: slot.id,
+                    source,
+                }),
+                Ok(()) => self.try_keyslot(slot, passphrase, limits),
+            };
+            match res {
+                Ok(Some(k)) => return Ok(k),
+                Ok(None) => {}
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
             }
         }
-        match skipped {
-            Some((id, source)) => Err(UnlockError::KeyslotNotTried { id, source }),
-            None => Err(UnlockError::WrongPassphrase),
-        }
+        Err(failed.unwrap_or(UnlockError::WrongPassphrase))
     }
 
     /// Tries only keyslot `id`.
@@ -134,8 +144,7 @@ impl Header {
         if key.len() != self.payload.cipher.key_len() {
             return Ok(false);
         }
-        digest_matches(d, key.as_bytes(), limits)
-            .map_err(|source| UnlockError::Kdf { id: 0, source })
+        digest_matches(d, key.as_bytes(), limits).map_err(UnlockError::Digest)
     }
 
     fn try_keyslot(
@@ -181,5 +190,64 @@ impl Header {
         self.payload
             .dm_crypt_target(key, device_size)
             .map_err(UnlockError::Payload)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{format_luks1, Luks1Options};
+    use crate::hash::HashAlg;
+    use crate::kdf::Kdf;
+
+    fn header() -> Header {
+        let opts = Luks1Options {
+            keyslot_iterations: 1000,
+            mk_digest_iterations: 1000,
+            ..Luks1Options::default()
+        };
+        let mut img = format_luks1(b"pw", &opts).unwrap().header;
+        img.resize(img.len() + 4096, 0);
+        Header::read(&mut std::io::Cursor::new(img)).unwrap()
+    }
+
+    #[test]
+    fn an_untriable_keyslot_does_not_hide_a_later_one() {
+        let mut h = header();
+        let mut costly = h.keyslots[0].clone();
+        costly.id = 1;
+        costly.kdf = Kdf::Pbkdf2 {
+            hash: HashAlg::Sha256,
+            iterations: u32::MAX,
+        };
+        h.keyslots.insert(0, costly);
+        let k = h.unlock(b"pw").unwrap();
+        assert!(h.verify_key(&k, &KdfLimits::default()).unwrap());
+        assert!(!h
+            .verify_key(&MasterKey::from_bytes(&[0; 64]), &KdfLimits::default())
+            .unwrap());
+        // With the wrong passphrase the skipped keyslot is what gets reported.
+        let e = h.unlock(b"bad").unwrap_err();
+        assert!(
+            matches!(e, UnlockError::KeyslotNotTried { id: 1, .. }),
+            "{e}"
+        );
+        assert!(matches!(
+            h.unlock_keyslot(7, b"pw", &KdfLimits::default()),
+            Err(UnlockError::NoSuchKeyslot { id: 7 })
+        ));
+    }
+
+    #[test]
+    fn tampered_material_or_digest_gives_wrong_passphrase_not_a_key() {
+        let mut h = header();
+        h.keyslots[0].material[1000] ^= 1;
+        assert!(matches!(h.unlock(b"pw"), Err(UnlockError::WrongPassphrase)));
+        let mut h = header();
+        h.digests[0].value[0] ^= 1;
+        assert!(matches!(h.unlock(b"pw"), Err(UnlockError::WrongPassphrase)));
+        let mut h = header();
+        h.keyslots.clear();
+        assert!(matches!(h.unlock(b"pw"), Err(UnlockError::NoKeyslot)));
     }
 }

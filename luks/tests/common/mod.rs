@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 pub const INSTALL: &str = "install the test oracles: `apt-get install -y cryptsetup-bin` and \
-     `python3 -m venv /opt/krun-luks-venv && /opt/krun-luks-venv/bin/pip install cryptography`, \
-     then set KRUN_LUKS_PYTHON=/opt/krun-luks-venv/bin/python (see luks/README.md)";
+     `apt-get install -y python3-venv && luks/tests/oracle/setup-venv.sh` (a venv with \
+     pyca/cryptography in /opt/krun-luks-venv, found automatically; or set KRUN_LUKS_PYTHON)";
 
 pub fn cryptsetup(args: &[&str], stdin: &[u8]) -> std::process::Output {
     let mut child = Command::new("cryptsetup")
@@ -94,8 +94,17 @@ pub fn passphrase_accepted(path: &Path, pass: &[u8]) -> bool {
     .success()
 }
 
+/// `$KRUN_LUKS_PYTHON`, else the venv `tests/oracle/setup-venv.sh` makes by default, else
+/// `python3`.
 fn python() -> String {
-    std::env::var("KRUN_LUKS_PYTHON").unwrap_or_else(|_| "python3".into())
+    if let Ok(p) = std::env::var("KRUN_LUKS_PYTHON") {
+        return p;
+    }
+    let venv = "/opt/krun-luks-venv/bin/python";
+    if Path::new(venv).exists() {
+        return venv.into();
+    }
+    "python3".into()
 }
 
 /// Runs the independent sector cipher (`tests/oracle/sector_crypt.py`).
