@@ -193,7 +193,9 @@ impl SectorCipher {
             }
             CipherMode::CbcEssivSha256 => {
                 let mut salt = Zeroizing::new([0u8; 32]);
-                salt.copy_from_slice(&Sha256::digest(key));
+                Sha256::new().chain_update(key).finalize_into(
+                    aes::cipher::generic_array::GenericArray::from_mut_slice(&mut salt[..]),
+                );
                 Kind::CbcEssiv {
                     data: Aes::new(key).ok_or_else(bad)?,
                     essiv: Aes256::new_from_slice(&salt[..]).map_err(|_| bad())?,

@@ -96,17 +96,22 @@ impl DmCryptTarget {
     /// The target parameter string for `DM_TABLE_LOAD` (everything after `crypt`), with
     /// `device` as the backing device (a path or `major:minor`). Contains the key.
     pub fn table_params(&self, device: &str) -> Zeroizing<String> {
-        let mut s = Zeroizing::new(format!(
+        use std::fmt::Write as _;
+        let opts = self.optional_params();
+        // Reserve everything up front: a reallocation would leave a copy of the key behind.
+        let cap = self.cipher.len() + self.key_hex.len() + device.len() + 64 + opts.join(" ").len();
+        let mut s = Zeroizing::new(String::with_capacity(cap));
+        let _ = write!(
+            s,
             "{} {} {} {} {}",
             self.cipher,
             self.key_hex.as_str(),
             self.iv_offset,
             device,
             self.offset_sectors
-        ));
-        let opts = self.optional_params();
+        );
         if !opts.is_empty() {
-            s.push_str(&format!(" {} {}", opts.len(), opts.join(" ")));
+            let _ = write!(s, " {} {}", opts.len(), opts.join(" "));
         }
         s
     }
