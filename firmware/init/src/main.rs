@@ -15,6 +15,7 @@ mod exit;
 mod footer;
 mod host_config;
 mod key_source;
+mod luks_unlock;
 mod mounts;
 mod net;
 mod rlimits;
