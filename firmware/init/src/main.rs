@@ -11,6 +11,7 @@
 mod c_probe;
 mod console;
 mod dm;
+mod exec_plan;
 mod exit;
 mod footer;
 mod host_config;
@@ -23,7 +24,9 @@ mod secret_table;
 mod snp_report;
 mod sys;
 mod unlock;
+mod users;
 mod vsock;
+mod workload_config;
 
 use std::path::Path;
 
