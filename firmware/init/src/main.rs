@@ -22,6 +22,7 @@ mod net;
 mod rlimits;
 mod secret_table;
 mod snp_report;
+mod supervisor;
 mod sys;
 mod unlock;
 mod users;
