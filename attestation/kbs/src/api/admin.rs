@@ -1,0 +1,274 @@
+//! Registration (buildah-compatible) and the admin API, both behind the admin token.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use krun_attestation::reference::{RegisterWorkload, SevPolicy};
+
+use super::{bearer, finish, json_response, parse_json, Broker};
+use crate::db::{SnpRequirements, TeeKind, Workload, KEY_SECRET};
+use crate::refusal::Refusal;
+
+fn token_ok(b: &Broker, headers: &HeaderMap) -> bool {
+    match (&b.config.admin_token, bearer(headers)) {
+        (Some(expected), Some(given)) => {
+            expected.len() == given.len()
+                && openssl::memcmp::eq(expected.as_bytes(), given.as_bytes())
+        }
+        _ => false,
+    }
+}
+
+fn require_admin(b: &Broker, headers: &HeaderMap) -> Result<(), Refusal> {
+    if b.config.admin_token.is_none() {
+        return Err(Refusal::forbidden(
+            "AdminDisabled",
+            "no admin token is configured",
+        ));
+    }
+    if !token_ok(b, headers) {
+        return Err(Refusal::unauthorized(
+            "AdminToken",
+            "missing or wrong admin token",
+        ));
+    }
+    Ok(())
+}
+
+/// Decodes measurements and checks they all have the digest length of `tee`.
+pub fn decode_measurements(tee: TeeKind, hexes: &[String]) -> Result<Vec<Vec<u8>>, Refusal> {
+    if hexes.is_empty() {
+        return Err(Refusal::bad_request(
+            "InvalidWorkload",
+            "no launch measurement",
+        ));
+    }
+    hexes
+        .iter()
+        .map(|h| {
+            let d = hex::decode(h.trim())
+                .map_err(|_| Refusal::bad_request("InvalidWorkload", "measurement is not hex"))?;
+            if d.len() != tee.digest_len() {
+                return Err(Refusal::bad_request(
+                    "InvalidWorkload",
+                    "measurement length does not match the TEE",
+                ));
+            }
+            Ok(d)
+        })
+        .collect()
+}
+
+pub(super) async fn register_workload(
+    State(b): State<Arc<Broker>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    finish("register_workload", register_inner(&b, &headers, &body))
+}
+
+fn register_inner(b: &Broker, headers: &HeaderMap, body: &[u8]) -> Result<Response, Refusal> {
+    if !b.config.insecure_registration && !token_ok(b, headers) {
+        return Err(if b.config.admin_token.is_some() {
+            Refusal::unauthorized("AdminToken", "registration needs the admin token")
+        } else {
+            Refusal::forbidden("RegistrationDisabled", "registration is disabled")
+        });
+    }
+    let reg: RegisterWorkload = parse_json(body, "registration")?;
+    // buildah sends no TEE name: the digest length tells SEV (SHA-256) from SNP (SHA-384).
+    let tee = match reg.launch_measurement.trim().len() {
+        64 => TeeKind::Sev,
+        96 => TeeKind::Snp,
+        _ => {
+            return Err(Refusal::bad_request(
+                "InvalidWorkload",
+                "measurement length is invalid",
+            ))
+        }
+    };
+    let digests = decode_measurements(tee, std::slice::from_ref(&reg.launch_measurement))?;
+    let sev_policy = match serde_json::from_str::<SevPolicy>(&reg.tee_config) {
+        Ok(p) => p.to_u32(),
+        // The SNP value is cosmetic (reference-kbs ignores it).
+        Err(_) if tee == TeeKind::Snp => 0,
+        Err(e) => {
+            return Err(Refusal::bad_request(
+                "InvalidWorkload",
+                format!("malformed tee_config: {e}"),
+            ))
+        }
+    };
+    if reg.workload_id.is_empty() || reg.passphrase.is_empty() {
+        return Err(Refusal::bad_request(
+            "InvalidWorkload",
+            "empty workload id or passphrase",
+        ));
+    }
+    let w = Workload {
+        id: reg.workload_id.clone(),
+        tee,
+        sev_policy,
+        snp: b.config.default_snp,
+        measurements: vec![],
+    };
+    b.store.put_workload(&w, &digests)?;
+    b.store
+        .put_secret(&w.id, KEY_SECRET, reg.passphrase.as_bytes())?;
+    tracing::info!(workload = %w.id, tee = ?tee, "workload registered");
+    Ok(StatusCode::OK.into_response())
+}
+
+/// Admin `POST /kbs/v0/admin/workloads` body.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct WorkloadSpec {
+    pub id: String,
+    pub tee: TeeKind,
+    pub measurements: Vec<String>,
+    /// SEV policy word (default: buildah's SEV-ES policy 0x3f).
+    #[serde(default)]
+    pub sev_policy: Option<u32>,
+    #[serde(default)]
+    pub snp: Option<SnpRequirements>,
+    /// The LUKS passphrase (`key` secret), if set now.
+    #[serde(default)]
+    pub passphrase: Option<String>,
+}
+
+/// SEV-ES with no debug, no key sharing, no send, domain-bound (buildah's default).
+pub const DEFAULT_SEV_POLICY: u32 = 0x3f;
+
+impl WorkloadSpec {
+    pub fn apply(&self, b: &Broker) -> Result<(), Refusal> {
+        if self.id.is_empty() {
+            return Err(Refusal::bad_request("InvalidWorkload", "empty workload id"));
+        }
+        let digests = decode_measurements(self.tee, &self.measurements)?;
+        let w = Workload {
+            id: self.id.clone(),
+            tee: self.tee,
+            sev_policy: self.sev_policy.unwrap_or(DEFAULT_SEV_POLICY),
+            snp: self.snp.unwrap_or(b.config.default_snp),
+            measurements: vec![],
+        };
+        b.store.put_workload(&w, &digests)?;
+        if let Some(p) = &self.passphrase {
+            b.store.put_secret(&w.id, KEY_SECRET, p.as_bytes())?;
+        }
+        Ok(())
+    }
+}
+
+/// Admin listing entry: the workload and the names of its secrets.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct WorkloadInfo {
+    #[serde(flatten)]
+    pub workload: Workload,
+    pub secrets: Vec<String>,
+}
+
+pub(super) async fn list(State(b): State<Arc<Broker>>, headers: HeaderMap) -> Response {
+    finish("admin_list", list_inner(&b, &headers))
+}
+
+fn list_inner(b: &Broker, headers: &HeaderMap) -> Result<Response, Refusal> {
+    require_admin(b, headers)?;
+    let mut out = Vec::new();
+    for w in b.store.workloads()? {
+        let secrets = b.store.secret_names(&w.id)?;
+        out.push(WorkloadInfo {
+            workload: w,
+            secrets,
+        });
+    }
+    json_response(&out)
+}
+
+pub(super) async fn put_workload(
+    State(b): State<Arc<Broker>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let r = require_admin(&b, &headers).and_then(|_| {
+        let spec: WorkloadSpec = parse_json(&body, "workload")?;
+        spec.apply(&b)?;
+        tracing::info!(workload = %spec.id, "workload stored by admin");
+        Ok(StatusCode::OK.into_response())
+    });
+    finish("admin_put_workload", r)
+}
+
+pub(super) async fn remove_workload(
+    State(b): State<Arc<Broker>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let r = require_admin(&b, &headers).and_then(|_| {
+        if b.store.remove_workload(&id)? {
+            tracing::info!(workload = %id, "workload removed");
+            Ok(StatusCode::OK.into_response())
+        } else {
+            Err(Refusal::not_found(
+                "NoWorkload",
+                "workload is not registered",
+            ))
+        }
+    });
+    finish("admin_remove_workload", r)
+}
+
+pub(super) async fn put_secret(
+    State(b): State<Arc<Broker>>,
+    Path((id, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let r = require_admin(&b, &headers).and_then(|_| {
+        if b.store.put_secret(&id, &name, &body)? {
+            tracing::info!(workload = %id, secret = %name, "secret stored");
+            Ok(StatusCode::OK.into_response())
+        } else {
+            Err(Refusal::not_found(
+                "NoWorkload",
+                "workload is not registered",
+            ))
+        }
+    });
+    finish("admin_put_secret", r)
+}
+
+pub(super) async fn remove_secret(
+    State(b): State<Arc<Broker>>,
+    Path((id, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let r = require_admin(&b, &headers).and_then(|_| {
+        if b.store.remove_secret(&id, &name)? {
+            Ok(StatusCode::OK.into_response())
+        } else {
+            Err(Refusal::not_found("NoSecret", "no such secret"))
+        }
+    });
+    finish("admin_remove_secret", r)
+}
+
+/// Admin `GET /kbs/v0/admin/stats` answer.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Sessions in the table (open, attested, or expired and not yet collected).
+    pub sessions: usize,
+}
+
+pub(super) async fn stats(State(b): State<Arc<Broker>>, headers: HeaderMap) -> Response {
+    let r = require_admin(&b, &headers).and_then(|_| {
+        json_response(&Stats {
+            sessions: b.sessions.len(),
+        })
+    });
+    finish("admin_stats", r)
+}

@@ -1,0 +1,215 @@
+//! HTTP routes under `/kbs/v0`: the two attestation protocols, buildah registration and the
+//! admin API. Handlers return `Result<Response, Refusal>`; refusals are logged in one place.
+
+mod admin;
+pub use admin::{decode_measurements, Stats, WorkloadInfo, WorkloadSpec, DEFAULT_SEV_POLICY};
+mod rcar;
+mod reference;
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::Router;
+use serde::de::DeserializeOwned;
+use zeroize::Zeroizing;
+
+use crate::config::BrokerConfig;
+use crate::db::Store;
+use crate::refusal::Refusal;
+use crate::sessions::{Protocol, Sessions, Stage};
+use crate::verify_sev::SevTrust;
+use crate::verify_snp::SnpVerifier;
+
+/// Everything a request handler needs.
+pub struct Broker {
+    pub config: BrokerConfig,
+    pub store: Store,
+    pub sessions: Sessions,
+    pub snp: SnpVerifier,
+    pub sev: SevTrust,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl Broker {
+    pub fn new(config: BrokerConfig, store: Store, snp: SnpVerifier, sev: SevTrust) -> Self {
+        let sessions = Sessions::new(config.session_ttl, config.max_sessions);
+        Broker {
+            config,
+            store,
+            sessions,
+            snp,
+            sev,
+        }
+    }
+}
+
+type AppState = State<Arc<Broker>>;
+
+/// The broker's routes.
+pub fn router(broker: Arc<Broker>) -> Router {
+    let limit = broker.config.body_limit;
+    Router::new()
+        .route("/kbs/v0/", get(index))
+        .route("/kbs/v0/auth", post(auth))
+        .route("/kbs/v0/attest", post(attest))
+        .route("/kbs/v0/key/{id}", get(reference::key))
+        .route("/kbs/v0/resource/{repo}/{kind}/{tag}", get(rcar::resource))
+        .route("/kbs/v0/register_workload", post(admin::register_workload))
+        .route(
+            "/kbs/v0/admin/workloads",
+            get(admin::list).post(admin::put_workload),
+        )
+        .route(
+            "/kbs/v0/admin/workloads/{id}",
+            axum::routing::delete(admin::remove_workload),
+        )
+        .route("/kbs/v0/admin/stats", get(admin::stats))
+        .route(
+            "/kbs/v0/admin/workloads/{id}/secrets/{*name}",
+            put(admin::put_secret).delete(admin::remove_secret),
+        )
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(broker)
+}
+
+/// Logs a refusal with the endpoint and turns the result into a response.
+fn finish(endpoint: &'static str, r: Result<Response, Refusal>) -> Response {
+    match r {
+        Ok(resp) => resp,
+        Err(refusal) => {
+            tracing::warn!(
+                endpoint,
+                status = refusal.status.as_u16(),
+                kind = refusal.kind,
+                detail = %refusal.detail,
+                "refused"
+            );
+            refusal.into_response()
+        }
+    }
+}
+
+async fn index() -> Response {
+    finish(
+        "index",
+        Err(Refusal::unauthorized("Unauthorized", "nothing here")),
+    )
+}
+
+async fn not_found() -> Response {
+    finish(
+        "unknown",
+        Err(Refusal::not_found("NotFound", "no such endpoint")),
+    )
+}
+
+pub(crate) fn parse_json<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, Refusal> {
+    serde_json::from_slice(body)
+        .map_err(|e| Refusal::bad_request("InvalidRequest", format!("malformed {what}: {e}")))
+}
+
+pub(crate) fn parse_json_str<T: DeserializeOwned>(text: &str, what: &str) -> Result<T, Refusal> {
+    parse_json(text.as_bytes(), what)
+}
+
+/// Value of cookie `name` from the request.
+pub(crate) fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+}
+
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<Zeroizing<String>> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    v.strip_prefix("Bearer ")
+        .map(|t| Zeroizing::new(t.trim().to_string()))
+}
+
+pub(crate) fn set_cookie(
+    resp: &mut Response,
+    name: &str,
+    id: &str,
+    ttl: std::time::Duration,
+) -> Result<(), Refusal> {
+    let value = format!("{name}={id}; Path=/; HttpOnly; Max-Age={}", ttl.as_secs());
+    let value =
+        HeaderValue::from_str(&value).map_err(|_| Refusal::internal("cannot set the cookie"))?;
+    resp.headers_mut().append(header::SET_COOKIE, value);
+    Ok(())
+}
+
+pub(crate) fn json_response<T: serde::Serialize>(value: &T) -> Result<Response, Refusal> {
+    let body = serde_json::to_vec(value).map_err(|_| Refusal::internal("cannot encode"))?;
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response())
+}
+
+async fn auth(State(b): AppState, body: Bytes) -> Response {
+    finish("auth", auth_inner(&b, &body))
+}
+
+/// Reference requests carry `extra-params` as a string; anything else is RCAR, whose version
+/// is checked strictly.
+fn auth_inner(b: &Broker, body: &[u8]) -> Result<Response, Refusal> {
+    let value: serde_json::Value = parse_json(body, "auth request")?;
+    if value
+        .get("extra-params")
+        .is_some_and(serde_json::Value::is_string)
+    {
+        reference::auth(b, body)
+    } else {
+        rcar::auth(b, body)
+    }
+}
+
+async fn attest(State(b): AppState, headers: HeaderMap, body: Bytes) -> Response {
+    finish("attest", attest_inner(&b, &headers, &body))
+}
+
+fn attest_inner(b: &Broker, headers: &HeaderMap, body: &[u8]) -> Result<Response, Refusal> {
+    let (id, s, result) = if let Some(id) = cookie(headers, krun_attestation::rcar::SESSION_COOKIE)
+    {
+        let s = b.sessions.get(&id, Protocol::Rcar)?;
+        let r = rcar::attest(b, &s, body);
+        (id, s, r)
+    } else if let Some(id) = cookie(headers, krun_attestation::reference::SESSION_COOKIE) {
+        let s = b.sessions.get(&id, Protocol::Reference)?;
+        let r = reference::attest(b, &s, body);
+        (id, s, r)
+    } else {
+        return Err(Refusal::unauthorized("MissingCookie", "no session cookie"));
+    };
+    // A session whose one attestation attempt failed is of no further use.
+    let failed = s
+        .lock()
+        .map(|g| matches!(g.stage, Stage::Failed))
+        .unwrap_or(true);
+    if failed {
+        b.sessions.remove(&id);
+    }
+    result
+}
+
+/// Path parameters that name a workload.
+pub(crate) type IdPath = Path<String>;

@@ -1,0 +1,186 @@
+//! Trustee's RCAR protocol (0.4.0) for SNP: the workload is the one whose allowed measurement
+//! the report carries; resources come back as JWE.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use rand::RngCore;
+
+use krun_attestation::keys::rcar_report_data;
+use krun_attestation::rcar::{
+    Attestation, AttestationToken, Challenge, Request, SnpEvidence, Tee, PROTOCOL_VERSION,
+    SESSION_COOKIE, VERSION_MISMATCH,
+};
+
+use super::{bearer, cookie, finish, json_response, parse_json, set_cookie, Broker};
+use crate::db::{TeeKind, KEY_SECRET};
+use crate::refusal::Refusal;
+use crate::sessions::{Protocol, Stage};
+use crate::verify_snp::check_requirements;
+
+pub(super) fn auth(b: &Broker, body: &[u8]) -> Result<Response, Refusal> {
+    let req: Request = parse_json(body, "auth request")?;
+    if req.version != PROTOCOL_VERSION {
+        return Err(Refusal::unauthorized("ProtocolVersion", VERSION_MISMATCH));
+    }
+    if req.tee != Tee::Snp {
+        return Err(Refusal::bad_request(
+            "UnsupportedTee",
+            "only SNP is supported with RCAR",
+        ));
+    }
+    let mut raw = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut raw);
+    let nonce = STANDARD.encode(raw);
+    let id = b
+        .sessions
+        .insert(Protocol::Rcar, nonce.clone(), Stage::RcarPending)?;
+    tracing::info!(protocol = "rcar", session = %id, "session opened");
+    let challenge = Challenge {
+        nonce,
+        extra_params: serde_json::Value::String(String::new()),
+    };
+    let mut resp = json_response(&challenge)?;
+    set_cookie(&mut resp, SESSION_COOKIE, &id, b.sessions.ttl())?;
+    Ok(resp)
+}
+
+pub(super) fn attest(
+    b: &Broker,
+    s: &crate::sessions::SessionRef,
+    body: &[u8],
+) -> Result<Response, Refusal> {
+    let att: Attestation = parse_json(body, "attestation")?;
+    let evidence: SnpEvidence = serde_json::from_value(att.tee_evidence.primary_evidence.clone())
+        .map_err(|e| {
+        Refusal::bad_request("InvalidRequest", format!("malformed SNP evidence: {e}"))
+    })?;
+    let mut session = s
+        .lock()
+        .map_err(|_| Refusal::internal("session poisoned"))?;
+    if !matches!(session.stage, Stage::RcarPending) {
+        return Err(Refusal::unauthorized(
+            "NonceUsed",
+            "session already attested or failed",
+        ));
+    }
+    // The nonce is single-use: whatever the outcome, this session cannot attest again.
+    session.stage = Stage::Failed;
+    // Length first: memcmp::eq requires equal lengths.
+    if att.runtime_data.nonce.len() != session.nonce.len()
+        || !openssl::memcmp::eq(att.runtime_data.nonce.as_bytes(), session.nonce.as_bytes())
+    {
+        return Err(Refusal::unauthorized(
+            "NonceMismatch",
+            "nonce is not this session's",
+        ));
+    }
+    if att.init_data.is_some() {
+        return Err(Refusal::bad_request(
+            "InitData",
+            "init-data is not supported",
+        ));
+    }
+    let key = crate::jwe::rcar_recipient(&att.runtime_data.tee_pubkey)?;
+    let expected = rcar_report_data(
+        &att.runtime_data.nonce,
+        &att.runtime_data.tee_pubkey,
+        &att.tee_evidence.additional_evidence,
+    )
+    .map_err(|_| Refusal::bad_request("InvalidRequest", "runtime data cannot be canonicalised"))?;
+    let report = &evidence.attestation_report;
+    let certs = evidence.cert_chain.as_deref().unwrap_or_default();
+    b.snp.verify_report(report, certs, &expected)?;
+    let candidates = b
+        .store
+        .workloads_with_measurement(TeeKind::Snp, &report.measurement)?;
+    if candidates.is_empty() {
+        return Err(Refusal::unauthorized(
+            "SnpMeasurement",
+            "launch measurement is not allowed",
+        ));
+    }
+    let mut workloads = Vec::new();
+    let mut last_refusal = None;
+    for id in candidates {
+        let Some(w) = b.store.workload(&id)? else {
+            continue;
+        };
+        match check_requirements(report, &w.snp) {
+            Ok(()) => workloads.push(id),
+            Err(r) => last_refusal = Some(r),
+        }
+    }
+    if workloads.is_empty() {
+        return Err(last_refusal.unwrap_or_else(|| {
+            Refusal::unauthorized("SnpPolicy", "no workload accepts the report")
+        }));
+    }
+    tracing::info!(protocol = "rcar", session = %session.id, workloads = ?workloads, "attested");
+    session.stage = Stage::SnpAttested { key, workloads };
+    // The token is the session id: the cookie and `Authorization: Bearer` are equivalent.
+    json_response(&AttestationToken {
+        token: session.id.clone(),
+    })
+}
+
+pub(super) async fn resource(
+    State(b): State<Arc<Broker>>,
+    Path((repo, kind, tag)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    finish(
+        "resource",
+        resource_inner(&b, &format!("{repo}/{kind}/{tag}"), &headers),
+    )
+}
+
+fn resource_inner(b: &Broker, path: &str, headers: &HeaderMap) -> Result<Response, Refusal> {
+    let sid = cookie(headers, SESSION_COOKIE)
+        .or_else(|| bearer(headers).map(|t| t.to_string()))
+        .ok_or_else(|| Refusal::unauthorized("MissingCookie", "no session cookie or token"))?;
+    let s = b.sessions.get(&sid, Protocol::Rcar)?;
+    let mut session = s
+        .lock()
+        .map_err(|_| Refusal::internal("session poisoned"))?;
+    let Stage::SnpAttested { workloads, .. } = &session.stage else {
+        return Err(Refusal::unauthorized(
+            "NotAttested",
+            "session is not attested",
+        ));
+    };
+    let mut found = None;
+    for w in workloads {
+        let name = if path == format!("default/key/{w}") {
+            KEY_SECRET
+        } else {
+            path
+        };
+        if let Some(secret) = b.store.secret(w, name)? {
+            found = Some((w.clone(), secret));
+            break;
+        }
+    }
+    let Some((workload, secret)) = found else {
+        return Err(Refusal::forbidden(
+            "NotAllowed",
+            "resource is not available to this session",
+        ));
+    };
+    if !session.released.insert(path.to_string()) {
+        return Err(Refusal::forbidden(
+            "AlreadyReleased",
+            "resource was already released",
+        ));
+    }
+    let Stage::SnpAttested { key, .. } = &session.stage else {
+        return Err(Refusal::internal("session changed"));
+    };
+    let jwe = crate::jwe::seal_jwe(key, &secret)?;
+    tracing::info!(protocol = "rcar", session = %session.id, workload = %workload, resource = %path, "resource released");
+    json_response(&jwe)
+}

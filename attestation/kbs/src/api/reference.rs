@@ -1,0 +1,220 @@
+//! The reference-kbs protocol: SNP with RSA PKCS#1 key release, SEV/SEV-ES pre-attestation.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use sev::firmware::guest::AttestationReport;
+use sev::firmware::host::CertTableEntry;
+use sev::parser::ByteParser;
+
+use krun_attestation::keys::reference_report_data;
+use krun_attestation::reference::{
+    Attestation, Challenge, Request, SevChallenge, SevMeasurement, SevRequest, SnpAttestation,
+    SnpRequest, Tee, SESSION_COOKIE,
+};
+use krun_attestation::secret_table;
+
+use super::{
+    cookie, finish, json_response, parse_json, parse_json_str, set_cookie, Broker, IdPath,
+};
+use crate::db::{TeeKind, Workload, KEY_SECRET};
+use crate::refusal::Refusal;
+use crate::sessions::{random_id, Protocol, RecipientKey, SessionRef, Stage};
+use crate::verify_sev;
+use crate::verify_snp::check_requirements;
+
+fn workload_of(b: &Broker, id: &str, tee: TeeKind) -> Result<Workload, Refusal> {
+    match b.store.workload(id)? {
+        Some(w) if w.tee == tee => Ok(w),
+        Some(_) => Err(Refusal::unauthorized(
+            "UnknownWorkload",
+            "workload is for another TEE",
+        )),
+        None => Err(Refusal::unauthorized(
+            "UnknownWorkload",
+            "workload is not registered",
+        )),
+    }
+}
+
+pub(super) fn auth(b: &Broker, body: &[u8]) -> Result<Response, Refusal> {
+    let req: Request = parse_json(body, "auth request")?;
+    let nonce = random_id();
+    let (stage, extra_params, workload) = match req.tee {
+        Tee::Snp => {
+            let snp: SnpRequest = parse_json_str(&req.extra_params, "SNP extra-params")?;
+            workload_of(b, &snp.workload_id, TeeKind::Snp)?;
+            (
+                Stage::SnpPending {
+                    workload_id: snp.workload_id.clone(),
+                },
+                String::new(),
+                snp.workload_id,
+            )
+        }
+        Tee::Sev => {
+            let sev: SevRequest = parse_json_str(&req.extra_params, "SEV extra-params")?;
+            let w = workload_of(b, &sev.workload_id, TeeKind::Sev)?;
+            let (session, start) = verify_sev::start(&sev.chain, w.sev_policy, &b.sev)?;
+            let challenge = SevChallenge {
+                id: nonce.clone(),
+                start,
+            };
+            let text = serde_json::to_string(&challenge)
+                .map_err(|_| Refusal::internal("cannot encode the challenge"))?;
+            let stage = Stage::SevPending {
+                session,
+                build: verify_sev::build_of(&sev.build),
+                workload_id: sev.workload_id.clone(),
+            };
+            (stage, text, sev.workload_id)
+        }
+        _ => return Err(Refusal::bad_request("UnsupportedTee", "unsupported TEE")),
+    };
+    let id = b
+        .sessions
+        .insert(Protocol::Reference, nonce.clone(), stage)?;
+    tracing::info!(protocol = "reference", session = %id, workload = %workload, "session opened");
+    let mut resp = json_response(&Challenge {
+        nonce,
+        extra_params,
+    })?;
+    set_cookie(&mut resp, SESSION_COOKIE, &id, b.sessions.ttl())?;
+    Ok(resp)
+}
+
+pub(super) fn attest(b: &Broker, s: &SessionRef, body: &[u8]) -> Result<Response, Refusal> {
+    let att: Attestation = parse_json(body, "attestation")?;
+    let mut session = s
+        .lock()
+        .map_err(|_| Refusal::internal("session poisoned"))?;
+    if !matches!(
+        session.stage,
+        Stage::SnpPending { .. } | Stage::SevPending { .. }
+    ) {
+        return Err(Refusal::unauthorized(
+            "NonceUsed",
+            "session already attested or failed",
+        ));
+    }
+    // The nonce is single-use: whatever the outcome, this session cannot attest again.
+    let stage = std::mem::replace(&mut session.stage, Stage::Failed);
+    let attested = match stage {
+        Stage::SnpPending { workload_id } => attest_snp(b, &session.nonce, &workload_id, &att)?,
+        Stage::SevPending {
+            session: owner,
+            build,
+            workload_id,
+        } => {
+            let m: SevMeasurement = parse_json_str(&att.tee_evidence, "SEV evidence")?;
+            let w = workload_of(b, &workload_id, TeeKind::Sev)?;
+            let digests = digests(&w)?;
+            let verified = verify_sev::attest(owner, build, w.sev_policy, &m, &digests)?;
+            Stage::SevAttested {
+                session: verified,
+                workload_id,
+            }
+        }
+        _ => {
+            return Err(Refusal::unauthorized(
+                "NonceUsed",
+                "session already attested or failed",
+            ))
+        }
+    };
+    session.stage = attested;
+    tracing::info!(protocol = "reference", session = %session.id, "attested");
+    Ok(StatusCode::OK.into_response())
+}
+
+fn digests(w: &Workload) -> Result<Vec<Vec<u8>>, Refusal> {
+    w.measurements
+        .iter()
+        .map(|m| hex::decode(m).map_err(|_| Refusal::internal("stored measurement is not hex")))
+        .collect()
+}
+
+fn attest_snp(
+    b: &Broker,
+    nonce: &str,
+    workload_id: &str,
+    att: &Attestation,
+) -> Result<Stage, Refusal> {
+    let ev: SnpAttestation = parse_json_str(&att.tee_evidence, "SNP evidence")?;
+    let raw = hex::decode(ev.report.trim())
+        .map_err(|_| Refusal::bad_request("InvalidRequest", "report is not hex"))?;
+    let report = AttestationReport::from_bytes(&raw)
+        .map_err(|_| Refusal::bad_request("InvalidRequest", "report cannot be parsed"))?;
+    // "[]" from the libkrun client; a certificate table when the guest has one.
+    let certs: Vec<CertTableEntry> = serde_json::from_str(&ev.cert_chain).unwrap_or_default();
+    let recipient = crate::jwe::reference_recipient(&att.tee_pubkey.k_mod, &att.tee_pubkey.k_exp)?;
+    let expected = reference_report_data(nonce, &att.tee_pubkey);
+    b.snp.verify_report(&report, &certs, &expected)?;
+    let w = workload_of(b, workload_id, TeeKind::Snp)?;
+    if !w.measurements.contains(&hex::encode(report.measurement)) {
+        return Err(Refusal::unauthorized(
+            "SnpMeasurement",
+            "launch measurement is not allowed",
+        ));
+    }
+    check_requirements(&report, &w.snp)?;
+    Ok(Stage::SnpAttested {
+        key: recipient,
+        workloads: vec![workload_id.to_string()],
+    })
+}
+
+pub(super) async fn key(
+    State(b): State<Arc<Broker>>,
+    axum::extract::Path(id): IdPath,
+    headers: HeaderMap,
+) -> Response {
+    finish("key", key_inner(&b, &id, &headers))
+}
+
+fn key_inner(b: &Broker, wanted: &str, headers: &HeaderMap) -> Result<Response, Refusal> {
+    let sid = cookie(headers, SESSION_COOKIE)
+        .ok_or_else(|| Refusal::unauthorized("MissingCookie", "no session cookie"))?;
+    let s = b.sessions.get(&sid, Protocol::Reference)?;
+    // The key is released once: the session ends here whatever happens.
+    b.sessions.remove(&sid);
+    let session = s
+        .lock()
+        .map_err(|_| Refusal::internal("session poisoned"))?;
+    let attested_for = match &session.stage {
+        Stage::SnpAttested { workloads, .. } => workloads.first().cloned(),
+        Stage::SevAttested { workload_id, .. } => Some(workload_id.clone()),
+        _ => {
+            return Err(Refusal::unauthorized(
+                "NotAttested",
+                "session is not attested",
+            ))
+        }
+    };
+    if attested_for.as_deref() != Some(wanted) {
+        return Err(Refusal::forbidden(
+            "WrongWorkload",
+            "session attested another workload",
+        ));
+    }
+    let secret = b
+        .store
+        .secret(wanted, KEY_SECRET)?
+        .ok_or_else(|| Refusal::not_found("NoSecret", "workload has no key"))?;
+    let resp = match &session.stage {
+        Stage::SnpAttested {
+            key: RecipientKey::RsaPkcs1(rsa),
+            ..
+        } => json_response(&crate::jwe::seal_pkcs1_hex(rsa, &secret)?)?,
+        Stage::SevAttested { session: owner, .. } => {
+            let table = secret_table::build(&secret)
+                .map_err(|_| Refusal::internal("secret does not fit the launch secret"))?;
+            json_response(&verify_sev::package(owner, &table)?)?
+        }
+        _ => return Err(Refusal::internal("session key does not match the protocol")),
+    };
+    tracing::info!(protocol = "reference", session = %session.id, workload = %wanted, "key released");
+    Ok(resp)
+}

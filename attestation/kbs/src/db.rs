@@ -1,0 +1,402 @@
+//! Persistent store (SQLite): workloads, their allowed launch measurements and their secrets.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+/// Name of the secret released by the reference protocol's `/key/<workload_id>`.
+pub const KEY_SECRET: &str = "key";
+
+/// Errors from the store.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("cannot open the database")]
+    Open(#[source] rusqlite::Error),
+    #[error("database query failed")]
+    Query(#[source] rusqlite::Error),
+    #[error("stored workload policy is invalid")]
+    StoredPolicy(#[source] serde_json::Error),
+    #[error("database lock is poisoned")]
+    Poisoned,
+}
+
+/// Which launch flow a workload uses.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TeeKind {
+    Sev,
+    Snp,
+}
+
+impl TeeKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            TeeKind::Sev => "sev",
+            TeeKind::Snp => "snp",
+        }
+    }
+
+    /// Launch digest length: SHA-256 for SEV/SEV-ES, SHA-384 for SNP.
+    pub fn digest_len(self) -> usize {
+        match self {
+            TeeKind::Sev => 32,
+            TeeKind::Snp => 48,
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "sev" => Some(TeeKind::Sev),
+            "snp" => Some(TeeKind::Snp),
+            _ => None,
+        }
+    }
+}
+
+/// Minimum TCB component versions (SVNs).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MinTcb {
+    #[serde(default)]
+    pub bootloader: u8,
+    #[serde(default)]
+    pub tee: u8,
+    #[serde(default)]
+    pub snp: u8,
+    #[serde(default)]
+    pub microcode: u8,
+}
+
+/// What an SNP report must satisfy besides signature, binding and measurement.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnpRequirements {
+    #[serde(default)]
+    pub allow_debug: bool,
+    #[serde(default)]
+    pub allow_migration_agent: bool,
+    #[serde(default)]
+    pub min_tcb: MinTcb,
+    #[serde(default = "default_min_version")]
+    pub min_report_version: u32,
+    #[serde(default)]
+    pub max_vmpl: u32,
+}
+
+fn default_min_version() -> u32 {
+    2
+}
+
+impl Default for SnpRequirements {
+    fn default() -> Self {
+        SnpRequirements {
+            allow_debug: false,
+            allow_migration_agent: false,
+            min_tcb: MinTcb::default(),
+            min_report_version: default_min_version(),
+            max_vmpl: 0,
+        }
+    }
+}
+
+/// A registered workload (without its secrets).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Workload {
+    pub id: String,
+    pub tee: TeeKind,
+    /// SEV API policy word for SEV/SEV-ES launches (ignored for SNP).
+    pub sev_policy: u32,
+    #[serde(default)]
+    pub snp: SnpRequirements,
+    /// Allowed launch digests, lowercase hex.
+    pub measurements: Vec<String>,
+}
+
+/// The SQLite store. One connection behind a mutex: every query is short.
+#[derive(Debug)]
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+const SCHEMA: &str = "
+PRAGMA foreign_keys = ON;
+CREATE TABLE IF NOT EXISTS workloads (
+    id TEXT PRIMARY KEY,
+    tee TEXT NOT NULL,
+    sev_policy INTEGER NOT NULL,
+    snp TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS measurements (
+    workload_id TEXT NOT NULL REFERENCES workloads(id) ON DELETE CASCADE,
+    digest BLOB NOT NULL,
+    PRIMARY KEY (workload_id, digest)
+);
+CREATE INDEX IF NOT EXISTS measurements_digest ON measurements(digest);
+CREATE TABLE IF NOT EXISTS secrets (
+    workload_id TEXT NOT NULL REFERENCES workloads(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (workload_id, name)
+);
+";
+
+impl Store {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, DbError> {
+        let conn = Connection::open(path).map_err(DbError::Open)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(DbError::Open)?;
+        conn.execute_batch("PRAGMA journal_mode = WAL;")
+            .map_err(DbError::Open)?;
+        conn.execute_batch(SCHEMA).map_err(DbError::Open)?;
+        Ok(Store {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, rusqlite::Error>,
+    ) -> Result<T, DbError> {
+        let mut conn = self.conn.lock().map_err(|_| DbError::Poisoned)?;
+        f(&mut conn).map_err(DbError::Query)
+    }
+
+    /// Inserts or replaces a workload and its measurements (re-registration overwrites, as
+    /// reference-kbs does). Secrets are kept unless replaced separately.
+    pub fn put_workload(&self, w: &Workload, digests: &[Vec<u8>]) -> Result<(), DbError> {
+        let snp = serde_json::to_string(&w.snp).map_err(DbError::StoredPolicy)?;
+        self.with(|c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "INSERT INTO workloads (id, tee, sev_policy, snp) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(id) DO UPDATE SET tee = ?2, sev_policy = ?3, snp = ?4",
+                params![w.id, w.tee.as_str(), w.sev_policy, snp],
+            )?;
+            tx.execute(
+                "DELETE FROM measurements WHERE workload_id = ?1",
+                params![w.id],
+            )?;
+            for d in digests {
+                tx.execute(
+                    "INSERT OR IGNORE INTO measurements (workload_id, digest) VALUES (?1, ?2)",
+                    params![w.id, d],
+                )?;
+            }
+            tx.commit()
+        })
+    }
+
+    /// Removes a workload with its measurements and secrets. Returns whether it existed.
+    pub fn remove_workload(&self, id: &str) -> Result<bool, DbError> {
+        self.with(|c| c.execute("DELETE FROM workloads WHERE id = ?1", params![id]))
+            .map(|n| n > 0)
+    }
+
+    fn row_to_workload(
+        c: &Connection,
+        id: String,
+        tee: String,
+        sev_policy: u32,
+        snp: String,
+    ) -> Result<Option<Workload>, rusqlite::Error> {
+        let Some(tee) = TeeKind::parse(&tee) else {
+            return Ok(None);
+        };
+        let Ok(snp) = serde_json::from_str(&snp) else {
+            return Ok(None);
+        };
+        let mut stmt = c.prepare_cached(
+            "SELECT digest FROM measurements WHERE workload_id = ?1 ORDER BY digest",
+        )?;
+        let measurements = stmt
+            .query_map(params![id], |r| r.get::<_, Vec<u8>>(0))?
+            .map(|d| d.map(hex::encode))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(Workload {
+            id,
+            tee,
+            sev_policy,
+            snp,
+            measurements,
+        }))
+    }
+
+    /// Looks up one workload.
+    pub fn workload(&self, id: &str) -> Result<Option<Workload>, DbError> {
+        self.with(|c| {
+            let row = c
+                .query_row(
+                    "SELECT id, tee, sev_policy, snp FROM workloads WHERE id = ?1",
+                    params![id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .optional()?;
+            match row {
+                Some((id, tee, pol, snp)) => Self::row_to_workload(c, id, tee, pol, snp),
+                None => Ok(None),
+            }
+        })
+    }
+
+    /// All workloads, by id.
+    pub fn workloads(&self) -> Result<Vec<Workload>, DbError> {
+        self.with(|c| {
+            let mut stmt =
+                c.prepare("SELECT id, tee, sev_policy, snp FROM workloads ORDER BY id")?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                .collect::<Result<Vec<(String, String, u32, String)>, _>>()?;
+            let mut out = Vec::new();
+            for (id, tee, pol, snp) in rows {
+                if let Some(w) = Self::row_to_workload(c, id, tee, pol, snp)? {
+                    out.push(w);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Ids of the workloads of kind `tee` that allow launch digest `digest`.
+    pub fn workloads_with_measurement(
+        &self,
+        tee: TeeKind,
+        digest: &[u8],
+    ) -> Result<Vec<String>, DbError> {
+        self.with(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT w.id FROM workloads w JOIN measurements m ON m.workload_id = w.id
+                 WHERE m.digest = ?1 AND w.tee = ?2 ORDER BY w.id",
+            )?;
+            let ids = stmt
+                .query_map(params![digest, tee.as_str()], |r| r.get(0))?
+                .collect::<Result<Vec<String>, _>>()?;
+            Ok(ids)
+        })
+    }
+
+    /// Stores a secret of a workload. Returns false if the workload does not exist.
+    pub fn put_secret(&self, workload: &str, name: &str, data: &[u8]) -> Result<bool, DbError> {
+        self.with(|c| {
+            let exists: Option<i64> = c
+                .query_row(
+                    "SELECT 1 FROM workloads WHERE id = ?1",
+                    params![workload],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if exists.is_none() {
+                return Ok(false);
+            }
+            c.execute(
+                "INSERT INTO secrets (workload_id, name, data) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(workload_id, name) DO UPDATE SET data = ?3",
+                params![workload, name, data],
+            )?;
+            Ok(true)
+        })
+    }
+
+    /// Removes a secret. Returns whether it existed.
+    pub fn remove_secret(&self, workload: &str, name: &str) -> Result<bool, DbError> {
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM secrets WHERE workload_id = ?1 AND name = ?2",
+                params![workload, name],
+            )
+        })
+        .map(|n| n > 0)
+    }
+
+    /// Reads a secret.
+    pub fn secret(
+        &self,
+        workload: &str,
+        name: &str,
+    ) -> Result<Option<Zeroizing<Vec<u8>>>, DbError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT data FROM secrets WHERE workload_id = ?1 AND name = ?2",
+                params![workload, name],
+                |r| r.get::<_, Vec<u8>>(0),
+            )
+            .optional()
+        })
+        .map(|o| o.map(Zeroizing::new))
+    }
+
+    /// Names of a workload's secrets.
+    pub fn secret_names(&self, workload: &str) -> Result<Vec<String>, DbError> {
+        self.with(|c| {
+            let mut stmt =
+                c.prepare("SELECT name FROM secrets WHERE workload_id = ?1 ORDER BY name")?;
+            let names = stmt
+                .query_map(params![workload], |r| r.get(0))?
+                .collect::<Result<Vec<String>, _>>()?;
+            Ok(names)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn workload(id: &str, tee: TeeKind) -> Workload {
+        Workload {
+            id: id.into(),
+            tee,
+            sev_policy: 5,
+            snp: Default::default(),
+            measurements: vec![],
+        }
+    }
+
+    #[test]
+    fn workloads_measurements_and_secrets_persist_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kbs.db");
+        {
+            let s = Store::open(&path).unwrap();
+            s.put_workload(&workload("a", TeeKind::Snp), &[vec![1; 48], vec![2; 48]])
+                .unwrap();
+            s.put_workload(&workload("b", TeeKind::Sev), &[vec![1; 32]])
+                .unwrap();
+            assert!(s.put_secret("a", KEY_SECRET, b"pw").unwrap());
+            assert!(!s.put_secret("nope", KEY_SECRET, b"pw").unwrap());
+        }
+        let s = Store::open(&path).unwrap();
+        let a = s.workload("a").unwrap().unwrap();
+        assert_eq!(a.tee, TeeKind::Snp);
+        assert_eq!(
+            a.measurements,
+            vec![hex::encode([1u8; 48]), hex::encode([2u8; 48])]
+        );
+        assert_eq!(
+            s.secret("a", KEY_SECRET).unwrap().unwrap().as_slice(),
+            b"pw"
+        );
+        assert_eq!(
+            s.workloads_with_measurement(TeeKind::Snp, &[2; 48])
+                .unwrap(),
+            vec!["a"]
+        );
+        assert!(s
+            .workloads_with_measurement(TeeKind::Sev, &[2; 48])
+            .unwrap()
+            .is_empty());
+        assert_eq!(s.workloads().unwrap().len(), 2);
+
+        // Re-registration replaces measurements; removal cascades to secrets.
+        s.put_workload(&workload("a", TeeKind::Snp), &[vec![3; 48]])
+            .unwrap();
+        assert!(s
+            .workloads_with_measurement(TeeKind::Snp, &[1; 48])
+            .unwrap()
+            .is_empty());
+        assert!(s.remove_workload("a").unwrap());
+        assert!(s.secret("a", KEY_SECRET).unwrap().is_none());
+        assert!(!s.remove_workload("a").unwrap());
+    }
+}

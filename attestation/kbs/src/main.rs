@@ -1,0 +1,351 @@
+//! `krun-kbs`: the key broker server and its offline admin commands.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use zeroize::Zeroizing;
+
+use krun_kbs::api::{router, Broker};
+use krun_kbs::config::{BrokerConfig, DEFAULT_BODY_LIMIT, DEFAULT_MAX_SESSIONS};
+use krun_kbs::db::{MinTcb, SnpRequirements, Store, TeeKind, KEY_SECRET};
+use krun_kbs::error_chain;
+use krun_kbs::verify_sev::SevTrust;
+use krun_kbs::verify_snp::{SnpVerifier, TrustRoot};
+
+/// Key broker for libkrun-sev (reference-kbs protocol and Trustee RCAR 0.4.0).
+///
+/// Without a subcommand it serves; subcommands edit the database directly.
+#[derive(Parser, Debug)]
+#[command(name = "krun-kbs", version)]
+struct Cli {
+    /// Address to listen on, e.g. 127.0.0.1:8000 (port 0 picks a free port).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// SQLite database (created if missing).
+    #[arg(long)]
+    db: PathBuf,
+    /// File holding the admin bearer token (enables the admin API and registration).
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
+    /// Accept buildah's unauthenticated POST /kbs/v0/register_workload.
+    #[arg(long)]
+    insecure_registration: bool,
+    /// Extra SNP trust root: PEM with a self-signed ARK and optionally its ASK. Repeatable.
+    #[arg(long = "trust-root")]
+    trust_roots: Vec<PathBuf>,
+    /// Extra legacy-SEV ARK in AMD's raw certificate format. Repeatable.
+    #[arg(long = "sev-trust-root")]
+    sev_trust_roots: Vec<PathBuf>,
+    /// Directory of VCEK certificates named <hex chip id>.{der,pem,crt}.
+    #[arg(long)]
+    vcek_dir: Option<PathBuf>,
+    /// TLS certificate chain (PEM); serves HTTPS together with --tls-key.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Session lifetime in seconds.
+    #[arg(long, default_value_t = 300)]
+    session_ttl: u64,
+    /// Most sessions open at once.
+    #[arg(long, default_value_t = DEFAULT_MAX_SESSIONS)]
+    max_sessions: usize,
+    /// Largest request body in bytes.
+    #[arg(long, default_value_t = DEFAULT_BODY_LIMIT)]
+    body_limit: usize,
+    /// Lowest SNP report version accepted for workloads registered by buildah.
+    #[arg(long, default_value_t = 2)]
+    min_report_version: u32,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Manage workloads.
+    #[command(subcommand)]
+    Workload(WorkloadCmd),
+    /// Manage a workload's secrets.
+    #[command(subcommand)]
+    Secret(SecretCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum WorkloadCmd {
+    /// Add or replace a workload.
+    Add {
+        #[arg(long)]
+        id: String,
+        #[arg(long, value_parser = parse_tee)]
+        tee: TeeKind,
+        /// Allowed launch digest in hex. Repeatable.
+        #[arg(long = "measurement", required = true)]
+        measurements: Vec<String>,
+        /// SEV policy word (decimal or 0x hex); default 0x3f (SEV-ES).
+        #[arg(long, value_parser = parse_u32)]
+        sev_policy: Option<u32>,
+        /// File with the LUKS passphrase (the `key` secret).
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+        #[arg(long)]
+        allow_debug: bool,
+        #[arg(long)]
+        allow_migration_agent: bool,
+        #[arg(long, default_value_t = 2)]
+        min_report_version: u32,
+        #[arg(long, default_value_t = 0)]
+        max_vmpl: u32,
+        /// Minimum TCB as bootloader:tee:snp:microcode.
+        #[arg(long, value_parser = parse_tcb)]
+        min_tcb: Option<MinTcb>,
+    },
+    /// List workloads as JSON.
+    List,
+    /// Remove a workload and its secrets.
+    Remove { id: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum SecretCmd {
+    /// Store a secret read from a file (name `key` is the LUKS passphrase; RCAR resources use
+    /// their path, e.g. `repo/type/tag`).
+    Set {
+        workload: String,
+        name: String,
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Remove a secret.
+    Remove { workload: String, name: String },
+}
+
+fn parse_tee(s: &str) -> Result<TeeKind, String> {
+    match s {
+        "sev" | "sev-es" => Ok(TeeKind::Sev),
+        "snp" => Ok(TeeKind::Snp),
+        _ => Err("expected sev or snp".into()),
+    }
+}
+
+fn parse_u32(s: &str) -> Result<u32, String> {
+    match s.strip_prefix("0x") {
+        Some(h) => u32::from_str_radix(h, 16),
+        None => s.parse(),
+    }
+    .map_err(|e| e.to_string())
+}
+
+fn parse_tcb(s: &str) -> Result<MinTcb, String> {
+    let parts: Vec<u8> = s
+        .split(':')
+        .map(|p| p.parse::<u8>().map_err(|e| e.to_string()))
+        .collect::<Result<_, _>>()?;
+    let [bootloader, tee, snp, microcode] = parts[..] else {
+        return Err("expected bootloader:tee:snp:microcode".into());
+    };
+    Ok(MinTcb {
+        bootloader,
+        tee,
+        snp,
+        microcode,
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+enum MainError {
+    #[error("database error")]
+    Db(#[from] krun_kbs::db::DbError),
+    #[error("cannot read an input file")]
+    Read(#[source] std::io::Error),
+    #[error("trust root is unusable")]
+    Trust(#[from] krun_kbs::verify_snp::TrustError),
+    #[error("TLS setup failed")]
+    Tls(#[from] krun_kbs::serve::ServeError),
+    #[error("cannot listen")]
+    Listen(#[source] std::io::Error),
+    #[error("cannot start the async runtime")]
+    Runtime(#[source] std::io::Error),
+    #[error("invalid input")]
+    Usage(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+fn read(path: &std::path::Path) -> Result<Vec<u8>, MainError> {
+    std::fs::read(path).map_err(|e| {
+        MainError::Read(std::io::Error::new(
+            e.kind(),
+            format!("{}: {e}", path.display()),
+        ))
+    })
+}
+
+fn admin(cli: &Cli, cmd: &Command) -> Result<(), MainError> {
+    let store = Store::open(&cli.db)?;
+    match cmd {
+        Command::Workload(WorkloadCmd::Add {
+            id,
+            tee,
+            measurements,
+            sev_policy,
+            passphrase_file,
+            allow_debug,
+            allow_migration_agent,
+            min_report_version,
+            max_vmpl,
+            min_tcb,
+        }) => {
+            let digests = krun_kbs::api::decode_measurements(*tee, measurements)
+                .map_err(|r| MainError::Usage(r.detail.into()))?;
+            let w = krun_kbs::db::Workload {
+                id: id.clone(),
+                tee: *tee,
+                sev_policy: sev_policy.unwrap_or(krun_kbs::api::DEFAULT_SEV_POLICY),
+                snp: SnpRequirements {
+                    allow_debug: *allow_debug,
+                    allow_migration_agent: *allow_migration_agent,
+                    min_tcb: min_tcb.unwrap_or_default(),
+                    min_report_version: *min_report_version,
+                    max_vmpl: *max_vmpl,
+                },
+                measurements: vec![],
+            };
+            store.put_workload(&w, &digests)?;
+            if let Some(f) = passphrase_file {
+                let p = Zeroizing::new(read(f)?);
+                let trimmed = p.strip_suffix(b"\n").unwrap_or(&p);
+                store.put_secret(id, KEY_SECRET, trimmed)?;
+            }
+        }
+        Command::Workload(WorkloadCmd::List) => {
+            let mut out = Vec::new();
+            for w in store.workloads()? {
+                let secrets = store.secret_names(&w.id)?;
+                out.push(krun_kbs::api::WorkloadInfo {
+                    workload: w,
+                    secrets,
+                });
+            }
+            let text = serde_json::to_string_pretty(&out)
+                .map_err(|e| MainError::Usage(e.to_string().into()))?;
+            println!("{text}");
+        }
+        Command::Workload(WorkloadCmd::Remove { id }) => {
+            if !store.remove_workload(id)? {
+                return Err(MainError::Usage(format!("no workload {id}").into()));
+            }
+        }
+        Command::Secret(SecretCmd::Set {
+            workload,
+            name,
+            file,
+        }) => {
+            let data = Zeroizing::new(read(file)?);
+            if !store.put_secret(workload, name, &data)? {
+                return Err(MainError::Usage(format!("no workload {workload}").into()));
+            }
+        }
+        Command::Secret(SecretCmd::Remove { workload, name }) => {
+            if !store.remove_secret(workload, name)? {
+                return Err(MainError::Usage(
+                    format!("no secret {name} for {workload}").into(),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn serve(cli: &Cli, listen: SocketAddr) -> Result<(), MainError> {
+    let store = Store::open(&cli.db)?;
+    let admin_token = match &cli.admin_token_file {
+        Some(f) => {
+            let raw = Zeroizing::new(read(f)?);
+            let token = String::from_utf8_lossy(&raw).trim().to_string();
+            if token.is_empty() {
+                return Err(MainError::Usage("admin token file is empty".into()));
+            }
+            Some(Zeroizing::new(token))
+        }
+        None => None,
+    };
+    let mut roots = TrustRoot::builtin()?;
+    for f in &cli.trust_roots {
+        roots.push(TrustRoot::from_pem_file(f)?);
+    }
+    let sev_arks = cli
+        .sev_trust_roots
+        .iter()
+        .map(|f| read(f))
+        .collect::<Result<Vec<_>, _>>()?;
+    let config = BrokerConfig {
+        admin_token,
+        insecure_registration: cli.insecure_registration,
+        session_ttl: Duration::from_secs(cli.session_ttl.max(1)),
+        max_sessions: cli.max_sessions.max(1),
+        body_limit: cli.body_limit,
+        default_snp: SnpRequirements {
+            min_report_version: cli.min_report_version,
+            ..Default::default()
+        },
+    };
+    if config.insecure_registration {
+        tracing::warn!("unauthenticated workload registration is enabled");
+    }
+    let broker = Arc::new(Broker::new(
+        config,
+        store,
+        SnpVerifier::new(roots, cli.vcek_dir.clone()),
+        SevTrust::new(sev_arks),
+    ));
+    let tls = match (&cli.tls_cert, &cli.tls_key) {
+        (Some(c), Some(k)) => Some(krun_kbs::serve::tls_config(c, k)?),
+        _ => None,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(MainError::Runtime)?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(MainError::Listen)?;
+        let addr = listener.local_addr().map_err(MainError::Listen)?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        // Harnesses read this line to find the port.
+        println!("krun-kbs listening on {scheme}://{addr}");
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+        tracing::info!(%addr, scheme, "serving");
+        tokio::spawn(krun_kbs::serve::collect_sessions(broker.clone()));
+        krun_kbs::serve::run(listener, router(broker), tls).await;
+        Ok(())
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let result = match (&cli.command, cli.listen) {
+        (Some(cmd), _) => admin(&cli, cmd),
+        (None, Some(listen)) => serve(&cli, listen),
+        (None, None) => Err(MainError::Usage("--listen is required to serve".into())),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("krun-kbs: {}", error_chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}

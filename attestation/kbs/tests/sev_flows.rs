@@ -1,0 +1,152 @@
+//! SEV/SEV-ES pre-attestation against the real `krun-kbs` binary: the host client drives the
+//! broker's owner session while a fake PSP plays LAUNCH_START/MEASURE/SECRET.
+
+// Helpers outside #[test] fns unwrap too: a failed step should fail the test loudly.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use krun_attestation::client::sev::SevAttestation;
+use krun_attestation::{secret_table, ClientError, Step};
+use support::*;
+
+const LAUNCH_DATA: &[u8] = b"qboot, kernel, initrd, boot_params and VMSAs";
+
+fn digest_hex(data: &[u8]) -> String {
+    hex::encode(openssl::sha::sha256(data))
+}
+
+fn broker(platform: &SevPlatform) -> Kbs {
+    let kbs = Kbs::start(KbsOptions {
+        admin_token: true,
+        sev_ark: Some(platform.fake.ark().to_vec()),
+        ..Default::default()
+    });
+    kbs.register("sev-w1", &digest_hex(LAUNCH_DATA), "sev passphrase", 63);
+    kbs.register("sev-w2", &digest_hex(b"other"), "other passphrase", 63);
+    kbs
+}
+
+/// The VMM's sequence with the fake PSP; returns the passphrase the guest would read.
+fn launch(
+    kbs: &Kbs,
+    platform: &SevPlatform,
+    wid: &str,
+    data: &[u8],
+) -> Result<Vec<u8>, ClientError> {
+    let cfg = kbs.client();
+    let session =
+        SevAttestation::auth(&cfg, wid, platform.fake.build, platform.fake.chain.clone())?;
+    assert_eq!(session.start.policy.to_u32(), 63, "the registered policy");
+    let mut guest = platform.fake.launch_start(&session.start).unwrap();
+    guest.update(data);
+    let measurement = guest.measure().unwrap();
+    session.attest(&measurement)?;
+    let packet = session.key()?;
+    let plaintext = guest.launch_secret(&packet).unwrap();
+    Ok(secret_table::passphrase(&plaintext).unwrap().to_vec())
+}
+
+fn status(e: &ClientError) -> (Step, u16) {
+    match e {
+        ClientError::Status { step, status, .. } => (*step, *status),
+        other => panic!("unexpected error {other}"),
+    }
+}
+
+#[test]
+fn sev_flow_releases_the_secret_only_for_the_right_measurement() {
+    let platform = SevPlatform::new();
+    let kbs = broker(&platform);
+    assert_eq!(
+        launch(&kbs, &platform, "sev-w1", LAUNCH_DATA).unwrap(),
+        b"sev passphrase"
+    );
+    let err = launch(&kbs, &platform, "sev-w1", b"tampered initrd").unwrap_err();
+    assert_eq!(status(&err), (Step::Attest, 401), "{err}");
+    // Unregistered workload.
+    let err = launch(&kbs, &platform, "nobody", LAUNCH_DATA).unwrap_err();
+    assert_eq!(status(&err), (Step::Auth, 401), "{err}");
+    assert_eq!(kbs.sessions(), 0, "finished and failed sessions are gone");
+}
+
+#[test]
+fn sev_key_of_another_workload_and_replayed_measurement_are_refused() {
+    let platform = SevPlatform::new();
+    let kbs = broker(&platform);
+    let cfg = kbs.client();
+    let session = SevAttestation::auth(
+        &cfg,
+        "sev-w1",
+        platform.fake.build,
+        platform.fake.chain.clone(),
+    )
+    .unwrap();
+    let mut guest = platform.fake.launch_start(&session.start).unwrap();
+    guest.update(LAUNCH_DATA);
+    let m = guest.measure().unwrap();
+    session.attest(&m).unwrap();
+    // Replaying the same measurement into the attested session is refused.
+    let err = session.attest(&m).unwrap_err();
+    assert_eq!(status(&err), (Step::Attest, 401));
+    // A measurement from one session does not verify in another (different TIK).
+    let other = SevAttestation::auth(
+        &cfg,
+        "sev-w1",
+        platform.fake.build,
+        platform.fake.chain.clone(),
+    )
+    .unwrap();
+    assert_eq!(status(&other.attest(&m).unwrap_err()), (Step::Attest, 401));
+    // Raw request for another workload's key with the attested session's cookie.
+    let cookie = session_cookie(&kbs, &platform);
+    let r = kbs.get("/kbs/v0/key/sev-w2", Some(&cookie));
+    assert_eq!(r.status, 403, "{}", r.message());
+    assert_eq!(
+        kbs.get("/kbs/v0/key/sev-w1", Some(&cookie)).status,
+        401,
+        "session ended"
+    );
+}
+
+/// Runs auth + attest by hand and returns the attested session's cookie header.
+fn session_cookie(kbs: &Kbs, platform: &SevPlatform) -> String {
+    let sev = krun_attestation::reference::SevRequest {
+        build: platform.fake.build,
+        chain: platform.fake.chain.clone(),
+        workload_id: "sev-w1".into(),
+    };
+    let req = serde_json::json!({
+        "version": "0.0.0", "tee": "sev", "extra-params": serde_json::to_string(&sev).unwrap()
+    });
+    let r = kbs.post_json("/kbs/v0/auth", None, req.to_string().as_bytes());
+    assert_eq!(r.status, 200, "{}", r.message());
+    let cookie = format!("session_id={}", r.cookie("session_id").unwrap());
+    let ch: krun_attestation::reference::Challenge = serde_json::from_slice(&r.body).unwrap();
+    let sev_ch: krun_attestation::reference::SevChallenge =
+        serde_json::from_str(&ch.extra_params).unwrap();
+    assert_eq!(sev_ch.id, ch.nonce);
+    let mut guest = platform.fake.launch_start(&sev_ch.start).unwrap();
+    guest.update(LAUNCH_DATA);
+    let m = guest.measure().unwrap();
+    // sev 1.x wire form of the evidence, as libkrun 1.x sent it.
+    let att = serde_json::json!({
+        "tee-pubkey": {"alg": "", "k-mod": "", "k-exp": ""},
+        "tee-evidence": serde_json::to_string(&m).unwrap(),
+    });
+    let r = kbs.post_json("/kbs/v0/attest", Some(&cookie), att.to_string().as_bytes());
+    assert_eq!(r.status, 200, "{}", r.message());
+    cookie
+}
+
+#[test]
+fn sev_chain_from_an_untrusted_ark_is_refused() {
+    let platform = SevPlatform::new();
+    let kbs = Kbs::start(KbsOptions {
+        admin_token: true,
+        ..Default::default()
+    });
+    kbs.register("sev-w1", &digest_hex(LAUNCH_DATA), "sev passphrase", 63);
+    let err = launch(&kbs, &platform, "sev-w1", LAUNCH_DATA).unwrap_err();
+    assert_eq!(status(&err), (Step::Auth, 401), "{err}");
+}

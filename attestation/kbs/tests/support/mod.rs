@@ -1,0 +1,333 @@
+//! Shared by the integration tests and the load test: runs the real `krun-kbs` binary on
+//! 127.0.0.1 with a temporary database, and produces evidence. Evidence comes from
+//! `krun_kbs::testkit` only through [`SnpEvidence`] and [`SevPlatform`], so the PSP model can
+//! replace it here without touching the tests.
+
+#![allow(dead_code)]
+// Test harness code: a failed setup step should abort the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use krun_attestation::http::{exchange, HttpRequest, HttpResponse};
+use krun_attestation::ClientConfig;
+use krun_kbs::testkit;
+
+pub const ADMIN_TOKEN: &str = "s3cret-admin-token";
+/// SNP policy of libkrun guests: SMT allowed plus the must-be-one bit 17.
+pub const LIBKRUN_POLICY: u64 = 0x30000;
+
+/// A running broker.
+pub struct Kbs {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub url: String,
+    pub addr: String,
+    args: Vec<String>,
+}
+
+/// Options for [`Kbs::start`].
+#[derive(Default, Clone)]
+pub struct KbsOptions {
+    pub admin_token: bool,
+    pub insecure_registration: bool,
+    pub trust_root_pem: Option<Vec<u8>>,
+    pub sev_ark: Option<Vec<u8>>,
+    pub session_ttl: Option<u64>,
+    pub body_limit: Option<usize>,
+    pub tls: Option<(Vec<u8>, Vec<u8>)>,
+    pub vcek_dir: Option<PathBuf>,
+    pub max_sessions: Option<usize>,
+}
+
+impl Kbs {
+    pub fn start(opts: KbsOptions) -> Kbs {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |name: &str| dir.path().join(name).display().to_string();
+        let mut args = vec![
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--db".into(),
+            p("kbs.db"),
+        ];
+        if opts.admin_token {
+            std::fs::write(dir.path().join("token"), format!("{ADMIN_TOKEN}\n")).unwrap();
+            args.extend(["--admin-token-file".into(), p("token")]);
+        }
+        if opts.insecure_registration {
+            args.push("--insecure-registration".into());
+        }
+        if let Some(pem) = &opts.trust_root_pem {
+            std::fs::write(dir.path().join("root.pem"), pem).unwrap();
+            args.extend(["--trust-root".into(), p("root.pem")]);
+        }
+        if let Some(ark) = &opts.sev_ark {
+            std::fs::write(dir.path().join("sev-ark.cert"), ark).unwrap();
+            args.extend(["--sev-trust-root".into(), p("sev-ark.cert")]);
+        }
+        if let Some(ttl) = opts.session_ttl {
+            args.extend(["--session-ttl".into(), ttl.to_string()]);
+        }
+        if let Some(limit) = opts.body_limit {
+            args.extend(["--body-limit".into(), limit.to_string()]);
+        }
+        if let Some(max) = opts.max_sessions {
+            args.extend(["--max-sessions".into(), max.to_string()]);
+        }
+        if let Some((cert, key)) = &opts.tls {
+            std::fs::write(dir.path().join("tls.crt"), cert).unwrap();
+            std::fs::write(dir.path().join("tls.key"), key).unwrap();
+            args.extend([
+                "--tls-cert".into(),
+                p("tls.crt"),
+                "--tls-key".into(),
+                p("tls.key"),
+            ]);
+        }
+        if let Some(v) = &opts.vcek_dir {
+            args.extend(["--vcek-dir".into(), v.display().to_string()]);
+        }
+        let mut kbs = Kbs {
+            child: None,
+            dir,
+            url: String::new(),
+            addr: String::new(),
+            args,
+        };
+        kbs.spawn();
+        kbs
+    }
+
+    fn spawn(&mut self) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_krun-kbs"))
+            .args(&self.args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("krun-kbs listening on ")
+            .unwrap()
+            .to_string();
+        self.addr = url.split("://").nth(1).unwrap().to_string();
+        self.url = url;
+        self.child = Some(child);
+    }
+
+    /// Stops the broker and starts it again on a new port with the same database.
+    pub fn restart(&mut self) {
+        self.stop();
+        let port_arg = self.args.iter().position(|a| a == "--listen").unwrap() + 1;
+        self.args[port_arg] = "127.0.0.1:0".into();
+        self.spawn();
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.dir.path().join("kbs.db")
+    }
+
+    pub fn client(&self) -> ClientConfig {
+        let mut cfg = ClientConfig::tcp(&self.url, Duration::from_secs(30), None).unwrap();
+        cfg.retries = 1;
+        cfg.retry_delay = Duration::from_millis(10);
+        cfg
+    }
+
+    /// One raw HTTP request (plain TCP).
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> HttpResponse {
+        let mut s = TcpStream::connect(&self.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let req = HttpRequest {
+            method,
+            host: &self.addr,
+            path,
+            headers,
+            body,
+        };
+        exchange(&mut s, &req, 1 << 20).unwrap()
+    }
+
+    pub fn post_json(&self, path: &str, cookie: Option<&str>, body: &[u8]) -> HttpResponse {
+        let mut h = vec![("Content-Type", "application/json")];
+        if let Some(c) = cookie {
+            h.push(("Cookie", c));
+        }
+        self.request("POST", path, &h, Some(body))
+    }
+
+    pub fn get(&self, path: &str, cookie: Option<&str>) -> HttpResponse {
+        let h: Vec<(&str, &str)> = cookie.map(|c| vec![("Cookie", c)]).unwrap_or_default();
+        self.request("GET", path, &h, None)
+    }
+
+    /// buildah's registration body, with the admin token.
+    pub fn register(
+        &self,
+        workload_id: &str,
+        measurement_hex: &str,
+        passphrase: &str,
+        policy_bits: u32,
+    ) {
+        let body = buildah_body(workload_id, measurement_hex, passphrase, policy_bits);
+        let auth = format!("Bearer {ADMIN_TOKEN}");
+        let r = self.request(
+            "POST",
+            "/kbs/v0/register_workload",
+            &[
+                ("Content-Type", "application/json"),
+                ("Authorization", &auth),
+            ],
+            Some(body.as_bytes()),
+        );
+        assert_eq!(r.status, 200, "{}", r.message());
+    }
+
+    pub fn sessions(&self) -> usize {
+        let auth = format!("Bearer {ADMIN_TOKEN}");
+        let r = self.request(
+            "GET",
+            "/kbs/v0/admin/stats",
+            &[("Authorization", &auth)],
+            None,
+        );
+        assert_eq!(r.status, 200);
+        let s: krun_kbs::api::Stats = serde_json::from_slice(&r.body).unwrap();
+        s.sessions
+    }
+
+    /// Runs the admin CLI against this broker's database.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_krun-kbs"))
+            .arg("--db")
+            .arg(self.db())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Kbs {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The body `buildah mkcw` posts, field order and tee_config string as Go writes them.
+pub fn buildah_body(
+    workload_id: &str,
+    measurement_hex: &str,
+    passphrase: &str,
+    bits: u32,
+) -> String {
+    let tee_config = format!(r#"{{"flags":{{"bits":{bits}}},"minfw":{{"major":0,"minor":0}}}}"#);
+    serde_json::json!({
+        "workload_id": workload_id,
+        "launch_measurement": measurement_hex,
+        "passphrase": passphrase,
+        "tee_config": tee_config,
+    })
+    .to_string()
+}
+
+/// SNP evidence source (fake chain today, the PSP model later).
+pub struct SnpEvidence {
+    fake: testkit::snp::FakeSnp,
+    vceks: tempfile::TempDir,
+}
+
+impl SnpEvidence {
+    pub fn new() -> Self {
+        let fake = testkit::snp::FakeSnp::new().unwrap();
+        let vceks = tempfile::tempdir().unwrap();
+        let name = format!("{}.der", hex::encode(fake.chip_id()));
+        std::fs::write(vceks.path().join(name), fake.vcek_der()).unwrap();
+        SnpEvidence { fake, vceks }
+    }
+
+    /// Broker options trusting this platform (root PEM and VCEK directory).
+    pub fn trusted_by(&self, opts: KbsOptions) -> KbsOptions {
+        KbsOptions {
+            trust_root_pem: Some(self.trust_root_pem()),
+            vcek_dir: Some(self.vceks.path().to_path_buf()),
+            ..opts
+        }
+    }
+
+    /// PEM to pass as `--trust-root`.
+    pub fn trust_root_pem(&self) -> Vec<u8> {
+        self.fake.trust_root_pem().unwrap()
+    }
+
+    pub fn chip_id(&self) -> [u8; 64] {
+        self.fake.chip_id()
+    }
+
+    pub fn vcek_der(&self) -> Vec<u8> {
+        self.fake.vcek_der()
+    }
+
+    /// The raw report of a guest launched with `measurement` and `policy`.
+    pub fn report(&self, report_data: [u8; 64], measurement: [u8; 48], policy: u64) -> Vec<u8> {
+        self.fake
+            .report_bytes(report_data, measurement, policy)
+            .unwrap()
+    }
+
+    pub fn cert_table(&self) -> Vec<sev::firmware::host::CertTableEntry> {
+        self.fake.cert_table()
+    }
+}
+
+/// Legacy SEV platform source (fake chain and PSP today, the PSP model later).
+pub struct SevPlatform {
+    pub fake: testkit::sev::FakeSevPlatform,
+}
+
+impl SevPlatform {
+    pub fn new() -> Self {
+        SevPlatform {
+            fake: testkit::sev::FakeSevPlatform::new().unwrap(),
+        }
+    }
+}
+
+/// A client whose connections go through `f` (to inject canned answers).
+pub fn client_with(
+    url: &str,
+    f: impl Fn() -> std::io::Result<Box<dyn krun_attestation::transport::Stream>>
+        + Send
+        + Sync
+        + 'static,
+) -> ClientConfig {
+    let mut cfg = ClientConfig::new(url, Arc::new(f), None).unwrap();
+    cfg.retries = 0;
+    cfg
+}
+
+pub fn path_of(p: &Path) -> String {
+    p.display().to_string()
+}
