@@ -7,6 +7,7 @@
 // Modules are wired into main() step by step; the allowance goes when the flow is complete.
 #![allow(dead_code)]
 
+mod attest_broker;
 #[cfg(test)]
 mod c_probe;
 mod console;
