@@ -55,7 +55,8 @@ impl AttestationClient {
         }
     }
 
-    /// A client using `connector` (tests).
+    /// A client using `connector`.
+    #[cfg(test)]
     pub fn with_connector(connector: Arc<dyn Connector>) -> Self {
         AttestationClient { connector }
     }

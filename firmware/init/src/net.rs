@@ -62,6 +62,10 @@ pub fn loopback_up() -> Result<(), NetError> {
     // SAFETY: SIOCSIFFLAGS reads `req`, which stays alive for the call.
     sys::check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) })
         .map_err(NetError::Flags)?;
+    let now = interface_flags("lo").map_err(NetError::Flags)?;
+    if now & up == 0 {
+        return Err(NetError::Flags(io::Error::other("lo stayed down")));
+    }
     Ok(())
 }
 

@@ -1,7 +1,5 @@
 //! Resource limits: names, the krun_set_rlimits string form, and applying them.
 
-use std::io;
-
 /// Resource type of `setrlimit` on glibc.
 pub type Resource = libc::__rlimit_resource_t;
 
@@ -20,9 +18,6 @@ pub enum RlimitError {
     /// The soft limit is above the hard limit.
     #[error("rlimit soft limit exceeds the hard limit")]
     SoftAboveHard,
-    /// `setrlimit` failed.
-    #[error("setrlimit failed")]
-    Apply(#[source] io::Error),
 }
 
 const NAMES: [(&str, Resource); 16] = [
@@ -77,18 +72,6 @@ impl Rlimit {
             parse_value(soft)?,
             parse_value(hard)?,
         )
-    }
-
-    /// Sets the limit on the calling process.
-    pub fn apply(&self) -> Result<(), RlimitError> {
-        let lim = libc::rlimit {
-            rlim_cur: self.soft,
-            rlim_max: self.hard,
-        };
-        // SAFETY: `lim` is a valid rlimit that outlives the call.
-        crate::sys::check(unsafe { libc::setrlimit(self.resource, &lim) })
-            .map(|_| ())
-            .map_err(RlimitError::Apply)
     }
 }
 
@@ -147,36 +130,5 @@ mod tests {
         for bad in ["7", "7=1", "7=a:b", "7=10:5", "99=1:1", "=1:1"] {
             assert!(Rlimit::parse_krun(bad).is_err(), "{bad} accepted");
         }
-    }
-
-    #[test]
-    fn apply_changes_the_limit_of_a_child() {
-        // Applied in a forked child so the test process keeps its own limits.
-        // SAFETY: the child only calls async-signal-safe functions before _exit.
-        let pid = unsafe { libc::fork() };
-        assert!(pid >= 0);
-        if pid == 0 {
-            let ok = Rlimit::new(libc::RLIMIT_CORE, 0, 0)
-                .unwrap()
-                .apply()
-                .is_ok();
-            let mut cur = libc::rlimit {
-                rlim_cur: 1,
-                rlim_max: 1,
-            };
-            // SAFETY: `cur` is a valid out-pointer.
-            unsafe { libc::getrlimit(libc::RLIMIT_CORE, &mut cur) };
-            let code = if ok && cur.rlim_cur == 0 && cur.rlim_max == 0 {
-                0
-            } else {
-                1
-            };
-            // SAFETY: _exit never returns and is async-signal-safe.
-            unsafe { libc::_exit(code) };
-        }
-        let mut status = 0;
-        // SAFETY: waiting for the child we just forked.
-        unsafe { libc::waitpid(pid, &mut status, 0) };
-        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
     }
 }
