@@ -53,6 +53,8 @@ pub struct MountSpec {
     pub flags: libc::c_ulong,
     /// File system options.
     pub data: Option<&'static str>,
+    /// A failure is logged and the boot goes on (a workload may live without it).
+    pub optional: bool,
 }
 
 impl MountSpec {
@@ -69,7 +71,13 @@ impl MountSpec {
             fstype,
             flags,
             data,
+            optional: false,
         }
+    }
+
+    fn optional(mut self) -> Self {
+        self.optional = true;
+        self
     }
 
     /// Creates the mount point and mounts; "already mounted" (EBUSY) counts as success.
@@ -112,9 +120,21 @@ pub fn early_mounts() -> Vec<MountSpec> {
     ]
 }
 
-/// Mounts every spec in order, stopping at the first failure.
+/// Mounts every spec in order, stopping at the first failure of a required one.
 pub fn mount_all(specs: &[MountSpec]) -> Result<(), MountsError> {
-    specs.iter().try_for_each(MountSpec::mount)
+    for spec in specs {
+        match spec.mount() {
+            Err(err) if spec.optional => {
+                crate::log!(
+                    "skipping {}: {}",
+                    spec.target.display(),
+                    crate::console::error_chain(&err)
+                );
+            }
+            r => r?,
+        }
+    }
+    Ok(())
 }
 
 /// The mounts a container expects inside `root` (the new `/`): `/proc`, `/sys`, `/dev`,
@@ -137,14 +157,16 @@ pub fn container_mounts(root: &Path) -> Vec<MountSpec> {
             "devpts",
             libc::MS_NOSUID | libc::MS_NOEXEC,
             Some("newinstance,ptmxmode=0666,mode=0620"),
-        ),
+        )
+        .optional(),
         MountSpec::new(
             "shm",
             "/dev/shm",
             "tmpfs",
             libc::MS_NOSUID | libc::MS_NODEV,
             Some("mode=1777"),
-        ),
+        )
+        .optional(),
     ];
     if !at("/tmp").exists() {
         specs.push(MountSpec::new(
@@ -155,13 +177,16 @@ pub fn container_mounts(root: &Path) -> Vec<MountSpec> {
             Some("mode=1777"),
         ));
     }
-    specs.push(MountSpec::new(
-        "cgroup2",
-        "/sys/fs/cgroup",
-        "cgroup2",
-        NOSUID_NODEV_NOEXEC,
-        None,
-    ));
+    specs.push(
+        MountSpec::new(
+            "cgroup2",
+            "/sys/fs/cgroup",
+            "cgroup2",
+            NOSUID_NODEV_NOEXEC,
+            None,
+        )
+        .optional(),
+    );
     for spec in &mut specs {
         spec.target = at(spec.target.to_str().unwrap_or("/"));
     }
@@ -386,9 +411,17 @@ mod tests {
             fstype: "krun-no-such-fs",
             flags: 0,
             data: None,
+            optional: false,
         };
         let err = spec.mount().unwrap_err();
         assert!(target.is_dir());
         assert!(err.to_string().contains("krun-no-such-fs"), "{err}");
+        assert!(mount_all(std::slice::from_ref(&spec)).is_err());
+        // The same failure on an optional mount is only logged.
+        let optional = MountSpec {
+            optional: true,
+            ..spec
+        };
+        mount_all(&[optional]).unwrap();
     }
 }
