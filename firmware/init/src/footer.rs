@@ -4,6 +4,11 @@
 //! JSON's length as u64 little-endian, ending at the last byte of the device. Images are padded
 //! so that the whole file is a multiple of 4096 (buildah) or 512 (oci2cw) bytes; either way the
 //! 12-byte trailer is the very end, so the reader never needs the alignment.
+//!
+//! The footer is outside the encrypted payload, so the host can change it. Nothing secret
+//! depends on it: it only tells the guest which broker to ask and for which workload, and the
+//! broker releases the key only for evidence that matches that workload's registration. The
+//! reader therefore only bounds sizes and validates the JSON.
 
 use std::fs::File;
 use std::io;
