@@ -148,7 +148,13 @@ pub fn crypt_params(target: &CryptTarget, device: &Path) -> Result<Zeroizing<Str
     if !matches!(target.sector_size, 512 | 4096) || target.length_sectors == 0 {
         return Err(DmError::Table);
     }
-    let mut params = Zeroizing::new(String::with_capacity(target.key.len() * 2 + 128));
+    let mut tail = format!(" {} {} {}", target.iv_offset, device, target.offset_sectors);
+    if target.sector_size != 512 {
+        tail.push_str(&format!(" 1 sector_size:{}", target.sector_size));
+    }
+    // Exact capacity: a reallocation would leave a copy of the key in freed memory.
+    let len = target.cipher.len() + 1 + target.key.len() * 2 + tail.len();
+    let mut params = Zeroizing::new(String::with_capacity(len));
     params.push_str(&target.cipher);
     params.push(' ');
     for b in target.key.iter() {
@@ -156,14 +162,8 @@ pub fn crypt_params(target: &CryptTarget, device: &Path) -> Result<Zeroizing<Str
         params.push(char::from(HEX[usize::from(b >> 4)]));
         params.push(char::from(HEX[usize::from(b & 0xf)]));
     }
-    // Writing into a String cannot fail; the text has no secrets past this point.
-    params.push_str(&format!(
-        " {} {} {}",
-        target.iv_offset, device, target.offset_sectors
-    ));
-    if target.sector_size != 512 {
-        params.push_str(&format!(" 1 sector_size:{}", target.sector_size));
-    }
+    params.push_str(&tail);
+    debug_assert_eq!(params.capacity(), len);
     Ok(params)
 }
 
@@ -358,7 +358,13 @@ mod tests {
             p.as_str(),
             format!("aes-xts-plain64 {key_hex} 0 /dev/vda 4040")
         );
+        assert_eq!(
+            p.len(),
+            p.capacity(),
+            "no spare capacity means no reallocation"
+        );
         let p = crypt_params(&target(4096), Path::new("/dev/vda")).unwrap();
+        assert_eq!(p.len(), p.capacity());
         assert!(
             p.ends_with(" 0 /dev/vda 4040 1 sector_size:4096"),
             "{}",

@@ -61,7 +61,7 @@ fn main() {
         exit::power_off(exit::INIT_FAILURE_STATUS);
     }));
     step("early mounts", mounts::mount_all(&mounts::early_mounts()));
-    let host = step(
+    let mut host = step(
         "reading /krun/host.json",
         HostConfig::load(Path::new(host_config::HOST_CONFIG_PATH)),
     );
@@ -115,6 +115,8 @@ fn main() {
             ),
         )
     };
+    // Zeroized on drop; nothing later needs it.
+    host.dev_passphrase = None;
     if source == KeySource::DevPassphrase {
         log!("using the development passphrase from host.json (not a confidential launch)");
     }

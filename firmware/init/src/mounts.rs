@@ -138,7 +138,8 @@ pub fn mount_all(specs: &[MountSpec]) -> Result<(), MountsError> {
 }
 
 /// The mounts a container expects inside `root` (the new `/`): `/proc`, `/sys`, `/dev`,
-/// `/dev/pts`, `/dev/shm`, `/tmp` as tmpfs when the image has none, and cgroup2.
+/// `/dev/pts`, `/dev/shm`, `/dev/mqueue`, `/tmp` as tmpfs when the image has none, and
+/// cgroup2. Only the first three are required.
 pub fn container_mounts(root: &Path) -> Vec<MountSpec> {
     let at = |p: &str| root.join(p.trim_start_matches('/'));
     let mut specs = vec![
@@ -167,6 +168,7 @@ pub fn container_mounts(root: &Path) -> Vec<MountSpec> {
             Some("mode=1777"),
         )
         .optional(),
+        MountSpec::new("mqueue", "/dev/mqueue", "mqueue", NOSUID_NODEV_NOEXEC, None).optional(),
     ];
     if !at("/tmp").exists() {
         specs.push(MountSpec::new(
@@ -332,6 +334,7 @@ mod tests {
                 "dev",
                 "dev/pts",
                 "dev/shm",
+                "dev/mqueue",
                 "tmp",
                 "sys/fs/cgroup"
             ]
@@ -339,7 +342,15 @@ mod tests {
         std::fs::create_dir(dir.path().join("tmp")).unwrap();
         assert_eq!(
             targets(dir.path()),
-            ["proc", "sys", "dev", "dev/pts", "dev/shm", "sys/fs/cgroup"]
+            [
+                "proc",
+                "sys",
+                "dev",
+                "dev/pts",
+                "dev/shm",
+                "dev/mqueue",
+                "sys/fs/cgroup"
+            ]
         );
         let fstypes: Vec<_> = container_mounts(dir.path())
             .iter()
@@ -347,8 +358,13 @@ mod tests {
             .collect();
         assert_eq!(
             fstypes,
-            ["proc", "sysfs", "devtmpfs", "devpts", "tmpfs", "cgroup2"]
+            ["proc", "sysfs", "devtmpfs", "devpts", "tmpfs", "mqueue", "cgroup2"]
         );
+        let optional: Vec<_> = container_mounts(dir.path())
+            .iter()
+            .map(|m| m.optional)
+            .collect();
+        assert_eq!(optional, [false, false, false, true, true, true, true]);
     }
 
     #[test]
