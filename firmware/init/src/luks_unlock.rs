@@ -8,6 +8,23 @@ use zeroize::Zeroizing;
 
 use crate::unlock::{CryptTarget, DiskUnlocker, UnlockError};
 
+/// Errors from the krun-luks adapter, each naming what failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LuksUnlockError {
+    /// The device cannot be opened.
+    #[error("cannot open the root disk")]
+    Open(#[source] std::io::Error),
+    /// The LUKS header is missing, corrupt or unsupported.
+    #[error("the root disk has no usable LUKS header")]
+    Header(#[source] krun_luks::HeaderError),
+    /// No keyslot opened.
+    #[error("cannot open a LUKS keyslot")]
+    Unlock(#[source] krun_luks::UnlockError),
+    /// The device size cannot be read.
+    #[error("cannot determine the size of the root disk")]
+    Size(#[source] std::io::Error),
+}
+
 /// Opens LUKS1/LUKS2 headers read-only with the krun-luks crate.
 #[derive(Debug, Clone, Default)]
 pub struct LuksUnlocker {
@@ -49,11 +66,15 @@ pub fn kdf_limits_for_memory(available_kib: Option<u64>) -> KdfLimits {
 impl DiskUnlocker for LuksUnlocker {
     fn unlock(&self, device: &Path, passphrase: &[u8]) -> Result<CryptTarget, UnlockError> {
         // Opened read-only: unlocking never writes the disk.
-        let mut dev = File::open(device)?;
-        let header = Header::read(&mut dev)?;
-        let key = header.unlock_with_limits(passphrase, &self.limits)?;
-        let size = crate::footer::device_size(&dev)?;
-        let t = header.dm_crypt_target(&key, size)?;
+        let mut dev = File::open(device).map_err(LuksUnlockError::Open)?;
+        let header = Header::read(&mut dev).map_err(LuksUnlockError::Header)?;
+        let key = header
+            .unlock_with_limits(passphrase, &self.limits)
+            .map_err(LuksUnlockError::Unlock)?;
+        let size = crate::footer::device_size(&dev).map_err(LuksUnlockError::Size)?;
+        let t = header
+            .dm_crypt_target(&key, size)
+            .map_err(LuksUnlockError::Unlock)?;
         Ok(CryptTarget {
             cipher: t.cipher.to_string(),
             key: Zeroizing::new(key.as_bytes().to_vec()),
@@ -115,14 +136,27 @@ mod tests {
         let err = LuksUnlocker::default()
             .unlock(img.path(), b"wrong")
             .unwrap_err();
-        assert!(
-            err.to_string().to_lowercase().contains("passphrase"),
-            "{err}"
-        );
+        let err = err.downcast_ref::<LuksUnlockError>().unwrap();
+        assert!(matches!(err, LuksUnlockError::Unlock(_)));
+        let cause = std::error::Error::source(err).unwrap().to_string();
+        assert!(cause.contains("passphrase"), "{cause}");
         assert_eq!(std::fs::read(img.path()).unwrap(), before);
         let mut plain = tempfile::NamedTempFile::new().unwrap();
         plain.write_all(&[0u8; 1 << 20]).unwrap();
-        assert!(LuksUnlocker::default().unlock(plain.path(), b"x").is_err());
+        let err = LuksUnlocker::default()
+            .unlock(plain.path(), b"x")
+            .unwrap_err();
+        assert!(matches!(
+            err.downcast_ref::<LuksUnlockError>(),
+            Some(LuksUnlockError::Header(_))
+        ));
+        let err = LuksUnlocker::default()
+            .unlock(Path::new("/nonexistent/vda"), b"x")
+            .unwrap_err();
+        assert!(matches!(
+            err.downcast_ref::<LuksUnlockError>(),
+            Some(LuksUnlockError::Open(_))
+        ));
     }
 
     #[test]

@@ -10,6 +10,8 @@
 # busybox ($BUSYBOX, default /bin/busybox from busybox-static) and cryptsetup-bin (header check).
 # The status port needs CONFIG_X86_IOPL_IOPERM=y in the guest kernel; with a kernel that
 # lacks it, KRUN_SMOKE_NO_STATUS_PORT=1 checks the logged status instead of QEMU's exit code.
+# KRUN_SMOKE_PORT_KERNEL=<bzImage with CONFIG_X86_IOPL_IOPERM, e.g. Debian's cloud kernel>
+# adds a diskless boot under -M pc that checks the status port alone (status 1, code 3).
 set -euo pipefail
 
 VMLINUX=${1:?usage: boot-smoke.sh VMLINUX}
@@ -118,5 +120,16 @@ make_initrd '{"tee":"snp","dev_passphrase":"pw"}' - "$WORK/i4.cpio"
 code=$(boot "$WORK/i4.cpio" "$WORK/disk1.img" "$WORK/4.log")
 expect "dev passphrase refused under snp" "$WORK/4.log" "$code" 1 \
     "a development passphrase is refused in a confidential launch"
+
+# 5. Status port alone, with a kernel that has ioperm (no disk: the unlock step fails).
+if [ -n "${KRUN_SMOKE_PORT_KERNEL:-}" ]; then
+    rc=0
+    timeout 300 qemu-system-x86_64 -M pc -accel tcg -cpu max -m 512 -smp 1 -nodefaults \
+        -no-user-config -nographic -serial stdio -no-reboot -kernel "$KRUN_SMOKE_PORT_KERNEL" \
+        -initrd "$WORK/i1.cpio" -append "console=ttyS0 reboot=t panic=-1 quiet" \
+        -device isa-debug-exit,iobase=0xf4,iosize=4 >"$WORK/5.log" 2>&1 || rc=$?
+    KRUN_SMOKE_NO_STATUS_PORT=0 expect "status port (ioperm + outb)" "$WORK/5.log" "$rc" 1 \
+        "unlocking the LUKS root disk failed: cannot open the root disk"
+fi
 
 exit $FAILED
