@@ -256,6 +256,32 @@ mod tests {
     }
 
     #[test]
+    fn preamble_parser_handles_arbitrary_bytes() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..20_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let len = usize::try_from(seed % 40).unwrap();
+            let mut bytes: Vec<u8> = seed
+                .to_le_bytes()
+                .iter()
+                .cycle()
+                .take(len)
+                .copied()
+                .collect();
+            if seed % 3 == 0 {
+                bytes.splice(0..0, b"CONNECT ".iter().copied());
+            }
+            if let Ok(port) = read_preamble(&mut bytes.as_slice()) {
+                assert_ne!(port, 0);
+                assert!(bytes.starts_with(format!("CONNECT {port}\n").as_bytes()));
+            }
+        }
+        assert_eq!(read_preamble(&mut &b"CONNECT 8080\nrest"[..]), Ok(8080));
+    }
+
+    #[test]
     fn listed_port_is_allowed() {
         let (port, server) = echo_server();
         let (mut host, t) = forward(PortPolicy::Only(BTreeSet::from([port])));
