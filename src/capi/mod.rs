@@ -58,7 +58,7 @@ pub enum CapiError {
     #[error("invalid rlimits")]
     Rlimit(#[source] RlimitError),
     /// Invalid TEE config file.
-    #[error("invalid TEE config file {path}")]
+    #[error("TEE config file {path}")]
     TeeConfig {
         /// The file.
         path: String,
