@@ -9,6 +9,11 @@
 pub mod crypto;
 pub mod identity;
 pub mod sev_launch;
+pub mod snp_launch;
+pub mod snp_report;
+
+#[cfg(test)]
+mod test_oracle;
 
 pub use identity::{
     IdentityError, ModelIdentity, SevPlatformVersion, SnpFirmwareVersion, SnpPlatform, TcbVersion,
@@ -16,3 +21,5 @@ pub use identity::{
 pub use sev_launch::{
     LaunchMeasurement, OwnerSession, SevGuest, SevGuestState, SevLaunchError, SevMode,
 };
+pub use snp_launch::{SnpGuest, SnpGuestState, SnpLaunchError, SnpLaunchFinish, SnpPageType};
+pub use snp_report::SnpReportError;

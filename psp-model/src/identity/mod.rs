@@ -387,7 +387,6 @@ impl ModelIdentity {
         &self.pdh_key
     }
 
-    #[allow(dead_code)] // used by the SNP report, next
     pub(crate) fn vcek_key(&self) -> &EcKey<Private> {
         &self.vcek_key
     }
