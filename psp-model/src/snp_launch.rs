@@ -779,6 +779,31 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn random_id_blocks_are_errors_not_panics() {
+        let mut g = guest();
+        for round in 0..64u32 {
+            let mut block = vec![0u8; ID_BLOCK_LEN];
+            let mut auth = vec![0u8; ID_AUTH_LEN];
+            openssl::rand::rand_bytes(&mut block).unwrap();
+            openssl::rand::rand_bytes(&mut auth).unwrap();
+            // Make the algorithm and curve fields plausible half of the time.
+            if round % 2 == 0 {
+                auth[0..4].copy_from_slice(&1u32.to_le_bytes());
+                auth[4..8].copy_from_slice(&1u32.to_le_bytes());
+                auth[0x240..0x244].copy_from_slice(&2u32.to_le_bytes());
+                auth[0x880..0x884].copy_from_slice(&2u32.to_le_bytes());
+            }
+            let result = g.launch_finish(SnpLaunchFinish {
+                id_block: Some((&block, &auth)),
+                author_key_en: round % 3 == 0,
+                host_data: [0; 32],
+            });
+            assert!(result.is_err());
+        }
+        assert_eq!(g.state(), SnpGuestState::Launching);
+    }
+
+    #[test]
     fn id_block_for_another_launch_or_tampered_is_refused() {
         let mut g = guest();
         g.update_normal(0, &pattern(PAGE_SIZE, 2)).unwrap();

@@ -387,6 +387,10 @@ impl ModelIdentity {
         &self.pdh_key
     }
 
+    pub(crate) fn pek_key(&self) -> &EcKey<Private> {
+        &self.pek_key
+    }
+
     pub(crate) fn vcek_key(&self) -> &EcKey<Private> {
         &self.vcek_key
     }
@@ -436,6 +440,10 @@ pub(crate) mod tests {
     use sev::certs::snp::Verifiable as _;
 
     use super::*;
+
+    pub(crate) fn cert_bytes(cert: &SevCert) -> Vec<u8> {
+        sev_chain::cert_bytes(cert).unwrap()
+    }
 
     /// One identity per test process: RSA-4096 generation is the slow part.
     pub(crate) fn shared() -> &'static ModelIdentity {

@@ -35,26 +35,13 @@ pub struct SevChainKeys {
     pub pek: EcKey<Private>,
 }
 
-/// RSA-PSS (salt length = digest length) SHA-384 signature, big-endian, never starting with a
-/// zero byte.
-///
-/// The `sev` crate turns SEV certificate signatures into a trimmed big-endian integer before
-/// handing them to OpenSSL, so a signature with a leading zero byte would be one byte short
-/// and fail to verify; PSS is randomized, so signing again gives a usable one.
+/// RSA-PSS (salt length = digest length) SHA-384 signature, big-endian, as AMD signs.
 fn rsa_pss_sha384(key: &PKey<Private>, message: &[u8]) -> Result<Vec<u8>, IdentityError> {
-    for _ in 0..64 {
-        let mut signer = Signer::new(MessageDigest::sha384(), key)?;
-        signer.set_rsa_padding(Padding::PKCS1_PSS)?;
-        signer.set_rsa_pss_saltlen(RsaPssSaltlen::DIGEST_LENGTH)?;
-        signer.update(message)?;
-        let sig = signer.sign_to_vec()?;
-        if sig.first().is_some_and(|&b| b != 0) {
-            return Ok(sig);
-        }
-    }
-    Err(IdentityError::Generate {
-        reason: "RSA signature kept starting with zero",
-    })
+    let mut signer = Signer::new(MessageDigest::sha384(), key)?;
+    signer.set_rsa_padding(Padding::PKCS1_PSS)?;
+    signer.set_rsa_pss_saltlen(RsaPssSaltlen::DIGEST_LENGTH)?;
+    signer.update(message)?;
+    Ok(signer.sign_to_vec()?)
 }
 
 /// Writes a big-endian integer little-endian into a zero-filled field.
