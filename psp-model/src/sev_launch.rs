@@ -28,6 +28,9 @@ pub const VMSA_LEN: usize = 4096;
 /// reserved and rejected.
 const POLICY_FLAGS_KNOWN: u32 = 0x3F;
 const POLICY_ES: u32 = 1 << 2;
+/// The GODH is a PDH-usage certificate with an ECDH key (SHA-256 or SHA-384 variant).
+const GODH_USAGE_PDH: u32 = 0x1003;
+const GODH_ALGOS: [u32; 2] = [0x0003, 0x0103];
 /// FLAGS.COMPRESSED of a LAUNCH_SECRET header.
 const SECRET_FLAG_COMPRESSED: u32 = 1;
 
@@ -42,8 +45,8 @@ pub enum SevLaunchError {
     #[error("guest policy rejected: {reason}")]
     PolicyFailure { reason: &'static str },
     /// The owner's DH certificate is malformed or its key is not a P-384 point.
-    #[error("guest owner DH certificate is invalid")]
-    InvalidCertificate(#[source] CryptoError),
+    #[error("guest owner DH certificate is invalid: {reason}")]
+    InvalidCertificate { reason: &'static str },
     /// A buffer has the wrong length.
     #[error("invalid length for {what}")]
     InvalidLength { what: &'static str },
@@ -70,7 +73,7 @@ impl SevLaunchError {
         match self {
             SevLaunchError::InvalidGuestState { .. } => SevError::InvalidGuestState,
             SevLaunchError::PolicyFailure { .. } => SevError::PolicyFailure,
-            SevLaunchError::InvalidCertificate(_) => SevError::InvalidCertificate,
+            SevLaunchError::InvalidCertificate { .. } => SevError::InvalidCertificate,
             SevLaunchError::InvalidLength { .. } => SevError::InvalidLen,
             // The firmware reports integrity failures of owner-supplied blobs as
             // BAD_MEASUREMENT (not confirmed from the spec; research/psp-model.md §8).
@@ -180,8 +183,18 @@ fn unwrap_session(
             what: "session buffer",
         });
     }
-    let godh = identity::sev_cert_public_key(owner.godh_cert)
-        .map_err(SevLaunchError::InvalidCertificate)?;
+    let cert = owner.godh_cert;
+    let usage = u32::from_le_bytes(array::<4>(&cert[0x08..0x0C]));
+    let algo = u32::from_le_bytes(array::<4>(&cert[0x0C..0x10]));
+    if usage != GODH_USAGE_PDH || !GODH_ALGOS.contains(&algo) {
+        return Err(SevLaunchError::InvalidCertificate {
+            reason: "not an ECDH key",
+        });
+    }
+    let godh =
+        identity::sev_cert_public_key(cert).map_err(|_| SevLaunchError::InvalidCertificate {
+            reason: "key is not a P-384 point",
+        })?;
     let s = owner.session;
     let (nonce, wrap_tk, wrap_iv) = (&s[0x00..0x10], &s[0x10..0x30], array::<16>(&s[0x30..0x40]));
     let (wrap_mac, policy_mac) = (&s[0x40..0x60], &s[0x60..0x80]);
@@ -727,6 +740,17 @@ mod tests {
         };
         let err = SevGuest::launch_start(id, SevMode::Sev, pol, Some(off_curve)).unwrap_err();
         assert_eq!(err.status(), SevError::InvalidCertificate);
+        // A signing key (PEK usage, ECDSA) is not a DH key.
+        let mut godh = owner.godh_cert.to_vec();
+        godh[0x08..0x10].copy_from_slice(&[0x02, 0x10, 0, 0, 0x02, 0, 0, 0]);
+        let signing = OwnerSession {
+            godh_cert: &godh,
+            session: owner.session,
+        };
+        assert!(matches!(
+            SevGuest::launch_start(id, SevMode::Sev, pol, Some(signing)),
+            Err(SevLaunchError::InvalidCertificate { .. })
+        ));
         for seed in 0..32u8 {
             let mut junk = vec![0u8; START_BLOB_LEN];
             openssl::rand::rand_bytes(&mut junk).unwrap();

@@ -30,6 +30,11 @@ const PAGE_INFO_LEN_U16: u16 = 0x70;
 const GPA_LIMIT: u64 = 1 << 52;
 /// Policy bit 17 must be one.
 const POLICY_MBO: u64 = 1 << 17;
+/// Policy bit 16: SMT allowed.
+const POLICY_SMT: u64 = 1 << 16;
+/// PLATFORM_INFO of the model: SMT enabled (bit 0), like a typical EPYC host.
+pub(crate) const PLATFORM_INFO: u64 = 1;
+const PLATFORM_INFO_SMT_EN: u64 = 1;
 /// Policy bits the SNP ABI defines (ABI version, SMT, MBO, MIGRATE_MA, DEBUG,
 /// SINGLE_SOCKET, CXL_ALLOW, MEM_AES_256_XTS, RAPL_DIS, CIPHERTEXT_HIDING, PAGE_SWAP_DISABLE).
 const POLICY_KNOWN: u64 = (1 << 26) - 1;
@@ -198,6 +203,11 @@ impl SnpGuest {
         if policy & POLICY_MBO == 0 {
             return Err(SnpLaunchError::PolicyFailure {
                 reason: "policy bit 17 must be set",
+            });
+        }
+        if PLATFORM_INFO & PLATFORM_INFO_SMT_EN != 0 && policy & POLICY_SMT == 0 {
+            return Err(SnpLaunchError::PolicyFailure {
+                reason: "SMT is enabled but the policy does not allow it",
             });
         }
         if policy & !POLICY_KNOWN != 0 {
@@ -688,6 +698,7 @@ pub(crate) mod tests {
 
         let id = arc_identity();
         assert!(SnpGuest::launch_start(id.clone(), 0x10000, [0; 16]).is_err());
+        assert!(SnpGuest::launch_start(id.clone(), 0x20000, [0; 16]).is_err());
         assert!(SnpGuest::launch_start(id.clone(), POLICY | 1 << 40, [0; 16]).is_err());
         let fw = id.snp_platform().firmware;
         let newer = POLICY | u64::from(fw.major) << 8 | u64::from(fw.minor + 1);

@@ -6,7 +6,7 @@
 //! signature, so any non-zero reserved byte would break verification.
 
 use crate::crypto::{self, CryptoError};
-use crate::snp_launch::{SnpGuest, SnpGuestState};
+use crate::snp_launch::{SnpGuest, SnpGuestState, PLATFORM_INFO};
 
 /// Bytes of an attestation report.
 pub const REPORT_LEN: usize = 0x4A0;
@@ -19,8 +19,6 @@ pub const REPORT_REQUEST_LEN: usize = REPORT_DATA_LEN + 4;
 const REPORT_VERSION: u32 = 3;
 /// SIGNATURE_ALGO: ECDSA P-384 with SHA-384.
 const SIG_ALGO_ECDSA_P384_SHA384: u32 = 1;
-/// PLATFORM_INFO: SMT enabled (KVM requires the SMT policy bit, so the host may have SMT).
-const PLATFORM_INFO: u64 = 1;
 /// End of the signed part of the report.
 const SIGNED_LEN: usize = 0x2A0;
 /// Highest VMPL.
@@ -197,6 +195,7 @@ mod tests {
         assert_eq!(report.reported_tcb.snp, platform.tcb.snp);
         assert_eq!(report.reported_tcb.microcode, platform.tcb.microcode);
         assert_eq!(report.report_id_ma, [0xFF; 32]);
+        assert!(report.plat_info.smt_enabled());
         // Re-encoding by the crate gives back exactly the model's bytes.
         assert_eq!(&report.to_bytes().unwrap()[..], &raw[..]);
 
