@@ -11,13 +11,17 @@ INCLUDEDIR ?= $(PREFIX)/include
 PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
 DESTDIR ?=
 CARGO ?= cargo
+# Test oracles (sev-snp-measure) live in a virtualenv outside the checkout.
+KRUN_SEV_CACHE ?= $(HOME)/.cache/krun-sev
+VENV ?= $(KRUN_SEV_CACHE)/venv
+export KRUN_SEV_PYTHON ?= $(VENV)/bin/python
 
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 MAJOR := $(firstword $(subst ., ,$(VERSION)))
 LIB_FILE := libkrun-sev.so.$(VERSION)
 BUILD_DIR := build
 
-.PHONY: all lib install install-lib test check unit-tests c-api-test demo clean
+.PHONY: all lib install install-lib test test-deps check unit-tests c-api-test demo clean
 
 all: lib
 
@@ -42,7 +46,14 @@ check:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-unit-tests:
+# Python test oracles, pinned; installed once into $(VENV).
+test-deps:
+	@if ! "$(KRUN_SEV_PYTHON)" -c 'import sevsnpmeasure' 2>/dev/null; then \
+	    echo "test-deps: creating $(VENV) with sev-snp-measure"; \
+	    python3 -m venv "$(VENV)" && "$(VENV)/bin/pip" install -q sev-snp-measure==0.0.13; \
+	fi
+
+unit-tests: test-deps
 	$(CARGO) test --workspace
 
 c-api-test:
