@@ -86,7 +86,7 @@ impl CapiError {
 }
 
 /// Renders an error and its sources on one line: `outer: inner: innermost`.
-pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
+pub fn error_chain(err: &dyn std::error::Error) -> String {
     let mut out = err.to_string();
     let mut source = err.source();
     while let Some(e) = source {
