@@ -1,5 +1,6 @@
 //! `krun-sev`: the command-line front end of libkrun-sev.
 
+mod mkcw;
 mod run;
 
 use std::process::ExitCode;
@@ -16,6 +17,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Build an encrypted confidential-workload disk image (buildah mkcw layout).
+    Mkcw(Box<mkcw::MkcwArgs>),
     /// Run a confidential workload through the C API, in the order crun's krun handler uses.
     Run(run::RunArgs),
 }
@@ -26,12 +29,17 @@ pub const EXIT_NOT_RUN: u8 = 125;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => run::run(&args),
+        Command::Mkcw(args) => mkcw::mkcw(&args)
+            .map(|_| ExitCode::SUCCESS)
+            .map_err(|e| Box::new(e) as Box<dyn std::error::Error>),
+        Command::Run(args) => {
+            run::run(&args).map_err(|e| Box::new(e) as Box<dyn std::error::Error>)
+        }
     };
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("krun-sev: {}", krun_sev::capi::error_chain(&err));
+            eprintln!("krun-sev: {}", krun_sev::capi::error_chain(err.as_ref()));
             ExitCode::from(EXIT_NOT_RUN)
         }
     }
