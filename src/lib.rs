@@ -4,4 +4,5 @@
 //! (`resources::VmResources`) to the VMM.
 
 pub mod capi;
+pub mod launch;
 pub mod resources;
