@@ -13,6 +13,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::vmm::memory::GuestMemory;
 
+pub mod block;
 pub mod descriptor;
 pub mod interrupt;
 pub mod transport;
