@@ -14,6 +14,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::vmm::memory::GuestMemory;
 
 pub mod block;
+pub mod console;
 pub mod descriptor;
 pub mod interrupt;
 pub mod transport;
