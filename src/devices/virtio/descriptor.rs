@@ -82,6 +82,55 @@ pub fn total_len(descs: &[CheckedDescriptor]) -> Option<u32> {
     descs.iter().try_fold(0u32, |acc, d| acc.checked_add(d.len))
 }
 
+/// Copies bytes from the buffers `descs` (taken as one contiguous stream, starting `skip` bytes
+/// in) into `dst`; returns how many bytes were copied (less than `dst.len()` if the buffers
+/// end first).
+pub fn gather<M: GuestMemory + ?Sized>(
+    mem: &M,
+    descs: &[CheckedDescriptor],
+    mut skip: usize,
+    dst: &mut [u8],
+) -> Result<usize, vm_memory::GuestMemoryError> {
+    use vm_memory::{Address, Bytes};
+    let mut done = 0;
+    for d in descs {
+        if done == dst.len() {
+            break;
+        }
+        let len = usize::try_from(d.len).unwrap_or(0);
+        if skip >= len {
+            skip -= len;
+            continue;
+        }
+        let n = (len - skip).min(dst.len() - done);
+        // `skip < len <= u32::MAX` and the range was checked against memory.
+        let addr = d.addr.unchecked_add(skip as u64);
+        mem.read_slice(&mut dst[done..done + n], addr)?;
+        done += n;
+        skip = 0;
+    }
+    Ok(done)
+}
+
+/// Copies `src` into the buffers `descs` (one contiguous stream); returns the bytes written.
+pub fn scatter<M: GuestMemory + ?Sized>(
+    mem: &M,
+    descs: &[CheckedDescriptor],
+    src: &[u8],
+) -> Result<usize, vm_memory::GuestMemoryError> {
+    use vm_memory::Bytes;
+    let mut done = 0;
+    for d in descs {
+        if done == src.len() {
+            break;
+        }
+        let n = usize::try_from(d.len).unwrap_or(0).min(src.len() - done);
+        mem.write_slice(&src[done..done + n], d.addr)?;
+        done += n;
+    }
+    Ok(done)
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -119,6 +168,38 @@ pub(crate) mod tests {
         let mut q: Queue = vq.create_queue().unwrap();
         let chain = q.iter(m).unwrap().next().unwrap();
         check_chain(chain, 8)
+    }
+
+    #[test]
+    fn gather_and_scatter_span_buffers() {
+        use vm_memory::Bytes;
+        let m = mem();
+        let descs = [
+            CheckedDescriptor {
+                addr: GuestAddress(0x1000),
+                len: 3,
+                write_only: true,
+            },
+            CheckedDescriptor {
+                addr: GuestAddress(0x2000),
+                len: 0,
+                write_only: true,
+            },
+            CheckedDescriptor {
+                addr: GuestAddress(0x3000),
+                len: 4,
+                write_only: true,
+            },
+        ];
+        assert_eq!(scatter(&m, &descs, b"abcdefgh").unwrap(), 7);
+        let mut b = [0u8; 4];
+        m.read_slice(&mut b, GuestAddress(0x3000)).unwrap();
+        assert_eq!(&b, b"defg");
+        let mut out = [0u8; 5];
+        assert_eq!(gather(&m, &descs, 2, &mut out).unwrap(), 5);
+        assert_eq!(&out, b"cdefg");
+        let mut big = [0u8; 10];
+        assert_eq!(gather(&m, &descs, 6, &mut big).unwrap(), 1);
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod console;
 pub mod descriptor;
 pub mod interrupt;
 pub mod transport;
+pub mod vsock;
 pub mod worker;
 
 /// Device ID of a block device.
