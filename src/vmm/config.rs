@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 
+use crate::devices::virtio::vsock::HostServices;
+
 /// A disk backed by a raw image file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskConfig {
@@ -67,6 +69,9 @@ pub struct VmConfig {
     pub attestation_target: Option<SocketAddr>,
     /// Port forwarding into the guest.
     pub port_map: PortMap,
+    /// Handlers for further host vsock ports the guest may connect to (1026 report service,
+    /// 1027 control stream), supplied by the TEE and port-map code.
+    pub vsock_handlers: HostServices,
     /// Console fds.
     pub console: ConsoleConfig,
 }
