@@ -50,9 +50,10 @@ pub const STATUS_DEVICE_NEEDS_RESET: u32 = 0x40;
 /// Status bit: the driver gave up on the device.
 pub const STATUS_FAILED: u32 = 0x80;
 
-/// Features every device offers on top of its own.
-pub const TRANSPORT_FEATURES: u64 =
-    (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_F_ACCESS_PLATFORM) | (1 << VIRTIO_RING_F_EVENT_IDX);
+/// Features every device offers on top of its own. `VIRTIO_RING_F_EVENT_IDX` is not among
+/// them: a device offers it only if its queue loop re-arms notifications after every drain
+/// (virtio-blk does); otherwise a stale `avail_event` would silence the driver.
+pub const TRANSPORT_FEATURES: u64 = (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_F_ACCESS_PLATFORM);
 
 /// Errors shared by virtio devices at activation.
 #[derive(Debug, thiserror::Error)]

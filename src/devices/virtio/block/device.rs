@@ -13,6 +13,7 @@ use crate::devices::virtio::interrupt::Interrupt;
 use crate::devices::virtio::worker::Worker;
 use crate::devices::virtio::{
     read_config_bytes, ActivateContext, VirtioDevice, VirtioError, TYPE_BLOCK,
+    VIRTIO_RING_F_EVENT_IDX,
 };
 
 /// A virtio-blk device over a raw image.
@@ -94,7 +95,7 @@ impl VirtioDevice for VirtioBlock {
         } else {
             0
         };
-        (1 << VIRTIO_BLK_F_FLUSH) | ro
+        (1 << VIRTIO_BLK_F_FLUSH) | (1 << VIRTIO_RING_F_EVENT_IDX) | ro
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
