@@ -3,8 +3,9 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestAddress};
 
@@ -78,6 +79,15 @@ pub enum VmmError {
     },
 }
 
+/// Counters of one run, for benchmarks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunStats {
+    /// VM exits handled in userspace, over all vCPUs.
+    pub exits: u64,
+    /// Wall time from starting the vCPUs to the end of the run.
+    pub wall: Duration,
+}
+
 /// The virtual machine monitor.
 #[derive(Debug)]
 pub struct Vmm;
@@ -85,6 +95,11 @@ pub struct Vmm;
 impl Vmm {
     /// Boots the guest described by `config` and blocks until it stops.
     pub fn run(config: VmConfig) -> Result<ExitStatus, VmmError> {
+        Self::run_with_stats(config).map(|(status, _)| status)
+    }
+
+    /// [`Vmm::run`], also returning exit and time counters.
+    pub fn run_with_stats(config: VmConfig) -> Result<(ExitStatus, RunStats), VmmError> {
         if config.vcpus == 0 || config.vcpus > MAX_VCPUS {
             return Err(VmmError::VcpuCount);
         }
@@ -134,7 +149,9 @@ impl Vmm {
             mmio: devices.into_bus(),
             serial: Mutex::new(SerialSink::new()),
             exit: exit.clone(),
+            exits: AtomicU64::new(0),
         });
+        let started = Instant::now();
         let mut handles = Vec::with_capacity(fds.len());
         for (index, fd) in (0u8..).zip(fds) {
             match vcpu::spawn(fd, index, shared.clone()) {
@@ -153,10 +170,19 @@ impl Vmm {
         );
         let (status, reason) = exit.wait();
         vcpu::join_all(handles);
+        let stats = RunStats {
+            exits: shared.exits.load(Ordering::Relaxed),
+            wall: started.elapsed(),
+        };
+        log::info!(
+            "guest stopped after {:?} and {} VM exits",
+            stats.wall,
+            stats.exits
+        );
         // Dropping the bus stops every device worker before guest memory goes away.
         drop(shared);
         drop(terminal);
-        finish(status, reason)
+        finish(status, reason).map(|s| (s, stats))
     }
 }
 
@@ -365,10 +391,11 @@ mod tests {
             ExitStatus(24)
         );
         // block + block + console + vsock
-        assert_eq!(
-            Vmm::run(config(&kernel, &root, Some(&data), &out)).unwrap(),
-            ExitStatus(26)
-        );
+        let (status, stats) =
+            Vmm::run_with_stats(config(&kernel, &root, Some(&data), &out)).unwrap();
+        assert_eq!(status, ExitStatus(26));
+        // Five MMIO reads, one port write, one shutdown.
+        assert!(stats.exits >= 7, "{stats:?}");
     }
 
     #[test]

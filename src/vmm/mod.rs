@@ -10,5 +10,5 @@ pub mod vstate;
 #[cfg(test)]
 pub(crate) mod test_utils;
 
-pub use builder::{ExitStatus, Vmm, VmmError};
+pub use builder::{ExitStatus, RunStats, Vmm, VmmError};
 pub use config::{ConsoleConfig, DiskConfig, PortMap, PortMapping, VmConfig};

@@ -1,5 +1,6 @@
 //! vCPU configuration, the per-vCPU thread and its exit handling.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Once};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -86,6 +87,8 @@ pub struct VcpuShared {
     pub serial: Mutex<SerialSink>,
     /// Exit status and stop request.
     pub exit: Arc<ExitState>,
+    /// VM exits seen by all vCPUs (for boot benchmarks).
+    pub exits: AtomicU64,
 }
 
 impl VcpuShared {
@@ -206,6 +209,7 @@ fn run_loop(mut fd: VcpuFd, index: u8, shared: Arc<VcpuShared>) {
     while !shared.exit.stopping() {
         match fd.run() {
             Ok(exit) => {
+                shared.exits.fetch_add(1, Ordering::Relaxed);
                 if !shared.handle_exit(index, exit) {
                     break;
                 }
@@ -333,6 +337,7 @@ mod tests {
             mmio: bus,
             serial: Mutex::new(SerialSink::new()),
             exit: exit.clone(),
+            exits: AtomicU64::new(0),
         });
         let handle = spawn(fd, 0, shared).unwrap();
         let watchdog_exit = exit.clone();
@@ -371,6 +376,7 @@ mod tests {
             mmio: MmioBus::new(),
             serial: Mutex::new(SerialSink::new()),
             exit: exit.clone(),
+            exits: AtomicU64::new(0),
         });
         let handle = spawn(fd, 0, shared).unwrap();
         let start = std::time::Instant::now();
