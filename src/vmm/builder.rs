@@ -17,7 +17,8 @@ use crate::devices::virtio::block::{BlockError, VirtioBlock};
 use crate::devices::virtio::console::{ConsoleError, TerminalGuard, VirtioConsole};
 use crate::devices::virtio::vsock::muxer::Muxer;
 use crate::devices::virtio::vsock::{
-    TcpForward, VirtioVsock, VsockError, PORT_ATTESTATION, PORT_CONTROL,
+    ExposedPortsHandler, PortControl, TcpForward, VirtioVsock, VsockError, PORT_ATTESTATION,
+    PORT_CONTROL,
 };
 use crate::vmm::config::{PortMap, VmConfig};
 use crate::vmm::device_manager::{DeviceManager, DeviceManagerError};
@@ -252,6 +253,7 @@ fn config_devices(
             Arc::new(TcpForward::new(target, ATTESTATION_CONNECT_TIMEOUT)),
         );
     }
+    let mut control = None;
     let port_map: Vec<(SocketAddr, u16)> = match &config.port_map {
         PortMap::List(list) => list
             .iter()
@@ -263,13 +265,20 @@ fn config_devices(
             })
             .collect(),
         PortMap::Exposed => {
+            // A caller-supplied control handler wins; otherwise the built-in one opens a
+            // host listener for every port the guest announces.
             if services.get(PORT_CONTROL).is_none() {
-                log::warn!("port map exposes guest listeners but no control handler is set");
+                let c = PortControl::new().map_err(|e| VmmError::Vsock(VsockError::Listen(e)))?;
+                services.insert(PORT_CONTROL, Arc::new(ExposedPortsHandler::new(c.clone())));
+                control = Some(c);
             }
             Vec::new()
         }
     };
-    let muxer = Muxer::new(services, &port_map).map_err(VmmError::Vsock)?;
+    let mut muxer = Muxer::new(services, &port_map).map_err(VmmError::Vsock)?;
+    if let Some(c) = control {
+        muxer = muxer.with_control(c);
+    }
     devices.push(Box::new(VirtioVsock::new(muxer)));
     Ok(devices)
 }

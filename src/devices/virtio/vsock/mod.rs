@@ -8,12 +8,14 @@
 
 pub mod backend;
 pub mod connection;
+pub mod control;
 pub mod device;
 pub mod event_handler;
 pub mod muxer;
 pub mod packet;
 
 pub use backend::{GuestPortHandler, HostServices, HostStream, TcpForward};
+pub use control::{ExposedPortsHandler, PortControl};
 pub use device::VirtioVsock;
 
 /// The guest's context ID.

@@ -8,8 +8,12 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{SocketAddr, TcpListener};
 
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
 use super::backend::{HostServices, HostStream};
 use super::connection::{Connection, Outgoing};
+use super::control::{ControlCommand, PortControl};
 use super::packet::{PacketHeader, TxPacket};
 use super::{
     VsockError, GUEST_CID, HOST_CID, OP_REQUEST, OP_RST, OP_RW, PORT_FORWARDER, TYPE_STREAM,
@@ -31,12 +35,16 @@ pub enum Token {
     Listener(usize),
     /// A connection's host stream.
     Conn(Key),
+    /// The exposed-ports command queue.
+    Control,
 }
 
 #[derive(Debug)]
 struct PortListener {
     listener: TcpListener,
     guest_port: u16,
+    /// Opened by a `LISTEN` command (and closed by `UNLISTEN`).
+    exposed: bool,
 }
 
 /// The host side of the vsock device.
@@ -49,6 +57,7 @@ pub struct Muxer {
     stray: VecDeque<PacketHeader>,
     next_local_port: u32,
     last_served: Option<Key>,
+    control: Option<Arc<PortControl>>,
 }
 
 impl Muxer {
@@ -63,6 +72,7 @@ impl Muxer {
                 Ok(PortListener {
                     listener,
                     guest_port: *guest_port,
+                    exposed: false,
                 })
             })
             .collect::<Result<Vec<_>, VsockError>>()?;
@@ -74,7 +84,43 @@ impl Muxer {
             stray: VecDeque::new(),
             next_local_port: LOCAL_PORT_BASE,
             last_served: None,
+            control: None,
         })
+    }
+
+    /// Also applies `LISTEN`/`UNLISTEN` commands from `control` (the NULL port map).
+    pub fn with_control(mut self, control: Arc<PortControl>) -> Self {
+        self.control = Some(control);
+        self
+    }
+
+    fn apply_control(&mut self) {
+        let Some(control) = self.control.clone() else {
+            return;
+        };
+        for cmd in control.take() {
+            match cmd {
+                ControlCommand::Listen(port) => {
+                    if self.listeners.iter().any(|l| l.guest_port == port) {
+                        continue;
+                    }
+                    let bound = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))
+                        .and_then(|l| l.set_nonblocking(true).map(|()| l));
+                    match bound {
+                        Ok(listener) => self.listeners.push(PortListener {
+                            listener,
+                            guest_port: port,
+                            exposed: true,
+                        }),
+                        Err(e) => log::warn!("vsock: cannot expose port {port}: {e}"),
+                    }
+                }
+                ControlCommand::Unlisten(port) => {
+                    self.listeners
+                        .retain(|l| !(l.exposed && l.guest_port == port));
+                }
+            }
+        }
     }
 
     /// Addresses the port-map listeners are bound to, in port-map order.
@@ -177,6 +223,9 @@ impl Muxer {
             .enumerate()
             .map(|(i, l)| (Interest::read(&l.listener), Token::Listener(i)))
             .collect();
+        if let Some(c) = &self.control {
+            out.push((Interest::read(c.wake_evt()), Token::Control));
+        }
         for (key, conn) in &self.conns {
             let read = can_deliver && conn.wants_read();
             let write = conn.wants_write();
@@ -196,6 +245,8 @@ impl Muxer {
 
     /// Applies poll results.
     pub fn on_ready(&mut self, ready: &[(Token, Ready)]) {
+        // Listener tokens are indices: apply them before commands can reorder the listeners.
+        let mut control_ready = false;
         for (token, r) in ready {
             match token {
                 Token::Listener(i) if r.readable => self.accept(*i),
@@ -209,8 +260,12 @@ impl Muxer {
                         self.readable.insert(*key);
                     }
                 }
+                Token::Control => control_ready |= r.readable,
                 Token::Listener(_) => {}
             }
+        }
+        if control_ready {
+            self.apply_control();
         }
     }
 
@@ -426,6 +481,63 @@ mod tests {
         assert_eq!(m.next_rx_packet(4096).unwrap().0.op, OP_RST);
         assert!(m.next_rx_packet(4096).is_none());
         assert!(!m.has_pending());
+    }
+
+    #[test]
+    fn control_stream_opens_and_closes_listeners() {
+        use crate::devices::virtio::vsock::control::ExposedPortsHandler;
+        use crate::devices::virtio::vsock::PORT_CONTROL;
+        let control = PortControl::new().unwrap();
+        let mut services = HostServices::new();
+        services.insert(
+            PORT_CONTROL,
+            Arc::new(ExposedPortsHandler::new(control.clone())),
+        );
+        let mut m = Muxer::new(services, &[]).unwrap().with_control(control);
+        let port = TcpListener::bind("0.0.0.0:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        m.handle_guest_packet(&pkt(OP_REQUEST, 6000, PORT_CONTROL, &[]));
+        assert_eq!(next(&mut m).unwrap().0.op, OP_RESPONSE);
+        let line = format!("LISTEN {port}\n");
+        m.handle_guest_packet(&pkt(OP_RW, 6000, PORT_CONTROL, line.as_bytes()));
+        let start = Instant::now();
+        while m.listener_addrs().is_empty() && start.elapsed() < Duration::from_secs(5) {
+            let _ = next_quick(&mut m);
+        }
+        assert_eq!(
+            m.listener_addrs()
+                .iter()
+                .map(|a| a.port())
+                .collect::<Vec<_>>(),
+            vec![port]
+        );
+        // A client on the exposed port becomes a forward to the same guest port.
+        let _client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (h, _) = next(&mut m).unwrap();
+        assert_eq!((h.op, h.dst_port), (OP_REQUEST, PORT_FORWARDER));
+        m.handle_guest_packet(&pkt(OP_RESPONSE, PORT_FORWARDER, h.src_port, &[]));
+        let (_, d) = next(&mut m).unwrap();
+        assert_eq!(d, format!("CONNECT {port}\n").into_bytes());
+        let line = format!("UNLISTEN {port}\n");
+        m.handle_guest_packet(&pkt(OP_RW, 6000, PORT_CONTROL, line.as_bytes()));
+        let start = Instant::now();
+        while !m.listener_addrs().is_empty() && start.elapsed() < Duration::from_secs(5) {
+            let _ = next_quick(&mut m);
+        }
+        assert!(m.listener_addrs().is_empty());
+    }
+
+    /// One poll round without waiting for a packet.
+    fn next_quick(m: &mut Muxer) -> Option<(PacketHeader, Vec<u8>)> {
+        let ints = m.interests(true);
+        let fds: Vec<Interest> = ints.iter().map(|(i, _)| *i).collect();
+        let ready = poll(&fds, 20).unwrap();
+        let tagged: Vec<(Token, Ready)> = ints.iter().map(|(_, t)| *t).zip(ready).collect();
+        m.on_ready(&tagged);
+        m.next_rx_packet(4096)
     }
 
     #[test]
