@@ -387,4 +387,59 @@ mod tests {
         join_all(vec![handle]);
         assert_eq!(exit.wait(), (Some(42), StopReason::HostRequest));
     }
+
+    /// SMP bring-up through the in-kernel LAPIC: the boot vCPU sends INIT and SIPI to APIC ID
+    /// 1, the application processor starts in real mode at the SIPI vector, reports on port
+    /// 0xf4 and resets the VM through the keyboard controller while the boot vCPU spins (and
+    /// must be kicked out of KVM_RUN).
+    #[test]
+    fn boot_vcpu_starts_an_application_processor() {
+        if !kvm_available() {
+            return;
+        }
+        #[rustfmt::skip]
+        let bsp: Vec<u8> = vec![
+            0xbb, 0x00, 0x00, 0xe0, 0xfe,                         // mov ebx, 0xfee00000
+            0xc7, 0x83, 0x10, 0x03, 0, 0, 0x00, 0x00, 0x00, 0x01, // ICR high: APIC ID 1
+            0xc7, 0x83, 0x00, 0x03, 0, 0, 0x00, 0x45, 0x00, 0x00, // ICR low: INIT, assert
+            0xc7, 0x83, 0x10, 0x03, 0, 0, 0x00, 0x00, 0x00, 0x01,
+            0xc7, 0x83, 0x00, 0x03, 0, 0, 0x10, 0x46, 0x00, 0x00, // ICR low: SIPI vector 0x10
+            0xeb, 0xfe,                                           // spin
+        ];
+        #[rustfmt::skip]
+        let ap: [u8; 12] = [
+            0xb0, 0x55, 0xe6, 0xf4, // mov al, 0x55; out 0xf4, al
+            0xb0, 0xfe, 0xe6, 0x64, // mov al, 0xfe; out 0x64, al  (reset)
+            0xf4, 0xeb, 0xfd, 0x90, // hlt; jmp back
+        ];
+        let mem = memory::create_guest_memory(memory::MIN_RAM_BYTES).unwrap();
+        let elf = temp_file(&tiny_elf(&bsp, KERNEL_START, 0));
+        let kernel = memory::load_kernel(&mem, &elf.0).unwrap();
+        regs::write_boot_structures(&mem).unwrap();
+        vm_memory::Bytes::write_slice(&mem, &ap, vm_memory::GuestAddress(0x10000)).unwrap();
+        let vm = Vm::new().unwrap();
+        vm.register_memory(&mem).unwrap();
+        let supported = vm.supported_cpuid().unwrap();
+        let exit = Arc::new(ExitState::new());
+        let shared = Arc::new(VcpuShared {
+            mmio: MmioBus::new(),
+            serial: Mutex::new(SerialSink::new()),
+            exit: exit.clone(),
+            exits: AtomicU64::new(0),
+        });
+        let mut handles = Vec::new();
+        for i in 0..2u8 {
+            let fd = vm.create_vcpu(i).unwrap();
+            configure(&fd, i, 2, &supported, kernel.entry).unwrap();
+            handles.push(spawn(fd, i, shared.clone()).unwrap());
+        }
+        let watchdog_exit = exit.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(20));
+            watchdog_exit.request_stop(StopReason::HostRequest);
+        });
+        let (status, reason) = exit.wait();
+        join_all(handles);
+        assert_eq!((status, reason), (Some(0x55), StopReason::Reset));
+    }
 }
