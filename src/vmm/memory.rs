@@ -85,6 +85,16 @@ pub fn load_kernel(mem: &GuestMemory, path: &Path) -> Result<LoadedKernel, Memor
     })
 }
 
+/// Offset, from [`INITRD_START`], at which the appended launch segment starts for a bundle
+/// initrd of `initrd_len` bytes: the next page boundary. A file-data block at page offset
+/// `k` inside the segment is at guest address `INITRD_START + launch_segment_offset(..) + k`.
+pub fn launch_segment_offset(initrd_len: usize) -> usize {
+    // 4096 fits every usize this crate builds for (64-bit only, see arch).
+    const PAGE: usize = 4096;
+    const _: () = assert!(PAGE as u64 == crate::arch::layout::PAGE_SIZE);
+    initrd_len.next_multiple_of(PAGE)
+}
+
 /// Copies the initrd file followed by `append` to [`INITRD_START`]; returns `(address, size)`.
 pub fn load_initrd(
     mem: &GuestMemory,
@@ -99,9 +109,9 @@ pub fn load_initrd(
         return Ok(None);
     }
     if !append.is_empty() {
-        // newc archives concatenate at any 4-byte boundary; pad so the appended segment's
-        // header is aligned.
-        image.resize(image.len().next_multiple_of(4), 0);
+        // The kernel skips zero bytes between concatenated archives; page alignment lets the
+        // launch segment place its secret slot on a page boundary of guest memory.
+        image.resize(launch_segment_offset(image.len()), 0);
         image.extend_from_slice(append);
     }
     let size = u64::try_from(image.len()).map_err(|_| MemoryError::InitrdTooLarge)?;
@@ -244,10 +254,14 @@ pub(crate) mod tests {
         let mem = create_guest_memory(MIN_RAM_BYTES).unwrap();
         let rd = temp_file(b"abcde");
         let (addr, size) = load_initrd(&mem, Some(&rd.0), b"XYZ").unwrap().unwrap();
-        assert_eq!((addr, size), (INITRD_START, 11));
-        let mut got = [0u8; 11];
+        assert_eq!((addr, size), (INITRD_START, 4096 + 3));
+        let mut got = vec![0u8; 4099];
         mem.read_slice(&mut got, GuestAddress(addr)).unwrap();
-        assert_eq!(&got, b"abcde\0\0\0XYZ");
+        assert_eq!(&got[..5], b"abcde");
+        assert!(got[5..4096].iter().all(|b| *b == 0));
+        assert_eq!(&got[4096..], b"XYZ");
+        assert_eq!(launch_segment_offset(0), 0);
+        assert_eq!(launch_segment_offset(4097), 8192);
         assert_eq!(load_initrd(&mem, None, &[]).unwrap(), None);
         let big = vec![0u8; (MIN_RAM_BYTES - INITRD_START + 1) as usize];
         assert!(matches!(
