@@ -29,8 +29,14 @@ impl Worker {
         let thread_name = name.to_owned();
         let thread = std::thread::Builder::new()
             .name(name.to_owned())
-            .spawn(
-                move || match catch_unwind(AssertUnwindSafe(|| body(&kill_for_thread))) {
+            .spawn(move || {
+                // Inside a host process that does not ignore SIGPIPE (a C program, crun), a
+                // write to a closed pipe must fail with EPIPE, not kill the process.
+                match vmm_sys_util::signal::block_signal(libc::SIGPIPE) {
+                    Ok(()) | Err(vmm_sys_util::signal::Error::SignalAlreadyBlocked(_)) => {}
+                    Err(e) => log::warn!("{thread_name}: cannot block SIGPIPE: {e}"),
+                }
+                match catch_unwind(AssertUnwindSafe(|| body(&kill_for_thread))) {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => {
                         log::error!("{thread_name}: {e}; device needs reset");
@@ -40,8 +46,8 @@ impl Worker {
                         log::error!("{thread_name}: worker panicked; device needs reset");
                         interrupt.set_needs_reset();
                     }
-                },
-            )?;
+                }
+            })?;
         Ok(Worker {
             kill,
             thread: Some(thread),
