@@ -427,12 +427,19 @@ mod tests {
             exit: exit.clone(),
             exits: AtomicU64::new(0),
         });
-        let mut handles = Vec::new();
-        for i in 0..2u8 {
-            let fd = vm.create_vcpu(i).unwrap();
-            configure(&fd, i, 2, &supported, kernel.entry).unwrap();
-            handles.push(spawn(fd, i, shared.clone()).unwrap());
-        }
+        // Every vCPU exists before any runs, as in Vmm::run: an IPI to a vCPU that KVM does
+        // not know yet is lost.
+        let fds: Vec<VcpuFd> = (0..2u8)
+            .map(|i| {
+                let fd = vm.create_vcpu(i).unwrap();
+                configure(&fd, i, 2, &supported, kernel.entry).unwrap();
+                fd
+            })
+            .collect();
+        let handles: Vec<VcpuHandle> = (0u8..)
+            .zip(fds)
+            .map(|(i, fd)| spawn(fd, i, shared.clone()).unwrap())
+            .collect();
         let watchdog_exit = exit.clone();
         std::thread::spawn(move || {
             std::thread::sleep(Duration::from_secs(20));
