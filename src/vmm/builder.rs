@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::arch::boot_params::{self, BootParamsInput};
-use crate::arch::layout::{CMDLINE_MAX_SIZE, CMDLINE_START};
+use crate::arch::layout::{CMDLINE_KERNEL_LIMIT, CMDLINE_START};
 use crate::arch::{mptable, regs};
 use crate::devices::serial::SerialSink;
 use crate::devices::virtio::block::{BlockError, VirtioBlock};
@@ -210,7 +210,7 @@ fn full_cmdline(base: &str, entries: &[String]) -> Result<Vec<u8>, VmmError> {
         }
         line.push_str(e);
     }
-    if line.contains('\0') || line.len() + 1 > CMDLINE_MAX_SIZE {
+    if line.contains('\0') || line.len() + 1 > CMDLINE_KERNEL_LIMIT {
         return Err(VmmError::Cmdline);
     }
     let mut bytes = line.into_bytes();
@@ -311,8 +311,16 @@ mod tests {
         assert_eq!(c, b"console=hvc0 a=1 b=2\0");
         assert_eq!(full_cmdline("", &["a=1".into()]).unwrap(), b"a=1\0");
         assert!(matches!(full_cmdline("x\0y", &[]), Err(VmmError::Cmdline)));
-        let long = "x".repeat(CMDLINE_MAX_SIZE);
-        assert!(matches!(full_cmdline(&long, &[]), Err(VmmError::Cmdline)));
+        let fits = "x".repeat(CMDLINE_KERNEL_LIMIT - 1);
+        assert_eq!(
+            full_cmdline(&fits, &[]).unwrap().len(),
+            CMDLINE_KERNEL_LIMIT
+        );
+        let long = "x".repeat(CMDLINE_KERNEL_LIMIT - 10);
+        assert!(matches!(
+            full_cmdline(&long, &["virtio_mmio.device=4K@0xd0000000:5".into()]),
+            Err(VmmError::Cmdline)
+        ));
     }
 
     #[test]

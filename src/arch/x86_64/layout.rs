@@ -58,8 +58,12 @@ pub const PDPTE_START: u64 = 0xa000;
 pub const PDE_START: u64 = 0xb000;
 /// Kernel command line.
 pub const CMDLINE_START: u64 = 0x20000;
-/// Largest kernel command line, including the terminating NUL.
+/// Size of the region reserved for the command line.
 pub const CMDLINE_MAX_SIZE: usize = 0x10000;
+/// Longest command line the x86 kernel reads (`COMMAND_LINE_SIZE`), including the NUL: the
+/// kernel copies this many bytes and silently drops the rest, which would lose the
+/// `virtio_mmio.device=` entries at the end.
+pub const CMDLINE_KERNEL_LIMIT: usize = 2048;
 /// Extended BIOS data area; the first e820 RAM entry ends here.
 pub const EBDA_START: u64 = 0x9fc00;
 /// MP floating pointer structure and configuration table.
@@ -130,6 +134,7 @@ const _: () = {
     assert!(last_slot <= IOAPIC_START);
     assert!(VIRTIO_IRQ_BASE + VIRTIO_MMIO_MAX_SLOTS <= IOAPIC_PINS);
     assert!(KVM_TSS_START + 3 * PAGE_SIZE <= FIRMWARE_START);
+    assert!(CMDLINE_KERNEL_LIMIT <= CMDLINE_MAX_SIZE);
 };
 
 #[cfg(test)]
