@@ -1,7 +1,7 @@
 //! vCPU configuration, the per-vCPU thread and its exit handling.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -190,14 +190,13 @@ extern "C" fn kick_handler(_: i32, _: *mut libc::siginfo_t, _: *mut libc::c_void
     // Only interrupts KVM_RUN (it returns EINTR); the run loop re-checks the stop flag.
 }
 
-static SIGNAL_INIT: Once = Once::new();
+/// The outcome of installing the handler (once per process), as an errno.
+static KICK_HANDLER: OnceLock<Result<(), i32>> = OnceLock::new();
 
 fn install_kick_handler() -> Result<(), VcpuError> {
-    let mut result = Ok(());
-    SIGNAL_INIT.call_once(|| {
-        result = register_signal_handler(kick_signal(), kick_handler).map_err(VcpuError::Signal);
-    });
-    result
+    KICK_HANDLER
+        .get_or_init(|| register_signal_handler(kick_signal(), kick_handler).map_err(|e| e.errno()))
+        .map_err(|errno| VcpuError::Signal(vmm_sys_util::errno::Error::new(errno)))
 }
 
 /// The vCPU run loop.
