@@ -8,7 +8,9 @@ use vm_memory::{Bytes, GuestMemory};
 
 use super::backend::DiskFile;
 use super::request::Request;
-use super::{BlockError, QUEUE_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO};
+use super::{
+    BlockError, QUEUE_SIZE, SEG_MAX, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
+};
 use crate::devices::virtio::interrupt::Interrupt;
 use crate::devices::virtio::worker::Worker;
 use crate::devices::virtio::{
@@ -20,7 +22,8 @@ use crate::devices::virtio::{
 #[derive(Debug)]
 pub struct VirtioBlock {
     disk: Arc<DiskFile>,
-    config: [u8; 8],
+    /// `struct virtio_blk_config` up to `seg_max`: capacity, size_max (unused), seg_max.
+    config: [u8; 16],
     worker: Option<Worker>,
 }
 
@@ -28,8 +31,11 @@ impl VirtioBlock {
     /// Opens the image at `path`.
     pub fn new(path: &Path, read_only: bool) -> Result<Self, BlockError> {
         let disk = DiskFile::open(path, read_only)?;
+        let mut config = [0u8; 16];
+        config[..8].copy_from_slice(&disk.sectors().to_le_bytes());
+        config[12..].copy_from_slice(&SEG_MAX.to_le_bytes());
         Ok(VirtioBlock {
-            config: disk.sectors().to_le_bytes(),
+            config,
             disk: Arc::new(disk),
             worker: None,
         })
@@ -95,7 +101,10 @@ impl VirtioDevice for VirtioBlock {
         } else {
             0
         };
-        (1 << VIRTIO_BLK_F_FLUSH) | (1 << VIRTIO_RING_F_EVENT_IDX) | ro
+        (1 << VIRTIO_BLK_F_FLUSH)
+            | (1 << VIRTIO_BLK_F_SEG_MAX)
+            | (1 << VIRTIO_RING_F_EVENT_IDX)
+            | ro
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -277,6 +286,9 @@ mod tests {
         let mut cap = [0u8; 8];
         dev.read_config(0, &mut cap);
         assert_eq!(u64::from_le_bytes(cap), 4);
+        let mut seg_max = [0u8; 4];
+        dev.read_config(12, &mut seg_max);
+        assert_eq!(u32::from_le_bytes(seg_max), 254);
     }
 
     #[test]

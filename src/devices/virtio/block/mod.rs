@@ -20,6 +20,10 @@ pub const QUEUE_SIZE: u16 = 256;
 /// Length of the `GET_ID` answer.
 pub const DISK_ID_LEN: usize = 20;
 
+/// Feature bit: `seg_max` in the config space is valid.
+pub const VIRTIO_BLK_F_SEG_MAX: u32 = 2;
+/// Most data segments per request: the queue size minus header and status descriptors.
+pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
 /// Feature bit: the device is read-only.
 pub const VIRTIO_BLK_F_RO: u32 = 5;
 /// Feature bit: the device supports `FLUSH`.
