@@ -276,6 +276,7 @@ cbit_from_ebx:
         mov esi, 1
         shl esi, cl
 have_cbit:
+        mov ebx, [PB_GPA + PB_PT_BASE]  ; CPUID (or the #VC path) clobbered EBX
 
         ; --- identity map of the first 4 GiB with 2 MiB pages (more is added in 64-bit) ---
         xor eax, eax
