@@ -11,7 +11,7 @@ pub mod layout;
 pub mod params;
 
 pub use layout::{FatalError, AP_ENTRY_IP, BSP_ENTRY_IP, FATAL_PORT, IMAGE_GPA, IMAGE_SIZE};
-pub use params::{patch, FirmwareParams, ParamsError, SnpPages};
+pub use params::{patch, patched, FirmwareParams, ParamsError, SnpPages};
 
 /// The firmware image as built from `resetvec.asm` by `build.sh`.
 pub static IMAGE: &[u8; IMAGE_SIZE] = include_bytes!("../resetvec.bin");

@@ -1,7 +1,7 @@
 //! The parameter block: what the VMM patches into the image before it is measured.
 //!
 //! Layout (little endian, offsets from the start of the block, which is at image offset
-//! [`PARAM_BLOCK_OFFSET`], GPA [`PARAM_BLOCK_GPA`]); it must match `resetvec.asm`:
+//! [`PARAM_BLOCK_OFFSET`], GPA [`PARAM_BLOCK_GPA`](crate::layout::PARAM_BLOCK_GPA)); it must match `resetvec.asm`:
 //!
 //! | off  | size | field | set by |
 //! |------|------|-------|--------|
@@ -273,6 +273,14 @@ pub fn patch(image: &mut [u8], params: &FirmwareParams) -> Result<(), ParamsErro
     Ok(())
 }
 
+/// A copy of the built firmware with `params` patched in: the bytes to load at
+/// [`IMAGE_GPA`] and to measure.
+pub fn patched(params: &FirmwareParams) -> Result<Vec<u8>, ParamsError> {
+    let mut image = crate::IMAGE.to_vec();
+    patch(&mut image, params)?;
+    Ok(image)
+}
+
 /// Reads back the parameters patched into `image`.
 pub fn read(image: &[u8]) -> Result<FirmwareParams, ParamsError> {
     let block = block_of(image)?;
@@ -533,6 +541,20 @@ mod tests {
         }
         // Nothing was written by the failed calls.
         assert_eq!(&img[..], &IMAGE[..]);
+    }
+
+    #[test]
+    fn patched_copy_matches_in_place_patch() {
+        let mut img = IMAGE.to_vec();
+        patch(&mut img, &params()).unwrap();
+        assert_eq!(patched(&params()).unwrap(), img);
+        assert_eq!(
+            patched(&FirmwareParams {
+                kernel_entry: 0,
+                ..params()
+            }),
+            Err(ParamsError::KernelEntry)
+        );
     }
 
     #[test]
