@@ -635,6 +635,15 @@ es_setup:
         mov eax, [r9 + GHCB_SW_EXIT_INFO_1]
         test eax, eax
         jnz bad_jump_table
+        ; The kernel will use this RAM as private memory: write back and drop the lines
+        ; cached under the shared mapping (no coherency between the two without SME_COHERENT).
+        mov ecx, 64
+.flush:
+        clflush [r9]
+        add r9, 64
+        dec ecx
+        jnz .flush
+        mfence
         jmp enter_kernel
 
 ; ---------------------------------------------------------------------------------------
