@@ -11,12 +11,13 @@ INCLUDEDIR ?= $(PREFIX)/include
 PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
 DESTDIR ?=
 CARGO ?= cargo
-# Python test oracles (ci/test-requirements.txt: sev-snp-measure, pyca/cryptography) live in
+# Python test oracles (ci/test-requirements.txt: sev-snp-measure, pyca/cryptography, unicorn) live in
 # a virtualenv outside the checkout.
 KRUN_SEV_CACHE ?= $(HOME)/.cache/krun-sev
 VENV ?= $(KRUN_SEV_CACHE)/venv
 export KRUN_SEV_PYTHON ?= $(VENV)/bin/python
 export KRUN_LUKS_PYTHON ?= $(KRUN_SEV_PYTHON)
+export KRUN_RESETVEC_PYTHON ?= $(KRUN_SEV_PYTHON)
 
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 MAJOR := $(firstword $(subst ., ,$(VERSION)))
@@ -50,7 +51,7 @@ check:
 
 # Python test oracles, pinned; installed once into $(VENV).
 test-deps:
-	@if ! "$(KRUN_SEV_PYTHON)" -c 'import sevsnpmeasure, cryptography' 2>/dev/null; then \
+	@if ! "$(KRUN_SEV_PYTHON)" -c 'import sevsnpmeasure, cryptography, unicorn' 2>/dev/null; then \
 	    echo "test-deps: creating $(VENV) from ci/test-requirements.txt"; \
 	    python3 -m venv "$(VENV)" && "$(VENV)/bin/pip" install -q -r ci/test-requirements.txt; \
 	fi
