@@ -130,3 +130,100 @@ fn build(args: &BuildArgs) -> Result<(), MkbundleError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn builds_a_bundle_that_verifies_and_holds_the_init() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel_dir = dir.path().join("kernel");
+        std::fs::create_dir(&kernel_dir).unwrap();
+        std::fs::write(kernel_dir.join("vmlinux"), b"\x7fELF kernel").unwrap();
+        std::fs::write(kernel_dir.join("kernel-version"), "6.12.117\n").unwrap();
+        std::fs::write(kernel_dir.join("nr_cpus"), "32\n").unwrap();
+        let init = dir.path().join("krun-init");
+        std::fs::write(&init, b"\x7fELF init").unwrap();
+        let out = dir.path().join("bundle");
+
+        let build_args = args(&[
+            "build",
+            "--kernel-dir",
+            kernel_dir.to_str().unwrap(),
+            "--init",
+            init.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        run(&build_args).unwrap();
+        run(&args(&["verify", out.to_str().unwrap()])).unwrap();
+
+        let bundle = Bundle::load(&out).unwrap();
+        assert_eq!(bundle.kernel, b"\x7fELF kernel");
+        assert_eq!(bundle.manifest.kernel_version, "6.12.117");
+        assert_eq!(bundle.manifest.nr_cpus, 32);
+        let mut cpio = Vec::new();
+        flate2::read::GzDecoder::new(&bundle.initrd[..])
+            .read_to_end(&mut cpio)
+            .unwrap();
+        let expected = krun_bundle::initrd::initrd_archive(b"\x7fELF init")
+            .unwrap()
+            .to_bytes();
+        assert_eq!(cpio, expected);
+
+        // A second build from the same inputs is byte-identical.
+        let first = std::fs::read(out.join("initrd.cpio.gz")).unwrap();
+        let manifest = std::fs::read(out.join("manifest.json")).unwrap();
+        run(&build_args).unwrap();
+        assert_eq!(std::fs::read(out.join("initrd.cpio.gz")).unwrap(), first);
+        assert_eq!(std::fs::read(out.join("manifest.json")).unwrap(), manifest);
+    }
+
+    #[test]
+    fn bad_arguments_and_inputs_are_errors() {
+        assert!(matches!(run(&args(&[])), Err(MkbundleError::Usage)));
+        assert!(matches!(
+            run(&args(&["build", "--kernel-dir"])),
+            Err(MkbundleError::Usage)
+        ));
+        assert!(matches!(
+            run(&args(&["build", "--bogus", "x"])),
+            Err(MkbundleError::Usage)
+        ));
+        assert!(matches!(
+            run(&args(&["build", "--init", "x"])),
+            Err(MkbundleError::Usage)
+        ));
+
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("vmlinux"), b"k").unwrap();
+        std::fs::write(dir.path().join("kernel-version"), "6.12").unwrap();
+        std::fs::write(dir.path().join("nr_cpus"), "many").unwrap();
+        std::fs::write(dir.path().join("init"), b"i").unwrap();
+        let d = dir.path().to_str().unwrap();
+        let init = format!("{d}/init");
+        let out = format!("{d}/out");
+        let err = run(&args(&[
+            "build",
+            "--kernel-dir",
+            d,
+            "--init",
+            &init,
+            "--out",
+            &out,
+        ]))
+        .unwrap_err();
+        assert!(matches!(err, MkbundleError::NrCpus { .. }), "{err:?}");
+        assert!(matches!(
+            run(&args(&["verify", &out])),
+            Err(MkbundleError::Bundle(_))
+        ));
+    }
+}
