@@ -17,8 +17,9 @@ kernel_dir=$("$root/firmware/build-kernel.sh")
 say "building krun-init (static)"
 # crt-static only applies to the target artifacts because of the explicit --target (build
 # scripts stay dynamic). Paths are remapped so the binary does not depend on where the
-# checkout, the cargo home or the target directory are.
-RUSTFLAGS="-C target-feature=+crt-static --remap-path-prefix=$root=/krun-sev --remap-path-prefix=$cargo_home=/cargo --remap-path-prefix=$target_dir=/target" \
+# checkout, the cargo home or the target directory are. Debug info is stripped: every initrd
+# byte is measured at launch.
+RUSTFLAGS="-C target-feature=+crt-static -C strip=debuginfo --remap-path-prefix=$root=/krun-sev --remap-path-prefix=$cargo_home=/cargo --remap-path-prefix=$target_dir=/target" \
     cargo build --quiet --manifest-path "$root/Cargo.toml" -p krun-init --release \
     --target x86_64-unknown-linux-gnu
 init=$target_dir/x86_64-unknown-linux-gnu/release/krun-init

@@ -75,17 +75,24 @@ if [ ! -f "$deb" ]; then
     rmdir "$tmpdl"
 fi
 
-work=$cache_root/.kernel-$key.work
-rm -rf "$work"
-mkdir -p "$work"
-trap '[ "${KRUN_SEV_KEEP_KERNEL_TREE:-0}" = 1 ] || rm -rf "$work"' EXIT
-
-say "unpacking $(basename "$deb")"
-dpkg-deb --fsys-tarfile "$deb" |
-    tar -xO "./usr/src/$SOURCE_PACKAGE.tar.xz" |
-    tar -xJ -C "$work"
+# The build tree is keyed by what determines its contents only, so a failure after the
+# compile (or a change to the packaging steps of this script) reuses it incrementally. It is
+# removed once the result is in the cache.
+tree_key=$(printf '%s\n' "$build_info" | grep -v '^script-sha256=' | sha256sum | cut -d' ' -f1)
+work=$cache_root/.kernel-tree-$tree_key
 src=$work/$SOURCE_PACKAGE
-[ -f "$src/Makefile" ] || die "unexpected layout in $deb: no $SOURCE_PACKAGE/Makefile"
+if [ ! -f "$work/unpacked" ]; then
+    rm -rf "$work"
+    mkdir -p "$work"
+    say "unpacking $(basename "$deb")"
+    dpkg-deb --fsys-tarfile "$deb" |
+        tar -xO "./usr/src/$SOURCE_PACKAGE.tar.xz" |
+        tar -xJ -C "$work"
+    [ -f "$src/Makefile" ] || die "unexpected layout in $deb: no $SOURCE_PACKAGE/Makefile"
+    touch "$work/unpacked"
+else
+    say "reusing build tree $work"
+fi
 
 # Everything that could leak the build machine or time into the kernel is fixed.
 export ARCH=x86_64
@@ -120,8 +127,8 @@ say "built in $(($(date +%s) - start))s"
 
 strip --strip-all -o "$work/vmlinux" "$src/vmlinux"
 # QEMU (and any PVH loader) needs the XEN_ELFNOTE_PHYS32_ENTRY note (type 0x12).
-readelf -W -n "$work/vmlinux" | grep -Eq '^ +Xen +0x[0-9a-f]+ +.*0x00000012' ||
-    die "stripped vmlinux lost its PVH entry note"
+readelf -W -n "$work/vmlinux" | grep -E '^[[:space:]]+Xen[[:space:]]' | grep -q '0x00000012' ||
+    die "stripped vmlinux has no PVH entry note (readelf -n $work/vmlinux)"
 
 stage=$cache_root/.kernel-$key.stage
 rm -rf "$stage"
@@ -133,5 +140,6 @@ sed -n 's/^CONFIG_NR_CPUS=//p' "$src/.config" >"$stage/nr_cpus"
 printf '%s\n' "$build_info" >"$stage/build-info"
 rm -rf "$out"
 mv "$stage" "$out"
+[ "${KRUN_SEV_KEEP_KERNEL_TREE:-0}" = 1 ] || rm -rf "$work"
 say "vmlinux $(stat -c %s "$out/vmlinux") bytes, sha256 $(sha256sum <"$out/vmlinux" | cut -d' ' -f1)"
 echo "$out"
