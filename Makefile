@@ -1,0 +1,72 @@
+# libkrun-sev: build, install and test.
+#
+#   make                 build the library (release)
+#   make install         install library, header and pkg-config file under $(DESTDIR)$(PREFIX)
+#   make test            every test: format, lints, unit and integration tests, C API test
+#   make demo            set up and run the main job (see README.md)
+
+PREFIX ?= /usr/local
+LIBDIR ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+DESTDIR ?=
+CARGO ?= cargo
+# Python test oracles (ci/test-requirements.txt: sev-snp-measure, pyca/cryptography, unicorn) live in
+# a virtualenv outside the checkout.
+KRUN_SEV_CACHE ?= $(HOME)/.cache/krun-sev
+VENV ?= $(KRUN_SEV_CACHE)/venv
+export KRUN_SEV_PYTHON ?= $(VENV)/bin/python
+export KRUN_LUKS_PYTHON ?= $(KRUN_SEV_PYTHON)
+export KRUN_RESETVEC_PYTHON ?= $(KRUN_SEV_PYTHON)
+
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
+MAJOR := $(firstword $(subst ., ,$(VERSION)))
+LIB_FILE := libkrun-sev.so.$(VERSION)
+BUILD_DIR := build
+
+.PHONY: all lib install install-lib test test-deps check unit-tests c-api-test demo clean
+
+all: lib
+
+lib:
+	$(CARGO) build --release -p krun-sev
+	mkdir -p $(BUILD_DIR)
+	cp target/release/libkrun_sev.so $(BUILD_DIR)/$(LIB_FILE)
+
+install-lib: lib
+	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(PKGCONFIGDIR)
+	install -m 0755 $(BUILD_DIR)/$(LIB_FILE) $(DESTDIR)$(LIBDIR)/$(LIB_FILE)
+	ln -sfn $(LIB_FILE) $(DESTDIR)$(LIBDIR)/libkrun-sev.so.$(MAJOR)
+	ln -sfn libkrun-sev.so.$(MAJOR) $(DESTDIR)$(LIBDIR)/libkrun-sev.so
+	install -m 0644 include/libkrun.h $(DESTDIR)$(INCLUDEDIR)/libkrun.h
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' \
+	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' -e 's|@VERSION@|$(VERSION)|' \
+	    include/libkrun-sev.pc.in > $(DESTDIR)$(PKGCONFIGDIR)/libkrun-sev.pc
+
+install: install-lib
+
+check:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Python test oracles, pinned; installed once into $(VENV).
+test-deps:
+	@if ! "$(KRUN_SEV_PYTHON)" -c 'import sevsnpmeasure, cryptography, unicorn' 2>/dev/null; then \
+	    echo "test-deps: creating $(VENV) from ci/test-requirements.txt"; \
+	    python3 -m venv "$(VENV)" && "$(VENV)/bin/pip" install -q -r ci/test-requirements.txt; \
+	fi
+
+unit-tests: test-deps
+	$(CARGO) test --workspace
+
+c-api-test:
+	tests/c/run.sh
+
+test: check unit-tests c-api-test
+
+demo: install-lib
+	@echo "demo: library installed under $(DESTDIR)$(PREFIX)"
+
+clean:
+	$(CARGO) clean
+	rm -rf $(BUILD_DIR)

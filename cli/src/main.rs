@@ -1,0 +1,46 @@
+//! `krun-sev`: the command-line front end of libkrun-sev.
+
+mod mkcw;
+mod run;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Build, measure and run confidential workloads with libkrun-sev.
+#[derive(Debug, Parser)]
+#[command(name = "krun-sev", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Build an encrypted confidential-workload disk image (buildah mkcw layout).
+    Mkcw(Box<mkcw::MkcwArgs>),
+    /// Run a confidential workload through the C API, in the order crun's krun handler uses.
+    Run(run::RunArgs),
+}
+
+/// Exit status when the workload never ran (podman's convention for runtime errors).
+pub const EXIT_NOT_RUN: u8 = 125;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Mkcw(args) => mkcw::mkcw(&args)
+            .map(|_| ExitCode::SUCCESS)
+            .map_err(|e| Box::new(e) as Box<dyn std::error::Error>),
+        Command::Run(args) => {
+            run::run(&args).map_err(|e| Box::new(e) as Box<dyn std::error::Error>)
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("krun-sev: {}", krun_sev::capi::error_chain(err.as_ref()));
+            ExitCode::from(EXIT_NOT_RUN)
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! `krun-sev mkcw`: build an encrypted confidential-workload disk image laid out like
+//! buildah mkcw's: LUKS (LUKS1 with luksy's 4040-sector payload offset by default) over an
+//! ext4 file system holding the root file system and `/.krun_config.json`, then padding and
+//! the "KRUN" footer with the TEE config; plus the same TEE config as `krun-sev.json`.
+
+mod ext4;
+mod image_config;
+mod rootfs;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufReader, BufWriter, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use krun_luks::format::{
+    benchmark_pbkdf2, format_luks1, format_luks2, write_encrypted, FormatError, Luks1Options,
+    Luks2Options,
+};
+use krun_luks::{HashAlg, Kdf};
+use krun_sev::resources::{footer_bytes, KbsProtocol, TeeConfig, TeeKind};
+use serde_json::{Map, Value};
+use zeroize::Zeroizing;
+
+use self::ext4::{Ext4Error, ExtraFile};
+use self::image_config::{ImageConfigError, ProcessConfig};
+use self::rootfs::RootfsError;
+
+/// TEE types `mkcw` builds for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TeeArg {
+    /// SEV-ES ("sev" in the config, what buildah's --type sev writes).
+    Sev,
+    /// SEV-ES, always.
+    SevEs,
+    /// Plain SEV without encrypted state.
+    SevNoEs,
+    /// SEV-SNP.
+    Snp,
+}
+
+/// LUKS header versions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LuksArg {
+    /// LUKS1, payload at 4040 sectors (buildah/luksy layout).
+    Luks1,
+    /// LUKS2 (cryptsetup layout, PBKDF2 keyslot).
+    Luks2,
+}
+
+/// Arguments of `krun-sev mkcw`.
+#[derive(Debug, clap::Args)]
+pub struct MkcwArgs {
+    /// The root file system: a directory or a tar archive.
+    rootfs: PathBuf,
+    /// Output directory; receives disk.img and krun-sev.json.
+    out_dir: PathBuf,
+    /// TEE type.
+    #[arg(long, value_enum)]
+    tee: TeeArg,
+    /// vCPUs of the workload (measured).
+    #[arg(long, default_value_t = 2)]
+    cpus: u8,
+    /// RAM of the workload in MiB (measured).
+    #[arg(long, default_value_t = 512)]
+    ram_mib: u32,
+    /// Key broker URL stored in the config.
+    #[arg(long)]
+    attestation_url: Option<String>,
+    /// Key broker protocol.
+    #[arg(long, value_parser = ["reference", "rcar"], default_value = "reference")]
+    kbs_protocol: String,
+    /// Workload ID (default: 32 random bytes in hex).
+    #[arg(long)]
+    workload_id: Option<String>,
+    /// LUKS passphrase (default: 32 random bytes in hex, written to OUT_DIR/passphrase).
+    #[arg(long, conflicts_with = "passphrase_file")]
+    passphrase: Option<String>,
+    /// Read the LUKS passphrase from this file (trailing newline removed).
+    #[arg(long)]
+    passphrase_file: Option<PathBuf>,
+    /// SNP processor generation recorded in tee_data.
+    #[arg(long, value_parser = ["milan", "genoa", "turin"], default_value = "milan")]
+    snp_gen: String,
+    /// Entrypoint, one argument per flag.
+    #[arg(long = "entrypoint", allow_hyphen_values = true)]
+    entrypoint: Vec<String>,
+    /// Command, one argument per flag (appended to the entrypoint).
+    #[arg(long = "cmd", allow_hyphen_values = true)]
+    cmd: Vec<String>,
+    /// Environment entry NAME=VALUE, repeatable.
+    #[arg(long = "env")]
+    env: Vec<String>,
+    /// Working directory.
+    #[arg(long)]
+    workdir: Option<String>,
+    /// User (uid[:gid] or name).
+    #[arg(long)]
+    user: Option<String>,
+    /// LUKS version.
+    #[arg(long, value_enum, default_value = "luks1")]
+    luks: LuksArg,
+    /// PBKDF2 iterations for the keyslot (default: benchmarked to about 1 s, as luksy does).
+    #[arg(long)]
+    pbkdf2_iterations: Option<u32>,
+    /// Extra free space in percent of the root file system's size.
+    #[arg(long, default_value_t = 25)]
+    slop_percent: u64,
+}
+
+/// Errors of `krun-sev mkcw`.
+#[derive(Debug, thiserror::Error)]
+pub enum MkcwError {
+    /// Bad combination of options.
+    #[error("{0}")]
+    Usage(String),
+    /// Invalid workload settings.
+    #[error("invalid workload settings")]
+    Process(#[source] ImageConfigError),
+    /// The root file system could not be staged.
+    #[error("cannot read the root file system")]
+    Rootfs(#[source] RootfsError),
+    /// The ext4 image could not be made.
+    #[error("cannot make the ext4 file system")]
+    Ext4(#[source] Ext4Error),
+    /// LUKS formatting or encryption failed.
+    #[error("cannot encrypt the disk image")]
+    Luks(#[source] FormatError),
+    /// The TEE config is invalid.
+    #[error("invalid TEE config")]
+    TeeConfig(#[source] krun_sev::resources::TeeConfigError),
+    /// A file could not be read or written.
+    #[error("cannot write {0}")]
+    Io(String, #[source] std::io::Error),
+    /// The random generator failed.
+    #[error("random number generator failed")]
+    Random(#[source] std::io::Error),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> MkcwError + '_ {
+    move |e| MkcwError::Io(path.display().to_string(), e)
+}
+
+fn random_hex(bytes: usize) -> Result<Zeroizing<String>, MkcwError> {
+    let mut buf = Zeroizing::new(vec![0u8; bytes]);
+    File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf))
+        .map_err(MkcwError::Random)?;
+    let mut out = Zeroizing::new(String::with_capacity(bytes * 2));
+    for b in buf.iter() {
+        out.push_str(&format!("{b:02x}"));
+    }
+    Ok(out)
+}
+
+/// The TEE config written to the footer and to krun-sev.json.
+fn tee_config(args: &MkcwArgs, workload_id: String) -> Result<TeeConfig, MkcwError> {
+    let mut tee_data = Map::new();
+    let tee = match args.tee {
+        TeeArg::Sev => TeeKind::Sev,
+        TeeArg::SevEs => TeeKind::SevEs,
+        TeeArg::SevNoEs => TeeKind::SevNoEs,
+        TeeArg::Snp => TeeKind::Snp,
+    };
+    if tee == TeeKind::Snp {
+        tee_data.insert("gen".into(), Value::from(args.snp_gen.clone()));
+    } else {
+        tee_data.insert("vendor_chain".into(), Value::from(""));
+        tee_data.insert("attestation_server_pubkey".into(), Value::from(""));
+    }
+    let config = TeeConfig {
+        workload_id,
+        cpus: args.cpus,
+        ram_mib: args.ram_mib,
+        tee,
+        tee_data,
+        attestation_url: args.attestation_url.clone().unwrap_or_default(),
+        kbs_protocol: if args.kbs_protocol == "rcar" {
+            KbsProtocol::Rcar
+        } else {
+            KbsProtocol::Reference
+        },
+    };
+    // Round-trip through the parser the library uses, so mkcw never writes a config that
+    // krun_set_tee_config_file would refuse.
+    TeeConfig::from_json(config.to_json().as_bytes()).map_err(MkcwError::TeeConfig)
+}
+
+fn passphrase(args: &MkcwArgs, out_dir: &Path) -> Result<Zeroizing<Vec<u8>>, MkcwError> {
+    if let Some(p) = &args.passphrase {
+        return Ok(Zeroizing::new(p.as_bytes().to_vec()));
+    }
+    if let Some(file) = &args.passphrase_file {
+        let mut bytes = Zeroizing::new(fs::read(file).map_err(io_err(file))?);
+        while bytes.last().is_some_and(|&b| b == b'\n' || b == b'\r') {
+            bytes.pop();
+        }
+        if bytes.is_empty() {
+            return Err(MkcwError::Usage(format!("{} is empty", file.display())));
+        }
+        return Ok(bytes);
+    }
+    let generated = random_hex(32)?;
+    let path = out_dir.join("passphrase");
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut f| f.write_all(generated.as_bytes()))
+        .map_err(io_err(&path))?;
+    eprintln!(
+        "mkcw: generated a passphrase; it is in {} (mode 0600): register it with the key broker, then delete it",
+        path.display()
+    );
+    Ok(Zeroizing::new(generated.as_bytes().to_vec()))
+}
+
+/// Builds the image; returns the TEE config written.
+pub fn mkcw(args: &MkcwArgs) -> Result<TeeConfig, MkcwError> {
+    if args.attestation_url.is_none() && args.passphrase.is_none() && args.passphrase_file.is_none()
+    {
+        return Err(MkcwError::Usage(
+            "give --attestation-url (the broker releases the key) or --passphrase/--passphrase-file".into(),
+        ));
+    }
+    let process = ProcessConfig {
+        entrypoint: args.entrypoint.clone(),
+        cmd: args.cmd.clone(),
+        env: args.env.clone(),
+        workdir: args.workdir.clone(),
+        user: args.user.clone(),
+    };
+    let krun_config = process.to_image_config().map_err(MkcwError::Process)?;
+    fs::create_dir_all(&args.out_dir).map_err(io_err(&args.out_dir))?;
+    let workload_id = match &args.workload_id {
+        Some(id) => id.clone(),
+        None => random_hex(32)?.to_string(),
+    };
+    let config = tee_config(args, workload_id)?;
+    let pass = passphrase(args, &args.out_dir)?;
+
+    let work = tempfile::Builder::new()
+        .prefix(".mkcw-")
+        .tempdir_in(&args.out_dir)
+        .map_err(io_err(&args.out_dir))?;
+    let root = rootfs::stage(&args.rootfs, work.path()).map_err(MkcwError::Rootfs)?;
+    let size = ext4::image_size(
+        ext4::tree_size(&root).map_err(MkcwError::Ext4)?,
+        args.slop_percent,
+    );
+    eprintln!("mkcw: making a {} MiB ext4 file system", size >> 20);
+    let plain = work.path().join("plain.img");
+    ext4::make_image(
+        &root,
+        &plain,
+        size,
+        &[ExtraFile {
+            name: ".krun_config.json",
+            contents: &krun_config,
+            mode: 0o600,
+        }],
+    )
+    .map_err(MkcwError::Ext4)?;
+
+    let volume = match args.luks {
+        LuksArg::Luks1 => {
+            let opts = Luks1Options {
+                keyslot_iterations: iterations(args, HashAlg::Sha256, 64),
+                ..Luks1Options::default()
+            };
+            format_luks1(&pass, &opts)
+        }
+        LuksArg::Luks2 => {
+            let opts = Luks2Options {
+                kdf: Kdf::Pbkdf2 {
+                    hash: HashAlg::Sha256,
+                    iterations: iterations(args, HashAlg::Sha256, 64),
+                },
+                ..Luks2Options::default()
+            };
+            format_luks2(&pass, &opts)
+        }
+    }
+    .map_err(MkcwError::Luks)?;
+    drop(pass);
+
+    let disk = args.out_dir.join("disk.img");
+    let started = Instant::now();
+    let mut out = BufWriter::new(File::create(&disk).map_err(io_err(&disk))?);
+    let input = BufReader::new(File::open(&plain).map_err(io_err(&plain))?);
+    let mut last_report = Instant::now();
+    write_encrypted(&volume, input, &mut out, &mut |done| {
+        if last_report.elapsed() >= Duration::from_secs(1) {
+            eprintln!("mkcw: encrypted {} of {} MiB", done >> 20, size >> 20);
+            last_report = Instant::now();
+        }
+    })
+    .map_err(MkcwError::Luks)?;
+    let mut file = out
+        .into_inner()
+        .map_err(|e| MkcwError::Io(disk.display().to_string(), e.into_error()))?;
+    let len = file.seek(SeekFrom::End(0)).map_err(io_err(&disk))?;
+    let json = config.to_json();
+    file.write_all(&footer_bytes(json.as_bytes(), len, 4096))
+        .and_then(|()| file.sync_all())
+        .map_err(io_err(&disk))?;
+    eprintln!(
+        "mkcw: encrypted in {:.1} s; wrote {}",
+        started.elapsed().as_secs_f64(),
+        disk.display()
+    );
+
+    let cfg_path = args.out_dir.join("krun-sev.json");
+    fs::write(&cfg_path, json.as_bytes()).map_err(io_err(&cfg_path))?;
+    eprintln!("mkcw: wrote {}", cfg_path.display());
+    Ok(config)
+}
+
+fn iterations(args: &MkcwArgs, hash: HashAlg, key_len: usize) -> u32 {
+    args.pbkdf2_iterations
+        .unwrap_or_else(|| benchmark_pbkdf2(hash, key_len, Duration::from_secs(1)))
+}

@@ -1,0 +1,18 @@
+//! The guest bundle (docs/interfaces.md, "Guest bundle"): a directory with the guest kernel,
+//! the initrd, optionally the reset-vector firmware, and a manifest with each file's size and
+//! SHA-256.
+//!
+//! - `cpio`: a deterministic newc writer (also usable for the VMM's launch segment).
+//! - `initrd`: the initrd layout and deterministic gzip.
+//! - `manifest`: `manifest.json`.
+//! - `bundle`: load-and-verify (`Bundle::load`) and `write_bundle`.
+
+pub mod bundle;
+pub mod cpio;
+pub mod initrd;
+pub mod manifest;
+
+pub use bundle::{bundle_dir, write_bundle, Bundle, BundleContents, BundleError, BUNDLE_DIR_ENV};
+pub use cpio::{CpioArchive, CpioError};
+pub use initrd::{build_initrd, gzip, InitrdError};
+pub use manifest::{FileDigest, Manifest, ManifestError, MANIFEST_FORMAT};

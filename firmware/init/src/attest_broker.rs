@@ -1,0 +1,232 @@
+//! [`KeyBroker`] backed by the `krun-attestation` client: SNP attestation with the key
+//! broker named by the footer's `attestation_url`, speaking `kbs_protocol` (reference-kbs
+//! when absent, as in buildah's images; RCAR for Trustee), reached through the VMM's proxy
+//! on vsock port 1025.
+
+use std::sync::Arc;
+
+use krun_attestation::client::snp::{self, SnpRequest};
+use krun_attestation::transport::{Connector, Stream};
+use krun_attestation::{ClientConfig, KbsProtocol};
+
+use crate::footer::FooterError;
+use crate::key_source::{BrokerRequest, KeyBroker, Passphrase};
+use crate::vsock::{VsockStream, ATTESTATION_PROXY_PORT, HOST_CID};
+
+/// SNP generation hint when `tee_data` has no `gen` (buildah hard-codes "milan").
+const DEFAULT_GENERATION: &str = "milan";
+
+/// Errors before the protocol starts.
+#[derive(Debug, thiserror::Error)]
+pub enum AttestBrokerError {
+    /// The footer names no broker.
+    #[error("the TEE config has no attestation_url")]
+    NoUrl,
+    /// `kbs_protocol` is neither "reference" nor "rcar".
+    #[error("unknown kbs_protocol in the TEE config")]
+    Protocol(#[source] serde_json::Error),
+    /// `tee_data` is not JSON.
+    #[error("cannot read tee_data")]
+    TeeData(#[source] FooterError),
+}
+
+/// The guest's broker client.
+pub struct AttestationClient {
+    connector: Arc<dyn Connector>,
+}
+
+impl std::fmt::Debug for AttestationClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AttestationClient")
+    }
+}
+
+impl AttestationClient {
+    /// A client whose connections go to the host's attestation proxy.
+    pub fn over_vsock() -> Self {
+        let connect = || -> std::io::Result<Box<dyn Stream>> {
+            Ok(Box::new(VsockStream::connect(
+                HOST_CID,
+                ATTESTATION_PROXY_PORT,
+            )?))
+        };
+        AttestationClient {
+            connector: Arc::new(connect),
+        }
+    }
+
+    /// A client using `connector`.
+    #[cfg(test)]
+    pub fn with_connector(connector: Arc<dyn Connector>) -> Self {
+        AttestationClient { connector }
+    }
+}
+
+impl KeyBroker for AttestationClient {
+    fn fetch_passphrase(
+        &self,
+        req: BrokerRequest<'_>,
+    ) -> Result<Passphrase, Box<dyn std::error::Error + Send + Sync>> {
+        let tee = req.tee_config;
+        if tee.attestation_url.trim().is_empty() {
+            return Err(Box::new(AttestBrokerError::NoUrl));
+        }
+        let protocol =
+            KbsProtocol::from_tee_config(&serde_json::json!({ "kbs_protocol": tee.kbs_protocol }))
+                .map_err(AttestBrokerError::Protocol)?;
+        let tee_data = tee.tee_data_json().map_err(AttestBrokerError::TeeData)?;
+        let generation = tee_data
+            .get("gen")
+            .and_then(|g| g.as_str())
+            .unwrap_or(DEFAULT_GENERATION);
+        let cfg = ClientConfig::new(&tee.attestation_url, self.connector.clone(), None)?;
+        let request = SnpRequest {
+            workload_id: &tee.workload_id,
+            protocol,
+            generation,
+            resource_path: None,
+        };
+        let evidence = req.evidence;
+        let mut get_report =
+            |data: [u8; 64]| -> Result<Vec<u8>, Box<dyn std::error::Error + Send + Sync>> {
+                Ok(evidence.report(&data, 0)?)
+            };
+        Ok(snp::attest(&cfg, &request, &mut get_report)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::footer::{FooterTee, TeeConfig};
+    use crate::snp_report::{ReportSource, SnpReportError};
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::os::unix::net::UnixStream;
+    use std::sync::Mutex;
+
+    struct NoReports;
+    impl ReportSource for NoReports {
+        fn report(&mut self, _: &[u8; 64], _: u32) -> Result<Vec<u8>, SnpReportError> {
+            Err(SnpReportError::Size)
+        }
+    }
+
+    fn tee(url: &str, protocol: Option<&str>) -> TeeConfig {
+        TeeConfig {
+            workload_id: "wl-123".into(),
+            cpus: 1,
+            ram_mib: 512,
+            tee: FooterTee::Snp,
+            tee_data: r#"{"gen":"genoa"}"#.into(),
+            attestation_url: url.into(),
+            kbs_protocol: protocol.map(str::to_string),
+        }
+    }
+
+    /// A broker that refuses `/auth` with 401 and hands back what it received.
+    fn refusing_broker() -> (AttestationClient, std::thread::JoinHandle<(String, String)>) {
+        let (client_end, server_end) = UnixStream::pair().unwrap();
+        let slot = Mutex::new(Some(client_end));
+        let connect = move || -> std::io::Result<Box<dyn Stream>> {
+            let s = slot
+                .lock()
+                .unwrap()
+                .take()
+                .ok_or_else(|| std::io::Error::other("one connection"))?;
+            Ok(Box::new(s))
+        };
+        let server = std::thread::spawn(move || {
+            let mut r = BufReader::new(server_end.try_clone().unwrap());
+            let mut request_line = String::new();
+            r.read_line(&mut request_line).unwrap();
+            let mut len = 0;
+            loop {
+                let mut h = String::new();
+                r.read_line(&mut h).unwrap();
+                if h == "\r\n" {
+                    break;
+                }
+                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0u8; len];
+            r.read_exact(&mut body).unwrap();
+            let answer = "no such workload";
+            let mut w = server_end;
+            write!(w, "HTTP/1.1 401 Unauthorized\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}", answer.len()).unwrap();
+            (request_line, String::from_utf8(body).unwrap())
+        });
+        (AttestationClient::with_connector(Arc::new(connect)), server)
+    }
+
+    #[test]
+    fn reference_auth_goes_through_the_connector_with_the_workload_id() {
+        let (client, server) = refusing_broker();
+        let cfg = tee("http://broker.example:8000", None);
+        let err = client
+            .fetch_passphrase(BrokerRequest {
+                tee_config: &cfg,
+                evidence: &mut NoReports,
+            })
+            .unwrap_err();
+        let (line, body) = server.join().unwrap();
+        assert_eq!(line, "POST /kbs/v0/auth HTTP/1.1\r\n");
+        assert!(body.contains("wl-123"), "{body}");
+        let client_err = err.downcast_ref::<krun_attestation::ClientError>().unwrap();
+        assert_eq!(client_err.status(), Some(401));
+    }
+
+    #[test]
+    fn rcar_is_selected_by_kbs_protocol() {
+        let (client, server) = refusing_broker();
+        let cfg = tee("http://broker.example:8080", Some("rcar"));
+        let err = client
+            .fetch_passphrase(BrokerRequest {
+                tee_config: &cfg,
+                evidence: &mut NoReports,
+            })
+            .unwrap_err();
+        let (line, body) = server.join().unwrap();
+        assert_eq!(line, "POST /kbs/v0/auth HTTP/1.1\r\n");
+        // RCAR's auth request names the protocol version and the TEE, not the workload.
+        assert!(
+            body.contains("\"version\"") && body.contains("snp"),
+            "{body}"
+        );
+        assert!(!body.contains("wl-123"), "{body}");
+        assert!(err
+            .downcast_ref::<krun_attestation::ClientError>()
+            .is_some());
+    }
+
+    #[test]
+    fn config_errors_come_before_any_connection() {
+        let unused =
+            AttestationClient::with_connector(Arc::new(|| -> std::io::Result<Box<dyn Stream>> {
+                Err(std::io::Error::other("must not connect"))
+            }));
+        let no_url = tee("", None);
+        let err = unused
+            .fetch_passphrase(BrokerRequest {
+                tee_config: &no_url,
+                evidence: &mut NoReports,
+            })
+            .unwrap_err();
+        assert!(matches!(
+            err.downcast_ref::<AttestBrokerError>(),
+            Some(AttestBrokerError::NoUrl)
+        ));
+        let bad = tee("http://b", Some("grpc"));
+        let err = unused
+            .fetch_passphrase(BrokerRequest {
+                tee_config: &bad,
+                evidence: &mut NoReports,
+            })
+            .unwrap_err();
+        assert!(matches!(
+            err.downcast_ref::<AttestBrokerError>(),
+            Some(AttestBrokerError::Protocol(_))
+        ));
+    }
+}

@@ -1,0 +1,252 @@
+/*
+ * libkrun-sev: run one process inside an AMD SEV, SEV-ES or SEV-SNP microVM.
+ *
+ * The guest boots from a raw, LUKS-encrypted disk image. Its key is released by a key broker
+ * only after the broker has verified the launch measurement (remote attestation). The
+ * workload's command line, environment and working directory normally come from
+ * /.krun_config.json inside the encrypted disk, not from the host.
+ *
+ * Link with `pkg-config --cflags --libs libkrun-sev`; the library's SONAME is
+ * libkrun-sev.so.1.
+ *
+ * Conventions for every function:
+ * - Return 0 (or a context ID) on success and a negative errno value on failure. Every
+ *   failure is also logged on stderr with the function name and the reason.
+ * - -ENOENT: "ctx_id" does not name a live context.
+ * - -EINVAL: a NULL pointer where one is required, a string that is not UTF-8, or a value
+ *   that fails validation (the log says which).
+ * - String arrays ("char *const x[]") are terminated by a NULL pointer and may hold at most
+ *   65536 entries.
+ * - A rejected call leaves the context unchanged. Calls are thread-safe.
+ * - The library never aborts or unwinds into the caller: an internal error returns -EFAULT.
+ */
+#ifndef LIBKRUN_SEV_H
+#define LIBKRUN_SEV_H
+
+#include <inttypes.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/*
+ * Sets the log level of the library.
+ *
+ * Arguments:
+ *  "level" - 0: off, 1: error, 2: warn (the default), 3: info, 4: debug, 5: trace.
+ *
+ * When the environment variable RUST_LOG is set (env_logger syntax, e.g. "debug" or
+ * "krun_sev::vmm=trace"), it takes precedence over "level". May be called any number of times.
+ *
+ * Returns:
+ *  Zero on success, -EINVAL for a level above 5.
+ */
+int32_t krun_set_log_level(uint32_t level);
+
+/*
+ * Creates a configuration context.
+ *
+ * Returns:
+ *  The context ID (>= 0) on success or a negative error number on failure (-ENOMEM when no
+ *  ID is free).
+ */
+int32_t krun_create_ctx(void);
+
+/*
+ * Frees an existing configuration context.
+ *
+ * Arguments:
+ *  "ctx_id" - the configuration context ID.
+ *
+ * Returns:
+ *  Zero on success, -ENOENT for an unknown context.
+ */
+int32_t krun_free_ctx(uint32_t ctx_id);
+
+/*
+ * Sets the number of vCPUs and the amount of RAM of the microVM.
+ *
+ * In a confidential launch the TEE config's "cpus" and "ram_mib" win over these values at
+ * krun_start_enter, because the launch measurement depends on them; this call still succeeds
+ * when made after krun_set_tee_config_file (crun does that).
+ *
+ * Arguments:
+ *  "ctx_id"    - the configuration context ID.
+ *  "num_vcpus" - the number of vCPUs, 1 to 32 (the guest kernel's limit).
+ *  "ram_mib"   - the amount of RAM in MiB, 1 to 1048576.
+ *
+ * Returns:
+ *  Zero on success, -EINVAL for a value out of range, -ENOENT for an unknown context.
+ */
+int32_t krun_set_vm_config(uint32_t ctx_id, uint8_t num_vcpus, uint32_t ram_mib);
+
+/*
+ * Not available in libkrun-sev: a confidential guest boots from an encrypted disk image (see
+ * krun_set_root_disk). Kept so that programs written for libkrun link.
+ *
+ * Returns:
+ *  -ENOTSUP (or -ENOENT for an unknown context). "root_path" is not read.
+ */
+int32_t krun_set_root(uint32_t ctx_id, const char *root_path);
+
+/*
+ * Sets the raw disk image holding the guest's root file system; the guest sees it read-write
+ * as /dev/vda. For a confidential workload this is the LUKS-encrypted image with the "KRUN"
+ * footer (buildah mkcw's disk.img, or `krun-sev mkcw`).
+ *
+ * Arguments:
+ *  "ctx_id"    - the configuration context ID.
+ *  "disk_path" - path of the image. It is opened at krun_start_enter; a missing or unreadable
+ *                file makes krun_start_enter fail with the errno of the open.
+ *
+ * Returns:
+ *  Zero on success, -EINVAL for a NULL, empty or non-UTF-8 path, -ENOENT for an unknown
+ *  context.
+ */
+int32_t krun_set_root_disk(uint32_t ctx_id, const char *disk_path);
+
+/*
+ * Sets a second raw disk image, seen read-write by the guest as /dev/vdb. The host can read
+ * and change it: a confidential workload must encrypt or authenticate what it keeps there.
+ *
+ * Arguments and return values as krun_set_root_disk.
+ */
+int32_t krun_set_data_disk(uint32_t ctx_id, const char *disk_path);
+
+/*
+ * Not available in libkrun-sev: the host cannot share directories with a confidential guest.
+ * Kept so that programs written for libkrun link.
+ *
+ * Returns:
+ *  -ENOTSUP (or -ENOENT for an unknown context). "mapped_volumes" is not read.
+ */
+int32_t krun_set_mapped_volumes(uint32_t ctx_id, char *const mapped_volumes[]);
+
+/*
+ * Configures TCP ports forwarded from the host into the microVM.
+ *
+ * Arguments:
+ *  "ctx_id"   - the configuration context ID.
+ *  "port_map" - NULL, or an array of "HOST_PORT:GUEST_PORT" strings (ports 1-65535, each
+ *               host port at most once).
+ *
+ * NULL (the default, also when this function is never called) exposes every TCP port the
+ * guest listens on, under the same number; an empty array exposes nothing. Connections travel
+ * over virtio-vsock to the guest init, which connects to 127.0.0.1:GUEST_PORT in the guest.
+ *
+ * Returns:
+ *  Zero on success, -EINVAL for a malformed entry or a repeated host port, -ENOENT for an
+ *  unknown context.
+ */
+int32_t krun_set_port_map(uint32_t ctx_id, char *const port_map[]);
+
+/*
+ * Sets resource limits applied to the workload before it starts.
+ *
+ * Arguments:
+ *  "ctx_id"  - the configuration context ID.
+ *  "rlimits" - an array of "RESOURCE=CUR:MAX" strings. RESOURCE is a Linux resource number
+ *              (e.g. "7") or name ("RLIMIT_NOFILE" or "NOFILE", any case); CUR and MAX are
+ *              numbers or "unlimited"; CUR may not exceed MAX. Limits from the image config
+ *              apply first, these after.
+ *
+ * Returns:
+ *  Zero on success, -EINVAL for NULL or a malformed entry, -ENOENT for an unknown context.
+ */
+int32_t krun_set_rlimits(uint32_t ctx_id, char *const rlimits[]);
+
+/*
+ * Sets the working directory of the workload inside the guest.
+ *
+ * In a confidential launch, host-supplied exec, environment and working directory are placed
+ * in measured guest memory: they change the launch measurement, so a key broker that
+ * registered the measurement of the plain image refuses the key. They never silently
+ * override /.krun_config.json from the encrypted disk.
+ *
+ * Arguments:
+ *  "ctx_id"       - the configuration context ID.
+ *  "workdir_path" - a non-empty path inside the guest's root.
+ *
+ * Returns:
+ *  Zero on success, -EINVAL for a NULL, empty or non-UTF-8 path, -ENOENT for an unknown
+ *  context.
+ */
+int32_t krun_set_workdir(uint32_t ctx_id, const char *workdir_path);
+
+/*
+ * Sets the executable to run inside the microVM, its arguments and its environment. See
+ * krun_set_workdir for what this means in a confidential launch.
+ *
+ * Arguments:
+ *  "ctx_id"    - the configuration context ID.
+ *  "exec_path" - path of the executable inside the guest's root (non-empty).
+ *  "argv"      - NULL (no arguments) or the arguments after argv[0].
+ *  "envp"      - NULL to pass the calling process's environment (variables that are not
+ *                UTF-8 are left out), or an array of "NAME=VALUE" strings.
+ *
+ * Returns:
+ *  Zero on success, -EINVAL for a NULL or empty exec_path, a non-UTF-8 string or an
+ *  environment entry without "NAME=", -ENOENT for an unknown context.
+ */
+int32_t krun_set_exec(uint32_t ctx_id, const char *exec_path, char *const argv[],
+                      char *const envp[]);
+
+/*
+ * Sets the environment of the workload, as "envp" of krun_set_exec.
+ *
+ * Returns:
+ *  Zero on success, -EINVAL for a non-UTF-8 string or an entry without "NAME=", -ENOENT for
+ *  an unknown context.
+ */
+int32_t krun_set_env(uint32_t ctx_id, char *const envp[]);
+
+/*
+ * Reads the TEE config file, which selects the confidential launch and is required by
+ * krun_start_enter. The file is read and validated now.
+ *
+ * Format (the same JSON buildah mkcw writes as /krun-sev.json and in the disk's footer):
+ *  {"workload_id": "...", "cpus": 2, "ram_mib": 512, "tee": "snp",
+ *   "tee_data": "{\"gen\":\"milan\"}", "attestation_url": "http://kbs:8000"}
+ *  - "tee": "sev" (SEV-ES, or plain SEV when the key broker's policy for the workload lacks
+ *    the ENCRYPTED_STATE bit), "sev-es" (always SEV-ES), "sev-no-es" (plain SEV) or "snp".
+ *  - "tee_data": a string holding a JSON object (SEV: "vendor_chain"; SNP: "gen").
+ *  - "attestation_url": the key broker, or "" for none.
+ *  - optional "kbs_protocol": "reference" (default) or "rcar" (Trustee).
+ *  Unknown keys are ignored.
+ *
+ * Arguments:
+ *  "ctx_id"   - the configuration context ID.
+ *  "filepath" - path of the file (at most 1 MiB).
+ *
+ * Returns:
+ *  Zero on success; the errno of open/read (e.g. -ENOENT, -EACCES) when the file cannot be
+ *  read; -EFBIG above 1 MiB; -EINVAL when the JSON or a field is invalid (the log names the
+ *  field); -ENOENT for an unknown context.
+ */
+int32_t krun_set_tee_config_file(uint32_t ctx_id, const char *filepath);
+
+/*
+ * Starts and enters the microVM. The VMM takes over stdin and stdout on behalf of the
+ * workload (the terminal is put in raw mode when stdin is a terminal and restored on exit).
+ *
+ * Before anything starts, the configuration is checked: a missing TEE config ("missing TEE
+ * config", -EINVAL), a missing root disk (-EINVAL), or a disk that cannot be opened (the
+ * open's errno) returns an error and leaves the context as it was. Once the launch begins, the
+ * context is consumed.
+ *
+ * Arguments:
+ *  "ctx_id" - the configuration context ID.
+ *
+ * Returns:
+ *  Only on failure before the guest starts, with a negative errno (-ENOSYS when this build
+ *  cannot start microVMs). Otherwise the calling process exits when the guest shuts down, with
+ *  the workload's exit status: 0-255, or 128+N when the workload was killed by signal N; 1
+ *  when the guest stopped without reporting a status (the log says why).
+ */
+int32_t krun_start_enter(uint32_t ctx_id);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* LIBKRUN_SEV_H */

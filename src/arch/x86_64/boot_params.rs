@@ -1,0 +1,164 @@
+//! The Linux zero page (`struct boot_params`, Documentation/arch/x86/boot.rst) and e820 map.
+
+use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::layout::{
+    ram_regions, CMDLINE_START, EBDA_START, HIMEM_START, MMIO_GAP_END, ZERO_PAGE_START,
+};
+
+/// e820 type of usable RAM.
+pub const E820_RAM: u32 = 1;
+/// e820 type of reserved memory.
+pub const E820_RESERVED: u32 = 2;
+
+const KERNEL_BOOT_FLAG_MAGIC: u16 = 0xaa55;
+const KERNEL_HDR_MAGIC: u32 = 0x5372_6448; // "HdrS"
+const KERNEL_LOADER_OTHER: u8 = 0xff;
+const KERNEL_MIN_ALIGNMENT_BYTES: u32 = 0x100_0000;
+/// `loadflags` bit: the kernel is loaded high (protected-mode code at 1 MiB or above).
+const LOADED_HIGH: u8 = 0x01;
+
+/// Errors while building the zero page.
+#[derive(Debug, thiserror::Error)]
+pub enum BootParamsError {
+    /// The e820 map has more entries than the zero page holds.
+    #[error("e820 map does not fit the zero page")]
+    E820TooLarge,
+    /// An address or size does not fit its 32-bit zero-page field.
+    #[error("boot parameter does not fit its 32-bit field")]
+    FieldTooSmall,
+    /// Writing the zero page to guest memory failed.
+    #[error("cannot write the zero page to guest memory")]
+    Write(#[source] vm_memory::GuestMemoryError),
+}
+
+/// What the zero page describes.
+#[derive(Debug, Clone, Copy)]
+pub struct BootParamsInput {
+    /// Guest RAM in bytes.
+    pub ram_bytes: u64,
+    /// Length of the command line including its NUL.
+    pub cmdline_len: usize,
+    /// Initrd placement `(address, size)`, if any.
+    pub initrd: Option<(u64, u64)>,
+}
+
+/// e820 map for `ram_bytes` of RAM: `[0, EBDA)` and high memory up to the MMIO gap, then RAM
+/// above 4 GiB. The range between the EBDA and 1 MiB stays out of the map.
+pub fn e820_map(ram_bytes: u64) -> Vec<(u64, u64, u32)> {
+    let mut map = vec![(0, EBDA_START, E820_RAM)];
+    for (start, size) in ram_regions(ram_bytes) {
+        let end = start + size;
+        if start == 0 {
+            if end > HIMEM_START {
+                map.push((HIMEM_START, end - HIMEM_START, E820_RAM));
+            }
+        } else {
+            debug_assert_eq!(start, MMIO_GAP_END);
+            map.push((start, size, E820_RAM));
+        }
+    }
+    map
+}
+
+/// Builds the zero page.
+pub fn build(input: &BootParamsInput) -> Result<boot_params, BootParamsError> {
+    let mut params = boot_params::default();
+    params.hdr.type_of_loader = KERNEL_LOADER_OTHER;
+    params.hdr.boot_flag = KERNEL_BOOT_FLAG_MAGIC;
+    params.hdr.header = KERNEL_HDR_MAGIC;
+    params.hdr.loadflags |= LOADED_HIGH;
+    params.hdr.kernel_alignment = KERNEL_MIN_ALIGNMENT_BYTES;
+    params.hdr.cmd_line_ptr =
+        u32::try_from(CMDLINE_START).map_err(|_| BootParamsError::FieldTooSmall)?;
+    params.hdr.cmdline_size =
+        u32::try_from(input.cmdline_len).map_err(|_| BootParamsError::FieldTooSmall)?;
+    if let Some((addr, size)) = input.initrd {
+        params.hdr.ramdisk_image =
+            u32::try_from(addr).map_err(|_| BootParamsError::FieldTooSmall)?;
+        params.hdr.ramdisk_size =
+            u32::try_from(size).map_err(|_| BootParamsError::FieldTooSmall)?;
+    }
+    let map = e820_map(input.ram_bytes);
+    if map.len() > params.e820_table.len() {
+        return Err(BootParamsError::E820TooLarge);
+    }
+    for (slot, (addr, size, kind)) in params.e820_table.iter_mut().zip(&map) {
+        *slot = boot_e820_entry {
+            addr: *addr,
+            size: *size,
+            r#type: *kind,
+        };
+    }
+    params.e820_entries = u8::try_from(map.len()).map_err(|_| BootParamsError::E820TooLarge)?;
+    Ok(params)
+}
+
+/// Builds the zero page and writes it at [`ZERO_PAGE_START`].
+pub fn write(mem: &GuestMemoryMmap, input: &BootParamsInput) -> Result<(), BootParamsError> {
+    let params = build(input)?;
+    mem.write_obj(params, GuestAddress(ZERO_PAGE_START))
+        .map_err(BootParamsError::Write)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::layout::MMIO_GAP_START;
+    use vm_memory::Address;
+
+    #[test]
+    fn e820_small_and_large() {
+        assert_eq!(
+            e820_map(256 << 20),
+            vec![
+                (0, EBDA_START, E820_RAM),
+                (HIMEM_START, (256 << 20) - HIMEM_START, E820_RAM)
+            ]
+        );
+        let big = 5u64 << 30;
+        assert_eq!(
+            e820_map(big),
+            vec![
+                (0, EBDA_START, E820_RAM),
+                (HIMEM_START, MMIO_GAP_START - HIMEM_START, E820_RAM),
+                (1 << 32, big - MMIO_GAP_START, E820_RAM)
+            ]
+        );
+    }
+
+    #[test]
+    fn zero_page_fields_at_their_abi_offsets() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let input = BootParamsInput {
+            ram_bytes: 512 << 20,
+            cmdline_len: 17,
+            initrd: Some((0x400_0000, 0x1234)),
+        };
+        write(&mem, &input).unwrap();
+        let zp = ZERO_PAGE_START;
+        let rd32 = |off: u64| mem.read_obj::<u32>(GuestAddress(zp + off)).unwrap();
+        let rd16 = |off: u64| mem.read_obj::<u16>(GuestAddress(zp + off)).unwrap();
+        let rd8 = |off: u64| mem.read_obj::<u8>(GuestAddress(zp + off)).unwrap();
+        // Offsets from Documentation/arch/x86/zero-page.rst and boot.rst.
+        assert_eq!(rd16(0x1fe), 0xaa55);
+        assert_eq!(rd32(0x202), 0x5372_6448);
+        assert_eq!(rd8(0x210), 0xff);
+        assert_eq!(rd8(0x211) & 1, 1);
+        assert_eq!(rd32(0x218), 0x400_0000);
+        assert_eq!(rd32(0x21c), 0x1234);
+        assert_eq!(rd32(0x228), 0x20000);
+        assert_eq!(rd32(0x238), 17);
+        assert_eq!(rd8(0x1e8), 2);
+        let e0 = GuestAddress(zp + 0x2d0);
+        assert_eq!(mem.read_obj::<u64>(e0).unwrap(), 0);
+        assert_eq!(
+            mem.read_obj::<u64>(e0.unchecked_add(8)).unwrap(),
+            EBDA_START
+        );
+        assert_eq!(mem.read_obj::<u32>(e0.unchecked_add(16)).unwrap(), E820_RAM);
+        let e1 = e0.unchecked_add(20);
+        assert_eq!(mem.read_obj::<u64>(e1).unwrap(), HIMEM_START);
+    }
+}

@@ -1,0 +1,300 @@
+//! The exported `krun_*` functions. See `include/libkrun.h` for the contract of each.
+
+use std::ffi::c_char;
+use std::path::PathBuf;
+
+use super::strings::{str_arg, str_array};
+use super::{context, guarded, logger, CapiError};
+use crate::launch;
+use crate::resources::{
+    inherited_env, validate_env, DiskConfig, ExecConfig, MachineConfig, PortMap, Rlimit, TeeConfig,
+};
+
+/// Sets the log level: 0 off, 1 error, 2 warn, 3 info, 4 debug, 5 trace. `RUST_LOG`, when
+/// set, takes precedence.
+#[no_mangle]
+pub extern "C" fn krun_set_log_level(level: u32) -> i32 {
+    guarded("krun_set_log_level", || {
+        let filter = logger::level_from_c(level).ok_or(CapiError::LogLevel(level))?;
+        logger::set_level(filter);
+        Ok(0)
+    })
+}
+
+/// Creates a configuration context and returns its ID (>= 0).
+#[no_mangle]
+pub extern "C" fn krun_create_ctx() -> i32 {
+    guarded("krun_create_ctx", || {
+        let id = context::create()?;
+        i32::try_from(id).map_err(|_| CapiError::TooManyContexts)
+    })
+}
+
+/// Frees a context.
+#[no_mangle]
+pub extern "C" fn krun_free_ctx(ctx_id: u32) -> i32 {
+    guarded("krun_free_ctx", || context::free(ctx_id).map(|()| 0))
+}
+
+/// Sets the vCPU count and RAM size. A TEE config's `cpus`/`ram_mib` override these at launch.
+#[no_mangle]
+pub extern "C" fn krun_set_vm_config(ctx_id: u32, num_vcpus: u8, ram_mib: u32) -> i32 {
+    guarded("krun_set_vm_config", || {
+        let machine = MachineConfig::new(u32::from(num_vcpus), u64::from(ram_mib))
+            .map_err(CapiError::Resources)?;
+        context::update(ctx_id, |r| {
+            r.machine = machine;
+            Ok(0)
+        })
+    })
+}
+
+/// Not available in libkrun-sev: the root is always an encrypted disk image. `root_path` is
+/// not read.
+#[no_mangle]
+pub extern "C" fn krun_set_root(ctx_id: u32, root_path: *const c_char) -> i32 {
+    let _ = root_path;
+    guarded("krun_set_root", || {
+        context::get(ctx_id)?;
+        Err(CapiError::NotSupported(
+            "not available in libkrun-sev: a confidential guest boots from an encrypted disk image; use krun_set_root_disk",
+        ))
+    })
+}
+
+/// Not available in libkrun-sev: the host cannot share directories with a confidential guest.
+/// `mapped_volumes` is not read.
+#[no_mangle]
+pub extern "C" fn krun_set_mapped_volumes(
+    ctx_id: u32,
+    mapped_volumes: *const *const c_char,
+) -> i32 {
+    let _ = mapped_volumes;
+    guarded("krun_set_mapped_volumes", || {
+        context::get(ctx_id)?;
+        Err(CapiError::NotSupported(
+            "not available in libkrun-sev: a confidential guest cannot share host directories",
+        ))
+    })
+}
+
+/// Sets the raw disk image that becomes the guest's `/dev/vda` (read-write).
+///
+/// # Safety
+///
+/// `disk_path` must be NULL or a valid NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn krun_set_root_disk(ctx_id: u32, disk_path: *const c_char) -> i32 {
+    guarded("krun_set_root_disk", || {
+        // SAFETY: the caller's contract above.
+        let path = unsafe { str_arg(disk_path, "disk_path") }?;
+        let disk = disk_config(path)?;
+        context::update(ctx_id, |r| {
+            r.root_disk = Some(disk);
+            Ok(0)
+        })
+    })
+}
+
+/// Sets the raw disk image that becomes the guest's `/dev/vdb` (read-write).
+///
+/// # Safety
+///
+/// `disk_path` must be NULL or a valid NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn krun_set_data_disk(ctx_id: u32, disk_path: *const c_char) -> i32 {
+    guarded("krun_set_data_disk", || {
+        // SAFETY: the caller's contract above.
+        let path = unsafe { str_arg(disk_path, "disk_path") }?;
+        let disk = disk_config(path)?;
+        context::update(ctx_id, |r| {
+            r.data_disk = Some(disk);
+            Ok(0)
+        })
+    })
+}
+
+fn disk_config(path: &str) -> Result<DiskConfig, CapiError> {
+    if path.is_empty() {
+        return Err(CapiError::Resources(
+            crate::resources::ResourcesError::Empty("disk_path"),
+        ));
+    }
+    Ok(DiskConfig {
+        path: PathBuf::from(path),
+        read_only: false,
+    })
+}
+
+/// Sets the TCP ports forwarded from the host into the guest (`"HOST:GUEST"` entries).
+/// NULL exposes every port the guest listens on; an empty array exposes none.
+///
+/// # Safety
+///
+/// `port_map` must be NULL or a NULL-terminated array of valid NUL-terminated strings.
+#[no_mangle]
+pub unsafe extern "C" fn krun_set_port_map(ctx_id: u32, port_map: *const *const c_char) -> i32 {
+    guarded("krun_set_port_map", || {
+        // SAFETY: the caller's contract above.
+        let entries = unsafe { str_array(port_map, "port_map") }?;
+        let map = match entries {
+            None => PortMap::ExposeListening,
+            Some(entries) => PortMap::parse(&entries).map_err(CapiError::PortMap)?,
+        };
+        context::update(ctx_id, |r| {
+            r.port_map = map;
+            Ok(0)
+        })
+    })
+}
+
+/// Sets the workload's resource limits (`"RESOURCE=CUR:MAX"` entries).
+///
+/// # Safety
+///
+/// `rlimits` must be NULL or a NULL-terminated array of valid NUL-terminated strings.
+#[no_mangle]
+pub unsafe extern "C" fn krun_set_rlimits(ctx_id: u32, rlimits: *const *const c_char) -> i32 {
+    guarded("krun_set_rlimits", || {
+        // SAFETY: the caller's contract above.
+        let entries =
+            unsafe { str_array(rlimits, "rlimits") }?.ok_or(CapiError::NullPointer("rlimits"))?;
+        let parsed = Rlimit::parse_all(&entries).map_err(CapiError::Rlimit)?;
+        context::update(ctx_id, |r| {
+            r.rlimits = parsed;
+            Ok(0)
+        })
+    })
+}
+
+/// Sets the workload's working directory inside the guest.
+///
+/// # Safety
+///
+/// `workdir_path` must be NULL or a valid NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn krun_set_workdir(ctx_id: u32, workdir_path: *const c_char) -> i32 {
+    guarded("krun_set_workdir", || {
+        // SAFETY: the caller's contract above.
+        let workdir = unsafe { str_arg(workdir_path, "workdir_path") }?;
+        if workdir.is_empty() {
+            return Err(CapiError::Resources(
+                crate::resources::ResourcesError::Empty("workdir_path"),
+            ));
+        }
+        let workdir = workdir.to_owned();
+        context::update(ctx_id, |r| {
+            r.workdir = Some(workdir);
+            Ok(0)
+        })
+    })
+}
+
+/// Sets the executable, its arguments and (unless `envp` is NULL, meaning the caller's
+/// environment) its environment.
+///
+/// # Safety
+///
+/// `exec_path` must be NULL or a valid NUL-terminated string; `argv` and `envp` must be NULL
+/// or NULL-terminated arrays of valid NUL-terminated strings.
+#[no_mangle]
+pub unsafe extern "C" fn krun_set_exec(
+    ctx_id: u32,
+    exec_path: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> i32 {
+    guarded("krun_set_exec", || {
+        // SAFETY: the caller's contract above.
+        let path = unsafe { str_arg(exec_path, "exec_path") }?;
+        if path.is_empty() {
+            return Err(CapiError::Resources(
+                crate::resources::ResourcesError::Empty("exec_path"),
+            ));
+        }
+        // SAFETY: the caller's contract above.
+        let args = unsafe { str_array(argv, "argv") }?.unwrap_or_default();
+        // SAFETY: the caller's contract above.
+        let env = env_or_inherited(unsafe { str_array(envp, "envp") }?)?;
+        let exec = ExecConfig {
+            path: path.to_owned(),
+            args,
+        };
+        context::update(ctx_id, |r| {
+            r.exec = Some(exec);
+            r.env = Some(env);
+            Ok(0)
+        })
+    })
+}
+
+/// Sets the workload's environment; NULL means the caller's environment.
+///
+/// # Safety
+///
+/// `envp` must be NULL or a NULL-terminated array of valid NUL-terminated strings.
+#[no_mangle]
+pub unsafe extern "C" fn krun_set_env(ctx_id: u32, envp: *const *const c_char) -> i32 {
+    guarded("krun_set_env", || {
+        // SAFETY: the caller's contract above.
+        let env = env_or_inherited(unsafe { str_array(envp, "envp") }?)?;
+        context::update(ctx_id, |r| {
+            r.env = Some(env);
+            Ok(0)
+        })
+    })
+}
+
+fn env_or_inherited(env: Option<Vec<String>>) -> Result<Vec<String>, CapiError> {
+    let env = env.unwrap_or_else(inherited_env);
+    validate_env(&env).map_err(CapiError::Resources)?;
+    Ok(env)
+}
+
+/// Reads and validates the TEE config file; its `cpus`/`ram_mib` override
+/// `krun_set_vm_config` at launch.
+///
+/// # Safety
+///
+/// `filepath` must be NULL or a valid NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn krun_set_tee_config_file(ctx_id: u32, filepath: *const c_char) -> i32 {
+    guarded("krun_set_tee_config_file", || {
+        // SAFETY: the caller's contract above.
+        let path = unsafe { str_arg(filepath, "filepath") }?;
+        // Fail on an unknown context before touching the file.
+        context::get(ctx_id)?;
+        let path = PathBuf::from(path);
+        let config = TeeConfig::from_file(&path).map_err(|source| CapiError::TeeConfig {
+            path: path.display().to_string(),
+            source,
+        })?;
+        log::debug!(
+            "TEE config {}: tee={} cpus={} ram_mib={} attestation_url={:?}",
+            path.display(),
+            config.tee.as_str(),
+            config.cpus,
+            config.ram_mib,
+            config.attestation_url
+        );
+        context::update(ctx_id, |r| {
+            r.tee_config = Some((path, config));
+            Ok(0)
+        })
+    })
+}
+
+/// Starts the microVM. Returns only on failure before the guest starts; otherwise the
+/// process exits with the workload's status when the guest shuts down.
+#[no_mangle]
+pub extern "C" fn krun_start_enter(ctx_id: u32) -> i32 {
+    guarded("krun_start_enter", || {
+        let plan = launch::plan(context::get(ctx_id)?).map_err(CapiError::Launch)?;
+        // The context is consumed once the launch begins, as libkrun does.
+        context::take(ctx_id)?;
+        match launch::start(plan) {
+            Ok(never) => match never {},
+            Err(e) => Err(CapiError::Launch(e)),
+        }
+    })
+}

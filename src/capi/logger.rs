@@ -1,0 +1,145 @@
+//! The library's logger: `krun_set_log_level` picks the level unless `RUST_LOG` is set, in
+//! which case `RUST_LOG` (env_logger syntax) wins.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+
+use log::{LevelFilter, Log, Metadata, Record};
+
+/// Level used until `krun_set_log_level` is called: failures and warnings (for example the
+/// PSP model's "memory is not encrypted") are visible by default.
+const DEFAULT_LEVEL: LevelFilter = LevelFilter::Warn;
+
+struct KrunLogger {
+    level: AtomicUsize,
+    env: Option<env_filter::Filter>,
+}
+
+impl KrunLogger {
+    fn level(&self) -> LevelFilter {
+        match self.level.load(Ordering::Relaxed) {
+            0 => LevelFilter::Off,
+            1 => LevelFilter::Error,
+            2 => LevelFilter::Warn,
+            3 => LevelFilter::Info,
+            4 => LevelFilter::Debug,
+            _ => LevelFilter::Trace,
+        }
+    }
+}
+
+impl Log for KrunLogger {
+    fn enabled(&self, metadata: &Metadata) -> bool {
+        match &self.env {
+            Some(filter) => filter.enabled(metadata),
+            None => metadata.level() <= self.level(),
+        }
+    }
+
+    fn log(&self, record: &Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        if let Some(filter) = &self.env {
+            if !filter.matches(record) {
+                return;
+            }
+        }
+        // One write per line so concurrent vCPU and device threads do not interleave.
+        let line = format!(
+            "[libkrun-sev {} {}] {}\n",
+            record.level(),
+            record.target(),
+            record.args()
+        );
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    }
+
+    fn flush(&self) {
+        let _ = std::io::stderr().flush();
+    }
+}
+
+static LOGGER: OnceLock<KrunLogger> = OnceLock::new();
+
+fn logger() -> &'static KrunLogger {
+    LOGGER.get_or_init(|| {
+        let env = std::env::var("RUST_LOG")
+            .ok()
+            .filter(|s| !s.trim().is_empty())
+            .map(|spec| env_filter::Builder::new().parse(&spec).build());
+        KrunLogger {
+            level: AtomicUsize::new(DEFAULT_LEVEL as usize),
+            env,
+        }
+    })
+}
+
+/// Installs the logger on first use.
+pub(crate) fn ensure_logger() {
+    let logger = logger();
+    static INSTALLED: OnceLock<bool> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        // Fails only if the embedding program installed its own logger; records then go to
+        // that logger and only the max level set here applies.
+        let ok = log::set_logger(logger).is_ok();
+        log::set_max_level(effective_max(logger));
+        ok
+    });
+}
+
+fn effective_max(logger: &KrunLogger) -> LevelFilter {
+    match &logger.env {
+        Some(filter) => filter.filter(),
+        None => logger.level(),
+    }
+}
+
+/// Maps `krun_set_log_level`'s 0..=5 to a level filter.
+pub(crate) fn level_from_c(level: u32) -> Option<LevelFilter> {
+    Some(match level {
+        0 => LevelFilter::Off,
+        1 => LevelFilter::Error,
+        2 => LevelFilter::Warn,
+        3 => LevelFilter::Info,
+        4 => LevelFilter::Debug,
+        5 => LevelFilter::Trace,
+        _ => return None,
+    })
+}
+
+/// Sets the level; a no-op for the filter when `RUST_LOG` is set.
+pub(crate) fn set_level(level: LevelFilter) {
+    ensure_logger();
+    let logger = logger();
+    logger.level.store(level as usize, Ordering::Relaxed);
+    log::set_max_level(effective_max(logger));
+}
+
+/// The level currently in force (for tests).
+#[cfg(test)]
+pub(crate) fn current_level() -> LevelFilter {
+    logger().level()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_c_levels() {
+        assert_eq!(level_from_c(0), Some(LevelFilter::Off));
+        assert_eq!(level_from_c(3), Some(LevelFilter::Info));
+        assert_eq!(level_from_c(5), Some(LevelFilter::Trace));
+        assert_eq!(level_from_c(6), None);
+    }
+
+    #[test]
+    fn setting_twice_changes_the_level() {
+        set_level(LevelFilter::Debug);
+        assert_eq!(current_level(), LevelFilter::Debug);
+        set_level(LevelFilter::Error);
+        assert_eq!(current_level(), LevelFilter::Error);
+    }
+}

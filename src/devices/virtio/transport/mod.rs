@@ -1,0 +1,3 @@
+//! Virtio transports. Only virtio-mmio (version 2) is provided.
+
+pub mod mmio;
