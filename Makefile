@@ -24,7 +24,7 @@ MAJOR := $(firstword $(subst ., ,$(VERSION)))
 LIB_FILE := libkrun-sev.so.$(VERSION)
 BUILD_DIR := build
 
-.PHONY: all lib install install-lib test test-deps check unit-tests c-api-test demo clean
+.PHONY: all lib bundle install install-lib test test-deps check unit-tests c-api-test testhost-tests demo clean
 
 all: lib
 
@@ -62,7 +62,15 @@ unit-tests: test-deps
 c-api-test:
 	tests/c/run.sh
 
-test: check unit-tests c-api-test
+# Guest bundle: the cached guest kernel, the static init and the manifest (build/bundle).
+bundle:
+	firmware/build-bundle.sh $(BUILD_DIR)/bundle
+
+# Guest-boot tests in the nested-KVM test host (builds the bundle first).
+testhost-tests:
+	KRUN_SEV_BUNDLE_DIR=$(CURDIR)/$(BUILD_DIR)/bundle ci/testhost-tests.sh
+
+test: check unit-tests c-api-test testhost-tests
 
 demo: install-lib
 	@echo "demo: library installed under $(DESTDIR)$(PREFIX)"

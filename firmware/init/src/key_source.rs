@@ -51,7 +51,7 @@ pub trait KeyBroker {
 /// Errors from obtaining the passphrase.
 #[derive(Debug, thiserror::Error)]
 pub enum KeySourceError {
-    /// A plain launch without a development passphrase.
+    /// A source that yields no passphrase was asked for one.
     #[error("no key source: a launch without a TEE needs dev_passphrase in /krun/host.json")]
     NoKeySource,
     /// SNP needs the footer's workload_id and broker URL.
@@ -80,6 +80,8 @@ pub enum KeySource {
     Attestation,
     /// Development passphrase from host.json.
     DevPassphrase,
+    /// No TEE and no passphrase: the root disk is plain ext4 (never in a confidential launch).
+    Unencrypted,
 }
 
 /// Picks the source for the launch and checks the footer agrees with it.
@@ -87,7 +89,7 @@ pub fn select(host: &HostConfig, footer: Option<&TeeConfig>) -> Result<KeySource
     let footer_tee = footer.map(|f| f.tee);
     match host.tee {
         TeeKind::None if host.dev_passphrase.is_some() => Ok(KeySource::DevPassphrase),
-        TeeKind::None => Err(KeySourceError::NoKeySource),
+        TeeKind::None => Ok(KeySource::Unencrypted),
         TeeKind::Sev | TeeKind::SevEs => match footer_tee {
             None | Some(FooterTee::Sev) => Ok(KeySource::LaunchSecret),
             Some(_) => Err(KeySourceError::TeeMismatch),
@@ -123,6 +125,7 @@ pub fn obtain(
     attestation: &mut AttestationContext<'_>,
 ) -> Result<Passphrase, KeySourceError> {
     let pass = match source {
+        KeySource::Unencrypted => return Err(KeySourceError::NoKeySource),
         KeySource::DevPassphrase => Zeroizing::new(
             host.dev_passphrase
                 .as_ref()
@@ -183,10 +186,10 @@ mod tests {
             select(&host(TeeKind::None, Some("p")), Some(&snp)).unwrap(),
             KeySource::DevPassphrase
         );
-        assert!(matches!(
-            select(&host(TeeKind::None, None), None),
-            Err(KeySourceError::NoKeySource)
-        ));
+        assert_eq!(
+            select(&host(TeeKind::None, None), None).unwrap(),
+            KeySource::Unencrypted
+        );
         for tee in [TeeKind::Sev, TeeKind::SevEs] {
             assert_eq!(
                 select(&host(tee, None), Some(&sev)).unwrap(),

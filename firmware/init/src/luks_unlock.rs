@@ -25,6 +25,17 @@ pub enum LuksUnlockError {
     Size(#[source] std::io::Error),
 }
 
+/// Whether `device` starts with the LUKS magic (`LUKS\xba\xbe`, both versions).
+pub fn has_luks_magic(device: &Path) -> std::io::Result<bool> {
+    use std::io::Read;
+    let mut magic = [0u8; 6];
+    match File::open(device)?.read_exact(&mut magic) {
+        Ok(()) => Ok(&magic == b"LUKS\xba\xbe"),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Opens LUKS1/LUKS2 headers read-only with the krun-luks crate.
 #[derive(Debug, Clone, Default)]
 pub struct LuksUnlocker {
@@ -105,6 +116,18 @@ mod tests {
         f.write_all(&vec![0u8; 64 * 1024]).unwrap();
         let key = krun_luks::MasterKey::from_bytes(vol.key.as_bytes());
         (f, key)
+    }
+
+    #[test]
+    fn luks_magic_detection() {
+        let (img, _) = image(b"p");
+        assert!(has_luks_magic(img.path()).unwrap());
+        let mut plain = tempfile::NamedTempFile::new().unwrap();
+        plain.write_all(&[0u8; 4096]).unwrap();
+        assert!(!has_luks_magic(plain.path()).unwrap());
+        let short = tempfile::NamedTempFile::new().unwrap();
+        assert!(!has_luks_magic(short.path()).unwrap());
+        assert!(has_luks_magic(Path::new("/nonexistent/disk")).is_err());
     }
 
     #[test]

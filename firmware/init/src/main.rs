@@ -91,54 +91,26 @@ fn main() {
         "choosing the key source",
         key_source::select(&host, tee_config.as_ref()),
     );
-    let passphrase = {
-        let broker = attest_broker::AttestationClient::over_vsock();
-        let mut evidence: Box<dyn ReportSource> = if host.psp_model {
-            Box::new(PspModelReports::new(|| {
-                vsock::VsockStream::connect(vsock::HOST_CID, vsock::PSP_MODEL_REPORT_PORT)
-            }))
-        } else {
-            Box::new(SevGuestDevice)
-        };
-        let mut ctx = AttestationContext {
-            broker: &broker,
-            evidence: evidence.as_mut(),
-        };
-        step(
-            "obtaining the disk key",
-            key_source::obtain(
-                source,
-                &host,
-                tee_config.as_ref(),
-                Path::new(secret_table::SECRET_PATH),
-                &mut ctx,
-            ),
-        )
+    let root_device = if source == KeySource::Unencrypted {
+        // Only reachable without a TEE: a confidential launch always needs a key source.
+        let is_luks = step(
+            "reading the root disk",
+            luks_unlock::has_luks_magic(root_disk),
+        );
+        if is_luks {
+            exit::fatal(
+                "choosing the key source",
+                &key_source::KeySourceError::NoKeySource,
+            );
+        }
+        log!("no TEE and no passphrase: mounting the unencrypted root disk");
+        root_disk.to_path_buf()
+    } else {
+        unlock_root(source, &mut host, tee_config.as_ref(), root_disk)
     };
-    // Zeroized on drop; nothing later needs it.
-    host.dev_passphrase = None;
-    if source == KeySource::DevPassphrase {
-        log!("using the development passphrase from host.json (not a confidential launch)");
-    }
-
-    let target = step(
-        "unlocking the LUKS root disk",
-        luks_unlock::LuksUnlocker::for_this_guest().unlock(root_disk, &passphrase),
-    );
-    drop(passphrase);
-    let mapped = step(
-        "creating the dm-crypt device",
-        dm::create_crypt(MAPPING_NAME, root_disk, &target, false),
-    );
-    drop(target);
-    let (major, minor) = (libc::major(mapped.dev), libc::minor(mapped.dev));
-    log!(
-        "root disk unlocked: {} ({major}:{minor})",
-        mapped.path.display()
-    );
     step(
         "mounting the root file system",
-        mounts::mount_root(&mapped.path, Path::new(NEW_ROOT)),
+        mounts::mount_root(&root_device, Path::new(NEW_ROOT)),
     );
     step(
         "switching to the root file system",
@@ -187,6 +159,62 @@ fn main() {
     let status = step("running the workload", supervisor::run(&plan, reap));
     log!("workload exited with status {status}");
     exit::power_off(status);
+}
+
+/// Obtains the passphrase, opens the LUKS root disk and maps it with dm-crypt; returns the
+/// decrypted device.
+fn unlock_root(
+    source: KeySource,
+    host: &mut HostConfig,
+    tee_config: Option<&footer::TeeConfig>,
+    root_disk: &Path,
+) -> std::path::PathBuf {
+    let passphrase = {
+        let broker = attest_broker::AttestationClient::over_vsock();
+        let mut evidence: Box<dyn ReportSource> = if host.psp_model {
+            Box::new(PspModelReports::new(|| {
+                vsock::VsockStream::connect(vsock::HOST_CID, vsock::PSP_MODEL_REPORT_PORT)
+            }))
+        } else {
+            Box::new(SevGuestDevice)
+        };
+        let mut ctx = AttestationContext {
+            broker: &broker,
+            evidence: evidence.as_mut(),
+        };
+        step(
+            "obtaining the disk key",
+            key_source::obtain(
+                source,
+                host,
+                tee_config,
+                Path::new(secret_table::SECRET_PATH),
+                &mut ctx,
+            ),
+        )
+    };
+    // Zeroized on drop; nothing later needs it.
+    host.dev_passphrase = None;
+    if source == KeySource::DevPassphrase {
+        log!("using the development passphrase from host.json (not a confidential launch)");
+    }
+
+    let target = step(
+        "unlocking the LUKS root disk",
+        luks_unlock::LuksUnlocker::for_this_guest().unlock(root_disk, &passphrase),
+    );
+    drop(passphrase);
+    let mapped = step(
+        "creating the dm-crypt device",
+        dm::create_crypt(MAPPING_NAME, root_disk, &target, false),
+    );
+    drop(target);
+    let (major, minor) = (libc::major(mapped.dev), libc::minor(mapped.dev));
+    log!(
+        "root disk unlocked: {} ({major}:{minor})",
+        mapped.path.display()
+    );
+    mapped.path
 }
 
 fn set_hostname(name: &str) -> std::io::Result<()> {

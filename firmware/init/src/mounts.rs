@@ -226,7 +226,17 @@ pub fn mount_root(device: &Path, target: &Path) -> Result<(), MountsError> {
         target: target.to_path_buf(),
         source: io::Error::from(io::ErrorKind::InvalidInput),
     })?;
-    sys::mount(source, target, Some("ext4"), 0, None).map_err(|source| MountsError::Mount {
+    let mount = |flags| sys::mount(source, target, Some("ext4"), flags, None);
+    // A disk the host attached read-only refuses a read-write mount; the workload then
+    // gets a read-only root rather than no root.
+    let result = match mount(0) {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EROFS | libc::EACCES)) => {
+            crate::log!("the root disk is read-only; mounting it read-only");
+            mount(libc::MS_RDONLY)
+        }
+        other => other,
+    };
+    result.map_err(|source| MountsError::Mount {
         fstype: "ext4".into(),
         target: target.to_path_buf(),
         source,

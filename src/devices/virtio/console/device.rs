@@ -212,4 +212,45 @@ mod tests {
         dev.reset();
         assert!(!irq.needs_reset());
     }
+
+    /// Input typed before the guest ever wrote to the console waits: Linux discards receive
+    /// data until its console port is connected.
+    #[test]
+    fn input_waits_for_the_guest_to_write_first() {
+        let m: Arc<GuestMemoryMmap<()>> = Arc::new(mem());
+        let rxq = MockSplitQueue::create(m.as_ref(), GuestAddress(0), 16);
+        let txq = MockSplitQueue::create(m.as_ref(), GuestAddress(0x8000), 16);
+        rxq.build_desc_chain(&[raw(0x40_0000, 64, F_WRITE, 0)])
+            .unwrap();
+        let out_path = TempPath::new();
+        let out = File::create(&out_path.0).unwrap();
+        let (in_read, mut in_write) = pipe();
+        in_write.write_all(b"early").unwrap();
+        let mut dev = VirtioConsole::new(Some(in_read.into()), out.into());
+        let irq = Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap()));
+        let tx_evt = EventFd::new(EFD_NONBLOCK).unwrap();
+        let tx_kick = tx_evt.try_clone().unwrap();
+        dev.activate(ActivateContext {
+            mem: m.clone(),
+            queues: vec![rxq.create_queue().unwrap(), txq.create_queue().unwrap()],
+            queue_evts: vec![EventFd::new(EFD_NONBLOCK).unwrap(), tx_evt],
+            interrupt: irq.clone(),
+            acked_features: 0,
+        })
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(
+            rxq.used().idx().load(),
+            0,
+            "input delivered before the guest spoke"
+        );
+        m.write_slice(b"ready\n", GuestAddress(0x30_0000)).unwrap();
+        txq.build_desc_chain(&[raw(0x30_0000, 6, 0, 0)]).unwrap();
+        tx_kick.write(1).unwrap();
+        assert!(wait_until(|| rxq.used().idx().load() == 1));
+        let mut got = [0u8; 5];
+        m.read_slice(&mut got, GuestAddress(0x40_0000)).unwrap();
+        assert_eq!(&got, b"early");
+        dev.reset();
+    }
 }

@@ -23,13 +23,13 @@ pub enum InputState {
     Closed,
 }
 
-/// Writes every pending transmit buffer to `output`.
+/// Writes every pending transmit buffer to `output`; returns whether the guest sent any.
 pub fn process_tx<M: GuestMemory>(
     mem: &M,
     queue: &mut Queue,
     output: &File,
     interrupt: &Interrupt,
-) -> Result<(), ConsoleError> {
+) -> Result<bool, ConsoleError> {
     let max = usize::from(queue.size());
     let mut used_any = false;
     loop {
@@ -56,7 +56,7 @@ pub fn process_tx<M: GuestMemory>(
     if used_any && queue.needs_notification(mem).map_err(ConsoleError::Queue)? {
         interrupt.signal_used();
     }
-    Ok(())
+    Ok(used_any)
 }
 
 /// Moves at most one read's worth of `input` into the next receive buffer.
@@ -161,7 +161,10 @@ impl<M: GuestMemory> ConsoleWorker<'_, M> {
     pub fn run(mut self, kill: &EventFd) -> Result<(), ConsoleError> {
         let mut input_open = self.input.is_some();
         let mut rx_buffers = true;
-        process_tx(self.mem, &mut self.tx, self.output, self.interrupt)?;
+        // Linux's virtio_console posts receive buffers before it marks a console port
+        // connected, and discards whatever arrives in between. Input is held back until the
+        // guest has written to the console, which it can only do once the port is set up.
+        let mut guest_ready = process_tx(self.mem, &mut self.tx, self.output, self.interrupt)?;
         loop {
             let mut interests = vec![
                 Interest::read(kill),
@@ -169,7 +172,7 @@ impl<M: GuestMemory> ConsoleWorker<'_, M> {
                 Interest::read(&self.tx_evt),
             ];
             let watch_input = match self.input {
-                Some(f) if input_open && rx_buffers => {
+                Some(f) if input_open && rx_buffers && guest_ready => {
                     interests.push(Interest::read(f));
                     true
                 }
@@ -181,7 +184,7 @@ impl<M: GuestMemory> ConsoleWorker<'_, M> {
             }
             if ready[2].readable {
                 drain(&self.tx_evt);
-                process_tx(self.mem, &mut self.tx, self.output, self.interrupt)?;
+                guest_ready |= process_tx(self.mem, &mut self.tx, self.output, self.interrupt)?;
             }
             if ready[1].readable {
                 drain(&self.rx_evt);

@@ -3,6 +3,8 @@
 //! `krun_start_enter` checks the context here before consuming it: a configuration that
 //! cannot launch is reported with the step that failed and the context is kept.
 
+pub mod segment;
+
 use std::convert::Infallible;
 
 use crate::resources::{DiskConfig, MachineConfig, VmResources};
