@@ -2,7 +2,7 @@
 # Builds what the test-host acceptance tests need (test host assets, guest bundle) and runs
 # them in the nested-KVM test host (issues 3, 4 and 5). Each test host run prints its wall time.
 #
-# Cost: about 75 s of test host runs once the kernel is cached; a cold cache adds the guest
+# Cost: about 100 s of test host runs once the kernel is cached; a cold cache adds the guest
 # kernel build (about 8 minutes on 2 cores) and ~190 MB of Debian package downloads.
 # Needs: qemu-system-x86 (the outer and inner VMM), cpio, e2fsprogs, cryptsetup-bin (the
 # LUKS oracle run inside the test host), plus the kernel build
