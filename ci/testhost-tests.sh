@@ -1,10 +1,11 @@
 #!/bin/bash
 # Builds what the test-host acceptance tests need (test host assets, guest bundle) and runs
-# them in the nested-KVM test host (issues 3 and 4). Each test host run prints its wall time.
+# them in the nested-KVM test host (issues 3, 4 and 5). Each test host run prints its wall time.
 #
-# Cost: about 40 s of test host runs once the kernel is cached; a cold cache adds the guest
+# Cost: about 100 s of test host runs once the kernel is cached; a cold cache adds the guest
 # kernel build (about 8 minutes on 2 cores) and ~190 MB of Debian package downloads.
-# Needs: qemu-system-x86 (the outer and inner VMM), cpio, plus the kernel build
+# Needs: qemu-system-x86 (the outer and inner VMM), cpio, e2fsprogs, cryptsetup-bin (the
+# LUKS oracle run inside the test host), plus the kernel build
 # dependencies listed in firmware/build-kernel.sh.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -13,5 +14,5 @@ start=$(date +%s)
 "$root/tests/host/prepare.sh" >/dev/null
 "$root/firmware/build-bundle.sh" "$bundle" >/dev/null
 KRUN_SEV_BUNDLE_DIR=$bundle cargo test --manifest-path "$root/Cargo.toml" -p krun-testhost \
-    --test testhost --test vmm_boot -- --ignored --test-threads=1 --nocapture
+    --test testhost --test vmm_boot --test luks_boot -- --ignored --test-threads=1 --nocapture
 echo "[testhost-tests] done in $(($(date +%s) - start)) s" >&2

@@ -204,9 +204,10 @@ fn unlock_root(
         luks_unlock::LuksUnlocker::for_this_guest().unlock(root_disk, &passphrase),
     );
     drop(passphrase);
+    let read_only = step("reading the root disk", sys::is_read_only(root_disk));
     let mapped = step(
         "creating the dm-crypt device",
-        dm::create_crypt(MAPPING_NAME, root_disk, &target, false),
+        dm::create_crypt(MAPPING_NAME, root_disk, &target, read_only),
     );
     drop(target);
     let (major, minor) = (libc::major(mapped.dev), libc::minor(mapped.dev));

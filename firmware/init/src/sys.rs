@@ -58,8 +58,56 @@ pub fn umount(target: &Path, flags: libc::c_int) -> io::Result<()> {
     check(unsafe { libc::umount2(target.as_ptr(), flags) }).map(|_| ())
 }
 
+/// `BLKROGET` = `_IO(0x12, 94)` from linux/fs.h.
+const BLKROGET: libc::c_ulong = (0x12 << 8) | 94;
+
+/// Whether the host attached `path` read-only (`BLKROGET`); for a regular file, whether its
+/// mode forbids writing. A dm-crypt mapping over a read-only disk must be read-only too: a
+/// writable mapping lets ext4 try a read-write mount that ends in I/O errors instead of the
+/// `EACCES` that makes [`crate::mounts::mount_root`] fall back to a read-only mount.
+pub fn is_read_only(path: &Path) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileTypeExt;
+    let file = std::fs::File::open(path)?;
+    let meta = file.metadata()?;
+    if !meta.file_type().is_block_device() {
+        return Ok(meta.permissions().readonly());
+    }
+    let mut ro: libc::c_int = 0;
+    // SAFETY: BLKROGET writes one int through the pointer, which is valid for the call.
+    check(unsafe { libc::ioctl(file.as_raw_fd(), BLKROGET, &mut ro) })?;
+    Ok(ro != 0)
+}
+
 /// `sync(2)`.
 pub fn sync() {
     // SAFETY: sync takes no arguments and cannot fail.
     unsafe { libc::sync() };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn blkroget_matches_linux_fs_h() {
+        let out = crate::c_probe::run(
+            &["sys/ioctl.h", "linux/fs.h"],
+            r#"printf("blkroget=%lu\n", (unsigned long)BLKROGET);"#,
+        );
+        assert_eq!(
+            crate::c_probe::values(&out),
+            [("blkroget".to_string(), BLKROGET)]
+        );
+    }
+
+    #[test]
+    fn read_only_follows_the_file_mode() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        assert!(!is_read_only(f.path()).unwrap());
+        std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(0o444)).unwrap();
+        assert!(is_read_only(f.path()).unwrap());
+        assert!(is_read_only(Path::new("/nonexistent/disk")).is_err());
+    }
 }
