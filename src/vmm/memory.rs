@@ -46,11 +46,22 @@ pub const MIN_RAM_BYTES: u64 = 128 << 20;
 
 /// Maps `ram_bytes` of anonymous guest RAM split around the MMIO gap.
 pub fn create_guest_memory(ram_bytes: u64) -> Result<GuestMemory, MemoryError> {
+    create_guest_memory_with(ram_bytes, &[])
+}
+
+/// [`create_guest_memory`] plus `extra` regions `(start, size)` outside the e820 RAM, such as
+/// the reset-vector firmware image of a confidential launch (mapped as RAM because the
+/// firmware keeps its stack there; `krun_resetvec` README).
+pub fn create_guest_memory_with(
+    ram_bytes: u64,
+    extra: &[(u64, u64)],
+) -> Result<GuestMemory, MemoryError> {
     if ram_bytes < MIN_RAM_BYTES {
         return Err(MemoryError::RamTooSmall);
     }
     let ranges: Vec<(GuestAddress, usize)> = ram_regions(ram_bytes)
         .into_iter()
+        .chain(extra.iter().copied())
         .map(|(start, size)| {
             usize::try_from(size)
                 .map(|s| (GuestAddress(start), s))
@@ -73,7 +84,19 @@ pub struct LoadedKernel {
 /// `[KERNEL_START, INITRD_START)`.
 pub fn load_kernel(mem: &GuestMemory, path: &Path) -> Result<LoadedKernel, MemoryError> {
     let mut file = File::open(path).map_err(MemoryError::OpenKernel)?;
-    let result = Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START)))
+    load_kernel_from(mem, &mut file)
+}
+
+/// [`load_kernel`] from bytes already read (and verified) by the caller.
+pub fn load_kernel_bytes(mem: &GuestMemory, elf: &[u8]) -> Result<LoadedKernel, MemoryError> {
+    load_kernel_from(mem, &mut std::io::Cursor::new(elf))
+}
+
+fn load_kernel_from<F: std::io::Read + std::io::Seek + vm_memory::ReadVolatile>(
+    mem: &GuestMemory,
+    elf: &mut F,
+) -> Result<LoadedKernel, MemoryError> {
+    let result = Elf::load(mem, None, elf, Some(GuestAddress(HIMEM_START)))
         .map_err(MemoryError::LoadKernel)?;
     let entry = result.kernel_load.0;
     if entry < KERNEL_START || result.kernel_end > INITRD_START || entry >= result.kernel_end {
@@ -101,10 +124,19 @@ pub fn load_initrd(
     path: Option<&Path>,
     append: &[u8],
 ) -> Result<Option<(u64, u64)>, MemoryError> {
-    let mut image = match path {
+    let image = match path {
         Some(p) => std::fs::read(p).map_err(MemoryError::ReadInitrd)?,
         None => Vec::new(),
     };
+    load_initrd_bytes(mem, image, append)
+}
+
+/// [`load_initrd`] from bytes already read (and verified) by the caller.
+pub fn load_initrd_bytes(
+    mem: &GuestMemory,
+    mut image: Vec<u8>,
+    append: &[u8],
+) -> Result<Option<(u64, u64)>, MemoryError> {
     if image.is_empty() && append.is_empty() {
         return Ok(None);
     }
