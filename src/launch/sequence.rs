@@ -42,6 +42,15 @@ pub struct MeasureRequest {
 /// The measurement a launch with default host settings (no exec/env/workdir/rlimits/port
 /// map from the caller) produces for `req`.
 pub fn expected_measurement(req: &MeasureRequest) -> Result<Measurement, LaunchError> {
+    let id = model::load_or_ephemeral(&model::identity_dir()).map_err(LaunchError::Tee)?;
+    expected_measurement_with(&id, req)
+}
+
+/// [`expected_measurement`] with a given model identity.
+pub fn expected_measurement_with(
+    id: &Arc<ModelIdentity>,
+    req: &MeasureRequest,
+) -> Result<Measurement, LaunchError> {
     let bundle = Bundle::load(&req.bundle_dir).map_err(LaunchError::Bundle)?;
     let seg = guest::launch_segment(&VmResources::default(), req.mode, req.psp_model)
         .map_err(LaunchError::Segment)?;
@@ -51,9 +60,8 @@ pub fn expected_measurement(req: &MeasureRequest) -> Result<Measurement, LaunchE
         TeeMode::Snp => Some(cpuid_page::from_kvm(req.vcpus).map_err(LaunchError::Tee)?),
         _ => None,
     };
-    let id = model::load_or_ephemeral(&model::identity_dir()).map_err(LaunchError::Tee)?;
     measure::calculate(
-        &id,
+        id,
         &MeasureInputs {
             mode: req.mode,
             vcpus: req.vcpus,
@@ -265,6 +273,158 @@ pub(crate) fn run(plan: LaunchPlan) -> Result<u8, LaunchError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resources::{ExecConfig, MachineConfig};
+    use crate::vmm::loader::{self, GuestImage};
+    use crate::vmm::memory;
+    use vmm_sys_util::tempdir::TempDir;
+
+    fn identity() -> Arc<ModelIdentity> {
+        static ID: OnceLock<Arc<ModelIdentity>> = OnceLock::new();
+        ID.get_or_init(|| Arc::new(ModelIdentity::generate().unwrap()))
+            .clone()
+    }
+
+    fn fake_bundle() -> TempDir {
+        let dir = TempDir::new_with_prefix("/tmp/krun-tee-bundle").unwrap();
+        let kernel =
+            memory::tests::tiny_elf(&[0xf4; 300], crate::arch::layout::KERNEL_START, 0x3000);
+        krun_bundle::write_bundle(
+            dir.as_path(),
+            &krun_bundle::BundleContents {
+                kernel: &kernel,
+                kernel_version: "6.12-test",
+                nr_cpus: 8,
+                initrd: &[0x1f, 0x8b, 8, 0, 1, 2, 3, 4, 5, 6, 7],
+                firmware: None,
+            },
+        )
+        .unwrap();
+        dir
+    }
+
+    /// What `run` does up to the VMM: the same segment and loader, then the launch sequence
+    /// on that memory. Returns the measurement the launch recorded.
+    fn launch_records(
+        bundle_dir: &std::path::Path,
+        resources: &VmResources,
+        mode: TeeMode,
+        machine: MachineConfig,
+    ) -> Measurement {
+        let bundle = Bundle::load(bundle_dir).unwrap();
+        let seg = guest::launch_segment(resources, mode, true).unwrap();
+        let cmdline =
+            guest::full_cmdline(guest::device_count(resources.data_disk.is_some())).unwrap();
+        let ram_bytes = u64::from(machine.ram_mib) << 20;
+        let mem = memory::create_guest_memory_with(
+            ram_bytes,
+            &[(krun_resetvec::IMAGE_GPA, krun_resetvec::IMAGE_SIZE as u64)],
+        )
+        .unwrap();
+        let loaded = loader::load_guest(
+            &mem,
+            GuestImage {
+                ram_bytes,
+                vcpus: machine.vcpus,
+                kernel: &bundle.kernel,
+                initrd: bundle.initrd.clone(),
+                initrd_append: &seg.bytes,
+                cmdline: &cmdline,
+                firmware: Some(regions::firmware_layout(mode, ram_bytes)),
+            },
+        )
+        .unwrap();
+        let seq = Sequence {
+            mode,
+            vcpus: machine.vcpus,
+            vcpu_sig: vmsa::host_vcpu_sig(),
+            identity: identity(),
+            snp_slot: Arc::new(OnceLock::new()),
+            recorded: Arc::new(Mutex::new(None)),
+        };
+        seq.run(&mem, &loaded).unwrap();
+        if mode == TeeMode::Snp {
+            assert!(
+                seq.snp_slot.get().is_some(),
+                "finished SNP context kept for reports"
+            );
+            // The secrets page the model returned is in guest memory.
+            let mut page = [0u8; 16];
+            vm_memory::Bytes::read_slice(
+                &mem,
+                &mut page,
+                vm_memory::GuestAddress(crate::arch::layout::SNP_SECRETS_START),
+            )
+            .unwrap();
+            assert_ne!(page, [0u8; 16]);
+        }
+        let m = seq.recorded.lock().unwrap().clone().unwrap();
+        m
+    }
+
+    fn kvm_available() -> bool {
+        std::fs::File::open("/dev/kvm").is_ok()
+    }
+
+    #[test]
+    fn measure_equals_what_the_launch_measures() {
+        let bundle = fake_bundle();
+        let mut modes = vec![TeeMode::Sev, TeeMode::SevEs];
+        if kvm_available() {
+            modes.push(TeeMode::Snp);
+        } else {
+            eprintln!("SKIP snp part of measure_equals_what_the_launch_measures: no /dev/kvm");
+        }
+        let machine = MachineConfig {
+            vcpus: 2,
+            ram_mib: 256,
+        };
+        for mode in modes {
+            let req = MeasureRequest {
+                mode,
+                vcpus: machine.vcpus,
+                ram_mib: machine.ram_mib,
+                bundle_dir: bundle.as_path().to_path_buf(),
+                data_disk: false,
+                psp_model: true,
+                vcpu_sig: None,
+            };
+            let expected = expected_measurement_with(&identity(), &req).unwrap();
+            let launched = launch_records(bundle.as_path(), &VmResources::default(), mode, machine);
+            assert_eq!(expected, launched, "{mode:?}");
+            let len = if mode == TeeMode::Snp { 48 } else { 32 };
+            assert_eq!(expected.digest.len(), len);
+            assert_eq!(expected.record.vmsas, if mode.has_vmsa() { 2 } else { 0 });
+
+            // Inputs the measurement must cover change it.
+            let one_cpu = expected_measurement_with(
+                &identity(),
+                &MeasureRequest {
+                    vcpus: 1,
+                    ..req.clone()
+                },
+            )
+            .unwrap();
+            assert_ne!(one_cpu.digest, expected.digest, "{mode:?} vCPUs");
+            let with_exec = VmResources {
+                exec: Some(ExecConfig {
+                    path: "/bin/evil".into(),
+                    args: vec![],
+                }),
+                ..Default::default()
+            };
+            let exec = launch_records(bundle.as_path(), &with_exec, mode, machine);
+            assert_ne!(exec.digest, expected.digest, "{mode:?} host.json");
+            let hardware = expected_measurement_with(
+                &identity(),
+                &MeasureRequest {
+                    psp_model: false,
+                    ..req.clone()
+                },
+            )
+            .unwrap();
+            assert_ne!(hardware.digest, expected.digest, "{mode:?} psp_model flag");
+        }
+    }
 
     #[test]
     fn attestation_targets() {

@@ -175,7 +175,7 @@ pub(crate) mod tests {
 
     /// Builds a minimal ELF64 executable with one `PT_LOAD` segment holding `code` at
     /// physical address `paddr`, entry at `paddr`, and `bss` extra zero bytes.
-    pub(crate) fn tiny_elf(code: &[u8], paddr: u64, bss: u64) -> Vec<u8> {
+    pub fn tiny_elf(code: &[u8], paddr: u64, bss: u64) -> Vec<u8> {
         let mut f = Vec::new();
         f.extend_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0]);
         f.extend_from_slice(&[0; 8]);
