@@ -59,9 +59,13 @@ pub fn create_guest_memory_with(
     if ram_bytes < MIN_RAM_BYTES {
         return Err(MemoryError::RamTooSmall);
     }
-    let ranges: Vec<(GuestAddress, usize)> = ram_regions(ram_bytes)
+    let mut regions = ram_regions(ram_bytes);
+    regions.extend_from_slice(extra);
+    // vm-memory wants the regions in address order; the firmware image sits between the low
+    // RAM and RAM above 4 GiB.
+    regions.sort_by_key(|(start, _)| *start);
+    let ranges: Vec<(GuestAddress, usize)> = regions
         .into_iter()
-        .chain(extra.iter().copied())
         .map(|(start, size)| {
             usize::try_from(size)
                 .map(|s| (GuestAddress(start), s))
@@ -238,6 +242,15 @@ pub(crate) mod tests {
                 let _ = std::fs::remove_file(&self.0);
             }
         }
+    }
+
+    #[test]
+    fn extra_regions_between_low_and_high_ram() {
+        let mem = create_guest_memory_with(5 << 30, &[(0xffff_e000, 0x2000)]).unwrap();
+        use vm_memory::GuestMemoryBackend;
+        assert_eq!(mem.num_regions(), 3);
+        mem.write_obj(1u64, GuestAddress(0xffff_fff0)).unwrap();
+        mem.write_obj(1u64, GuestAddress(1 << 32)).unwrap();
     }
 
     #[test]
