@@ -13,5 +13,5 @@ start=$(date +%s)
 "$root/tests/host/prepare.sh" >/dev/null
 "$root/firmware/build-bundle.sh" "$bundle" >/dev/null
 KRUN_SEV_BUNDLE_DIR=$bundle cargo test --manifest-path "$root/Cargo.toml" -p krun-testhost \
-    --test testhost --test vmm_boot -- --ignored --test-threads=1 --nocapture
+    --test testhost --test vmm_boot --test tee_model -- --ignored --test-threads=1 --nocapture
 echo "[testhost-tests] done in $(($(date +%s) - start)) s" >&2

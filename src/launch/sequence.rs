@@ -118,9 +118,10 @@ impl Sequence {
             record,
         };
         log::info!(
-            "launch measurement ({}, {} vCPUs): {}",
+            "launch measurement ({}, {} vCPUs, vcpu_sig {:#x}): {}",
             self.mode.host_json_name(),
             self.vcpus,
+            self.vcpu_sig,
             m.digest_hex()
         );
         if let Ok(mut slot) = self.recorded.lock() {

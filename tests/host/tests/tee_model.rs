@@ -1,0 +1,120 @@
+//! Issue 6 in a real guest: confidential launches with the PSP model (KRUN_SEV_BACKEND=model)
+//! through the C API boot the bundle kernel via the reset-vector firmware and reach the init,
+//! which reads the measured /krun/host.json; the launch logs the measurement `krun-sev
+//! measure` computes for the same inputs. Ignored by a plain `cargo test`;
+//! `ci/testhost-tests.sh` runs it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use krun_bundle::Bundle;
+use krun_sev::launch::{expected_measurement, MeasureRequest};
+use krun_sev::tee::TeeMode;
+use krun_testhost::TestHost;
+
+fn bundle_dir() -> PathBuf {
+    let default = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../build/bundle");
+    krun_bundle::bundle_dir(&default)
+}
+
+fn marker<'a>(output: &'a str, key: &str) -> Vec<&'a str> {
+    output
+        .lines()
+        .filter_map(|l| l.trim_end_matches('\r').split_once(key).map(|(_, v)| v))
+        .collect()
+}
+
+#[test]
+#[ignore = "boots the test host"]
+fn model_launches_reach_the_init() {
+    let bundle = bundle_dir();
+    Bundle::load(&bundle)
+        .unwrap_or_else(|e| panic!("no valid guest bundle in {} ({e})", bundle.display()));
+    let dir = tempfile::tempdir().unwrap();
+    // The model identity is made here: RSA-4096 key generation under TCG would take minutes.
+    let psp = dir.path().join("psp");
+    krun_psp_model::ModelIdentity::generate()
+        .unwrap()
+        .save(&psp)
+        .unwrap();
+    // An empty ext4 disk: the init reaches the key-source step and stops there (no LUKS
+    // image, no broker), reporting status 1 through the exit port.
+    let disk = dir.path().join("disk.img");
+    fs::File::create(&disk).unwrap().set_len(16 << 20).unwrap();
+    assert!(Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(&disk)
+        .status()
+        .unwrap()
+        .success());
+    let cfg = |tee: &str| {
+        let p = dir.path().join(format!("{tee}.json"));
+        fs::write(
+            &p,
+            format!(r#"{{"workload_id":"w","cpus":2,"ram_mib":512,"tee":"{tee}","tee_data":"","attestation_url":""}}"#),
+        )
+        .unwrap();
+        p
+    };
+    let script = r#"
+export KRUN_SEV_BACKEND=model KRUN_SEV_BUNDLE_DIR=/bundle KRUN_SEV_PSP_MODEL_DIR=/psp
+for t in sev-es snp; do
+  /bin/krun-capi-run /disks/disk.img /cfg/$t.json 3 </dev/null; echo "STATUS_$t=$?"
+done
+KRUN_SEV_BACKEND= /bin/krun-capi-run /disks/disk.img /cfg/snp.json 3 </dev/null; echo "STATUS_HW=$?"
+"#;
+    let outcome = TestHost::new()
+        .file(&bundle, "/bundle")
+        .file(env!("CARGO_BIN_EXE_krun-capi-run"), "/bin/krun-capi-run")
+        .file(&psp, "/psp")
+        .file(&disk, "/disks/disk.img")
+        .file(cfg("sev-es"), "/cfg/sev-es.json")
+        .file(cfg("snp"), "/cfg/snp.json")
+        .mem_mib(2048)
+        .timeout(Duration::from_secs(400))
+        .run(&["sh", "-c", script])
+        .unwrap();
+    let out = &outcome.output;
+    let ctx = format!("output:\n{out}");
+    assert!(
+        out.contains("guest memory is NOT encrypted") || out.contains("NOT encrypted"),
+        "{ctx}"
+    );
+    // The init ran and read the measured host.json.
+    assert_eq!(
+        marker(out, "launch: tee ")
+            .iter()
+            .map(|s| s.trim())
+            .collect::<Vec<_>>(),
+        ["SevEs (PSP model)", "Snp (PSP model)"],
+        "{ctx}"
+    );
+    assert_eq!(marker(out, "STATUS_sev-es="), ["1"], "{ctx}");
+    assert_eq!(marker(out, "STATUS_snp="), ["1"], "{ctx}");
+    // The hardware backend refuses clearly instead of falling back.
+    assert!(out.contains("not available yet"), "{ctx}");
+    assert_eq!(marker(out, "STATUS_HW="), ["125"], "{ctx}");
+    // The launch measured what `krun-sev measure` computes (SEV-ES: no KVM needed here; the
+    // SNP CPUID page comes from the test host's KVM, so only SEV-ES is compared).
+    let logged = marker(out, "launch measurement (sev-es, 2 vCPUs, vcpu_sig ");
+    let (sig, digest) = logged
+        .first()
+        .and_then(|l| l.split_once("): "))
+        .unwrap_or_else(|| panic!("no SEV-ES measurement logged; {ctx}"));
+    let sig = u32::from_str_radix(sig.trim_start_matches("0x"), 16).unwrap();
+    let expected = expected_measurement(&MeasureRequest {
+        mode: TeeMode::SevEs,
+        vcpus: 2,
+        ram_mib: 512,
+        bundle_dir: bundle.clone(),
+        data_disk: false,
+        psp_model: true,
+        vcpu_sig: Some(sig),
+    })
+    .unwrap();
+    assert_eq!(logged.len(), 1, "{ctx}");
+    assert_eq!(digest.trim(), expected.digest_hex(), "{ctx}");
+}
