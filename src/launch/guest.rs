@@ -10,6 +10,9 @@ use crate::resources::VmResources;
 use crate::tee::TeeMode;
 use crate::vmm::device_manager::cmdline_entry;
 
+/// Size of the `/krun/secret` slot.
+pub const SECRET_SLOT_LEN: usize = segment::SECRET_LEN;
+
 /// Kernel command line of every launch before the VMM appends its `virtio_mmio.device=`
 /// entries. Measured.
 pub const BASE_CMDLINE: &str = "console=hvc0 quiet reboot=t panic=-1 acpi=off";

@@ -51,9 +51,6 @@ pub enum LaunchError {
     /// The attestation URL has no usable host and port.
     #[error("attestation_url has no resolvable host:port")]
     AttestationUrl,
-    /// SEV/SEV-ES host-side attestation with a broker is not implemented yet.
-    #[error("SEV/SEV-ES attestation with a key broker is not available yet in this build")]
-    SevAttestationUnavailable,
     /// The VM failed before the guest reported a status.
     #[error("the microVM failed")]
     Vmm(#[source] crate::vmm::VmmError),
@@ -75,8 +72,7 @@ impl LaunchError {
             LaunchError::VmmUnavailable => libc::ENOSYS,
             LaunchError::Bundle(_) => libc::ENOENT,
             LaunchError::Segment(_) | LaunchError::AttestationUrl => libc::EINVAL,
-            LaunchError::Tee(TeeError::HardwareUnavailable)
-            | LaunchError::SevAttestationUnavailable => libc::ENOSYS,
+            LaunchError::Tee(TeeError::HardwareUnavailable) => libc::ENOSYS,
             LaunchError::Tee(_) | LaunchError::Measure(_) => libc::EIO,
             LaunchError::Vmm(_) | LaunchError::Host(_) => libc::EIO,
         }

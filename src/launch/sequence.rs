@@ -6,8 +6,13 @@ use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use krun_attestation::client::sev::SevAttestation;
+use krun_attestation::reference::{SevBuild, SevCertChain, SevMeasurement, SevVersion};
+use krun_attestation::ClientConfig;
 use krun_bundle::Bundle;
+use krun_psp_model::sev_launch::OwnerSession;
 use krun_psp_model::{ModelIdentity, SnpGuest, SnpLaunchFinish};
+use vm_memory::{Bytes, GuestAddress};
 
 use super::{guest, LaunchError, LaunchPlan};
 use crate::resources::{PortMap as ResPortMap, VmResources};
@@ -88,6 +93,41 @@ pub(crate) struct Sequence {
     pub snp_slot: Arc<OnceLock<SnpGuest>>,
     /// The measurement the launch computed, for logs and tests.
     pub recorded: Arc<Mutex<Option<Measurement>>>,
+    /// SEV/SEV-ES: the key broker, when the TEE config names one.
+    pub broker: Option<Broker>,
+    /// SEV/SEV-ES: guest address of the `/krun/secret` slot.
+    pub secret_gpa: Option<u64>,
+}
+
+/// Where SEV/SEV-ES host-side attestation goes.
+#[derive(Debug, Clone)]
+pub(crate) struct Broker {
+    /// `attestation_url`.
+    pub url: String,
+    /// `workload_id`.
+    pub workload_id: String,
+}
+
+/// How long one broker request may take.
+const BROKER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn broker_err<E: std::error::Error + Send + Sync + 'static>(e: E) -> TeeError {
+    TeeError::Broker(Box::new(e))
+}
+
+/// `/auth` with the model's SEV chain and firmware build; returns the open session.
+fn broker_auth(id: &ModelIdentity, broker: &Broker) -> Result<SevAttestation, TeeError> {
+    let cfg = ClientConfig::tcp(&broker.url, BROKER_TIMEOUT, None).map_err(broker_err)?;
+    let chain = SevCertChain::from_bytes(id.sev_chain_bytes()).map_err(broker_err)?;
+    let b = id.sev_version().build();
+    let build = SevBuild {
+        version: SevVersion {
+            major: b.version.major,
+            minor: b.version.minor,
+        },
+        build: b.build,
+    };
+    SevAttestation::auth(&cfg, &broker.workload_id, build, chain).map_err(broker_err)
 }
 
 impl Sequence {
@@ -98,8 +138,28 @@ impl Sequence {
             TeeMode::Snp => Some(cpuid_page::from_kvm(self.vcpus)?),
             _ => None,
         };
-        let mut psp =
-            ModelLaunch::start(&self.identity, self.mode, self.mode.default_policy(), None)?;
+        let session = match (&self.broker, self.mode) {
+            (Some(b), TeeMode::Sev | TeeMode::SevEs) => Some(broker_auth(&self.identity, b)?),
+            _ => None,
+        };
+        let mut psp = match &session {
+            Some(s) => {
+                let session_bytes = s.start.session.to_bytes();
+                let owner = OwnerSession {
+                    godh_cert: &s.start.cert,
+                    session: &session_bytes,
+                };
+                ModelLaunch::start(
+                    &self.identity,
+                    self.mode,
+                    u64::from(s.start.policy.to_u32()),
+                    Some(owner),
+                )?
+            }
+            None => {
+                ModelLaunch::start(&self.identity, self.mode, self.mode.default_policy(), None)?
+            }
+        };
         let record = measure::launch_updates(
             &mut psp,
             mem,
@@ -111,6 +171,10 @@ impl Sequence {
                 cpuid_page: cpuid.as_deref(),
             },
         )?;
+        let launch_measure = match &mut psp {
+            ModelLaunch::Sev(g) => Some(g.launch_measure().map_err(TeeError::SevModel)?),
+            ModelLaunch::Snp(_) => None,
+        };
         let digest = psp.digest()?;
         let m = Measurement {
             mode: self.mode,
@@ -129,7 +193,30 @@ impl Sequence {
         }
         match psp {
             ModelLaunch::Sev(mut g) => {
-                log::warn!("no key broker session: the secret slot stays empty");
+                match (session, launch_measure) {
+                    (Some(s), Some(lm)) => {
+                        let gpa = self.secret_gpa.ok_or(TeeError::Layout)?;
+                        s.attest(&SevMeasurement::from_bytes(&lm.to_bytes()).map_err(broker_err)?)
+                            .map_err(broker_err)?;
+                        let packet = s.key().map_err(broker_err)?;
+                        if packet.ciphertext.len() > guest::SECRET_SLOT_LEN {
+                            return Err(TeeError::SecretTooLarge);
+                        }
+                        let plain = g
+                            .launch_secret(
+                                &packet.header_bytes(),
+                                packet.ciphertext.len(),
+                                &packet.ciphertext,
+                            )
+                            .map_err(TeeError::SevModel)?;
+                        mem.write_slice(&plain, GuestAddress(gpa))
+                            .map_err(TeeError::Memory)?;
+                        log::info!("LAUNCH_SECRET: {} bytes into the secret slot", plain.len());
+                    }
+                    _ => {
+                        log::warn!("no attestation_url: local session, the secret slot stays empty")
+                    }
+                }
                 g.launch_finish().map_err(TeeError::SevModel)
             }
             ModelLaunch::Snp(mut g) => {
@@ -193,16 +280,26 @@ pub(crate) fn run(plan: LaunchPlan) -> Result<u8, LaunchError> {
         Backend::Hardware => return Err(LaunchError::Tee(TeeError::HardwareUnavailable)),
         Backend::Model => model::warn_unencrypted(),
     }
-    if mode != TeeMode::Snp && !tee.attestation_url.is_empty() {
-        return Err(LaunchError::SevAttestationUnavailable);
-    }
-    let target = match tee.attestation_url.as_str() {
-        "" => None,
-        url => Some(attestation_target(url)?),
+    // SNP guests reach the broker themselves through vsock 1025; SEV/SEV-ES attestation runs
+    // here, before the guest starts.
+    let target = match (tee.attestation_url.as_str(), mode) {
+        ("", _) | (_, TeeMode::Sev | TeeMode::SevEs) => None,
+        (url, TeeMode::Snp) => Some(attestation_target(url)?),
+    };
+    let broker = match (tee.attestation_url.as_str(), mode) {
+        ("", _) | (_, TeeMode::Snp) => None,
+        (url, _) => Some(Broker {
+            url: url.to_owned(),
+            workload_id: tee.workload_id.clone(),
+        }),
     };
     let bundle = Bundle::load(&guest::bundle_dir()).map_err(LaunchError::Bundle)?;
     let seg = guest::launch_segment(&plan.resources, mode, true).map_err(LaunchError::Segment)?;
     let identity = model::load_or_create(&model::identity_dir()).map_err(LaunchError::Tee)?;
+    let secret_gpa = seg.secret_offset.map(|off| {
+        crate::arch::layout::INITRD_START
+            + (crate::vmm::memory::launch_segment_offset(bundle.initrd.len()) + off) as u64
+    });
     let report = ReportService::new();
     let sequence = Sequence {
         mode,
@@ -211,6 +308,8 @@ pub(crate) fn run(plan: LaunchPlan) -> Result<u8, LaunchError> {
         identity,
         snp_slot: report.slot(),
         recorded: Arc::new(Mutex::new(None)),
+        broker,
+        secret_gpa,
     };
     let mut services = crate::devices::virtio::vsock::HostServices::new();
     if mode == TeeMode::Snp {
@@ -341,6 +440,8 @@ mod tests {
             identity: identity(),
             snp_slot: Arc::new(OnceLock::new()),
             recorded: Arc::new(Mutex::new(None)),
+            broker: None,
+            secret_gpa: None,
         };
         seq.run(&mem, &loaded).unwrap();
         if mode == TeeMode::Snp {

@@ -50,6 +50,12 @@ pub enum TeeError {
     /// KVM's supported CPUID cannot be read (SNP CPUID page).
     #[error("cannot read KVM's supported CPUID for the SNP CPUID page")]
     Cpuid(#[source] kvm_ioctls::Error),
+    /// The key broker session (auth, attest, key) failed.
+    #[error("SEV attestation with the key broker failed")]
+    Broker(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The broker's secret does not fit the secret slot.
+    #[error("the broker's secret does not fit the secret slot")]
+    SecretTooLarge,
     /// Too many CPUID entries for one CPUID page.
     #[error("KVM reports more CPUID leaves than the SNP CPUID page holds")]
     CpuidTooLarge,

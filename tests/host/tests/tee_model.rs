@@ -118,3 +118,110 @@ KRUN_SEV_BACKEND= /bin/krun-capi-run /disks/disk.img /cfg/snp.json 3 </dev/null;
     assert_eq!(logged.len(), 1, "{ctx}");
     assert_eq!(digest.trim(), expected.digest_hex(), "{ctx}");
 }
+
+/// A workspace binary built by `ci/testhost-tests.sh` (`cargo build -p krun-kbs -p
+/// krun-sev-cli`) next to this test's own.
+fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join(name);
+    assert!(
+        bin.exists(),
+        "{} missing: run cargo build -p krun-kbs -p krun-sev-cli",
+        bin.display()
+    );
+    bin
+}
+
+#[test]
+#[ignore = "boots the test host"]
+fn sev_es_launch_gets_the_disk_key_from_the_broker() {
+    let bundle = bundle_dir();
+    Bundle::load(&bundle).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let psp = dir.path().join("psp");
+    let id = krun_psp_model::ModelIdentity::generate().unwrap();
+    id.save(&psp).unwrap();
+    let chain =
+        krun_attestation::reference::SevCertChain::from_bytes(id.sev_chain_bytes()).unwrap();
+    let ark = dir.path().join("ark.cert");
+    fs::write(&ark, &chain.ca.ark).unwrap();
+
+    // A mkcw image (LUKS1, cheap PBKDF2 for TCG) whose workload prints a marker.
+    let rootfs = dir.path().join("rootfs");
+    for d in ["bin", "proc", "sys", "dev", "tmp", "run"] {
+        fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    let busybox = krun_testhost::assets_dir().unwrap().join("busybox");
+    fs::copy(&busybox, rootfs.join("bin/busybox")).unwrap();
+    for applet in ["sh", "echo", "nproc"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+    }
+    let out = dir.path().join("image");
+    let cli = workspace_bin("krun-sev");
+    let status = Command::new(&cli)
+        .args([
+            "mkcw",
+            // buildah's spelling ("sev" launches as SEV-ES); the init's footer parser does
+            // not know "sev-es" yet (reported to its owner).
+            "--tee",
+            "sev",
+            "--cpus",
+            "2",
+            "--ram-mib",
+            "512",
+            "--attestation-url",
+            "http://127.0.0.1:8123",
+            "--workload-id",
+            "tee-e2e",
+            "--passphrase",
+            "broker-held passphrase",
+            "--pbkdf2-iterations",
+            "1000",
+            "--env",
+            "PATH=/bin",
+            "--cmd",
+            "/bin/sh",
+            "--cmd",
+            "-c",
+            "--cmd",
+            "echo SEV_ES_WORKLOAD_RAN CPUS=$(nproc); exit 7",
+        ])
+        .arg(&rootfs)
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    let script = r#"
+export KRUN_SEV_BACKEND=model KRUN_SEV_BUNDLE_DIR=/bundle KRUN_SEV_PSP_MODEL_DIR=/psp
+M=$(/bin/krun-sev measure --tee sev-es --cpus 2 --ram-mib 512)
+echo "MEASURED=$M"
+echo "broker-held passphrase" > /tmp/pp
+/bin/krun-kbs --db /tmp/kbs.db workload add --id tee-e2e --tee sev --measurement "$M" --passphrase-file /tmp/pp
+/bin/krun-kbs --listen 127.0.0.1:8123 --db /tmp/kbs.db --sev-trust-root /ark.cert > /tmp/kbs.log 2>&1 &
+for i in $(seq 50); do grep -q listening /tmp/kbs.log && break; sleep 0.2; done
+/bin/krun-sev run --disk /w/disk.img --tee-config /w/krun-sev.json --log-level 3 </dev/null
+echo "STATUS=$?"
+cat /tmp/kbs.log
+"#;
+    let outcome = TestHost::new()
+        .file(&bundle, "/bundle")
+        .file(&cli, "/bin/krun-sev")
+        .file(workspace_bin("krun-kbs"), "/bin/krun-kbs")
+        .file(&psp, "/psp")
+        .file(&ark, "/ark.cert")
+        .file(out.join("disk.img"), "/w/disk.img")
+        .file(out.join("krun-sev.json"), "/w/krun-sev.json")
+        .mem_mib(2048)
+        .timeout(Duration::from_secs(400))
+        .run(&["sh", "-c", script])
+        .unwrap();
+    let out = &outcome.output;
+    let ctx = format!("output:\n{out}");
+    let measured = marker(out, "MEASURED=");
+    assert_eq!(measured.len(), 1, "{ctx}");
+    assert_eq!(measured[0].trim().len(), 64, "{ctx}");
+    assert!(out.contains("LAUNCH_SECRET"), "{ctx}");
+    assert!(out.contains("SEV_ES_WORKLOAD_RAN CPUS=2"), "{ctx}");
+    assert_eq!(marker(out, "STATUS="), ["7"], "{ctx}");
+}
