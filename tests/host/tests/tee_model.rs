@@ -225,3 +225,112 @@ cat /tmp/kbs.log
     assert!(out.contains("SEV_ES_WORKLOAD_RAN CPUS=2"), "{ctx}");
     assert_eq!(marker(out, "STATUS="), ["7"], "{ctx}");
 }
+
+#[test]
+#[ignore = "boots the test host"]
+fn snp_launch_attests_from_the_guest_through_the_model() {
+    let bundle = bundle_dir();
+    Bundle::load(&bundle).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let psp = dir.path().join("psp");
+    let id = krun_psp_model::ModelIdentity::generate().unwrap();
+    id.save(&psp).unwrap();
+    let roots = dir.path().join("roots.pem");
+    fs::write(
+        &roots,
+        [id.snp_ark_pem().unwrap(), id.snp_ask_pem().unwrap()].concat(),
+    )
+    .unwrap();
+    let vcek_dir = dir.path().join("vcek");
+    fs::create_dir_all(&vcek_dir).unwrap();
+    let chip: String = id
+        .snp_platform()
+        .chip_id
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    fs::write(vcek_dir.join(format!("{chip}.pem")), id.vcek_pem().unwrap()).unwrap();
+
+    let rootfs = dir.path().join("rootfs");
+    for d in ["bin", "proc", "sys", "dev", "tmp", "run"] {
+        fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    let busybox = krun_testhost::assets_dir().unwrap().join("busybox");
+    fs::copy(&busybox, rootfs.join("bin/busybox")).unwrap();
+    for applet in ["sh", "echo", "nproc"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+    }
+    let out = dir.path().join("image");
+    let cli = workspace_bin("krun-sev");
+    let status = Command::new(&cli)
+        .args([
+            "mkcw",
+            "--tee",
+            "snp",
+            "--cpus",
+            "2",
+            "--ram-mib",
+            "512",
+            "--attestation-url",
+            "http://127.0.0.1:8123",
+            "--workload-id",
+            "snp-e2e",
+            "--passphrase",
+            "snp broker passphrase",
+            "--pbkdf2-iterations",
+            "1000",
+            "--env",
+            "PATH=/bin",
+            "--cmd",
+            "/bin/sh",
+            "--cmd",
+            "-c",
+            "--cmd",
+            "echo SNP_WORKLOAD_RAN CPUS=$(nproc); exit 9",
+        ])
+        .arg(&rootfs)
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    let script = r#"
+export KRUN_SEV_BACKEND=model KRUN_SEV_BUNDLE_DIR=/bundle KRUN_SEV_PSP_MODEL_DIR=/psp
+M=$(/bin/krun-sev measure --tee snp --cpus 2 --ram-mib 512)
+echo "MEASURED=$M"
+echo "snp broker passphrase" > /tmp/pp
+/bin/krun-kbs --db /tmp/kbs.db workload add --id snp-e2e --tee snp --measurement "$M" --passphrase-file /tmp/pp
+/bin/krun-kbs --listen 127.0.0.1:8123 --db /tmp/kbs.db --trust-root /roots.pem --vcek-dir /vcek > /tmp/kbs.log 2>&1 &
+for i in $(seq 50); do grep -q listening /tmp/kbs.log && break; sleep 0.2; done
+/bin/krun-sev run --disk /w/disk.img --tee-config /w/krun-sev.json --log-level 3 </dev/null
+echo "STATUS=$?"
+cat /tmp/kbs.log
+"#;
+    let outcome = TestHost::new()
+        .file(&bundle, "/bundle")
+        .file(&cli, "/bin/krun-sev")
+        .file(workspace_bin("krun-kbs"), "/bin/krun-kbs")
+        .file(&psp, "/psp")
+        .file(&roots, "/roots.pem")
+        .file(&vcek_dir, "/vcek")
+        .file(out.join("disk.img"), "/w/disk.img")
+        .file(out.join("krun-sev.json"), "/w/krun-sev.json")
+        .mem_mib(2048)
+        .timeout(Duration::from_secs(400))
+        .run(&["sh", "-c", script])
+        .unwrap();
+    let out = &outcome.output;
+    let ctx = format!("output:\n{out}");
+    let measured = marker(out, "MEASURED=");
+    assert_eq!(measured.len(), 1, "{ctx}");
+    assert_eq!(measured[0].trim().len(), 96, "{ctx}");
+    let logged = marker(out, "launch measurement (snp, 2 vCPUs, vcpu_sig ");
+    assert!(
+        logged
+            .first()
+            .is_some_and(|l| l.ends_with(measured[0].trim())),
+        "{ctx}"
+    );
+    assert!(out.contains("SNP_WORKLOAD_RAN CPUS=2"), "{ctx}");
+    assert_eq!(marker(out, "STATUS="), ["9"], "{ctx}");
+}
