@@ -105,3 +105,50 @@ pub fn measure(args: &MeasureArgs) -> Result<ExitCode, MeasureCliError> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use krun_sev::tee::measure::LaunchRecord;
+    use krun_sev::tee::regions::{MeasuredRegion, PageKind};
+
+    #[test]
+    fn json_names_inputs_digest_and_regions() {
+        let req = MeasureRequest {
+            mode: TeeMode::Snp,
+            vcpus: 2,
+            ram_mib: 512,
+            bundle_dir: PathBuf::from("/b"),
+            data_disk: false,
+            psp_model: true,
+            vcpu_sig: None,
+        };
+        let m = Measurement {
+            mode: TeeMode::Snp,
+            digest: vec![0xab; 48],
+            record: LaunchRecord {
+                regions: vec![MeasuredRegion {
+                    what: "page_tables",
+                    gpa: 0x100000,
+                    len: 0x8000,
+                    kind: PageKind::Zero,
+                }],
+                vmsas: 2,
+            },
+        };
+        let v = to_json(&req, &m);
+        assert_eq!(v["tee"], "snp");
+        assert_eq!(v["digest"], "ab".repeat(48));
+        assert_eq!(v["vmsas"], 2);
+        assert_eq!(v["psp_model"], true);
+        assert_eq!(v["regions"][0]["gpa"], "0x100000");
+        assert_eq!(v["regions"][0]["kind"], "zero");
+    }
+
+    #[test]
+    fn modes_and_signatures_parse() {
+        assert_eq!(parse_mode("sev-es").unwrap(), TeeMode::SevEs);
+        assert!(parse_mode("tdx").is_err());
+        assert_eq!(parse_hex_u32("0x800f12").unwrap(), 0x800f12);
+    }
+}
