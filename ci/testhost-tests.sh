@@ -13,6 +13,8 @@ bundle=${KRUN_SEV_BUNDLE_DIR:-$root/build/bundle}
 start=$(date +%s)
 "$root/tests/host/prepare.sh" >/dev/null
 "$root/firmware/build-bundle.sh" "$bundle" >/dev/null
+# The SEV-ES broker test runs these inside the test host.
+cargo build --manifest-path "$root/Cargo.toml" -p krun-kbs -p krun-sev-cli
 KRUN_SEV_BUNDLE_DIR=$bundle cargo test --manifest-path "$root/Cargo.toml" -p krun-testhost \
-    --test testhost --test vmm_boot --test luks_boot -- --ignored --test-threads=1 --nocapture
+    --test testhost --test vmm_boot --test luks_boot --test tee_model -- --ignored --test-threads=1 --nocapture
 echo "[testhost-tests] done in $(($(date +%s) - start)) s" >&2

@@ -8,4 +8,5 @@ pub mod capi;
 pub mod devices;
 pub mod launch;
 pub mod resources;
+pub mod tee;
 pub mod vmm;

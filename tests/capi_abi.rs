@@ -322,7 +322,7 @@ fn start_enter_checks_before_consuming() {
     let disk = cs(disk.to_str().unwrap());
     assert_eq!(unsafe { krun_set_root_disk(c, disk.as_ptr()) }, 0);
     assert_eq!(krun_set_vm_config(c, 4, 2048), 0);
-    // Everything checks out; the launch itself is not in this build yet.
+    // Everything checks out; the default (hardware) backend is not in this build yet.
     assert_eq!(krun_start_enter(c), -libc::ENOSYS);
     // The launch consumed the context.
     assert_eq!(krun_free_ctx(c), ENOENT);

@@ -1,5 +1,6 @@
 //! `krun-sev`: the command-line front end of libkrun-sev.
 
+mod measure;
 mod mkcw;
 mod run;
 
@@ -21,6 +22,8 @@ enum Command {
     Mkcw(Box<mkcw::MkcwArgs>),
     /// Run a confidential workload through the C API, in the order crun's krun handler uses.
     Run(run::RunArgs),
+    /// Print the launch measurement a key broker registers (docs/measurement.md).
+    Measure(measure::MeasureArgs),
 }
 
 /// Exit status when the workload never ran (podman's convention for runtime errors).
@@ -34,6 +37,9 @@ fn main() -> ExitCode {
             .map_err(|e| Box::new(e) as Box<dyn std::error::Error>),
         Command::Run(args) => {
             run::run(&args).map_err(|e| Box::new(e) as Box<dyn std::error::Error>)
+        }
+        Command::Measure(args) => {
+            measure::measure(&args).map_err(|e| Box::new(e) as Box<dyn std::error::Error>)
         }
     };
     match result {

@@ -3,11 +3,17 @@
 //! `krun_start_enter` checks the context here before consuming it: a configuration that
 //! cannot launch is reported with the step that failed and the context is kept.
 
+pub mod guest;
+pub mod host_json;
 pub mod segment;
+mod sequence;
 
 use std::convert::Infallible;
 
 use crate::resources::{DiskConfig, MachineConfig, VmResources};
+use crate::tee::TeeError;
+
+pub use sequence::{expected_measurement, MeasureRequest};
 
 /// Errors before the guest starts.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +39,27 @@ pub enum LaunchError {
     /// The VMM is not part of this build yet.
     #[error("starting the microVM is not available in this build yet (the VMM has not landed)")]
     VmmUnavailable,
+    /// The guest bundle is missing or does not match its manifest.
+    #[error("cannot load the guest bundle")]
+    Bundle(#[source] krun_bundle::BundleError),
+    /// The launch segment cannot be built.
+    #[error("cannot build the launch segment")]
+    Segment(#[source] segment::SegmentError),
+    /// Backend selection, the PSP model or the launch sequence failed.
+    #[error("confidential launch setup failed")]
+    Tee(#[source] TeeError),
+    /// The attestation URL has no usable host and port.
+    #[error("attestation_url has no resolvable host:port")]
+    AttestationUrl,
+    /// The VM failed before the guest reported a status.
+    #[error("the microVM failed")]
+    Vmm(#[source] crate::vmm::VmmError),
+    /// The measurement calculator failed.
+    #[error("cannot compute the launch measurement")]
+    Measure(#[source] crate::tee::measure::MeasureError),
+    /// `/dev/kvm` or the host CPU could not provide an input of the measurement.
+    #[error("cannot read a host input of the measurement")]
+    Host(#[source] std::io::Error),
 }
 
 impl LaunchError {
@@ -43,6 +70,11 @@ impl LaunchError {
             LaunchError::Disk { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
             LaunchError::DiskType(_) => libc::EINVAL,
             LaunchError::VmmUnavailable => libc::ENOSYS,
+            LaunchError::Bundle(_) => libc::ENOENT,
+            LaunchError::Segment(_) | LaunchError::AttestationUrl => libc::EINVAL,
+            LaunchError::Tee(TeeError::HardwareUnavailable) => libc::ENOSYS,
+            LaunchError::Tee(_) | LaunchError::Measure(_) => libc::EIO,
+            LaunchError::Vmm(_) | LaunchError::Host(_) => libc::EIO,
         }
     }
 }
@@ -111,5 +143,6 @@ pub fn start(plan: LaunchPlan) -> Result<Infallible, LaunchError> {
         plan.machine.vcpus,
         plan.machine.ram_mib
     );
-    Err(LaunchError::VmmUnavailable)
+    let status = sequence::run(plan)?;
+    std::process::exit(i32::from(status));
 }

@@ -7,11 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use vm_memory::{Bytes, GuestAddress};
+use crate::arch::layout::CMDLINE_KERNEL_LIMIT;
 
-use crate::arch::boot_params::{self, BootParamsInput};
-use crate::arch::layout::{CMDLINE_KERNEL_LIMIT, CMDLINE_START};
-use crate::arch::{mptable, regs};
 use crate::devices::serial::SerialSink;
 use crate::devices::virtio::block::{BlockError, VirtioBlock};
 use crate::devices::virtio::console::{ConsoleError, TerminalGuard, VirtioConsole};
@@ -22,9 +19,10 @@ use crate::devices::virtio::vsock::{
 };
 use crate::vmm::config::{PortMap, VmConfig};
 use crate::vmm::device_manager::{DeviceManager, DeviceManagerError};
+use crate::vmm::loader::{self, GuestImage, LoaderError};
 use crate::vmm::memory::{self, MemoryError};
 use crate::vmm::vstate::exit::{ExitState, StopReason};
-use crate::vmm::vstate::vcpu::{self, VcpuError, VcpuShared};
+use crate::vmm::vstate::vcpu::{self, BootEntry, VcpuError, VcpuShared};
 use crate::vmm::vstate::vm::{Vm, VmError};
 
 /// Most vCPUs a guest may have (the MP table must fit the EBDA).
@@ -51,6 +49,12 @@ pub enum VmmError {
     /// Guest memory setup failed.
     #[error("cannot set up guest memory")]
     Memory(#[source] MemoryError),
+    /// Loading the guest image failed.
+    #[error("cannot load the guest image")]
+    Load(#[source] LoaderError),
+    /// The confidential launch sequence failed before the guest started.
+    #[error("confidential launch failed")]
+    Tee(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// KVM VM setup failed.
     #[error("cannot set up the KVM VM")]
     Vm(#[source] VmError),
@@ -107,10 +111,16 @@ impl Vmm {
         let ram_bytes = u64::from(config.ram_mib)
             .checked_mul(1 << 20)
             .ok_or(VmmError::RamSize)?;
-        let mem = Arc::new(memory::create_guest_memory(ram_bytes).map_err(VmmError::Memory)?);
+        let mut config = config;
+        let tee = config.tee.take();
+        let extra: &[(u64, u64)] = match tee {
+            Some(_) => &[(krun_resetvec::IMAGE_GPA, krun_resetvec::IMAGE_SIZE as u64)],
+            None => &[],
+        };
+        let mem =
+            Arc::new(memory::create_guest_memory_with(ram_bytes, extra).map_err(VmmError::Memory)?);
         let vm = Vm::new().map_err(VmmError::Vm)?;
         vm.register_memory(&mem).map_err(VmmError::Vm)?;
-        let kernel = memory::load_kernel(&mem, &config.kernel_path).map_err(VmmError::Memory)?;
 
         // Terminal first, so every later error path restores it through the guard's drop.
         let terminal = match &config.console.input {
@@ -120,28 +130,46 @@ impl Vmm {
 
         let devices = attach_devices(&vm, &mem, config_devices(&config)?)?;
         let cmdline = full_cmdline(&config.cmdline, devices.cmdline_entries())?;
-        mem.write_slice(&cmdline, GuestAddress(CMDLINE_START))
-            .map_err(|e| VmmError::Boot(Box::new(e)))?;
-        let initrd =
-            memory::load_initrd(&mem, config.initrd_path.as_deref(), &config.initrd_append)
-                .map_err(VmmError::Memory)?;
-        boot_params::write(
+        let (kernel_bytes, initrd_bytes, firmware, before_start) = match tee {
+            Some(t) => (t.kernel, t.initrd, Some(t.layout), Some(t.before_start)),
+            None => {
+                let k = std::fs::read(&config.kernel_path)
+                    .map_err(|e| VmmError::Memory(MemoryError::OpenKernel(e)))?;
+                let i = match &config.initrd_path {
+                    Some(p) => std::fs::read(p)
+                        .map_err(|e| VmmError::Memory(MemoryError::ReadInitrd(e)))?,
+                    None => Vec::new(),
+                };
+                (k, i, None, None)
+            }
+        };
+        let loaded = loader::load_guest(
             &mem,
-            &BootParamsInput {
+            GuestImage {
                 ram_bytes,
-                cmdline_len: cmdline.len(),
-                initrd,
+                vcpus: config.vcpus,
+                kernel: &kernel_bytes,
+                initrd: initrd_bytes,
+                initrd_append: &config.initrd_append,
+                cmdline: &cmdline,
+                firmware,
             },
         )
-        .map_err(|e| VmmError::Boot(Box::new(e)))?;
-        mptable::write(&mem, config.vcpus).map_err(|e| VmmError::Boot(Box::new(e)))?;
-        regs::write_boot_structures(&mem).map_err(|e| VmmError::Boot(Box::new(e)))?;
+        .map_err(VmmError::Load)?;
+        drop(kernel_bytes);
+        if let Some(hook) = before_start {
+            hook(&mem, &loaded).map_err(VmmError::Tee)?;
+        }
+        let entry = match loaded.firmware {
+            Some(_) => BootEntry::ResetVector,
+            None => BootEntry::Direct(loaded.kernel.entry),
+        };
 
         let supported = vm.supported_cpuid().map_err(VmmError::Vm)?;
         let mut fds = Vec::with_capacity(usize::from(config.vcpus));
         for index in 0..config.vcpus {
             let fd = vm.create_vcpu(index).map_err(VmmError::Vm)?;
-            vcpu::configure(&fd, index, config.vcpus, &supported, kernel.entry)
+            vcpu::configure_boot(&fd, index, config.vcpus, &supported, entry)
                 .map_err(VmmError::Vcpu)?;
             fds.push(fd);
         }
@@ -202,7 +230,7 @@ fn finish(status: Option<u8>, reason: StopReason) -> Result<ExitStatus, VmmError
 }
 
 /// The guest command line with the device entries appended, NUL-terminated.
-fn full_cmdline(base: &str, entries: &[String]) -> Result<Vec<u8>, VmmError> {
+pub(crate) fn full_cmdline(base: &str, entries: &[String]) -> Result<Vec<u8>, VmmError> {
     let mut line = base.trim().to_owned();
     for e in entries {
         if !line.is_empty() {
@@ -388,6 +416,7 @@ mod tests {
                 input: None,
                 output: File::create(&out.0).unwrap().into(),
             },
+            tee: None,
         }
     }
 

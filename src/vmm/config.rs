@@ -7,6 +7,8 @@ use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 
 use crate::devices::virtio::vsock::HostServices;
+use crate::vmm::loader::{FirmwareLayout, LoadedGuest};
+use crate::vmm::memory::GuestMemory;
 
 /// A disk backed by a raw image file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,4 +76,37 @@ pub struct VmConfig {
     pub vsock_handlers: HostServices,
     /// Console fds.
     pub console: ConsoleConfig,
+    /// A confidential launch: boot through the reset-vector firmware and run the TEE launch
+    /// sequence on the loaded memory before any vCPU starts. `None` for a plain boot.
+    pub tee: Option<TeeBoot>,
+}
+
+/// Called once guest memory holds everything the guest boots from, before the vCPUs are
+/// created; a failure aborts the run.
+pub type BeforeStart = Box<
+    dyn FnOnce(&GuestMemory, &LoadedGuest) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+        + Send,
+>;
+
+/// The VMM side of a confidential launch (see `crate::tee`).
+pub struct TeeBoot {
+    /// The verified kernel bytes (used instead of `kernel_path`, so what was verified is what
+    /// is loaded and measured).
+    pub kernel: Vec<u8>,
+    /// The verified bundle initrd (used instead of `initrd_path`).
+    pub initrd: Vec<u8>,
+    /// Firmware page tables and SNP pages.
+    pub layout: FirmwareLayout,
+    /// The launch sequence (measure, inject secrets, finish).
+    pub before_start: BeforeStart,
+}
+
+impl std::fmt::Debug for TeeBoot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TeeBoot")
+            .field("kernel_len", &self.kernel.len())
+            .field("initrd_len", &self.initrd.len())
+            .field("layout", &self.layout)
+            .finish_non_exhaustive()
+    }
 }

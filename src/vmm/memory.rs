@@ -46,10 +46,25 @@ pub const MIN_RAM_BYTES: u64 = 128 << 20;
 
 /// Maps `ram_bytes` of anonymous guest RAM split around the MMIO gap.
 pub fn create_guest_memory(ram_bytes: u64) -> Result<GuestMemory, MemoryError> {
+    create_guest_memory_with(ram_bytes, &[])
+}
+
+/// [`create_guest_memory`] plus `extra` regions `(start, size)` outside the e820 RAM, such as
+/// the reset-vector firmware image of a confidential launch (mapped as RAM because the
+/// firmware keeps its stack there; `krun_resetvec` README).
+pub fn create_guest_memory_with(
+    ram_bytes: u64,
+    extra: &[(u64, u64)],
+) -> Result<GuestMemory, MemoryError> {
     if ram_bytes < MIN_RAM_BYTES {
         return Err(MemoryError::RamTooSmall);
     }
-    let ranges: Vec<(GuestAddress, usize)> = ram_regions(ram_bytes)
+    let mut regions = ram_regions(ram_bytes);
+    regions.extend_from_slice(extra);
+    // vm-memory wants the regions in address order; the firmware image sits between the low
+    // RAM and RAM above 4 GiB.
+    regions.sort_by_key(|(start, _)| *start);
+    let ranges: Vec<(GuestAddress, usize)> = regions
         .into_iter()
         .map(|(start, size)| {
             usize::try_from(size)
@@ -73,7 +88,19 @@ pub struct LoadedKernel {
 /// `[KERNEL_START, INITRD_START)`.
 pub fn load_kernel(mem: &GuestMemory, path: &Path) -> Result<LoadedKernel, MemoryError> {
     let mut file = File::open(path).map_err(MemoryError::OpenKernel)?;
-    let result = Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START)))
+    load_kernel_from(mem, &mut file)
+}
+
+/// [`load_kernel`] from bytes already read (and verified) by the caller.
+pub fn load_kernel_bytes(mem: &GuestMemory, elf: &[u8]) -> Result<LoadedKernel, MemoryError> {
+    load_kernel_from(mem, &mut std::io::Cursor::new(elf))
+}
+
+fn load_kernel_from<F: std::io::Read + std::io::Seek + vm_memory::ReadVolatile>(
+    mem: &GuestMemory,
+    elf: &mut F,
+) -> Result<LoadedKernel, MemoryError> {
+    let result = Elf::load(mem, None, elf, Some(GuestAddress(HIMEM_START)))
         .map_err(MemoryError::LoadKernel)?;
     let entry = result.kernel_load.0;
     if entry < KERNEL_START || result.kernel_end > INITRD_START || entry >= result.kernel_end {
@@ -101,10 +128,19 @@ pub fn load_initrd(
     path: Option<&Path>,
     append: &[u8],
 ) -> Result<Option<(u64, u64)>, MemoryError> {
-    let mut image = match path {
+    let image = match path {
         Some(p) => std::fs::read(p).map_err(MemoryError::ReadInitrd)?,
         None => Vec::new(),
     };
+    load_initrd_bytes(mem, image, append)
+}
+
+/// [`load_initrd`] from bytes already read (and verified) by the caller.
+pub fn load_initrd_bytes(
+    mem: &GuestMemory,
+    mut image: Vec<u8>,
+    append: &[u8],
+) -> Result<Option<(u64, u64)>, MemoryError> {
     if image.is_empty() && append.is_empty() {
         return Ok(None);
     }
@@ -143,7 +179,7 @@ pub(crate) mod tests {
 
     /// Builds a minimal ELF64 executable with one `PT_LOAD` segment holding `code` at
     /// physical address `paddr`, entry at `paddr`, and `bss` extra zero bytes.
-    pub(crate) fn tiny_elf(code: &[u8], paddr: u64, bss: u64) -> Vec<u8> {
+    pub fn tiny_elf(code: &[u8], paddr: u64, bss: u64) -> Vec<u8> {
         let mut f = Vec::new();
         f.extend_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0]);
         f.extend_from_slice(&[0; 8]);
@@ -206,6 +242,15 @@ pub(crate) mod tests {
                 let _ = std::fs::remove_file(&self.0);
             }
         }
+    }
+
+    #[test]
+    fn extra_regions_between_low_and_high_ram() {
+        let mem = create_guest_memory_with(5 << 30, &[(0xffff_e000, 0x2000)]).unwrap();
+        use vm_memory::GuestMemoryBackend;
+        assert_eq!(mem.num_regions(), 3);
+        mem.write_obj(1u64, GuestAddress(0xffff_fff0)).unwrap();
+        mem.write_obj(1u64, GuestAddress(1 << 32)).unwrap();
     }
 
     #[test]

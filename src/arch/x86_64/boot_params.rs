@@ -42,6 +42,31 @@ pub struct BootParamsInput {
     pub cmdline_len: usize,
     /// Initrd placement `(address, size)`, if any.
     pub initrd: Option<(u64, u64)>,
+    /// A range `(address, size)` inside `[0, EBDA)` to mark reserved instead of RAM: the SNP
+    /// secrets and CPUID pages, which the kernel keeps using (`krun_resetvec` README).
+    pub reserved: Option<(u64, u64)>,
+}
+
+/// [`e820_map`] with `reserved` cut out of the first RAM entry and described as reserved.
+pub fn e820_map_with(ram_bytes: u64, reserved: Option<(u64, u64)>) -> Vec<(u64, u64, u32)> {
+    let mut map = e820_map(ram_bytes);
+    let Some((start, size)) = reserved else {
+        return map;
+    };
+    let end = start.saturating_add(size);
+    if size == 0 || end > EBDA_START {
+        return map;
+    }
+    let mut low = Vec::new();
+    if start > 0 {
+        low.push((0, start, E820_RAM));
+    }
+    low.push((start, size, E820_RESERVED));
+    if end < EBDA_START {
+        low.push((end, EBDA_START - end, E820_RAM));
+    }
+    map.splice(0..1, low);
+    map
 }
 
 /// e820 map for `ram_bytes` of RAM: `[0, EBDA)` and high memory up to the MMIO gap, then RAM
@@ -80,7 +105,7 @@ pub fn build(input: &BootParamsInput) -> Result<boot_params, BootParamsError> {
         params.hdr.ramdisk_size =
             u32::try_from(size).map_err(|_| BootParamsError::FieldTooSmall)?;
     }
-    let map = e820_map(input.ram_bytes);
+    let map = e820_map_with(input.ram_bytes, input.reserved);
     if map.len() > params.e820_table.len() {
         return Err(BootParamsError::E820TooLarge);
     }
@@ -109,6 +134,25 @@ mod tests {
     use vm_memory::Address;
 
     #[test]
+    fn e820_reserves_snp_pages() {
+        let map = e820_map_with(256 << 20, Some((0x5000, 0x2000)));
+        assert_eq!(
+            &map[..3],
+            &[
+                (0, 0x5000, E820_RAM),
+                (0x5000, 0x2000, E820_RESERVED),
+                (0x7000, EBDA_START - 0x7000, E820_RAM)
+            ]
+        );
+        assert_eq!(map[3], e820_map(256 << 20)[1]);
+        // A range past the EBDA is ignored rather than producing overlapping entries.
+        assert_eq!(
+            e820_map_with(256 << 20, Some((0x9f000, 0x2000))),
+            e820_map(256 << 20)
+        );
+    }
+
+    #[test]
     fn e820_small_and_large() {
         assert_eq!(
             e820_map(256 << 20),
@@ -135,6 +179,7 @@ mod tests {
             ram_bytes: 512 << 20,
             cmdline_len: 17,
             initrd: Some((0x400_0000, 0x1234)),
+            reserved: None,
         };
         write(&mem, &input).unwrap();
         let zp = ZERO_PAGE_START;

@@ -57,6 +57,29 @@ pub fn configure(
     supported: &CpuId,
     entry: u64,
 ) -> Result<(), VcpuError> {
+    configure_boot(fd, index, vcpus, supported, BootEntry::Direct(entry))
+}
+
+/// Where the boot vCPU starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootEntry {
+    /// The kernel's 64-bit entry, with the VMM's page tables and GDT (plain launches).
+    Direct(u64),
+    /// The reset-vector firmware (confidential launches): the BSP keeps KVM's reset state
+    /// (CS 0xF000 base 0xFFFF0000, RIP 0xFFF0, real mode), which is what the measured VMSA
+    /// describes; APs get RIP 0xFFF8 (the firmware's SEV-ES/SNP AP entry, same CS). In a VM
+    /// without SEV-ES INIT-SIPI overrides the AP RIP, so the same state serves the model run.
+    ResetVector,
+}
+
+/// [`configure`] with an explicit [`BootEntry`].
+pub fn configure_boot(
+    fd: &VcpuFd,
+    index: u8,
+    vcpus: u8,
+    supported: &CpuId,
+    entry: BootEntry,
+) -> Result<(), VcpuError> {
     let guest_cpuid = cpuid::for_vcpu(supported, index, vcpus).map_err(VcpuError::Cpuid)?;
     fd.set_cpuid2(&guest_cpuid).map_err(VcpuError::Ioctl)?;
     let msrs = msr::boot_msrs().map_err(VcpuError::Msrs)?;
@@ -68,12 +91,20 @@ pub fn configure(
     let mut lapic = fd.get_lapic().map_err(VcpuError::Ioctl)?;
     regs::set_lint(&mut lapic);
     fd.set_lapic(&lapic).map_err(VcpuError::Ioctl)?;
-    if index == 0 {
-        let sregs = fd.get_sregs().map_err(VcpuError::Ioctl)?;
-        fd.set_sregs(&regs::boot_sregs(sregs))
-            .map_err(VcpuError::Ioctl)?;
-        fd.set_regs(&regs::boot_regs(entry))
-            .map_err(VcpuError::Ioctl)?;
+    match (entry, index) {
+        (BootEntry::Direct(entry), 0) => {
+            let sregs = fd.get_sregs().map_err(VcpuError::Ioctl)?;
+            fd.set_sregs(&regs::boot_sregs(sregs))
+                .map_err(VcpuError::Ioctl)?;
+            fd.set_regs(&regs::boot_regs(entry))
+                .map_err(VcpuError::Ioctl)?;
+        }
+        (BootEntry::ResetVector, 1..) => {
+            let mut r = fd.get_regs().map_err(VcpuError::Ioctl)?;
+            r.rip = krun_resetvec::layout::AP_ENTRY_IP;
+            fd.set_regs(&r).map_err(VcpuError::Ioctl)?;
+        }
+        _ => {}
     }
     Ok(())
 }
@@ -313,6 +344,7 @@ mod tests {
                 ram_bytes: memory::MIN_RAM_BYTES,
                 cmdline_len: 1,
                 initrd: None,
+                reserved: None,
             },
         )
         .unwrap();

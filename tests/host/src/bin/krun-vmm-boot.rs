@@ -145,6 +145,7 @@ fn run() -> Result<u8, String> {
             input: Some(dup(std::io::stdin())?),
             output: dup(std::io::stdout())?,
         },
+        tee: None,
     };
     let (status, stats) =
         Vmm::run_with_stats(config).map_err(|e| krun_sev::capi::error_chain(&e))?;

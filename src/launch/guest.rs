@@ -1,0 +1,71 @@
+//! What a confidential launch puts into guest memory besides the bundle, shared by the launch
+//! and the measurement calculator (`krun-sev measure`) so both measure the same bytes.
+
+use std::path::Path;
+
+use crate::arch::layout::{virtio_mmio_slot, VIRTIO_IRQ_BASE};
+use crate::launch::host_json;
+use crate::launch::segment::{self, Segment, SegmentError};
+use crate::resources::VmResources;
+use crate::tee::TeeMode;
+use crate::vmm::device_manager::cmdline_entry;
+
+/// Size of the `/krun/secret` slot.
+pub const SECRET_SLOT_LEN: usize = segment::SECRET_LEN;
+
+/// Kernel command line of every launch before the VMM appends its `virtio_mmio.device=`
+/// entries. Measured.
+pub const BASE_CMDLINE: &str = "console=hvc0 quiet reboot=t panic=-1 acpi=off";
+
+/// Install location of the guest bundle (`$(PREFIX)/lib/krun-sev` with the Makefile's
+/// default prefix); `KRUN_SEV_BUNDLE_DIR` overrides it.
+pub const DEFAULT_BUNDLE_DIR: &str = "/usr/local/lib/krun-sev";
+
+/// The bundle directory in effect.
+pub fn bundle_dir() -> std::path::PathBuf {
+    krun_bundle::bundle_dir(Path::new(DEFAULT_BUNDLE_DIR))
+}
+
+/// Number of virtio devices: root disk, optional data disk, console, vsock (the VMM's slot
+/// order, `vmm::builder::config_devices`).
+pub fn device_count(data_disk: bool) -> u32 {
+    3 + u32::from(data_disk)
+}
+
+/// The full command line the VMM writes for `devices` virtio devices, NUL-terminated.
+pub fn full_cmdline(devices: u32) -> Result<Vec<u8>, crate::vmm::VmmError> {
+    let entries: Vec<String> = (0..devices)
+        .map(|slot| cmdline_entry(virtio_mmio_slot(slot), VIRTIO_IRQ_BASE + slot))
+        .collect();
+    crate::vmm::builder::full_cmdline(BASE_CMDLINE, &entries)
+}
+
+/// The launch segment for `resources` in `mode` (secret slot for SEV and SEV-ES).
+pub fn launch_segment(
+    resources: &VmResources,
+    mode: TeeMode,
+    psp_model: bool,
+) -> Result<Segment, SegmentError> {
+    let json = host_json::build(resources, mode, psp_model);
+    segment::build_with_secret(&json, mode != TeeMode::Snp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmdline_lists_devices_in_slot_order() {
+        let line = full_cmdline(device_count(false)).unwrap();
+        assert_eq!(line.last(), Some(&0));
+        let text = String::from_utf8(line[..line.len() - 1].to_vec()).unwrap();
+        assert!(text.starts_with(BASE_CMDLINE));
+        assert_eq!(text.matches("virtio_mmio.device=").count(), 3);
+        assert!(text.ends_with(&cmdline_entry(virtio_mmio_slot(2), VIRTIO_IRQ_BASE + 2)));
+        assert_eq!(
+            full_cmdline(device_count(true)).unwrap().len()
+                - full_cmdline(device_count(false)).unwrap().len(),
+            cmdline_entry(virtio_mmio_slot(3), VIRTIO_IRQ_BASE + 3).len() + 1
+        );
+    }
+}

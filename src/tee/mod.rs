@@ -1,0 +1,167 @@
+//! Confidential launches: SEV, SEV-ES and SEV-SNP.
+//!
+//! | module | what |
+//! |---|---|
+//! | `regions` | which guest memory is measured, in which order, with which SNP page type |
+//! | `vmsa` | the initial VMSA of each vCPU (SEV-ES, SNP) |
+//! | `cpuid_page` | the SNP CPUID page from KVM's supported CPUID |
+//! | `measure` | the launch-update sequence over guest memory, shared by the launch and `krun-sev measure` |
+//! | `model` | the PSP model backend: identity, loud warning |
+//! | `report_service` | vsock 1026: SNP reports from the model |
+//!
+//! What is measured and why: `docs/measurement.md`.
+
+pub mod cpuid_page;
+pub mod measure;
+pub mod model;
+pub mod regions;
+pub mod report_service;
+pub mod vmsa;
+
+use crate::resources::TeeKind;
+
+/// Environment variable selecting the backend (`docs/interfaces.md`).
+pub const BACKEND_ENV: &str = "KRUN_SEV_BACKEND";
+
+/// Errors of the TEE layer.
+#[derive(Debug, thiserror::Error)]
+pub enum TeeError {
+    /// `KRUN_SEV_BACKEND` has an unknown value.
+    #[error("KRUN_SEV_BACKEND must be \"hardware\" or \"model\"")]
+    BadBackend,
+    /// The hardware backend is not part of this build yet.
+    #[error("the SEV hardware backend is not available yet in this build (prerequisite: KVM_SEV_INIT2 launch code); set KRUN_SEV_BACKEND=model to use the PSP model, which does not encrypt guest memory")]
+    HardwareUnavailable,
+    /// The PSP model refused an SEV/SEV-ES launch command.
+    #[error("PSP model SEV launch command failed")]
+    SevModel(#[source] krun_psp_model::SevLaunchError),
+    /// The PSP model refused an SNP launch command.
+    #[error("PSP model SNP launch command failed")]
+    SnpModel(#[source] krun_psp_model::SnpLaunchError),
+    /// The PSP model identity cannot be loaded or created.
+    #[error("cannot load or create the PSP model identity")]
+    Identity(#[source] krun_psp_model::IdentityError),
+    /// Guest memory could not be read or written.
+    #[error("cannot access guest memory for the launch sequence")]
+    Memory(#[source] vm_memory::GuestMemoryError),
+    /// The loaded guest has no firmware layout or an inconsistent one.
+    #[error("the loaded guest is not laid out for a confidential launch")]
+    Layout,
+    /// KVM's supported CPUID cannot be read (SNP CPUID page).
+    #[error("cannot read KVM's supported CPUID for the SNP CPUID page")]
+    Cpuid(#[source] kvm_ioctls::Error),
+    /// The key broker session (auth, attest, key) failed.
+    #[error("SEV attestation with the key broker failed")]
+    Broker(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The broker's secret does not fit the secret slot.
+    #[error("the broker's secret does not fit the secret slot")]
+    SecretTooLarge,
+    /// Too many CPUID entries for one CPUID page.
+    #[error("KVM reports more CPUID leaves than the SNP CPUID page holds")]
+    CpuidTooLarge,
+}
+
+/// The launch type after resolving the TEE config's `tee` value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TeeMode {
+    /// Plain SEV: memory encryption only.
+    Sev,
+    /// SEV-ES: encrypted register state, one measured VMSA per vCPU.
+    SevEs,
+    /// SEV-SNP.
+    Snp,
+}
+
+impl TeeMode {
+    /// `"sev"` means SEV-ES (the broker's policy may only add restrictions); `"sev-no-es"`
+    /// is plain SEV.
+    pub fn from_kind(kind: TeeKind) -> Self {
+        match kind {
+            TeeKind::Sev | TeeKind::SevEs => TeeMode::SevEs,
+            TeeKind::SevNoEs => TeeMode::Sev,
+            TeeKind::Snp => TeeMode::Snp,
+        }
+    }
+
+    /// The `tee` value of `/krun/host.json`.
+    pub fn host_json_name(self) -> &'static str {
+        match self {
+            TeeMode::Sev => "sev",
+            TeeMode::SevEs => "sev-es",
+            TeeMode::Snp => "snp",
+        }
+    }
+
+    /// Parses `sev`, `sev-es` or `snp` (the `measure` command's spelling).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "sev" => Some(TeeMode::Sev),
+            "sev-es" => Some(TeeMode::SevEs),
+            "snp" | "sev-snp" => Some(TeeMode::Snp),
+            _ => None,
+        }
+    }
+
+    /// Whether each vCPU's VMSA is measured.
+    pub fn has_vmsa(self) -> bool {
+        !matches!(self, TeeMode::Sev)
+    }
+
+    /// Default guest policy when no broker session supplies one (docs/measurement.md):
+    /// SEV `NODBG|NOKS` (0x3), SEV-ES `NODBG|NOKS|ES` (0x7); SNP `0x30000` (bit 17 must be
+    /// one, SMT allowed, debug and migration agents forbidden, ABI 0.0).
+    pub fn default_policy(self) -> u64 {
+        match self {
+            TeeMode::Sev => 0x3,
+            TeeMode::SevEs => 0x7,
+            TeeMode::Snp => 0x30000,
+        }
+    }
+}
+
+/// Which AMD-SP performs the launch commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// /dev/sev and KVM's SEV ioctls.
+    Hardware,
+    /// The software PSP model: guest memory is not encrypted.
+    Model,
+}
+
+impl Backend {
+    /// From `KRUN_SEV_BACKEND` (default `hardware`); never falls back.
+    pub fn from_env() -> Result<Self, TeeError> {
+        Self::parse(std::env::var(BACKEND_ENV).ok().as_deref())
+    }
+
+    fn parse(value: Option<&str>) -> Result<Self, TeeError> {
+        match value {
+            None | Some("") | Some("hardware") => Ok(Backend::Hardware),
+            Some("model") => Ok(Backend::Model),
+            Some(_) => Err(TeeError::BadBackend),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_selection_is_explicit() {
+        assert_eq!(Backend::parse(None).unwrap(), Backend::Hardware);
+        assert_eq!(Backend::parse(Some("model")).unwrap(), Backend::Model);
+        assert!(matches!(
+            Backend::parse(Some("Model")),
+            Err(TeeError::BadBackend)
+        ));
+    }
+
+    #[test]
+    fn kinds_map_to_modes() {
+        assert_eq!(TeeMode::from_kind(TeeKind::Sev), TeeMode::SevEs);
+        assert_eq!(TeeMode::from_kind(TeeKind::SevNoEs), TeeMode::Sev);
+        assert_eq!(TeeMode::parse("snp"), Some(TeeMode::Snp));
+        assert!(!TeeMode::Sev.has_vmsa());
+    }
+}
