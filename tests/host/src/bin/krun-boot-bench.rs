@@ -126,24 +126,28 @@ fn exit_reasons() -> Vec<(String, u64)> {
     out
 }
 
-/// Names of the SVM exit codes a boot mostly sees (AMD APM vol. 2, appendix C).
+/// Names of the SVM exit codes a boot mostly sees (AMD APM vol. 2, appendix C); the
+/// histogram prints codes in decimal.
 fn svm_exit_name(code: &str) -> String {
-    let name = match u64::from_str_radix(code.trim_start_matches("0x"), 16) {
-        Ok(0x4e) => "#PF",
-        Ok(0x60) => "INTR",
-        Ok(0x64) => "VINTR",
-        Ok(0x72) => "CPUID",
-        Ok(0x78) => "HLT",
-        Ok(0x79) => "INVLPG",
-        Ok(0x7b) => "IOIO",
-        Ok(0x7c) => "MSR",
-        Ok(0x400) => "NPF",
-        Ok(0x13) => "CR3_WRITE",
-        Ok(0x10) => "CR0_WRITE",
-        Ok(0x14) => "CR4_WRITE",
-        _ => return code.to_owned(),
+    let Ok(n) = code.parse::<u64>() else {
+        return code.to_owned();
     };
-    format!("{name}({code})")
+    let name = match n {
+        0x10 => "CR0_WRITE",
+        0x13 => "CR3_WRITE",
+        0x14 => "CR4_WRITE",
+        0x4e => "#PF",
+        0x60 => "INTR",
+        0x64 => "VINTR",
+        0x72 => "CPUID",
+        0x78 => "HLT",
+        0x79 => "INVLPG",
+        0x7b => "IOIO",
+        0x7c => "MSR",
+        0x400 => "NPF",
+        _ => return format!("{n:#x}"),
+    };
+    format!("{name}({n:#x})")
 }
 
 /// Each event's total hits since [`reset_counters`].
