@@ -12,7 +12,7 @@ use krun_sev::devices::virtio::block::request::{Request, RequestType};
 use krun_sev::devices::virtio::block::SECTOR_SIZE;
 use krun_sev::devices::virtio::interrupt::Interrupt;
 use virtio_queue::{QueueOwnedT, QueueT};
-use vm_memory::GuestMemoryBackend;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::queue::{Mem, QueueInput};
@@ -24,6 +24,51 @@ pub const DISK_SECTORS: u64 = 64;
 pub struct Input {
     pub queue: QueueInput,
     pub read_only: bool,
+    /// A request header written where descriptor 0 points (after the queue's guest bytes),
+    /// so that types and sectors near the end of the disk are common.
+    pub header: Option<Header>,
+}
+
+#[derive(Debug, Arbitrary)]
+pub struct Header {
+    pub kind: Kind,
+    pub sector: Sector,
+}
+
+#[derive(Debug, Arbitrary)]
+pub enum Kind {
+    In,
+    Out,
+    Flush,
+    GetId,
+    Other(u32),
+}
+
+#[derive(Debug, Arbitrary)]
+pub enum Sector {
+    /// `n % 80`: around the end of the 64-sector disk.
+    Near(u8),
+    Raw(u64),
+}
+
+impl Header {
+    fn bytes(&self) -> [u8; 16] {
+        let kind: u32 = match self.kind {
+            Kind::In => 0,
+            Kind::Out => 1,
+            Kind::Flush => 4,
+            Kind::GetId => 8,
+            Kind::Other(k) => k,
+        };
+        let sector = match self.sector {
+            Sector::Near(n) => u64::from(n % 80),
+            Sector::Raw(s) => s,
+        };
+        let mut b = [0u8; 16];
+        b[..4].copy_from_slice(&kind.to_le_bytes());
+        b[8..].copy_from_slice(&sector.to_le_bytes());
+        b
+    }
 }
 
 struct Disks {
@@ -64,6 +109,13 @@ fn disks() -> &'static Disks {
 
 pub fn run(input: &Input) {
     let mem = input.queue.memory();
+    if let Some(h) = &input.header {
+        // Outside RAM the write fails, as a guest's would.
+        let _ = mem.write_slice(
+            &h.bytes(),
+            GuestAddress(input.queue.descs[0].addr.resolve()),
+        );
+    }
     check_first_request(&mem, &input.queue);
     let Some(mut queue) = input.queue.queue(&mem) else {
         return;

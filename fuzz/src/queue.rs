@@ -28,7 +28,7 @@ pub enum Addr {
 }
 
 impl Addr {
-    fn resolve(&self) -> u64 {
+    pub fn resolve(&self) -> u64 {
         match self {
             Addr::Low(o) => DATA_LOW + u64::from(*o) % (LOW.1 - DATA_LOW),
             Addr::High(o) => HIGH.0 + u64::from(*o) % HIGH.1,
