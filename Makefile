@@ -24,7 +24,7 @@ MAJOR := $(firstword $(subst ., ,$(VERSION)))
 LIB_FILE := libkrun-sev.so.$(VERSION)
 BUILD_DIR := build
 
-.PHONY: all lib bundle install install-lib test test-deps check unit-tests c-api-test testhost-tests demo clean
+.PHONY: all lib bundle install install-lib test test-deps check unit-tests c-api-test fuzz-smoke testhost-tests demo clean
 
 all: lib
 
@@ -70,7 +70,12 @@ bundle:
 testhost-tests:
 	KRUN_SEV_BUNDLE_DIR=$(CURDIR)/$(BUILD_DIR)/bundle ci/testhost-tests.sh
 
-test: check unit-tests c-api-test testhost-tests
+# The fuzz targets' logic over seeded random inputs and the saved corpora (fuzz/README.md;
+# coverage-guided runs are separate).
+fuzz-smoke:
+	cd fuzz && $(CARGO) test --release
+
+test: check unit-tests c-api-test fuzz-smoke testhost-tests
 
 demo: install-lib
 	@echo "demo: library installed under $(DESTDIR)$(PREFIX)"

@@ -60,9 +60,12 @@ pub enum FooterError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FooterTee {
-    /// SEV or SEV-ES (buildah canonicalises `sev_no_es` to `sev`).
+    /// SEV or SEV-ES (buildah canonicalises `sev_no_es` to `sev`; `krun-sev mkcw` and the
+    /// library also write `sev-es` and `sev-no-es`).
+    #[serde(alias = "sev-es", alias = "sev_es", alias = "sev-no-es", alias = "sev_no_es")]
     Sev,
     /// SEV-SNP.
+    #[serde(alias = "sev-snp")]
     Snp,
     /// A TEE this project does not launch (tdx, ...).
     #[serde(other)]
@@ -191,6 +194,25 @@ mod tests {
             assert_eq!(cfg.attestation_url, "http://127.0.0.1:8000");
             assert_eq!(cfg.kbs_protocol, None);
             assert_eq!(cfg.tee_data_json().unwrap()["gen"], "milan");
+        }
+    }
+
+    #[test]
+    fn every_tee_spelling_the_library_writes_is_understood() {
+        for (tee, want) in [
+            ("sev", FooterTee::Sev),
+            ("sev-es", FooterTee::Sev),
+            ("sev_es", FooterTee::Sev),
+            ("sev-no-es", FooterTee::Sev),
+            ("sev_no_es", FooterTee::Sev),
+            ("snp", FooterTee::Snp),
+            ("sev-snp", FooterTee::Snp),
+            ("tdx", FooterTee::Unsupported),
+        ] {
+            let json = format!(
+                r#"{{"workload_id":"w","cpus":1,"ram_mib":64,"tee":"{tee}","tee_data":"","attestation_url":""}}"#
+            );
+            assert_eq!(TeeConfig::parse(json.as_bytes()).unwrap().tee, want, "{tee}");
         }
     }
 

@@ -16,12 +16,12 @@
 //! | `0x8000` | 28 KiB | firmware data: boot stack (top `0x8ff0`), page tables `0x9000..0xf000` |
 //! | `0x20000` | 64 KiB | kernel command line |
 //! | `0x9fc00` | 1 KiB | EBDA: MP floating pointer and MP configuration table |
-//! | `0x100000` | | start of high RAM in the e820 map |
+//! | `0x100000` | | start of high RAM in the e820 map; in a TEE launch the reset-vector firmware's page-table region starts here |
 //! | `0x1000000` | | kernel (`CONFIG_PHYSICAL_START`, ELF `p_paddr`), up to `INITRD_START` |
 //! | `0x4000000` | | initrd: bundle initrd, then the uncompressed launch segment (host.json, secret slot) |
 //! | `0xd0000000` | 768 MiB | MMIO gap: virtio-mmio slots (4 KiB each, IRQ 5 upwards), IOAPIC, LAPIC |
 //! | `0xfffbc000` | 16 KiB | KVM identity-map page and TSS |
-//! | `0xffff0000` | 64 KiB | reset-vector firmware (`firmware.bin`) |
+//! | `0xffffe000` | 8 KiB | reset-vector firmware (`krun-resetvec`, embedded in the library; TEE launches only) |
 //! | `4 GiB` | | RAM above the MMIO gap, when `ram > 0xd0000000` |
 //!
 //! The kernel may not grow into the initrd: `vmm::memory` rejects a kernel whose last
@@ -94,10 +94,10 @@ pub const APIC_START: u64 = 0xfee0_0000;
 pub const KVM_IDENTITY_MAP_START: u64 = 0xfffb_c000;
 /// KVM's TSS (three pages).
 pub const KVM_TSS_START: u64 = 0xfffb_d000;
-/// Reset-vector firmware.
-pub const FIRMWARE_START: u64 = 0xffff_0000;
+/// Reset-vector firmware (`firmware/resetvec/README.md` is the contract).
+pub const FIRMWARE_START: u64 = krun_resetvec::layout::IMAGE_GPA;
 /// Size of the reset-vector firmware region.
-pub const FIRMWARE_SIZE: u64 = 0x1_0000;
+pub const FIRMWARE_SIZE: u64 = krun_resetvec::layout::IMAGE_SIZE as u64;
 /// Legacy serial port COM1, used only as an early log sink.
 pub const SERIAL_PORT_BASE: u16 = 0x3f8;
 /// I/O port through which the guest init reports the workload's exit status.
