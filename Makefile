@@ -24,12 +24,14 @@ MAJOR := $(firstword $(subst ., ,$(VERSION)))
 LIB_FILE := libkrun-sev.so.$(VERSION)
 BUILD_DIR := build
 
-.PHONY: all lib bundle install install-lib test test-deps check unit-tests c-api-test fuzz-smoke testhost-tests demo clean
+.PHONY: all lib bundle install install-lib install-bundle install-bin test test-deps check unit-tests c-api-test fuzz-smoke testhost-tests demo clean
 
 all: lib
 
+BUNDLE_INSTALL_DIR := $(LIBDIR)/krun-sev
+
 lib:
-	$(CARGO) build --release -p krun-sev
+	KRUN_SEV_BUNDLE_DEFAULT=$(BUNDLE_INSTALL_DIR) $(CARGO) build --release -p krun-sev
 	mkdir -p $(BUILD_DIR)
 	cp target/release/libkrun_sev.so $(BUILD_DIR)/$(LIB_FILE)
 
@@ -43,7 +45,19 @@ install-lib: lib
 	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' -e 's|@VERSION@|$(VERSION)|' \
 	    include/libkrun-sev.pc.in > $(DESTDIR)$(PKGCONFIGDIR)/libkrun-sev.pc
 
-install: install-lib
+# The guest bundle, where the library looks for it by default.
+install-bundle: bundle
+	install -d $(DESTDIR)$(BUNDLE_INSTALL_DIR)
+	install -m 0644 $(BUILD_DIR)/bundle/vmlinux $(BUILD_DIR)/bundle/initrd.cpio.gz \
+	    $(BUILD_DIR)/bundle/manifest.json $(DESTDIR)$(BUNDLE_INSTALL_DIR)/
+
+# The krun-sev command and the krun-kbs key broker.
+install-bin:
+	$(CARGO) build --release -p krun-sev-cli -p krun-kbs
+	install -d $(DESTDIR)$(PREFIX)/bin
+	install -m 0755 target/release/krun-sev target/release/krun-kbs $(DESTDIR)$(PREFIX)/bin/
+
+install: install-lib install-bundle install-bin
 
 check:
 	$(CARGO) fmt --all --check

@@ -17,9 +17,13 @@ pub const SECRET_SLOT_LEN: usize = segment::SECRET_LEN;
 /// entries. Measured.
 pub const BASE_CMDLINE: &str = "console=hvc0 quiet reboot=t panic=-1 acpi=off";
 
-/// Install location of the guest bundle (`$(PREFIX)/lib/krun-sev` with the Makefile's
-/// default prefix); `KRUN_SEV_BUNDLE_DIR` overrides it.
-pub const DEFAULT_BUNDLE_DIR: &str = "/usr/local/lib/krun-sev";
+/// Install location of the guest bundle: `$(LIBDIR)/krun-sev` as the Makefile passes it in
+/// `KRUN_SEV_BUNDLE_DEFAULT` at build time, else the default prefix's. `KRUN_SEV_BUNDLE_DIR`
+/// overrides it at run time.
+pub const DEFAULT_BUNDLE_DIR: &str = match option_env!("KRUN_SEV_BUNDLE_DEFAULT") {
+    Some(dir) => dir,
+    None => "/usr/local/lib/krun-sev",
+};
 
 /// The bundle directory in effect.
 pub fn bundle_dir() -> std::path::PathBuf {

@@ -62,7 +62,12 @@ pub enum FooterError {
 pub enum FooterTee {
     /// SEV or SEV-ES (buildah canonicalises `sev_no_es` to `sev`; `krun-sev mkcw` and the
     /// library also write `sev-es` and `sev-no-es`).
-    #[serde(alias = "sev-es", alias = "sev_es", alias = "sev-no-es", alias = "sev_no_es")]
+    #[serde(
+        alias = "sev-es",
+        alias = "sev_es",
+        alias = "sev-no-es",
+        alias = "sev_no_es"
+    )]
     Sev,
     /// SEV-SNP.
     #[serde(alias = "sev-snp")]
@@ -212,7 +217,11 @@ mod tests {
             let json = format!(
                 r#"{{"workload_id":"w","cpus":1,"ram_mib":64,"tee":"{tee}","tee_data":"","attestation_url":""}}"#
             );
-            assert_eq!(TeeConfig::parse(json.as_bytes()).unwrap().tee, want, "{tee}");
+            assert_eq!(
+                TeeConfig::parse(json.as_bytes()).unwrap().tee,
+                want,
+                "{tee}"
+            );
         }
     }
 
