@@ -201,6 +201,24 @@ impl ClientConfig {
         Ok(stream)
     }
 
+    /// The first step of every flow: POSTs `request` to `/kbs/v0/auth` and returns the
+    /// session cookie named `cookie_name` and the parsed challenge.
+    fn auth<Q: Serialize, C: serde::de::DeserializeOwned>(
+        &self,
+        request: &Q,
+        cookie_name: &str,
+    ) -> Result<(String, C), ClientError> {
+        let step = Step::Auth;
+        let body = serde_json::to_vec(request).map_err(|e| ClientError::answer(step, e))?;
+        let resp = expect_ok(step, self.send(step, "POST", "auth", None, Some(&body))?)?;
+        let cookie = resp
+            .cookie(cookie_name)
+            .ok_or(ClientError::NoCookie { step })?;
+        let challenge =
+            serde_json::from_slice(&resp.body).map_err(|e| ClientError::answer(step, e))?;
+        Ok((cookie, challenge))
+    }
+
     /// One request with bounded retries for unreachable or busy brokers. A request is never
     /// resent once it may have reached the broker, except after a 503 answer.
     fn send(

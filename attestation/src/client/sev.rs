@@ -38,13 +38,7 @@ impl SevAttestation {
             tee: Tee::Sev,
             extra_params: serde_json::to_string(&sev).map_err(|e| ClientError::answer(step, e))?,
         };
-        let body = serde_json::to_vec(&req).map_err(|e| ClientError::answer(step, e))?;
-        let resp = expect_ok(step, cfg.send(step, "POST", "auth", None, Some(&body))?)?;
-        let cookie = resp
-            .cookie(reference::SESSION_COOKIE)
-            .ok_or(ClientError::NoCookie { step })?;
-        let challenge: Challenge =
-            serde_json::from_slice(&resp.body).map_err(|e| ClientError::answer(step, e))?;
+        let (cookie, challenge): (String, Challenge) = cfg.auth(&req, reference::SESSION_COOKIE)?;
         let sev: SevChallenge = serde_json::from_str(&challenge.extra_params)
             .map_err(|e| ClientError::answer(step, e))?;
         sev.start

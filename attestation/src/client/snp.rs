@@ -90,19 +90,8 @@ pub fn attest_reference(
         tee: reference::Tee::Snp,
         extra_params: extra,
     };
-    let resp = cfg.send(
-        Step::Auth,
-        "POST",
-        "auth",
-        None,
-        Some(&json(Step::Auth, &auth)?),
-    )?;
-    let resp = expect_ok(Step::Auth, resp)?;
-    let cookie = resp
-        .cookie(reference::SESSION_COOKIE)
-        .ok_or(ClientError::NoCookie { step: Step::Auth })?;
-    let challenge: reference::Challenge =
-        serde_json::from_slice(&resp.body).map_err(|e| ClientError::answer(Step::Auth, e))?;
+    let (cookie, challenge): (String, reference::Challenge) =
+        cfg.auth(&auth, reference::SESSION_COOKIE)?;
 
     let key = TeeKey::generate_rsa().map_err(|source| ClientError::Key {
         step: Step::Attest,
@@ -155,19 +144,7 @@ pub fn attest_rcar(
     get_report: &mut ReportFn<'_>,
 ) -> Result<Zeroizing<Vec<u8>>, ClientError> {
     let auth = rcar::auth_request(rcar::Tee::Snp);
-    let resp = cfg.send(
-        Step::Auth,
-        "POST",
-        "auth",
-        None,
-        Some(&json(Step::Auth, &auth)?),
-    )?;
-    let resp = expect_ok(Step::Auth, resp)?;
-    let cookie = resp
-        .cookie(rcar::SESSION_COOKIE)
-        .ok_or(ClientError::NoCookie { step: Step::Auth })?;
-    let challenge: rcar::Challenge =
-        serde_json::from_slice(&resp.body).map_err(|e| ClientError::answer(Step::Auth, e))?;
+    let (cookie, challenge): (String, rcar::Challenge) = cfg.auth(&auth, rcar::SESSION_COOKIE)?;
 
     let key = TeeKey::generate_ec();
     let pubkey = key.rcar_pubkey();
