@@ -216,6 +216,22 @@ impl TestHost {
     }
 }
 
+/// The guest bundle the guest-boot tests use: `$KRUN_SEV_BUNDLE_DIR`, else the checkout's
+/// `build/bundle` (what `firmware/build-bundle.sh` writes by default).
+pub fn test_bundle_dir() -> PathBuf {
+    let default = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../build/bundle");
+    krun_bundle::bundle_dir(&default)
+}
+
+/// The values of every output line starting with `key` (`KEY=value` markers the guest-boot
+/// tests print), with carriage returns from the console removed.
+pub fn marker_values<'a>(output: &'a str, key: &str) -> Vec<&'a str> {
+    output
+        .lines()
+        .filter_map(|l| l.trim_end_matches('\r').strip_prefix(key))
+        .collect()
+}
+
 /// The asset directory: `$KRUN_TESTHOST_ASSETS`, or what `prepare.sh` prints (it downloads
 /// and caches the Debian packages on first use).
 pub fn assets_dir() -> Result<PathBuf, TestHostError> {

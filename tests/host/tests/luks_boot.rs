@@ -17,7 +17,7 @@ use std::time::Duration;
 use krun_bundle::Bundle;
 use krun_luks::format::{format_luks1, format_luks2, write_encrypted, Luks1Options, Luks2Options};
 use krun_luks::{Argon2Variant, HashAlg, Kdf};
-use krun_testhost::TestHost;
+use krun_testhost::{marker_values, test_bundle_dir, TestHost};
 use sha2::{Digest, Sha256};
 
 const PASSPHRASE: &str = "correct horse battery staple";
@@ -28,11 +28,6 @@ const LUKSY_PAYLOAD_SECTORS: u64 = 4040;
 
 const APPLETS: &[&str] = &["sh", "echo", "pwd", "seq", "dd", "sha256sum", "cut"];
 const MIB: u64 = 1 << 20;
-
-fn bundle_dir() -> PathBuf {
-    let default = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../build/bundle");
-    krun_bundle::bundle_dir(&default)
-}
 
 fn sha256_hex(data: &[u8]) -> String {
     Sha256::digest(data)
@@ -114,17 +109,10 @@ fn host_json(passphrase: &str) -> String {
         .to_string()
 }
 
-fn marker<'a>(output: &'a str, key: &str) -> Vec<&'a str> {
-    output
-        .lines()
-        .filter_map(|l| l.trim_end_matches('\r').strip_prefix(key))
-        .collect()
-}
-
 #[test]
 #[ignore = "boots the test host"]
 fn luks_root_disks_boot_under_the_vmm() {
-    let bundle = bundle_dir();
+    let bundle = test_bundle_dir();
     Bundle::load(&bundle).unwrap_or_else(|e| {
         panic!(
             "no valid guest bundle in {} ({e}); run firmware/build-bundle.sh",
@@ -280,15 +268,15 @@ boot --root /tmp/csluks2.img --host-json /cfg/good.json; echo "STATUS_CSLUKS2=$?
     let ctx = format!("output:\n{out}");
 
     // cryptsetup decrypts both images to exactly the plaintext the test encrypted.
-    assert_eq!(marker(out, "CRYPTSETUP_OPEN_luks1="), ["0"], "{ctx}");
-    assert_eq!(marker(out, "CRYPTSETUP_OPEN_luks2="), ["0"], "{ctx}");
+    assert_eq!(marker_values(out, "CRYPTSETUP_OPEN_luks1="), ["0"], "{ctx}");
+    assert_eq!(marker_values(out, "CRYPTSETUP_OPEN_luks2="), ["0"], "{ctx}");
     assert_eq!(
-        marker(out, "CRYPTSETUP_SHA_luks1="),
+        marker_values(out, "CRYPTSETUP_SHA_luks1="),
         [sha256_hex(&luks1_plain).as_str()],
         "{ctx}"
     );
     assert_eq!(
-        marker(out, "CRYPTSETUP_SHA_luks2="),
+        marker_values(out, "CRYPTSETUP_SHA_luks2="),
         [sha256_hex(&luks2_plain).as_str()],
         "{ctx}"
     );
@@ -299,17 +287,25 @@ boot --root /tmp/csluks2.img --host-json /cfg/good.json; echo "STATUS_CSLUKS2=$?
             && out.contains("no keyslot matches the passphrase"),
         "{ctx}"
     );
-    assert_eq!(marker(out, "STATUS_BAD="), ["1"], "{ctx}");
-    let before = marker(out, "SHA_BEFORE_BAD=");
+    assert_eq!(marker_values(out, "STATUS_BAD="), ["1"], "{ctx}");
+    let before = marker_values(out, "SHA_BEFORE_BAD=");
     assert_eq!(before.len(), 1, "{ctx}");
-    assert_eq!(marker(out, "SHA_AFTER_BAD="), before, "{ctx}");
+    assert_eq!(marker_values(out, "SHA_AFTER_BAD="), before, "{ctx}");
 
     // LUKS1 with a footer: Entrypoint ++ Cmd, Env and WorkingDir applied; status 7 back.
-    assert_eq!(marker(out, "ARGV="), ["entry0|first arg|second"], "{ctx}");
-    assert_eq!(marker(out, "ENV_GREETING="), ["hello from luks1"], "{ctx}");
-    assert_eq!(marker(out, "ENV_PATH="), ["/bin"], "{ctx}");
-    assert_eq!(marker(out, "CWD="), ["/srv/work"], "{ctx}");
-    assert_eq!(marker(out, "STATUS_LUKS1="), ["7"], "{ctx}");
+    assert_eq!(
+        marker_values(out, "ARGV="),
+        ["entry0|first arg|second"],
+        "{ctx}"
+    );
+    assert_eq!(
+        marker_values(out, "ENV_GREETING="),
+        ["hello from luks1"],
+        "{ctx}"
+    );
+    assert_eq!(marker_values(out, "ENV_PATH="), ["/bin"], "{ctx}");
+    assert_eq!(marker_values(out, "CWD="), ["/srv/work"], "{ctx}");
+    assert_eq!(marker_values(out, "STATUS_LUKS1="), ["7"], "{ctx}");
     // Only the two images cryptsetup made lack the footer.
     assert_eq!(
         out.matches("the root disk has no KRUN footer").count(),
@@ -317,19 +313,19 @@ boot --root /tmp/csluks2.img --host-json /cfg/good.json; echo "STATUS_CSLUKS2=$?
         "{ctx}"
     );
     // The workload wrote the file system, but the LUKS header and the footer are untouched.
-    let header1 = marker(out, "HEADER1_BEFORE=");
+    let header1 = marker_values(out, "HEADER1_BEFORE=");
     assert_eq!(header1.len(), 1, "{ctx}");
-    assert_eq!(marker(out, "HEADER1_AFTER="), header1, "{ctx}");
-    let footer1 = marker(out, "FOOTER1_BEFORE=");
+    assert_eq!(marker_values(out, "HEADER1_AFTER="), header1, "{ctx}");
+    let footer1 = marker_values(out, "FOOTER1_BEFORE=");
     assert_eq!(footer1.len(), 1, "{ctx}");
-    assert_eq!(marker(out, "FOOTER1_AFTER="), footer1, "{ctx}");
+    assert_eq!(marker_values(out, "FOOTER1_AFTER="), footer1, "{ctx}");
 
     // LUKS2 (Argon2id, 4096-byte sectors) boots too.
     assert!(out.contains("LUKS2_RAN"), "{ctx}");
-    assert_eq!(marker(out, "STATUS_LUKS2="), ["0"], "{ctx}");
-    let header2 = marker(out, "HEADER2_BEFORE=");
+    assert_eq!(marker_values(out, "STATUS_LUKS2="), ["0"], "{ctx}");
+    let header2 = marker_values(out, "HEADER2_BEFORE=");
     assert_eq!(header2.len(), 1, "{ctx}");
-    assert_eq!(marker(out, "HEADER2_AFTER="), header2, "{ctx}");
+    assert_eq!(marker_values(out, "HEADER2_AFTER="), header2, "{ctx}");
 
     // The init's own mapping decrypts to the same plaintext cryptsetup does, and a read-only
     // root disk is not written at all.
@@ -337,7 +333,7 @@ boot --root /tmp/csluks2.img --host-json /cfg/good.json; echo "STATUS_CSLUKS2=$?
         .chunks(1 << 20)
         .enumerate()
         .filter(|(i, chunk)| {
-            marker(out, &format!("GUEST_DM_MIB_{i}=")) != [sha256_hex(chunk).as_str()]
+            marker_values(out, &format!("GUEST_DM_MIB_{i}=")) != [sha256_hex(chunk).as_str()]
         })
         .map(|(i, _)| i)
         .collect();
@@ -345,15 +341,15 @@ boot --root /tmp/csluks2.img --host-json /cfg/good.json; echo "STATUS_CSLUKS2=$?
         differing.is_empty(),
         "MiB {differing:?} of the init's mapping differ; {ctx}"
     );
-    assert_eq!(marker(out, "STATUS_RO="), ["0"], "{ctx}");
-    let ro = marker(out, "SHA_BEFORE_RO=");
+    assert_eq!(marker_values(out, "STATUS_RO="), ["0"], "{ctx}");
+    let ro = marker_values(out, "SHA_BEFORE_RO=");
     assert_eq!(ro.len(), 1, "{ctx}");
-    assert_eq!(marker(out, "SHA_AFTER_RO="), ro, "{ctx}");
+    assert_eq!(marker_values(out, "SHA_AFTER_RO="), ro, "{ctx}");
 
     // Images cryptsetup formatted and encrypted boot too.
-    assert_eq!(marker(out, "CS_MADE_csluks1="), ["0"], "{ctx}");
-    assert_eq!(marker(out, "CS_MADE_csluks2="), ["0"], "{ctx}");
-    assert_eq!(marker(out, "CS_RAN").len(), 2, "{ctx}");
-    assert_eq!(marker(out, "STATUS_CSLUKS1="), ["3"], "{ctx}");
-    assert_eq!(marker(out, "STATUS_CSLUKS2="), ["3"], "{ctx}");
+    assert_eq!(marker_values(out, "CS_MADE_csluks1="), ["0"], "{ctx}");
+    assert_eq!(marker_values(out, "CS_MADE_csluks2="), ["0"], "{ctx}");
+    assert_eq!(marker_values(out, "CS_RAN").len(), 2, "{ctx}");
+    assert_eq!(marker_values(out, "STATUS_CSLUKS1="), ["3"], "{ctx}");
+    assert_eq!(marker_values(out, "STATUS_CSLUKS2="), ["3"], "{ctx}");
 }

@@ -13,12 +13,7 @@ use std::time::Duration;
 use krun_bundle::Bundle;
 use krun_sev::launch::{expected_measurement, MeasureRequest};
 use krun_sev::tee::TeeMode;
-use krun_testhost::TestHost;
-
-fn bundle_dir() -> PathBuf {
-    let default = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../build/bundle");
-    krun_bundle::bundle_dir(&default)
-}
+use krun_testhost::{test_bundle_dir, TestHost};
 
 fn marker<'a>(output: &'a str, key: &str) -> Vec<&'a str> {
     output
@@ -30,7 +25,7 @@ fn marker<'a>(output: &'a str, key: &str) -> Vec<&'a str> {
 #[test]
 #[ignore = "boots the test host"]
 fn model_launches_reach_the_init() {
-    let bundle = bundle_dir();
+    let bundle = test_bundle_dir();
     Bundle::load(&bundle)
         .unwrap_or_else(|e| panic!("no valid guest bundle in {} ({e})", bundle.display()));
     let dir = tempfile::tempdir().unwrap();
@@ -135,7 +130,7 @@ fn workspace_bin(name: &str) -> PathBuf {
 #[test]
 #[ignore = "boots the test host"]
 fn sev_es_launch_gets_the_disk_key_from_the_broker() {
-    let bundle = bundle_dir();
+    let bundle = test_bundle_dir();
     Bundle::load(&bundle).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let psp = dir.path().join("psp");
@@ -229,7 +224,7 @@ cat /tmp/kbs.log
 #[test]
 #[ignore = "boots the test host"]
 fn snp_launch_attests_from_the_guest_through_the_model() {
-    let bundle = bundle_dir();
+    let bundle = test_bundle_dir();
     Bundle::load(&bundle).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let psp = dir.path().join("psp");

@@ -4,17 +4,10 @@
 //! through `ci/testhost-tests.sh`, which first builds the bundle, then runs
 //! `cargo test -p krun-testhost --test testhost -- --ignored --test-threads=1 --nocapture`.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use krun_bundle::{Bundle, BUNDLE_DIR_ENV};
-use krun_testhost::{TestHost, TestHostError};
-
-/// The bundle built by firmware/build-bundle.sh (or `$KRUN_SEV_BUNDLE_DIR`).
-fn bundle_dir() -> PathBuf {
-    let default = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../build/bundle");
-    krun_bundle::bundle_dir(&default)
-}
+use krun_testhost::{test_bundle_dir, TestHost, TestHostError};
 
 #[test]
 #[ignore = "boots the test host"]
@@ -53,7 +46,7 @@ fn nested_kvm_runs_guest_code_with_expected_exits() {
 #[test]
 #[ignore = "boots the test host"]
 fn bundle_kernel_and_initrd_boot_under_qemu_microvm() {
-    let dir = bundle_dir();
+    let dir = test_bundle_dir();
     let bundle = Bundle::load(&dir).unwrap_or_else(|e| {
         panic!("no valid guest bundle in {} ({e}); build it with firmware/build-bundle.sh or set {BUNDLE_DIR_ENV}", dir.display())
     });

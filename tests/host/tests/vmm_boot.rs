@@ -10,12 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use krun_bundle::Bundle;
-use krun_testhost::TestHost;
-
-fn bundle_dir() -> PathBuf {
-    let default = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../build/bundle");
-    krun_bundle::bundle_dir(&default)
-}
+use krun_testhost::{marker_values, test_bundle_dir, TestHost};
 
 const APPLETS: &[&str] = &[
     "sh", "cat", "echo", "nproc", "grep", "sync", "kill", "nc", "dd", "touch", "sleep", "head",
@@ -58,17 +53,10 @@ fn root_disk(dir: &Path, name: &str, script: &str) -> PathBuf {
     disk
 }
 
-fn marker<'a>(output: &'a str, key: &str) -> Vec<&'a str> {
-    output
-        .lines()
-        .filter_map(|l| l.trim_end_matches('\r').strip_prefix(key))
-        .collect()
-}
-
 #[test]
 #[ignore = "boots the test host"]
 fn workloads_run_under_the_vmm() {
-    let bundle = bundle_dir();
+    let bundle = test_bundle_dir();
     Bundle::load(&bundle).unwrap_or_else(|e| {
         panic!(
             "no valid guest bundle in {} ({e}); run firmware/build-bundle.sh",
@@ -132,8 +120,8 @@ wait $vmm; echo "STATUS_PORT=$?"
     let out = &outcome.output;
     let ctx = format!("output:\n{out}");
     assert!(out.contains("GUEST_HELLO"), "{ctx}");
-    assert_eq!(marker(out, "CPUS="), ["2"], "{ctx}");
-    let mem_kib: u64 = marker(out, "MemTotal:")
+    assert_eq!(marker_values(out, "CPUS="), ["2"], "{ctx}");
+    let mem_kib: u64 = marker_values(out, "MemTotal:")
         .first()
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or_else(|| panic!("no MemTotal; {ctx}"));
@@ -141,20 +129,20 @@ wait $vmm; echo "STATUS_PORT=$?"
         (200 * 1024..=256 * 1024).contains(&mem_kib),
         "MemTotal {mem_kib} kB for 256 MiB; {ctx}"
     );
-    assert_eq!(marker(out, "STDIN="), ["piped-input"], "{ctx}");
-    assert_eq!(marker(out, "STATUS_MAIN="), ["42"], "{ctx}");
-    assert_eq!(marker(out, "DATA="), ["data-disk-write"], "{ctx}");
+    assert_eq!(marker_values(out, "STDIN="), ["piped-input"], "{ctx}");
+    assert_eq!(marker_values(out, "STATUS_MAIN="), ["42"], "{ctx}");
+    assert_eq!(marker_values(out, "DATA="), ["data-disk-write"], "{ctx}");
     assert!(out.contains("ZERO_RAN"), "{ctx}");
-    assert_eq!(marker(out, "STATUS_ZERO="), ["0"], "{ctx}");
+    assert_eq!(marker_values(out, "STATUS_ZERO="), ["0"], "{ctx}");
     assert!(out.contains("SIGNAL_RAN"), "{ctx}");
-    assert_eq!(marker(out, "STATUS_SIGNAL="), ["143"], "{ctx}");
-    assert_eq!(marker(out, "ROOT="), ["ro"], "{ctx}");
-    assert_eq!(marker(out, "STATUS_RO="), ["0"], "{ctx}");
-    let port = marker(out, "PORTMAP=");
+    assert_eq!(marker_values(out, "STATUS_SIGNAL="), ["143"], "{ctx}");
+    assert_eq!(marker_values(out, "ROOT="), ["ro"], "{ctx}");
+    assert_eq!(marker_values(out, "STATUS_RO="), ["0"], "{ctx}");
+    let port = marker_values(out, "PORTMAP=");
     assert!(
         port.first()
             .is_some_and(|p| p.contains("PONG") && p.contains("GOT=ping")),
         "{ctx}"
     );
-    assert_eq!(marker(out, "STATUS_PORT="), ["0"], "{ctx}");
+    assert_eq!(marker_values(out, "STATUS_PORT="), ["0"], "{ctx}");
 }
