@@ -209,7 +209,14 @@ int32_t krun_set_env(uint32_t ctx_id, char *const envp[]);
  *   "tee_data": "{\"gen\":\"milan\"}", "attestation_url": "http://kbs:8000"}
  *  - "tee": "sev" (SEV-ES, or plain SEV when the key broker's policy for the workload lacks
  *    the ENCRYPTED_STATE bit), "sev-es" (always SEV-ES), "sev-no-es" (plain SEV) or "snp".
- *  - "tee_data": a string holding a JSON object (SEV: "vendor_chain"; SNP: "gen").
+ *  - "tee_data": a string holding a JSON object (SEV: "vendor_chain"; SNP: "gen"). For
+ *    "snp" it may also hold the SNP launch parameters, all optional: "policy" (integer or
+ *    "0x30000"; default 0x30000; bit 17 and SMT set, SINGLE_SOCKET and bits 26-63 clear;
+ *    DEBUG is accepted with a warning in the log), "host_data" (64 hex digits or base64 of
+ *    32 bytes; reported as HOST_DATA), "id_block" and "id_auth" (base64 of the 96-byte ID
+ *    block and 4096-byte ID auth structure, both or neither; the ID block must carry the
+ *    launch digest `krun-sev measure` prints and the policy), "author_key_enabled" (bool,
+ *    needs "id_auth"). Other TEE types ignore them.
  *  - "attestation_url": the key broker, or "" for none.
  *  - optional "kbs_protocol": "reference" (default) or "rcar" (Trustee).
  *  Unknown keys are ignored.
@@ -220,8 +227,9 @@ int32_t krun_set_env(uint32_t ctx_id, char *const envp[]);
  *
  * Returns:
  *  Zero on success; the errno of open/read (e.g. -ENOENT, -EACCES) when the file cannot be
- *  read; -EFBIG above 1 MiB; -EINVAL when the JSON or a field is invalid (the log names the
- *  field); -ENOENT for an unknown context.
+ *  read; -EFBIG above 1 MiB; -EINVAL when the JSON or a field is invalid, including an
+ *  invalid SNP launch parameter in "tee_data" (the log names the field or key); -ENOENT for
+ *  an unknown context.
  */
 int32_t krun_set_tee_config_file(uint32_t ctx_id, const char *filepath);
 

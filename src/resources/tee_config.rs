@@ -14,6 +14,10 @@
 //! - `"sev-no-es"` (or buildah's `"sev_no_es"`): always plain SEV.
 //! - `"snp"`: SEV-SNP.
 //!
+//! For `"snp"`, `tee_data` may also carry the SNP launch parameters (`policy`, `host_data`,
+//! `id_block`, `id_auth`, `author_key_enabled`; `crate::tee::snp_params`). They are checked
+//! here so that a bad value fails at load; other TEE types ignore them.
+//!
 //! The optional `kbs_protocol` key picks the key-broker protocol: `"reference"` (default,
 //! reference-kbs as used by buildah images) or `"rcar"` (Trustee).
 
@@ -23,6 +27,7 @@ use std::path::Path;
 use serde_json::{Map, Value};
 
 use super::{MAX_RAM_MIB, MAX_VCPUS};
+use crate::tee::snp_params::{SnpLaunchParams, SnpParamsError};
 
 /// Largest TEE config accepted (the same cap buildah's footer reader uses).
 pub const MAX_TEE_CONFIG_LEN: u64 = 1024 * 1024;
@@ -50,6 +55,9 @@ pub enum TeeConfigError {
         /// What is wrong with it.
         reason: String,
     },
+    /// `tee` is `"snp"` and a launch parameter in `tee_data` is invalid.
+    #[error("TEE config has an invalid SNP launch parameter")]
+    SnpParams(#[source] SnpParamsError),
 }
 
 impl TeeConfigError {
@@ -161,6 +169,9 @@ impl TeeConfig {
             ),
         })?;
         let tee_data = tee_data_field(&obj)?;
+        if tee == TeeKind::Snp {
+            SnpLaunchParams::from_tee_data(&tee_data).map_err(TeeConfigError::SnpParams)?;
+        }
         let attestation_url = match obj.get("attestation_url") {
             None | Some(Value::Null) => String::new(),
             Some(Value::String(s)) => s.clone(),
@@ -197,6 +208,12 @@ impl TeeConfig {
             attestation_url,
             kbs_protocol,
         })
+    }
+
+    /// The SNP launch parameters of `tee_data` (defaults when it has none). Already checked
+    /// at load for `"snp"` configs.
+    pub fn snp_launch_params(&self) -> Result<SnpLaunchParams, SnpParamsError> {
+        SnpLaunchParams::from_tee_data(&self.tee_data)
     }
 
     /// Serializes the config in the libkrun-sev/buildah format (`tee_data` as a string).
@@ -369,6 +386,7 @@ mod tests {
             Err(TeeConfigError::Missing(f)) => format!("missing {f}"),
             Err(TeeConfigError::Invalid { field, .. }) => format!("invalid {field}"),
             Err(TeeConfigError::NotJson(_)) => "not json".into(),
+            Err(TeeConfigError::SnpParams(e)) => format!("snp {}", e.key()),
             other => format!("{other:?}"),
         }
     }
@@ -417,12 +435,46 @@ mod tests {
                 "invalid kbs_protocol",
             ),
             (r#"{"cpus":1,"ram_mib":64,"tee":"snp"}"#.into(), "missing workload_id"),
+            (
+                r#"{"workload_id":"w","cpus":1,"ram_mib":64,"tee":"snp","tee_data":"{\"gen\":\"milan\",\"policy\":\"0x10000\"}"}"#.into(),
+                "snp policy",
+            ),
+            (
+                r#"{"workload_id":"w","cpus":1,"ram_mib":64,"tee":"snp","tee_data":{"host_data":"00"}}"#.into(),
+                "snp host_data",
+            ),
+            (
+                r#"{"workload_id":"w","cpus":1,"ram_mib":64,"tee":"snp","tee_data":{"id_auth":"AAAA"}}"#.into(),
+                "snp id_auth",
+            ),
             ("[]".into(), "not json"),
             ("{".into(), "not json"),
         ];
         for (json, want) in cases {
             assert_eq!(field_of(&json), want, "{json}");
         }
+    }
+
+    #[test]
+    fn snp_parameters_are_checked_only_for_snp() {
+        let with = |tee: &str| {
+            format!(
+                r#"{{"workload_id":"w","cpus":1,"ram_mib":64,"tee":"{tee}","tee_data":"{{\"policy\":\"0x1\",\"gen\":\"milan\"}}"}}"#
+            )
+        };
+        assert!(TeeConfig::from_json(with("sev").as_bytes()).is_ok());
+        let err = TeeConfig::from_json(with("snp").as_bytes()).unwrap_err();
+        assert_eq!(err.errno(), libc::EINVAL);
+        let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+        assert!(chain.contains("tee_data key `policy`"), "{chain}");
+
+        let c = TeeConfig::from_json(
+            br#"{"workload_id":"w","cpus":1,"ram_mib":64,"tee":"snp","tee_data":"{\"policy\":\"0x70000\"}"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.snp_launch_params().unwrap().policy(), 0x70000);
+        let buildah = TeeConfig::from_json(BUILDAH_SNP.as_bytes()).unwrap();
+        assert_eq!(buildah.snp_launch_params().unwrap().policy(), 0x30000);
     }
 
     #[test]

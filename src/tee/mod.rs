@@ -8,6 +8,7 @@
 //! | `measure` | the launch-update sequence over guest memory, shared by the launch and `krun-sev measure` |
 //! | `model` | the PSP model backend: identity, loud warning |
 //! | `report_service` | vsock 1026: SNP reports from the model |
+//! | `snp_params` | SNP policy, HOST_DATA and ID block from the TEE config's `tee_data` |
 //!
 //! What is measured and why: `docs/measurement.md`.
 
@@ -16,6 +17,7 @@ pub mod measure;
 pub mod model;
 pub mod regions;
 pub mod report_service;
+pub mod snp_params;
 pub mod vmsa;
 
 use crate::resources::TeeKind;
