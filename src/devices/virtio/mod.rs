@@ -2,7 +2,7 @@
 //!
 //! A device is inactive until the driver sets `DRIVER_OK`; then the transport hands it guest
 //! memory, its queues, their notification eventfds and the interrupt ([`ActivateContext`]),
-//! and the device starts a worker thread. Guest input never panics: a bad request is
+//! and the device starts a worker thread ([`activate::DeviceWorker`]). Guest input never panics: a bad request is
 //! completed with zero length and logged, and a broken queue puts the device into
 //! `DEVICE_NEEDS_RESET` ([`interrupt::Interrupt::set_needs_reset`]).
 
@@ -13,6 +13,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::vmm::memory::GuestMemory;
 
+pub mod activate;
 pub mod block;
 pub mod console;
 pub mod descriptor;

@@ -11,8 +11,8 @@ use super::request::Request;
 use super::{
     BlockError, QUEUE_SIZE, SEG_MAX, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
 };
+use crate::devices::virtio::activate::{Activation, DeviceWorker};
 use crate::devices::virtio::interrupt::Interrupt;
-use crate::devices::virtio::worker::Worker;
 use crate::devices::virtio::{
     read_config_bytes, ActivateContext, VirtioDevice, VirtioError, TYPE_BLOCK,
     VIRTIO_RING_F_EVENT_IDX,
@@ -24,7 +24,7 @@ pub struct VirtioBlock {
     disk: Arc<DiskFile>,
     /// `struct virtio_blk_config` up to `seg_max`: capacity, size_max (unused), seg_max.
     config: [u8; 16],
-    worker: Option<Worker>,
+    worker: DeviceWorker,
 }
 
 impl VirtioBlock {
@@ -37,7 +37,7 @@ impl VirtioBlock {
         Ok(VirtioBlock {
             config,
             disk: Arc::new(disk),
-            worker: None,
+            worker: DeviceWorker::default(),
         })
     }
 }
@@ -116,37 +116,17 @@ impl VirtioDevice for VirtioBlock {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), VirtioError> {
-        if self.worker.is_some() {
-            return Err(VirtioError::AlreadyActive);
-        }
-        let ActivateContext {
-            mem,
-            mut queues,
-            mut queue_evts,
-            interrupt,
-            ..
-        } = ctx;
-        if queues.len() != 1 || queue_evts.len() != 1 {
-            return Err(VirtioError::QueueCount);
-        }
-        let (Some(queue), Some(evt)) = (queues.pop(), queue_evts.pop()) else {
-            return Err(VirtioError::QueueCount);
-        };
         let disk = self.disk.clone();
-        let irq = interrupt.clone();
-        let worker = Worker::spawn("virtio-blk", interrupt, move |kill| {
-            super::event_handler::run(&mem, queue, &evt, kill, &disk, &irq)
-                .map_err(|e| e.to_string())
-        })
-        .map_err(VirtioError::Worker)?;
-        self.worker = Some(worker);
-        Ok(())
+        self.worker
+            .activate("virtio-blk", ctx, move |a: Activation<1>, kill| {
+                let [queue] = a.queues;
+                let [evt] = a.queue_evts;
+                super::event_handler::run(&a.mem, queue, &evt, kill, &disk, &a.interrupt)
+            })
     }
 
     fn reset(&mut self) {
-        if let Some(mut w) = self.worker.take() {
-            w.stop();
-        }
+        self.worker.stop();
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::event_handler::ConsoleWorker;
 use super::{QUEUE_SIZE, RX_QUEUE, TX_QUEUE};
-use crate::devices::virtio::worker::Worker;
+use crate::devices::virtio::activate::{Activation, DeviceWorker};
 use crate::devices::virtio::{
     read_config_bytes, ActivateContext, VirtioDevice, VirtioError, TYPE_CONSOLE,
 };
@@ -16,7 +16,7 @@ use crate::devices::virtio::{
 pub struct VirtioConsole {
     input: Option<Arc<File>>,
     output: Arc<File>,
-    worker: Option<Worker>,
+    worker: DeviceWorker,
 }
 
 impl VirtioConsole {
@@ -25,7 +25,7 @@ impl VirtioConsole {
         VirtioConsole {
             input: input.map(|fd| Arc::new(File::from(fd))),
             output: Arc::new(File::from(output)),
-            worker: None,
+            worker: DeviceWorker::default(),
         }
     }
 }
@@ -53,47 +53,29 @@ impl VirtioDevice for VirtioConsole {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), VirtioError> {
-        if self.worker.is_some() {
-            return Err(VirtioError::AlreadyActive);
-        }
-        if ctx.queues.len() != 2 || ctx.queue_evts.len() != 2 {
-            return Err(VirtioError::QueueCount);
-        }
-        let mut queues = ctx.queues.into_iter();
-        let mut evts = ctx.queue_evts.into_iter();
-        let (Some(rx), Some(tx), Some(rx_evt), Some(tx_evt)) =
-            (queues.next(), queues.next(), evts.next(), evts.next())
-        else {
-            return Err(VirtioError::QueueCount);
-        };
         debug_assert_eq!((RX_QUEUE, TX_QUEUE), (0, 1));
-        let mem = ctx.mem;
         let input = self.input.clone();
         let output = self.output.clone();
-        let irq = ctx.interrupt.clone();
-        let worker = Worker::spawn("virtio-console", ctx.interrupt, move |kill| {
-            ConsoleWorker {
-                mem: mem.as_ref(),
-                rx,
-                tx,
-                rx_evt,
-                tx_evt,
-                input: input.as_deref(),
-                output: &output,
-                interrupt: &irq,
-            }
-            .run(kill)
-            .map_err(|e| e.to_string())
-        })
-        .map_err(VirtioError::Worker)?;
-        self.worker = Some(worker);
-        Ok(())
+        self.worker
+            .activate("virtio-console", ctx, move |a: Activation<2>, kill| {
+                let [rx, tx] = a.queues;
+                let [rx_evt, tx_evt] = a.queue_evts;
+                ConsoleWorker {
+                    mem: a.mem.as_ref(),
+                    rx,
+                    tx,
+                    rx_evt,
+                    tx_evt,
+                    input: input.as_deref(),
+                    output: &output,
+                    interrupt: &a.interrupt,
+                }
+                .run(kill)
+            })
     }
 
     fn reset(&mut self) {
-        if let Some(mut w) = self.worker.take() {
-            w.stop();
-        }
+        self.worker.stop();
     }
 }
 

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use super::event_handler::VsockWorker;
 use super::muxer::Muxer;
 use super::{GUEST_CID, QUEUE_SIZE};
-use crate::devices::virtio::worker::Worker;
+use crate::devices::virtio::activate::{Activation, DeviceWorker};
 use crate::devices::virtio::{
     read_config_bytes, ActivateContext, VirtioDevice, VirtioError, TYPE_VSOCK,
 };
@@ -15,7 +15,7 @@ use crate::devices::virtio::{
 #[derive(Debug)]
 pub struct VirtioVsock {
     muxer: Arc<Mutex<Option<Muxer>>>,
-    worker: Option<Worker>,
+    worker: DeviceWorker,
 }
 
 impl VirtioVsock {
@@ -23,7 +23,7 @@ impl VirtioVsock {
     pub fn new(muxer: Muxer) -> Self {
         VirtioVsock {
             muxer: Arc::new(Mutex::new(Some(muxer))),
-            worker: None,
+            worker: DeviceWorker::default(),
         }
     }
 }
@@ -50,56 +50,34 @@ impl VirtioDevice for VirtioVsock {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), VirtioError> {
-        if self.worker.is_some() {
-            return Err(VirtioError::AlreadyActive);
-        }
-        if ctx.queues.len() != 3 || ctx.queue_evts.len() != 3 {
-            return Err(VirtioError::QueueCount);
-        }
-        let mut queues = ctx.queues.into_iter();
-        let mut evts = ctx.queue_evts.into_iter();
-        let (Some(rx), Some(tx), Some(_event_queue), Some(rx_evt), Some(tx_evt), Some(ev_evt)) = (
-            queues.next(),
-            queues.next(),
-            queues.next(),
-            evts.next(),
-            evts.next(),
-            evts.next(),
-        ) else {
-            return Err(VirtioError::QueueCount);
-        };
         let slot = self.muxer.clone();
-        let mem = ctx.mem;
-        let irq = ctx.interrupt.clone();
-        let worker = Worker::spawn("virtio-vsock", ctx.interrupt, move |kill| {
-            // Only this worker uses the muxer while the device is active.
-            let mut guard = slot.lock().unwrap_or_else(|e| e.into_inner());
-            let Some(muxer) = guard.as_mut() else {
-                return Err("vsock muxer is missing".to_owned());
-            };
-            // Connections from before a device reset are gone on the guest side.
-            muxer.drop_connections();
-            let worker = VsockWorker {
-                mem: mem.as_ref(),
-                rx,
-                tx,
-                rx_evt,
-                tx_evt,
-                ev_evt,
-                muxer,
-                interrupt: &irq,
-            };
-            worker.run(kill).map_err(|e| e.to_string())
-        })
-        .map_err(VirtioError::Worker)?;
-        self.worker = Some(worker);
-        Ok(())
+        self.worker
+            .activate("virtio-vsock", ctx, move |a: Activation<3>, kill| {
+                let [rx, tx, _event_queue] = a.queues;
+                let [rx_evt, tx_evt, ev_evt] = a.queue_evts;
+                // Only this worker uses the muxer while the device is active.
+                let mut guard = slot.lock().unwrap_or_else(|e| e.into_inner());
+                let Some(muxer) = guard.as_mut() else {
+                    return Err("vsock muxer is missing".to_owned());
+                };
+                // Connections from before a device reset are gone on the guest side.
+                muxer.drop_connections();
+                let worker = VsockWorker {
+                    mem: a.mem.as_ref(),
+                    rx,
+                    tx,
+                    rx_evt,
+                    tx_evt,
+                    ev_evt,
+                    muxer,
+                    interrupt: &a.interrupt,
+                };
+                worker.run(kill).map_err(|e| e.to_string())
+            })
     }
 
     fn reset(&mut self) {
-        if let Some(mut w) = self.worker.take() {
-            w.stop();
-        }
+        self.worker.stop();
     }
 }
 
