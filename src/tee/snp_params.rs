@@ -142,11 +142,23 @@ impl std::fmt::Debug for SnpIdBlock {
 }
 
 /// What the SNP launch takes from `tee_data`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct SnpLaunchParams {
     policy: u64,
     host_data: [u8; HOST_DATA_LEN],
     id: Option<SnpIdBlock>,
+}
+
+/// Policy and HOST_DATA in hex, as reports and `tee_data` spell them (for launch logs).
+impl std::fmt::Debug for SnpLaunchParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let host_data: String = self.host_data.iter().map(|b| format!("{b:02x}")).collect();
+        f.debug_struct("SnpLaunchParams")
+            .field("policy", &format_args!("{:#x}", self.policy))
+            .field("host_data", &format_args!("{host_data}"))
+            .field("id_block", &self.id)
+            .finish()
+    }
 }
 
 impl Default for SnpLaunchParams {
@@ -424,6 +436,13 @@ mod tests {
         let f = p.model_finish();
         assert!(f.id_block.is_none() && !f.author_key_en && f.host_data == [0; 32]);
         assert_eq!(params(json!({"policy": null})).unwrap(), p);
+        assert_eq!(
+            format!("{p:?}"),
+            format!(
+                "SnpLaunchParams {{ policy: 0x30000, host_data: {}, id_block: None }}",
+                "0".repeat(64)
+            )
+        );
     }
 
     #[test]
