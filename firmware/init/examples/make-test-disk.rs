@@ -26,13 +26,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if tee != "-" {
         let json = std::fs::read(tee)?;
         let json = json.trim_ascii_end();
-        let used = written + json.len() as u64 + 12;
-        let pad = (4096 - used % 4096) % 4096;
-        w.write_all(&vec![0u8; usize::try_from(pad)?])?;
-        w.write_all(json)?;
-        w.write_all(b"KRUN")?;
-        w.write_all(&(json.len() as u64).to_le_bytes())?;
-        written = used + pad;
+        let footer = krun_footer::footer_bytes(json, written, 4096);
+        w.write_all(&footer)?;
+        written += footer.len() as u64;
     }
     w.flush()?;
     eprintln!("{out}: {written} bytes");

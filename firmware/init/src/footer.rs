@@ -1,9 +1,7 @@
 //! The "KRUN" footer at the end of the raw root disk and the TEE config JSON it carries.
 //!
-//! Layout (buildah `mkcw`, research/ecosystem.md §1.3): the JSON, then ASCII `KRUN`, then the
-//! JSON's length as u64 little-endian, ending at the last byte of the device. Images are padded
-//! so that the whole file is a multiple of 4096 (buildah) or 512 (oci2cw) bytes; either way the
-//! 12-byte trailer is the very end, so the reader never needs the alignment.
+//! The byte layout and its bounds checks are `krun-footer`'s (shared with the library and
+//! `krun-sev mkcw`); this module reads it from the block device and parses the JSON.
 //!
 //! The footer is outside the encrypted payload, so the host can change it. Nothing secret
 //! depends on it: it only tells the guest which broker to ask and for which workload, and the
@@ -13,20 +11,13 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 
 use serde::Deserialize;
 
 /// The device the footer is read from.
 pub const ROOT_DISK: &str = "/dev/vda";
-/// The four bytes before the length.
-pub const FOOTER_MAGIC: [u8; 4] = *b"KRUN";
-/// Magic plus u64 length.
-const TRAILER_LEN: u64 = 12;
-/// buildah's reader refuses larger configs (`maxWorkloadConfigSize`); so do we.
-pub const MAX_CONFIG_LEN: u64 = 1 << 20;
-
 /// `BLKGETSIZE64` = `_IOR(0x12, 114, size_t)` from linux/fs.h.
 const BLKGETSIZE64: libc::c_ulong = (2 << 30) | (8 << 16) | (0x12 << 8) | 114;
 
@@ -39,15 +30,9 @@ pub enum FooterError {
     /// Its size cannot be determined.
     #[error("cannot determine the size of the root disk")]
     Size(#[source] io::Error),
-    /// Reading failed.
+    /// Reading failed or the footer's length field is invalid.
     #[error("cannot read the root disk footer")]
-    Read(#[source] io::Error),
-    /// The length field is above 1 MiB.
-    #[error("the footer's config length exceeds 1 MiB")]
-    TooLarge,
-    /// The length field points before the start of the device.
-    #[error("the footer's config length exceeds the disk size")]
-    Truncated,
+    Footer(#[source] krun_footer::FooterError),
     /// The JSON is not a TEE config.
     #[error("the footer's TEE config is not valid")]
     Parse(#[source] serde_json::Error),
@@ -124,29 +109,7 @@ pub fn read_tee_config(path: &Path) -> Result<Option<TeeConfig>, FooterError> {
 /// The raw JSON bytes before the trailer, or `None` without the magic.
 pub fn read_footer_json(file: &File) -> Result<Option<Vec<u8>>, FooterError> {
     let size = device_size(file).map_err(FooterError::Size)?;
-    if size < TRAILER_LEN {
-        return Ok(None);
-    }
-    let mut trailer = [0u8; 12];
-    file.read_exact_at(&mut trailer, size - TRAILER_LEN)
-        .map_err(FooterError::Read)?;
-    if trailer[..4] != FOOTER_MAGIC {
-        return Ok(None);
-    }
-    let mut len_bytes = [0u8; 8];
-    len_bytes.copy_from_slice(&trailer[4..]);
-    let len = u64::from_le_bytes(len_bytes);
-    if len > MAX_CONFIG_LEN {
-        return Err(FooterError::TooLarge);
-    }
-    let start = (size - TRAILER_LEN)
-        .checked_sub(len)
-        .ok_or(FooterError::Truncated)?;
-    // len <= 1 MiB, so it fits in usize.
-    let mut json = vec![0u8; usize::try_from(len).map_err(|_| FooterError::TooLarge)?];
-    file.read_exact_at(&mut json, start)
-        .map_err(FooterError::Read)?;
-    Ok(Some(json))
+    krun_footer::read_json(file, size).map_err(FooterError::Footer)
 }
 
 /// Size of a block device (`BLKGETSIZE64`) or of a regular file.
@@ -172,11 +135,11 @@ mod tests {
     /// magic, length.
     fn image(payload_len: usize, json: &[u8], align: usize) -> tempfile::NamedTempFile {
         let mut bytes = vec![0xa5u8; payload_len];
-        let used = payload_len + json.len() + 12;
-        bytes.resize(payload_len + (align - used % align) % align, 0);
-        bytes.extend_from_slice(json);
-        bytes.extend_from_slice(b"KRUN");
-        bytes.extend_from_slice(&(json.len() as u64).to_le_bytes());
+        bytes.extend(krun_footer::footer_bytes(
+            json,
+            payload_len as u64,
+            align as u64,
+        ));
         assert_eq!(bytes.len() % align, 0);
         let mut f = tempfile::NamedTempFile::new().unwrap();
         f.write_all(&bytes).unwrap();
@@ -226,11 +189,9 @@ mod tests {
     }
 
     #[test]
-    fn trailer_bytes_match_the_documented_example() {
+    fn raw_json_is_returned_unchanged() {
         let json = vec![b' '; 131];
         let img = image(0, &json, 4096);
-        let bytes = std::fs::read(img.path()).unwrap();
-        assert_eq!(&bytes[bytes.len() - 12..], b"KRUN\x83\0\0\0\0\0\0\0");
         assert_eq!(read_footer_json(img.as_file()).unwrap().unwrap(), json);
     }
 
@@ -247,17 +208,18 @@ mod tests {
     fn bad_lengths_are_rejected() {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         f.write_all(b"{}KRUN").unwrap();
-        f.write_all(&(MAX_CONFIG_LEN + 1).to_le_bytes()).unwrap();
+        f.write_all(&(krun_footer::MAX_JSON_LEN + 1).to_le_bytes())
+            .unwrap();
         assert!(matches!(
             read_tee_config(f.path()),
-            Err(FooterError::TooLarge)
+            Err(FooterError::Footer(krun_footer::FooterError::TooLarge))
         ));
         let mut f = tempfile::NamedTempFile::new().unwrap();
         f.write_all(b"{}KRUN").unwrap();
         f.write_all(&100u64.to_le_bytes()).unwrap();
         assert!(matches!(
             read_tee_config(f.path()),
-            Err(FooterError::Truncated)
+            Err(FooterError::Footer(krun_footer::FooterError::Truncated))
         ));
     }
 

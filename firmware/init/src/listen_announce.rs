@@ -1,6 +1,9 @@
 //! For a NULL port map: tell the host which TCP ports the workload listens on, as
 //! `LISTEN <port>\n` / `UNLISTEN <port>\n` lines on vsock port 1027 (docs/interfaces.md).
 //! The listening sockets are read from /proc/net/tcp and /proc/net/tcp6 every half second.
+//! When the host has no service on the port (a launch with a fixed port map, or a VMM without
+//! it) connecting fails; retries then back off exponentially up to [`RETRY_MAX`], so an idle
+//! guest does not spin on it.
 //! Only sockets reachable through 127.0.0.1 count (the forwarder connects there): IPv4
 //! 0.0.0.0 and 127.0.0.0/8, IPv6 `::` and the v4-mapped forms of those.
 
@@ -11,6 +14,10 @@ use std::time::Duration;
 use crate::vsock::{VsockStream, HOST_CID, LISTEN_ANNOUNCE_PORT};
 
 const POLL: Duration = Duration::from_millis(500);
+/// First delay after a failed connect.
+const RETRY_MIN: Duration = Duration::from_millis(500);
+/// Longest delay between connect attempts.
+pub const RETRY_MAX: Duration = Duration::from_secs(60);
 /// TCP_LISTEN in the `st` column.
 const TCP_LISTEN: &str = "0A";
 
@@ -88,14 +95,50 @@ fn current_ports() -> BTreeSet<u16> {
     ports
 }
 
-/// Polls forever; reconnects (and re-announces everything) when the stream breaks.
+/// Delays between failed connect attempts: [`RETRY_MIN`], doubling up to [`RETRY_MAX`], back
+/// to the start after a connection succeeds.
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { next: RETRY_MIN }
+    }
+}
+
+impl Backoff {
+    /// The delay to wait after one more failure.
+    pub fn failed(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = self.next.saturating_mul(2).min(RETRY_MAX);
+        delay
+    }
+
+    /// A connect succeeded: the next failure waits [`RETRY_MIN`] again.
+    pub fn reset(&mut self) {
+        self.next = RETRY_MIN;
+    }
+}
+
+/// Polls forever; reconnects (and re-announces everything) when the stream breaks, backing
+/// off while the host does not answer.
 pub fn run() {
     let mut conn: Option<(VsockStream, Announcer)> = None;
+    let mut backoff = Backoff::default();
     loop {
         if conn.is_none() {
-            conn = VsockStream::connect(HOST_CID, LISTEN_ANNOUNCE_PORT)
-                .ok()
-                .map(|s| (s, Announcer::default()));
+            match VsockStream::connect(HOST_CID, LISTEN_ANNOUNCE_PORT) {
+                Ok(stream) => {
+                    backoff.reset();
+                    conn = Some((stream, Announcer::default()));
+                }
+                Err(_) => {
+                    std::thread::sleep(backoff.failed());
+                    continue;
+                }
+            }
         }
         if let Some((stream, announcer)) = conn.as_mut() {
             if announcer.update(&current_ports(), stream).is_err() {
@@ -151,5 +194,18 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "LISTEN 80\nLISTEN 443\nUNLISTEN 80\nLISTEN 8080\n"
         );
+    }
+
+    #[test]
+    fn connect_retries_back_off_to_a_cap_and_reset() {
+        let mut b = Backoff::default();
+        let ms: Vec<u128> = (0..10).map(|_| b.failed().as_millis()).collect();
+        assert_eq!(
+            ms,
+            [500, 1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000, 60000]
+        );
+        b.reset();
+        assert_eq!(b.failed(), Duration::from_millis(500));
+        assert_eq!(b.failed(), Duration::from_secs(1));
     }
 }
