@@ -2,6 +2,9 @@
 //! and the measurement calculator (`krun-sev measure`) so both measure the same bytes.
 
 use std::path::Path;
+use std::sync::{Mutex, PoisonError};
+
+use krun_bundle::{Bundle, BundleError};
 
 use crate::arch::layout::{virtio_mmio_slot, VIRTIO_IRQ_BASE};
 use crate::launch::host_json;
@@ -28,6 +31,32 @@ pub const DEFAULT_BUNDLE_DIR: &str = match option_env!("KRUN_SEV_BUNDLE_DEFAULT"
 /// The bundle directory in effect.
 pub fn bundle_dir() -> std::path::PathBuf {
     krun_bundle::bundle_dir(Path::new(DEFAULT_BUNDLE_DIR))
+}
+
+/// The bundle read at context creation. crun calls `krun_create_ctx` on the host and
+/// `krun_start_enter` after `pivot_root` into the container, where the install directory is
+/// not visible (libkrun dlopens libkrunfw at the same point for the same reason).
+static PRELOADED: Mutex<Option<Bundle>> = Mutex::new(None);
+
+/// Reads the bundle in effect now, once per process, for a later [`load_bundle`].
+pub fn preload_bundle() -> Result<(), BundleError> {
+    let mut slot = PRELOADED.lock().unwrap_or_else(PoisonError::into_inner);
+    if slot.as_ref().is_some_and(|b| b.dir == bundle_dir()) {
+        return Ok(());
+    }
+    *slot = Some(Bundle::load(&bundle_dir())?);
+    Ok(())
+}
+
+/// The bundle for a launch: the preloaded one if it comes from the directory in effect,
+/// else read now.
+pub fn load_bundle() -> Result<Bundle, BundleError> {
+    let dir = bundle_dir();
+    let mut slot = PRELOADED.lock().unwrap_or_else(PoisonError::into_inner);
+    match slot.take() {
+        Some(b) if b.dir == dir => Ok(b),
+        _ => Bundle::load(&dir),
+    }
 }
 
 /// Number of virtio devices: root disk, optional data disk, console, vsock (the VMM's slot
