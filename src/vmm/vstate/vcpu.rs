@@ -13,6 +13,8 @@ use crate::arch::layout::{EXIT_STATUS_PORT, SERIAL_PORT_BASE};
 use crate::arch::{cpuid, msr, regs};
 use crate::devices::serial::SerialSink;
 use crate::devices::BusDevice;
+use crate::tee::hardware::convert::MemoryConverter;
+use crate::tee::hardware::uapi;
 use crate::vmm::bus::MmioBus;
 use crate::vmm::vstate::exit::{ExitState, StopReason};
 
@@ -46,6 +48,9 @@ const I8042_RESET_CMD: u8 = 0xfe;
 const RESET_CONTROL_PORT: u16 = 0xcf9;
 const RESET_CONTROL_RESET_BIT: u8 = 0x4;
 const SERIAL_PORT_COUNT: u16 = 8;
+/// `-KVM_ENOSYS` (`include/uapi/linux/kvm_para.h`: 1000) as the guest reads a hypercall's
+/// return value: the hypercall is not implemented.
+const KVM_ENOSYS: u64 = (-1000i64) as u64;
 
 /// Configures vCPU `index` of `vcpus`: CPUID, MSRs, FPU, LAPIC LINT pins, and for the boot
 /// vCPU (index 0) the 64-bit boot protocol registers with `rip = entry`. Application
@@ -120,6 +125,8 @@ pub struct VcpuShared {
     pub exit: Arc<ExitState>,
     /// VM exits seen by all vCPUs (for boot benchmarks).
     pub exits: AtomicU64,
+    /// Private/shared conversions requested by an SNP guest (hardware backend only).
+    pub converter: Option<Arc<dyn MemoryConverter>>,
 }
 
 impl VcpuShared {
@@ -200,6 +207,27 @@ impl VcpuShared {
                 return false;
             }
             VcpuExit::Intr => {}
+            VcpuExit::Hypercall(h) => {
+                *h.ret = match (&self.converter, h.nr) {
+                    (Some(c), uapi::HC_MAP_GPA_RANGE) => c.map_gpa_range(h.args),
+                    _ => {
+                        log::debug!("vCPU {index}: unexpected hypercall {}", h.nr);
+                        KVM_ENOSYS
+                    }
+                };
+            }
+            VcpuExit::MemoryFault { flags, gpa, size } => {
+                let resolved = self
+                    .converter
+                    .as_ref()
+                    .is_some_and(|c| c.memory_fault(flags, gpa, size));
+                if !resolved {
+                    self.exit.request_stop(StopReason::VcpuError(format!(
+                        "vCPU {index}: unresolved memory fault at {gpa:#x} (+{size:#x}, flags {flags:#x})"
+                    )));
+                    return false;
+                }
+            }
             other => {
                 log::debug!("vCPU {index}: unhandled exit {other:?}");
             }
@@ -369,6 +397,7 @@ mod tests {
             serial: Mutex::new(SerialSink::new()),
             exit: exit.clone(),
             exits: AtomicU64::new(0),
+            converter: None,
         });
         let handle = spawn(fd, 0, shared).unwrap();
         let watchdog_exit = exit.clone();
@@ -408,6 +437,7 @@ mod tests {
             serial: Mutex::new(SerialSink::new()),
             exit: exit.clone(),
             exits: AtomicU64::new(0),
+            converter: None,
         });
         let handle = spawn(fd, 0, shared).unwrap();
         let start = std::time::Instant::now();
@@ -457,6 +487,7 @@ mod tests {
             serial: Mutex::new(SerialSink::new()),
             exit: exit.clone(),
             exits: AtomicU64::new(0),
+            converter: None,
         });
         // Every vCPU exists before any runs, as in Vmm::run: an IPI to a vCPU that KVM does
         // not know yet is lost.
