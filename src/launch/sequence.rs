@@ -809,6 +809,116 @@ mod tests {
         }
     }
 
+    /// Forwards to a sequence, logs the hook order, and stops the run before any vCPU runs.
+    #[derive(Debug)]
+    struct StopBeforeRun {
+        inner: Sequence,
+        hooks: Arc<Mutex<Vec<&'static str>>>,
+    }
+
+    impl TeeLaunch for StopBeforeRun {
+        fn vm_type(&self) -> u64 {
+            self.inner.vm_type()
+        }
+        fn creates_memory_slots(&self) -> bool {
+            self.inner.creates_memory_slots()
+        }
+        fn vm_created(&mut self, vm: &Arc<VmFd>, mem: &GuestMemory) -> Result<(), TeeHookError> {
+            self.hooks.lock().unwrap().push("vm_created");
+            self.inner.vm_created(vm, mem)
+        }
+        fn loaded(&mut self, mem: &GuestMemory, l: &LoadedGuest) -> Result<(), TeeHookError> {
+            self.hooks.lock().unwrap().push("loaded");
+            self.inner.loaded(mem, l)
+        }
+        fn vcpus_ready(&mut self, mem: &GuestMemory) -> Result<(), TeeHookError> {
+            self.hooks.lock().unwrap().push("vcpus_ready");
+            self.inner.vcpus_ready(mem)?;
+            Err("stop before the guest runs".into())
+        }
+        fn memory_converter(&self) -> Option<Arc<dyn MemoryConverter>> {
+            self.inner.memory_converter()
+        }
+        fn vmm_phase(&mut self, phase: Phase, wall: std::time::Duration, bytes: u64) {
+            self.hooks.lock().unwrap().push(match phase {
+                Phase::MemoryAllocation => "phase:memory",
+                Phase::ImageLoad => "phase:load",
+                _ => "phase:other",
+            });
+            self.inner.vmm_phase(phase, wall, bytes)
+        }
+    }
+
+    /// The VMM calls the launch at the points the hardware needs (VM set-up before vCPUs,
+    /// updates after the load, VMSAs and FINISH after the vCPU registers), and the commands
+    /// a real `Vmm::run` issues are the documented order.
+    #[test]
+    fn vmm_drives_the_sequence_in_the_documented_order() {
+        use crate::vmm::memory::tests::{temp_file, tempfile_lite::TempPath};
+        if !kvm_available() {
+            return;
+        }
+        let bundle_dir = fake_bundle();
+        let bundle = Bundle::load(bundle_dir.as_path()).unwrap();
+        let machine = MachineConfig {
+            vcpus: 2,
+            ram_mib: 256,
+        };
+        for mode in modes() {
+            let seg = guest::launch_segment(&VmResources::default(), mode, true).unwrap();
+            let recorder = Recorder::new(ModelBackend::new(identity(), mode));
+            let commands = recorder.commands.clone();
+            let hooks = Arc::new(Mutex::new(Vec::new()));
+            let seq = Sequence::new(mode, 2, vmsa::host_vcpu_sig(), Box::new(recorder), None);
+            let root = temp_file(&[0u8; 4096]);
+            let out = TempPath::new();
+            let config = VmConfig {
+                vcpus: machine.vcpus,
+                ram_mib: machine.ram_mib,
+                kernel_path: bundle.dir.join("vmlinux"),
+                initrd_path: None,
+                initrd_append: seg.bytes.clone(),
+                cmdline: guest::BASE_CMDLINE.to_owned(),
+                root_disk: DiskConfig {
+                    path: root.0.clone(),
+                    read_only: true,
+                },
+                data_disk: None,
+                attestation_target: None,
+                port_map: PortMap::List(vec![]),
+                vsock_handlers: crate::devices::virtio::vsock::HostServices::new(),
+                console: ConsoleConfig {
+                    input: None,
+                    output: std::fs::File::create(&out.0).unwrap().into(),
+                },
+                tee: Some(TeeBoot {
+                    kernel: bundle.kernel.clone(),
+                    initrd: bundle.initrd.clone(),
+                    layout: regions::firmware_layout(mode, u64::from(machine.ram_mib) << 20),
+                    launch: Box::new(StopBeforeRun {
+                        inner: seq,
+                        hooks: hooks.clone(),
+                    }),
+                }),
+            };
+            assert!(matches!(Vmm::run(config), Err(VmmError::Tee(_))));
+            assert_eq!(
+                *hooks.lock().unwrap(),
+                [
+                    "phase:memory",
+                    "vm_created",
+                    "phase:load",
+                    "loaded",
+                    "vcpus_ready"
+                ]
+            );
+            let (mem, loaded) = load(bundle_dir.as_path(), &VmResources::default(), mode, machine);
+            let mut want = documented_order(mode, 2, &mem, &loaded);
+            want[0] = Command::VmType(0); // the model runs in a plain VM
+            assert_eq!(*commands.lock().unwrap(), want, "{mode:?}");
+        }
+    }
+
     fn hva(mem: &GuestMemory, gpa: u64) -> u64 {
         use vm_memory::GuestMemoryBackend as _;
         mem.get_host_address(vm_memory::GuestAddress(gpa)).unwrap() as u64

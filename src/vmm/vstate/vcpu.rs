@@ -104,14 +104,30 @@ pub fn configure_boot(
             fd.set_regs(&regs::boot_regs(entry))
                 .map_err(VcpuError::Ioctl)?;
         }
-        (BootEntry::ResetVector, 1..) => {
+        (BootEntry::ResetVector, _) => {
+            // SEV-ES/SNP measure a VMSA that KVM copies from these registers; it must equal
+            // `crate::tee::vmsa::build`. KVM computed the reset RDX when the vCPU was created,
+            // before KVM_SET_CPUID2 (so 0x600); the architectural value, which the model
+            // measures, is CPUID leaf 1 EAX.
             let mut r = fd.get_regs().map_err(VcpuError::Ioctl)?;
-            r.rip = krun_resetvec::layout::AP_ENTRY_IP;
+            r.rdx = reset_rdx(&guest_cpuid);
+            if index > 0 {
+                r.rip = krun_resetvec::layout::AP_ENTRY_IP;
+            }
             fd.set_regs(&r).map_err(VcpuError::Ioctl)?;
         }
-        _ => {}
+        (BootEntry::Direct(_), _) => {}
     }
     Ok(())
+}
+
+/// CPUID leaf 1 EAX (family, model, stepping) of `cpuid`, the x86 reset value of RDX.
+pub fn reset_rdx(cpuid: &CpuId) -> u64 {
+    cpuid
+        .as_slice()
+        .iter()
+        .find(|e| e.function == 1 && e.index == 0)
+        .map_or(0x600, |e| u64::from(e.eax))
 }
 
 /// What every vCPU thread shares: device buses and the run's exit state.
@@ -413,6 +429,40 @@ mod tests {
             *writes.lock().unwrap(),
             vec![(0, vec![0x78, 0x56, 0x34, 0x12])]
         );
+    }
+
+    /// The registers KVM syncs into an SEV-ES/SNP VMSA match what `tee::vmsa` measures
+    /// (RIP, CS, RFLAGS, RDX) for the BSP and an AP. Checked on this host's KVM; on SEV
+    /// hardware the same registers are what `sev_es_sync_vmsa` copies.
+    #[test]
+    fn reset_vector_registers_match_the_modelled_vmsa() {
+        if !kvm_available() {
+            return;
+        }
+        let vm = Vm::new().unwrap();
+        let supported = vm.supported_cpuid().unwrap();
+        assert_eq!(
+            reset_rdx(&supported),
+            u64::from(crate::tee::vmsa::host_vcpu_sig()),
+            "KVM passes the host signature through"
+        );
+        for index in 0..2u8 {
+            let fd = vm.create_vcpu(index).unwrap();
+            configure_boot(&fd, index, 2, &supported, BootEntry::ResetVector).unwrap();
+            let r = fd.get_regs().unwrap();
+            let sr = fd.get_sregs().unwrap();
+            let page = crate::tee::vmsa::build(
+                crate::tee::TeeMode::SevEs,
+                index,
+                crate::tee::vmsa::host_vcpu_sig(),
+            );
+            let q = |at: usize| u64::from_le_bytes(page[at..at + 8].try_into().unwrap());
+            assert_eq!(r.rip, q(0x178), "vCPU {index} RIP");
+            assert_eq!(r.rdx, q(0x310), "vCPU {index} RDX");
+            assert_eq!(r.rflags, q(0x170), "vCPU {index} RFLAGS");
+            assert_eq!(u64::from(sr.cs.selector), q(0x10) & 0xffff, "CS selector");
+            assert_eq!(sr.cs.base, q(0x18), "CS base");
+        }
     }
 
     /// A vCPU parked in `hlt` (in-kernel LAPIC) is kicked out and joined on a host stop.
