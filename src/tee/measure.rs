@@ -401,7 +401,7 @@ pub fn calculate_with(
                 ram_bytes,
                 &[(krun_resetvec::IMAGE_GPA, krun_resetvec::IMAGE_SIZE as u64)],
             )
-            .map(|m| (m, ram_bytes))
+            .map(|m| (m, 0))
         })
         .map_err(MeasureError::Memory)?;
     let loaded = phases

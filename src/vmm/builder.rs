@@ -136,7 +136,7 @@ impl Vmm {
             }
         };
         if let Some(l) = launch.as_mut() {
-            l.vmm_phase(Phase::MemoryAllocation, alloc_wall, ram_bytes);
+            l.vmm_phase(Phase::MemoryAllocation, alloc_wall, 0);
         }
         let vm_type = launch.as_ref().map_or(0, |l| l.vm_type());
         let vm = Vm::with_type(vm_type).map_err(VmmError::Vm)?;
