@@ -278,6 +278,14 @@ impl Sequence {
             let _ = self.snp_slot.set(g);
         }
         self.phases().extend(&phases);
+        for s in &self.phases().samples {
+            log::debug!(
+                "launch phase {}: {:?}, {} bytes",
+                s.phase.name(),
+                s.wall,
+                s.bytes
+            );
+        }
         Ok(())
     }
 }
@@ -403,6 +411,9 @@ pub(crate) fn run(plan: LaunchPlan) -> Result<u8, LaunchError> {
             workload_id: tee.workload_id.clone(),
         }),
     };
+    if hardware.is_some() && broker.is_some() {
+        return Err(LaunchError::Tee(TeeError::HardwareAttestation));
+    }
     let bundle = Bundle::load(&guest::bundle_dir()).map_err(LaunchError::Bundle)?;
     let seg = guest::launch_segment(&plan.resources, mode, hardware.is_none())
         .map_err(LaunchError::Segment)?;
