@@ -228,6 +228,25 @@ mod tests {
         assert!(parse_memory_fault(&r, 0, 0x2000, 0).is_err());
     }
 
+    /// Through a real VM fd: hostile requests are answered without reaching KVM, valid ones
+    /// reach `KVM_SET_MEMORY_ATTRIBUTES` (which a VM without private memory refuses, and the
+    /// guest gets KVM's errno, not success).
+    #[test]
+    fn converter_answers_the_guest() {
+        let Ok(kvm) = kvm_ioctls::Kvm::new() else {
+            return;
+        };
+        let vm = Arc::new(kvm.create_vm().unwrap());
+        let c = AttributeConverter::new(vm, ranges());
+        let einval = neg_errno(libc::EINVAL);
+        assert_eq!(c.map_gpa_range([0xd000_0000, 1, 0, 0, 0, 0]), einval);
+        assert_eq!(c.map_gpa_range([0x1000, 1, 1 << 9, 0, 0, 0]), einval);
+        assert!(!c.memory_fault(0, 0xd000_0000, 0x1000));
+        let r = c.map_gpa_range([0x1000, 1, uapi::MAP_GPA_RANGE_ENCRYPTED, 0, 0, 0]);
+        assert_ne!(r, 0, "a default VM has no private memory");
+        assert!((r as i64) < 0);
+    }
+
     #[test]
     fn errno_is_negative_for_the_guest() {
         assert_eq!(neg_errno(libc::EINVAL) as i64, -22);

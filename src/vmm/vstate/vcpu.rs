@@ -431,6 +431,100 @@ mod tests {
         );
     }
 
+    /// Records conversions and answers with a fixed value.
+    #[derive(Debug, Default)]
+    struct FakeConverter(Mutex<Vec<(u64, u64, u64)>>);
+    impl MemoryConverter for FakeConverter {
+        fn map_gpa_range(&self, args: [u64; 6]) -> u64 {
+            self.0.lock().unwrap().push((args[0], args[1], args[2]));
+            0
+        }
+        fn memory_fault(&self, flags: u64, gpa: u64, size: u64) -> bool {
+            self.0.lock().unwrap().push((gpa, size, flags));
+            gpa < 0x1000_0000
+        }
+    }
+
+    fn shared(converter: Option<Arc<dyn MemoryConverter>>) -> VcpuShared {
+        VcpuShared {
+            mmio: MmioBus::new(),
+            serial: Mutex::new(SerialSink::new()),
+            exit: Arc::new(ExitState::new()),
+            exits: AtomicU64::new(0),
+            converter,
+        }
+    }
+
+    /// SNP page-state exits reach the converter; without one (plain and model launches) the
+    /// guest gets -KVM_ENOSYS and a memory fault stops the VM.
+    #[test]
+    fn conversion_exits_go_to_the_converter() {
+        let fake = Arc::new(FakeConverter::default());
+        let s = shared(Some(fake.clone()));
+        let mut ret = 77u64;
+        let exit = VcpuExit::Hypercall(kvm_ioctls::HypercallExit {
+            nr: uapi::HC_MAP_GPA_RANGE,
+            args: [0x2000, 3, 0x10, 0, 0, 0],
+            ret: &mut ret,
+            longmode: 1,
+        });
+        assert!(s.handle_exit(0, exit));
+        assert_eq!(ret, 0);
+        let mut ret = 77u64;
+        let other = VcpuExit::Hypercall(kvm_ioctls::HypercallExit {
+            nr: 5,
+            args: [0; 6],
+            ret: &mut ret,
+            longmode: 1,
+        });
+        assert!(s.handle_exit(0, other));
+        assert_eq!(ret as i64, -1000, "only MAP_GPA_RANGE is served");
+        assert!(s.handle_exit(
+            0,
+            VcpuExit::MemoryFault {
+                flags: 8,
+                gpa: 0x3000,
+                size: 0x1000
+            }
+        ));
+        assert!(!s.handle_exit(
+            1,
+            VcpuExit::MemoryFault {
+                flags: 0,
+                gpa: 0x2000_0000,
+                size: 0x1000
+            }
+        ));
+        assert!(s.exit.stopping());
+        assert_eq!(
+            *fake.0.lock().unwrap(),
+            [
+                (0x2000, 3, 0x10),
+                (0x3000, 0x1000, 8),
+                (0x2000_0000, 0x1000, 0)
+            ]
+        );
+
+        let plain = shared(None);
+        let mut ret = 0u64;
+        let exit = VcpuExit::Hypercall(kvm_ioctls::HypercallExit {
+            nr: uapi::HC_MAP_GPA_RANGE,
+            args: [0x2000, 1, 0, 0, 0, 0],
+            ret: &mut ret,
+            longmode: 1,
+        });
+        assert!(plain.handle_exit(0, exit));
+        assert_eq!(ret as i64, -1000);
+        assert!(!plain.handle_exit(
+            0,
+            VcpuExit::MemoryFault {
+                flags: 0,
+                gpa: 0,
+                size: 0x1000
+            }
+        ));
+    }
+
     /// The registers KVM syncs into an SEV-ES/SNP VMSA match what `tee::vmsa` measures
     /// (RIP, CS, RFLAGS, RDX) for the BSP and an AP. Checked on this host's KVM; on SEV
     /// hardware the same registers are what `sev_es_sync_vmsa` copies.
