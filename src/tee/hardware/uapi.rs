@@ -210,6 +210,32 @@ mod tests {
         layout!(kvm_enc_region, 16, [addr = 0, size = 8]);
     }
 
+    /// The ioctl request numbers kvm-ioctls issues for us encode the structure size; these
+    /// are the values of the 6.12 header macros (`_IOWR(KVMIO, 0xba, unsigned long)` etc.),
+    /// recomputed from our structures' sizes.
+    #[test]
+    fn ioctl_numbers_match_linux_6_12_uapi() {
+        const KVMIO: u32 = 0xae;
+        let ioc = |dir: u32, nr: u32, size: usize| {
+            (dir << 30) | (u32::try_from(size).unwrap() << 16) | (KVMIO << 8) | nr
+        };
+        let (w, r, wr) = (1, 2, 3);
+        assert_eq!(ioc(wr, 0xba, size_of::<libc::c_ulong>()), 0xc008_aeba); // MEMORY_ENCRYPT_OP
+        assert_eq!(ioc(r, 0xbb, size_of::<kvm_enc_region>()), 0x8010_aebb); // REG_REGION
+        assert_eq!(
+            ioc(w, 0xd2, size_of::<kvm_memory_attributes>()),
+            0x4020_aed2
+        );
+        assert_eq!(
+            ioc(wr, 0xd4, size_of::<kvm_create_guest_memfd>()),
+            0xc040_aed4
+        );
+        assert_eq!(
+            ioc(w, 0x49, size_of::<kvm_userspace_memory_region2>()),
+            0x40a0_ae49
+        );
+    }
+
     #[test]
     fn command_ids_and_constants_match_linux_6_12_uapi() {
         // enum sev_cmd_id
