@@ -197,7 +197,8 @@ impl Vmm {
             }
             None => None,
         };
-        drop(launch);
+        // `launch` stays alive until the VM is gone: on SNP hardware it owns the guest_memfd
+        // files, and KVM unbinds a slot's private memory when its file is released.
         let exit = Arc::new(ExitState::new());
         let shared = Arc::new(VcpuShared {
             mmio: devices.into_bus(),

@@ -31,7 +31,9 @@ pub struct HardwareBackend {
     /// `/dev/sev`, until the VM arrives.
     sev: Option<std::fs::File>,
     ops: Option<Box<dyn KvmSevOps>>,
-    /// guest_memfd of each SNP slot; closed when the launch ends (the slots keep a reference).
+    /// guest_memfd of each SNP slot. KVM's memslot does not hold the file: releasing it
+    /// unbinds the slot's private memory, so these live as long as the VM (the VMM keeps
+    /// the launch until the run ends).
     gmem: Vec<OwnedFd>,
     /// Registered guest RAM, for validating runtime conversions.
     ranges: GuestRanges,
