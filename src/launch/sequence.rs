@@ -110,6 +110,8 @@ pub(crate) struct Sequence {
     pub secret_gpa: Option<u64>,
     /// The broker session between LAUNCH_START and LAUNCH_SECRET.
     session: Option<SevAttestation>,
+    /// SNP launch parameters (policy, HOST_DATA, ID block); defaults without `tee_data`.
+    pub snp: SnpLaunchParams,
     /// The regions the memory updates covered.
     regions: Vec<regions::MeasuredRegion>,
 }
@@ -135,6 +137,7 @@ impl Sequence {
             broker: None,
             secret_gpa: None,
             session: None,
+            snp: SnpLaunchParams::default(),
             regions: Vec::new(),
         }
     }
@@ -192,6 +195,7 @@ impl Sequence {
                     session: bytes,
                 }),
             ),
+            _ if self.mode == TeeMode::Snp => (self.snp.policy, None),
             _ => (self.mode.default_policy(), None),
         };
         let backend = &mut self.backend;
@@ -269,9 +273,18 @@ impl Sequence {
             }
             _ => {}
         }
+        let finish_params = FinishParams {
+            id_block: self
+                .snp
+                .id_block
+                .as_ref()
+                .map(|(b, a)| (b.as_slice(), a.as_slice())),
+            author_key_en: self.snp.author_key_en,
+            host_data: self.snp.host_data,
+        };
         let backend = &mut self.backend;
         phases.time(Phase::Finish, || {
-            backend.finish(&FinishParams::default()).map(|()| ((), 0))
+            backend.finish(&finish_params).map(|()| ((), 0))
         })?;
         if let Some(g) = self.backend.as_model().and_then(ModelBackend::take_snp) {
             // A second launch in one process cannot happen (start consumes the context).
@@ -313,6 +326,30 @@ impl TeeLaunch for Sequence {
     }
     fn vmm_phase(&mut self, phase: Phase, wall: std::time::Duration, bytes: u64) {
         self.phases().add(phase, wall, bytes);
+    }
+}
+
+/// What SNP_LAUNCH_START and SNP_LAUNCH_FINISH take from the TEE config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SnpLaunchParams {
+    /// Guest policy (default: [`TeeMode::default_policy`]).
+    pub policy: u64,
+    /// HOST_DATA bound into every report.
+    pub host_data: [u8; 32],
+    /// ID block (96 bytes) and ID auth structure (4096 bytes).
+    pub id_block: Option<(Vec<u8>, Vec<u8>)>,
+    /// The ID auth structure carries an author key.
+    pub author_key_en: bool,
+}
+
+impl Default for SnpLaunchParams {
+    fn default() -> Self {
+        SnpLaunchParams {
+            policy: TeeMode::Snp.default_policy(),
+            host_data: [0; 32],
+            id_block: None,
+            author_key_en: false,
+        }
     }
 }
 
@@ -928,6 +965,54 @@ mod tests {
             want[0] = Command::VmType(0); // the model runs in a plain VM
             assert_eq!(*commands.lock().unwrap(), want, "{mode:?}");
         }
+    }
+
+    /// The TEE config's SNP policy, HOST_DATA and ID block reach SNP_LAUNCH_START/FINISH.
+    #[test]
+    fn snp_parameters_reach_launch_start_and_finish() {
+        if !kvm_available() {
+            return;
+        }
+        let bundle = fake_bundle();
+        let machine = MachineConfig {
+            vcpus: 1,
+            ram_mib: 256,
+        };
+        let (mem, loaded) = load(
+            bundle.as_path(),
+            &VmResources::default(),
+            TeeMode::Snp,
+            machine,
+        );
+        let fake = FakeOps::default();
+        let recorder = Recorder::new(HardwareBackend::with_ops(
+            TeeMode::Snp,
+            Box::new(fake.clone()),
+        ));
+        let commands = recorder.commands.clone();
+        let mut seq = Sequence::new(TeeMode::Snp, 1, 0xa00f11, Box::new(recorder), None);
+        seq.snp = SnpLaunchParams {
+            policy: 0x30000 | 1 << 19,
+            host_data: [0x5a; 32],
+            id_block: Some((vec![1; 96], vec![2; 4096])),
+            author_key_en: false,
+        };
+        drive(&mut seq, &mem, &loaded);
+        let c = commands.lock().unwrap().clone();
+        assert!(c.contains(&Command::LaunchStart {
+            policy: 0x30000 | 1 << 19,
+            owner: false
+        }));
+        assert_eq!(
+            c.last(),
+            Some(&Command::Finish {
+                id_block: true,
+                host_data: [0x5a; 32]
+            })
+        );
+        let log = fake.log();
+        assert!(log.contains(&Ioctl::SnpStart(0x30000 | 1 << 19, 0)));
+        assert_eq!(log.last(), Some(&Ioctl::SnpFinish(1, 0, 0, 0x5a)));
     }
 
     fn hva(mem: &GuestMemory, gpa: u64) -> u64 {
