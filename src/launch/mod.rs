@@ -72,7 +72,8 @@ impl LaunchError {
             LaunchError::VmmUnavailable => libc::ENOSYS,
             LaunchError::Bundle(_) => libc::ENOENT,
             LaunchError::Segment(_) | LaunchError::AttestationUrl => libc::EINVAL,
-            LaunchError::Tee(TeeError::HardwareUnavailable) => libc::ENOSYS,
+            // A missing host prerequisite (no SEV, no /dev/sev access, old kernel).
+            LaunchError::Tee(TeeError::Prerequisite(p)) => p.errno(),
             LaunchError::Tee(_) | LaunchError::Measure(_) => libc::EIO,
             LaunchError::Vmm(_) | LaunchError::Host(_) => libc::EIO,
         }

@@ -10,19 +10,24 @@ use krun_attestation::client::sev::SevAttestation;
 use krun_attestation::reference::{SevBuild, SevCertChain, SevMeasurement, SevVersion};
 use krun_attestation::ClientConfig;
 use krun_bundle::Bundle;
-use krun_psp_model::sev_launch::OwnerSession;
-use krun_psp_model::{ModelIdentity, SnpGuest, SnpLaunchFinish};
-use vm_memory::{Bytes, GuestAddress};
+use krun_psp_model::{ModelIdentity, SnpGuest};
+use kvm_ioctls::VmFd;
 
 use super::{guest, LaunchError, LaunchPlan};
 use crate::resources::{PortMap as ResPortMap, VmResources};
-use crate::tee::measure::{self, MeasureInputs, Measurement, ModelLaunch, SequenceInputs};
+use crate::tee::backend::{FinishParams, LaunchBackend, OwnerBlobs, StartParams};
+use crate::tee::hardware::{self, convert::MemoryConverter};
+use crate::tee::measure::{
+    self, LaunchRecord, MeasureInputs, Measurement, ModelBackend, SequenceInputs,
+};
+use crate::tee::phases::{Phase, PhaseTimes};
 use crate::tee::report_service::ReportService;
 use crate::tee::{cpuid_page, model, regions, vmsa, Backend, TeeError, TeeMode};
 use crate::vmm::loader::LoadedGuest;
 use crate::vmm::memory::GuestMemory;
 use crate::vmm::{
-    ConsoleConfig, DiskConfig, PortMap, PortMapping, TeeBoot, VmConfig, Vmm, VmmError,
+    ConsoleConfig, DiskConfig, PortMap, PortMapping, TeeBoot, TeeHookError, TeeLaunch, VmConfig,
+    Vmm, VmmError,
 };
 
 /// What `krun-sev measure` asks for.
@@ -82,21 +87,270 @@ pub fn expected_measurement_with(
     .map_err(LaunchError::Measure)
 }
 
-/// The launch sequence's state, shared with the VMM hook.
+/// The launch sequence's state, driven by the VMM through [`TeeLaunch`]: the same steps in
+/// the same order for every backend (model, hardware, recorder).
 #[derive(Debug)]
 pub(crate) struct Sequence {
     pub mode: TeeMode,
     pub vcpus: u8,
     pub vcpu_sig: u32,
-    pub identity: Arc<ModelIdentity>,
+    /// Who performs the AMD-SP commands.
+    pub backend: Box<dyn LaunchBackend>,
+    /// The model's identity (its chain answers the broker's `/auth`); `None` on hardware.
+    pub identity: Option<Arc<ModelIdentity>>,
     /// Where a finished SNP context goes (the 1026 report service reads it).
     pub snp_slot: Arc<OnceLock<SnpGuest>>,
-    /// The measurement the launch computed, for logs and tests.
+    /// The measurement the launch computed (model only), for logs and tests.
     pub recorded: Arc<Mutex<Option<Measurement>>>,
+    /// Time and bytes of each phase.
+    pub phases: Arc<Mutex<PhaseTimes>>,
     /// SEV/SEV-ES: the key broker, when the TEE config names one.
     pub broker: Option<Broker>,
     /// SEV/SEV-ES: guest address of the `/krun/secret` slot.
     pub secret_gpa: Option<u64>,
+    /// The broker session between LAUNCH_START and LAUNCH_SECRET.
+    session: Option<SevAttestation>,
+    /// SNP launch parameters (policy, HOST_DATA, ID block); defaults without `tee_data`.
+    pub snp: SnpLaunchParams,
+    /// The regions the memory updates covered.
+    regions: Vec<regions::MeasuredRegion>,
+}
+
+impl Sequence {
+    /// A sequence for `mode` on `backend`; nothing is issued yet.
+    pub fn new(
+        mode: TeeMode,
+        vcpus: u8,
+        vcpu_sig: u32,
+        backend: Box<dyn LaunchBackend>,
+        identity: Option<Arc<ModelIdentity>>,
+    ) -> Self {
+        Sequence {
+            mode,
+            vcpus,
+            vcpu_sig,
+            backend,
+            identity,
+            snp_slot: Arc::new(OnceLock::new()),
+            recorded: Arc::new(Mutex::new(None)),
+            phases: Arc::new(Mutex::new(PhaseTimes::default())),
+            broker: None,
+            secret_gpa: None,
+            session: None,
+            snp: SnpLaunchParams::default(),
+            regions: Vec::new(),
+        }
+    }
+
+    fn phases(&self) -> std::sync::MutexGuard<'_, PhaseTimes> {
+        self.phases.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn inputs<'a>(&self, cpuid: Option<&'a [u8; cpuid_page::PAGE_LEN]>) -> SequenceInputs<'a> {
+        SequenceInputs {
+            mode: self.mode,
+            vcpus: self.vcpus,
+            vcpu_sig: self.vcpu_sig,
+            cpuid_page: cpuid,
+        }
+    }
+
+    /// KVM_SEV_INIT2, then guest memory registration.
+    pub fn vm_setup(&mut self, mem: &GuestMemory) -> Result<(), TeeError> {
+        let start = std::time::Instant::now();
+        self.backend.sev_init(self.mode)?;
+        self.backend.register_memory(mem)?;
+        self.phases().add(Phase::VmSetup, start.elapsed(), 0);
+        Ok(())
+    }
+
+    /// LAUNCH_START (with the broker's session for SEV/SEV-ES when one is configured), then
+    /// the memory updates in the documented order.
+    pub fn start_and_update(
+        &mut self,
+        mem: &GuestMemory,
+        loaded: &LoadedGuest,
+    ) -> Result<(), TeeError> {
+        let cpuid = match self.mode {
+            TeeMode::Snp => Some(cpuid_page::from_kvm(self.vcpus)?),
+            _ => None,
+        };
+        self.session = match (&self.broker, self.mode) {
+            (Some(b), TeeMode::Sev | TeeMode::SevEs) => {
+                let id = self
+                    .identity
+                    .as_ref()
+                    .ok_or(TeeError::HardwareAttestation)?;
+                Some(broker_auth(id, b)?)
+            }
+            _ => None,
+        };
+        let mut phases = PhaseTimes::default();
+        let session_bytes = self.session.as_ref().map(|s| s.start.session.to_bytes());
+        let (policy, owner) = match (&self.session, &session_bytes) {
+            (Some(s), Some(bytes)) => (
+                u64::from(s.start.policy.to_u32()),
+                Some(OwnerBlobs {
+                    godh_cert: &s.start.cert,
+                    session: bytes,
+                }),
+            ),
+            _ if self.mode == TeeMode::Snp => (self.snp.policy, None),
+            _ => (self.mode.default_policy(), None),
+        };
+        let backend = &mut self.backend;
+        phases.time(Phase::LaunchStart, || {
+            backend
+                .launch_start(&StartParams { policy, owner })
+                .map(|()| ((), 0))
+        })?;
+        let inputs = self.inputs(cpuid.as_deref());
+        self.regions =
+            measure::launch_updates(&mut *self.backend, mem, loaded, inputs, &mut phases)?;
+        self.phases().extend(&phases);
+        Ok(())
+    }
+
+    /// VMSAs, MEASURE, attestation and SECRET (SEV/SEV-ES with a broker), FINISH. SEV/SEV-ES
+    /// without a broker use a local session with random keys: nothing is injected.
+    pub fn finish(&mut self, mem: &GuestMemory) -> Result<(), TeeError> {
+        let mut phases = PhaseTimes::default();
+        let inputs = self.inputs(None);
+        let vmsas = measure::update_vmsas(&mut *self.backend, inputs, &mut phases)?;
+        let launch_measure = match self.mode {
+            TeeMode::Snp => None,
+            _ => {
+                let backend = &mut self.backend;
+                Some(phases.time(Phase::Measure, || backend.measure().map(|m| (m, 0)))?)
+            }
+        };
+        if let Some(model) = self.backend.as_model() {
+            let m = Measurement {
+                mode: self.mode,
+                digest: model.digest()?,
+                record: LaunchRecord {
+                    regions: std::mem::take(&mut self.regions),
+                    vmsas,
+                },
+            };
+            log::info!(
+                "launch measurement ({}, {} vCPUs, vcpu_sig {:#x}): {}",
+                self.mode.host_json_name(),
+                self.vcpus,
+                self.vcpu_sig,
+                m.digest_hex()
+            );
+            if let Ok(mut slot) = self.recorded.lock() {
+                *slot = Some(m);
+            }
+        } else if let Some(lm) = &launch_measure {
+            let hex: String = lm.iter().map(|b| format!("{b:02x}")).collect();
+            log::info!("LAUNCH_MEASURE (MEASURE ‖ MNONCE): {hex}");
+        }
+        match (self.session.take(), launch_measure) {
+            (Some(s), Some(lm)) => {
+                let gpa = self.secret_gpa.ok_or(TeeError::Layout)?;
+                s.attest(&SevMeasurement::from_bytes(&lm).map_err(broker_err)?)
+                    .map_err(broker_err)?;
+                let packet = s.key().map_err(broker_err)?;
+                if packet.ciphertext.len() > guest::SECRET_SLOT_LEN {
+                    return Err(TeeError::SecretTooLarge);
+                }
+                let header = packet.header_bytes();
+                let backend = &mut self.backend;
+                phases.time(Phase::Secret, || {
+                    backend
+                        .secret(mem, gpa, &header, &packet.ciphertext)
+                        .map(|()| ((), packet.ciphertext.len() as u64))
+                })?;
+                log::info!(
+                    "LAUNCH_SECRET: {} bytes into the secret slot",
+                    packet.ciphertext.len()
+                );
+            }
+            _ if self.mode != TeeMode::Snp => {
+                log::warn!("no attestation_url: local session, the secret slot stays empty")
+            }
+            _ => {}
+        }
+        let finish_params = FinishParams {
+            id_block: self
+                .snp
+                .id_block
+                .as_ref()
+                .map(|(b, a)| (b.as_slice(), a.as_slice())),
+            author_key_en: self.snp.author_key_en,
+            host_data: self.snp.host_data,
+        };
+        let backend = &mut self.backend;
+        phases.time(Phase::Finish, || {
+            backend.finish(&finish_params).map(|()| ((), 0))
+        })?;
+        if let Some(g) = self.backend.as_model().and_then(ModelBackend::take_snp) {
+            // A second launch in one process cannot happen (start consumes the context).
+            let _ = self.snp_slot.set(g);
+        }
+        self.phases().extend(&phases);
+        for s in &self.phases().samples {
+            log::debug!(
+                "launch phase {}: {:?}, {} bytes",
+                s.phase.name(),
+                s.wall,
+                s.bytes
+            );
+        }
+        Ok(())
+    }
+}
+
+impl TeeLaunch for Sequence {
+    fn vm_type(&self) -> u64 {
+        self.backend.vm_type(self.mode)
+    }
+    fn creates_memory_slots(&self) -> bool {
+        self.backend.creates_memory_slots(self.mode)
+    }
+    fn vm_created(&mut self, vm: &Arc<VmFd>, mem: &GuestMemory) -> Result<(), TeeHookError> {
+        self.backend.attach_vm(vm.clone());
+        self.vm_setup(mem).map_err(|e| Box::new(e) as _)
+    }
+    fn loaded(&mut self, mem: &GuestMemory, loaded: &LoadedGuest) -> Result<(), TeeHookError> {
+        self.start_and_update(mem, loaded)
+            .map_err(|e| Box::new(e) as _)
+    }
+    fn vcpus_ready(&mut self, mem: &GuestMemory) -> Result<(), TeeHookError> {
+        self.finish(mem).map_err(|e| Box::new(e) as _)
+    }
+    fn memory_converter(&self) -> Option<Arc<dyn MemoryConverter>> {
+        self.backend.memory_converter()
+    }
+    fn vmm_phase(&mut self, phase: Phase, wall: std::time::Duration, bytes: u64) {
+        self.phases().add(phase, wall, bytes);
+    }
+}
+
+/// What SNP_LAUNCH_START and SNP_LAUNCH_FINISH take from the TEE config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SnpLaunchParams {
+    /// Guest policy (default: [`TeeMode::default_policy`]).
+    pub policy: u64,
+    /// HOST_DATA bound into every report.
+    pub host_data: [u8; 32],
+    /// ID block (96 bytes) and ID auth structure (4096 bytes).
+    pub id_block: Option<(Vec<u8>, Vec<u8>)>,
+    /// The ID auth structure carries an author key.
+    pub author_key_en: bool,
+}
+
+impl Default for SnpLaunchParams {
+    fn default() -> Self {
+        SnpLaunchParams {
+            policy: TeeMode::Snp.default_policy(),
+            host_data: [0; 32],
+            id_block: None,
+            author_key_en: false,
+        }
+    }
 }
 
 /// Where SEV/SEV-ES host-side attestation goes.
@@ -128,110 +382,6 @@ fn broker_auth(id: &ModelIdentity, broker: &Broker) -> Result<SevAttestation, Te
         build: b.build,
     };
     SevAttestation::auth(&cfg, &broker.workload_id, build, chain).map_err(broker_err)
-}
-
-impl Sequence {
-    /// LAUNCH_START .. FINISH on the loaded memory. SEV/SEV-ES without a broker use a
-    /// local session with random keys: nothing is injected into the secret slot.
-    pub fn run(&self, mem: &GuestMemory, loaded: &LoadedGuest) -> Result<(), TeeError> {
-        let cpuid = match self.mode {
-            TeeMode::Snp => Some(cpuid_page::from_kvm(self.vcpus)?),
-            _ => None,
-        };
-        let session = match (&self.broker, self.mode) {
-            (Some(b), TeeMode::Sev | TeeMode::SevEs) => Some(broker_auth(&self.identity, b)?),
-            _ => None,
-        };
-        let mut psp = match &session {
-            Some(s) => {
-                let session_bytes = s.start.session.to_bytes();
-                let owner = OwnerSession {
-                    godh_cert: &s.start.cert,
-                    session: &session_bytes,
-                };
-                ModelLaunch::start(
-                    &self.identity,
-                    self.mode,
-                    u64::from(s.start.policy.to_u32()),
-                    Some(owner),
-                )?
-            }
-            None => {
-                ModelLaunch::start(&self.identity, self.mode, self.mode.default_policy(), None)?
-            }
-        };
-        let record = measure::launch_updates(
-            &mut psp,
-            mem,
-            loaded,
-            SequenceInputs {
-                mode: self.mode,
-                vcpus: self.vcpus,
-                vcpu_sig: self.vcpu_sig,
-                cpuid_page: cpuid.as_deref(),
-            },
-        )?;
-        let launch_measure = match &mut psp {
-            ModelLaunch::Sev(g) => Some(g.launch_measure().map_err(TeeError::SevModel)?),
-            ModelLaunch::Snp(_) => None,
-        };
-        let digest = psp.digest()?;
-        let m = Measurement {
-            mode: self.mode,
-            digest,
-            record,
-        };
-        log::info!(
-            "launch measurement ({}, {} vCPUs, vcpu_sig {:#x}): {}",
-            self.mode.host_json_name(),
-            self.vcpus,
-            self.vcpu_sig,
-            m.digest_hex()
-        );
-        if let Ok(mut slot) = self.recorded.lock() {
-            *slot = Some(m);
-        }
-        match psp {
-            ModelLaunch::Sev(mut g) => {
-                match (session, launch_measure) {
-                    (Some(s), Some(lm)) => {
-                        let gpa = self.secret_gpa.ok_or(TeeError::Layout)?;
-                        s.attest(&SevMeasurement::from_bytes(&lm.to_bytes()).map_err(broker_err)?)
-                            .map_err(broker_err)?;
-                        let packet = s.key().map_err(broker_err)?;
-                        if packet.ciphertext.len() > guest::SECRET_SLOT_LEN {
-                            return Err(TeeError::SecretTooLarge);
-                        }
-                        let plain = g
-                            .launch_secret(
-                                &packet.header_bytes(),
-                                packet.ciphertext.len(),
-                                &packet.ciphertext,
-                            )
-                            .map_err(TeeError::SevModel)?;
-                        mem.write_slice(&plain, GuestAddress(gpa))
-                            .map_err(TeeError::Memory)?;
-                        log::info!("LAUNCH_SECRET: {} bytes into the secret slot", plain.len());
-                    }
-                    _ => {
-                        log::warn!("no attestation_url: local session, the secret slot stays empty")
-                    }
-                }
-                g.launch_finish().map_err(TeeError::SevModel)
-            }
-            ModelLaunch::Snp(mut g) => {
-                g.launch_finish(SnpLaunchFinish {
-                    id_block: None,
-                    author_key_en: false,
-                    host_data: [0; 32],
-                })
-                .map_err(TeeError::SnpModel)?;
-                // A second launch in one process cannot happen (start consumes the context).
-                let _ = self.snp_slot.set(g);
-                Ok(())
-            }
-        }
-    }
 }
 
 /// `scheme://host:port/...` → the first address of `host:port` (default port 80/443).
@@ -276,10 +426,15 @@ pub(crate) fn run(plan: LaunchPlan) -> Result<u8, LaunchError> {
         return Err(LaunchError::MissingTeeConfig);
     };
     let mode = TeeMode::from_kind(tee.tee);
-    match Backend::from_env().map_err(LaunchError::Tee)? {
-        Backend::Hardware => return Err(LaunchError::Tee(TeeError::HardwareUnavailable)),
-        Backend::Model => model::warn_unencrypted(),
-    }
+    let backend_kind = Backend::from_env().map_err(LaunchError::Tee)?;
+    // The hardware prerequisites are checked before anything else happens.
+    let hardware = match backend_kind {
+        Backend::Hardware => Some(hardware::open(mode).map_err(LaunchError::Tee)?),
+        Backend::Model => {
+            model::warn_unencrypted();
+            None
+        }
+    };
     // SNP guests reach the broker themselves through vsock 1025; SEV/SEV-ES attestation runs
     // here, before the guest starts.
     let target = match (tee.attestation_url.as_str(), mode) {
@@ -293,26 +448,37 @@ pub(crate) fn run(plan: LaunchPlan) -> Result<u8, LaunchError> {
             workload_id: tee.workload_id.clone(),
         }),
     };
+    if hardware.is_some() && broker.is_some() {
+        return Err(LaunchError::Tee(TeeError::HardwareAttestation));
+    }
     let bundle = Bundle::load(&guest::bundle_dir()).map_err(LaunchError::Bundle)?;
-    let seg = guest::launch_segment(&plan.resources, mode, true).map_err(LaunchError::Segment)?;
-    let identity = model::load_or_create(&model::identity_dir()).map_err(LaunchError::Tee)?;
+    let seg = guest::launch_segment(&plan.resources, mode, hardware.is_none())
+        .map_err(LaunchError::Segment)?;
+    let (backend, identity): (Box<dyn LaunchBackend>, _) = match hardware {
+        Some(hw) => (Box::new(hw), None),
+        None => {
+            let id = model::load_or_create(&model::identity_dir()).map_err(LaunchError::Tee)?;
+            (Box::new(ModelBackend::new(id.clone(), mode)), Some(id))
+        }
+    };
     let secret_gpa = seg.secret_offset.map(|off| {
         crate::arch::layout::INITRD_START
             + (crate::vmm::memory::launch_segment_offset(bundle.initrd.len()) + off) as u64
     });
     let report = ReportService::new();
-    let sequence = Sequence {
+    let mut sequence = Sequence::new(
         mode,
-        vcpus: plan.machine.vcpus,
-        vcpu_sig: vmsa::host_vcpu_sig(),
-        identity,
-        snp_slot: report.slot(),
-        recorded: Arc::new(Mutex::new(None)),
-        broker,
-        secret_gpa,
-    };
+        plan.machine.vcpus,
+        vmsa::host_vcpu_sig(),
+        backend,
+        identity.clone(),
+    );
+    sequence.snp_slot = report.slot();
+    sequence.broker = broker;
+    sequence.secret_gpa = secret_gpa;
     let mut services = crate::devices::virtio::vsock::HostServices::new();
-    if mode == TeeMode::Snp {
+    // The report service answers from the model; on hardware the guest asks the AMD-SP.
+    if mode == TeeMode::Snp && identity.is_some() {
         services.insert(crate::devices::virtio::vsock::PORT_REPORT, Arc::new(report));
     }
     let r = &plan.resources;
@@ -355,9 +521,7 @@ pub(crate) fn run(plan: LaunchPlan) -> Result<u8, LaunchError> {
             kernel: bundle.kernel,
             initrd: bundle.initrd,
             layout: regions::firmware_layout(mode, ram_bytes),
-            before_start: Box::new(move |mem, loaded| {
-                sequence.run(mem, loaded).map_err(|e| Box::new(e) as _)
-            }),
+            launch: Box::new(sequence),
         }),
     };
     match Vmm::run(config) {
@@ -374,6 +538,9 @@ pub(crate) fn run(plan: LaunchPlan) -> Result<u8, LaunchError> {
 mod tests {
     use super::*;
     use crate::resources::{ExecConfig, MachineConfig};
+    use crate::tee::backend::{Command, Recorder, SnpPageType};
+    use crate::tee::hardware::test_utils::{FakeOps, Ioctl};
+    use crate::tee::hardware::HardwareBackend;
     use crate::vmm::loader::{self, GuestImage};
     use crate::vmm::memory;
     use vmm_sys_util::tempdir::TempDir;
@@ -404,12 +571,12 @@ mod tests {
 
     /// What `run` does up to the VMM: the same segment and loader, then the launch sequence
     /// on that memory. Returns the measurement the launch recorded.
-    fn launch_records(
+    fn load(
         bundle_dir: &std::path::Path,
         resources: &VmResources,
         mode: TeeMode,
         machine: MachineConfig,
-    ) -> Measurement {
+    ) -> (GuestMemory, LoadedGuest) {
         let bundle = Bundle::load(bundle_dir).unwrap();
         let seg = guest::launch_segment(resources, mode, true).unwrap();
         let cmdline =
@@ -433,17 +600,34 @@ mod tests {
             },
         )
         .unwrap();
-        let seq = Sequence {
+        (mem, loaded)
+    }
+
+    /// The VMM's hook order: VM set-up, LAUNCH_START and memory updates after the load,
+    /// the rest once the vCPUs exist.
+    fn drive(seq: &mut Sequence, mem: &GuestMemory, loaded: &LoadedGuest) {
+        seq.vm_setup(mem).unwrap();
+        seq.start_and_update(mem, loaded).unwrap();
+        seq.finish(mem).unwrap();
+    }
+
+    /// What `run` does up to the VMM: the same segment and loader, then the launch sequence
+    /// on that memory. Returns the measurement the launch recorded.
+    fn launch_records(
+        bundle_dir: &std::path::Path,
+        resources: &VmResources,
+        mode: TeeMode,
+        machine: MachineConfig,
+    ) -> Measurement {
+        let (mem, loaded) = load(bundle_dir, resources, mode, machine);
+        let mut seq = Sequence::new(
             mode,
-            vcpus: machine.vcpus,
-            vcpu_sig: vmsa::host_vcpu_sig(),
-            identity: identity(),
-            snp_slot: Arc::new(OnceLock::new()),
-            recorded: Arc::new(Mutex::new(None)),
-            broker: None,
-            secret_gpa: None,
-        };
-        seq.run(&mem, &loaded).unwrap();
+            machine.vcpus,
+            vmsa::host_vcpu_sig(),
+            Box::new(ModelBackend::new(identity(), mode)),
+            Some(identity()),
+        );
+        drive(&mut seq, &mem, &loaded);
         if mode == TeeMode::Snp {
             assert!(
                 seq.snp_slot.get().is_some(),
@@ -458,6 +642,14 @@ mod tests {
             )
             .unwrap();
             assert_ne!(page, [0u8; 16]);
+        }
+        for phase in [
+            Phase::VmSetup,
+            Phase::LaunchStart,
+            Phase::UpdateMemory,
+            Phase::Finish,
+        ] {
+            assert!(seq.phases.lock().unwrap().ran(phase), "{phase:?}");
         }
         let m = seq.recorded.lock().unwrap().clone().unwrap();
         m
@@ -526,6 +718,440 @@ mod tests {
             .unwrap();
             assert_ne!(hardware.digest, expected.digest, "{mode:?} psp_model flag");
         }
+    }
+
+    /// The command order docs/measurement.md documents, for a launch of `mem`/`loaded`.
+    fn documented_order(
+        mode: TeeMode,
+        vcpus: u8,
+        mem: &GuestMemory,
+        loaded: &LoadedGuest,
+    ) -> Vec<Command> {
+        use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+        let vm = match mode {
+            TeeMode::Sev => 2,
+            TeeMode::SevEs => 3,
+            TeeMode::Snp => 4,
+        };
+        let mut c = vec![Command::VmType(vm), Command::SevInit(mode)];
+        for r in mem.iter() {
+            c.push(Command::RegisterMemory {
+                gpa: r.start_addr().0,
+                len: r.len(),
+            });
+        }
+        c.push(Command::LaunchStart {
+            policy: mode.default_policy(),
+            owner: false,
+        });
+        let regions = regions::measured_regions(mode, loaded).unwrap();
+        let names: Vec<_> = regions.iter().map(|r| r.what).collect();
+        let mut want = vec![
+            "firmware",
+            "kernel",
+            "initrd",
+            "boot_params",
+            "cmdline",
+            "mptable",
+        ];
+        if mode == TeeMode::Snp {
+            want.extend(["page_tables", "secrets", "cpuid"]);
+        }
+        assert_eq!(names, want, "docs/measurement.md order");
+        for r in regions {
+            c.push(match mode {
+                TeeMode::Snp => Command::SnpUpdate {
+                    gpa: r.gpa,
+                    len: r.len,
+                    ty: match r.what {
+                        "page_tables" => SnpPageType::Zero,
+                        "secrets" => SnpPageType::Secrets,
+                        "cpuid" => SnpPageType::Cpuid,
+                        _ => SnpPageType::Normal,
+                    },
+                },
+                _ => Command::UpdateData {
+                    gpa: r.gpa,
+                    len: r.len,
+                },
+            });
+        }
+        if mode.has_vmsa() {
+            c.push(Command::UpdateVmsas(usize::from(vcpus)));
+        }
+        if mode != TeeMode::Snp {
+            c.push(Command::Measure);
+        }
+        c.push(Command::Finish {
+            id_block: false,
+            host_data: [0; 32],
+        });
+        c
+    }
+
+    fn modes() -> Vec<TeeMode> {
+        let mut modes = vec![TeeMode::Sev, TeeMode::SevEs];
+        // The SNP CPUID page comes from KVM_GET_SUPPORTED_CPUID.
+        if kvm_available() {
+            modes.push(TeeMode::Snp);
+        } else {
+            eprintln!("SKIP snp part: no /dev/kvm");
+        }
+        modes
+    }
+
+    /// Runs one launch on `backend` behind a recorder; returns the commands and the memory.
+    fn record(
+        bundle: &std::path::Path,
+        mode: TeeMode,
+        backend: Box<dyn LaunchBackend>,
+    ) -> (Vec<Command>, GuestMemory, LoadedGuest) {
+        let machine = MachineConfig {
+            vcpus: 2,
+            ram_mib: 256,
+        };
+        let (mem, loaded) = load(bundle, &VmResources::default(), mode, machine);
+        let recorder = Recorder::new(backend);
+        let commands = recorder.commands.clone();
+        let mut seq = Sequence::new(
+            mode,
+            machine.vcpus,
+            vmsa::host_vcpu_sig(),
+            Box::new(recorder),
+            Some(identity()),
+        );
+        drive(&mut seq, &mem, &loaded);
+        let c = commands.lock().unwrap().clone();
+        (c, mem, loaded)
+    }
+
+    #[test]
+    fn model_and_hardware_paths_issue_the_documented_order() {
+        let bundle = fake_bundle();
+        for mode in modes() {
+            let (model, mem, loaded) = record(
+                bundle.as_path(),
+                mode,
+                Box::new(ModelBackend::new(identity(), mode)),
+            );
+            let fake = FakeOps::default();
+            let (hardware, _, _) = record(
+                bundle.as_path(),
+                mode,
+                Box::new(HardwareBackend::with_ops(mode, Box::new(fake.clone()))),
+            );
+            let want = documented_order(mode, 2, &mem, &loaded);
+            // The model path records the VM type the hardware needs, not its own plain VM.
+            let model_vm_type = match &model[0] {
+                Command::VmType(0) => Command::VmType(match mode {
+                    TeeMode::Sev => 2,
+                    TeeMode::SevEs => 3,
+                    TeeMode::Snp => 4,
+                }),
+                other => other.clone(),
+            };
+            let mut model = model;
+            model[0] = model_vm_type;
+            assert_eq!(hardware, want, "{mode:?} hardware");
+            assert_eq!(model, want, "{mode:?} model");
+        }
+    }
+
+    /// Forwards to a sequence, logs the hook order, and stops the run before any vCPU runs.
+    #[derive(Debug)]
+    struct StopBeforeRun {
+        inner: Sequence,
+        hooks: Arc<Mutex<Vec<&'static str>>>,
+    }
+
+    impl TeeLaunch for StopBeforeRun {
+        fn vm_type(&self) -> u64 {
+            self.inner.vm_type()
+        }
+        fn creates_memory_slots(&self) -> bool {
+            self.inner.creates_memory_slots()
+        }
+        fn vm_created(&mut self, vm: &Arc<VmFd>, mem: &GuestMemory) -> Result<(), TeeHookError> {
+            self.hooks.lock().unwrap().push("vm_created");
+            self.inner.vm_created(vm, mem)
+        }
+        fn loaded(&mut self, mem: &GuestMemory, l: &LoadedGuest) -> Result<(), TeeHookError> {
+            self.hooks.lock().unwrap().push("loaded");
+            self.inner.loaded(mem, l)
+        }
+        fn vcpus_ready(&mut self, mem: &GuestMemory) -> Result<(), TeeHookError> {
+            self.hooks.lock().unwrap().push("vcpus_ready");
+            self.inner.vcpus_ready(mem)?;
+            Err("stop before the guest runs".into())
+        }
+        fn memory_converter(&self) -> Option<Arc<dyn MemoryConverter>> {
+            self.inner.memory_converter()
+        }
+        fn vmm_phase(&mut self, phase: Phase, wall: std::time::Duration, bytes: u64) {
+            self.hooks.lock().unwrap().push(match phase {
+                Phase::MemoryAllocation => "phase:memory",
+                Phase::ImageLoad => "phase:load",
+                _ => "phase:other",
+            });
+            self.inner.vmm_phase(phase, wall, bytes)
+        }
+    }
+
+    /// The VMM calls the launch at the points the hardware needs (VM set-up before vCPUs,
+    /// updates after the load, VMSAs and FINISH after the vCPU registers), and the commands
+    /// a real `Vmm::run` issues are the documented order.
+    #[test]
+    fn vmm_drives_the_sequence_in_the_documented_order() {
+        use crate::vmm::memory::tests::{temp_file, tempfile_lite::TempPath};
+        if !kvm_available() {
+            return;
+        }
+        let bundle_dir = fake_bundle();
+        let bundle = Bundle::load(bundle_dir.as_path()).unwrap();
+        let machine = MachineConfig {
+            vcpus: 2,
+            ram_mib: 256,
+        };
+        for mode in modes() {
+            let seg = guest::launch_segment(&VmResources::default(), mode, true).unwrap();
+            let recorder = Recorder::new(ModelBackend::new(identity(), mode));
+            let commands = recorder.commands.clone();
+            let hooks = Arc::new(Mutex::new(Vec::new()));
+            let seq = Sequence::new(mode, 2, vmsa::host_vcpu_sig(), Box::new(recorder), None);
+            let root = temp_file(&[0u8; 4096]);
+            let out = TempPath::new();
+            let config = VmConfig {
+                vcpus: machine.vcpus,
+                ram_mib: machine.ram_mib,
+                kernel_path: bundle.dir.join("vmlinux"),
+                initrd_path: None,
+                initrd_append: seg.bytes.clone(),
+                cmdline: guest::BASE_CMDLINE.to_owned(),
+                root_disk: DiskConfig {
+                    path: root.0.clone(),
+                    read_only: true,
+                },
+                data_disk: None,
+                attestation_target: None,
+                port_map: PortMap::List(vec![]),
+                vsock_handlers: crate::devices::virtio::vsock::HostServices::new(),
+                console: ConsoleConfig {
+                    input: None,
+                    output: std::fs::File::create(&out.0).unwrap().into(),
+                },
+                tee: Some(TeeBoot {
+                    kernel: bundle.kernel.clone(),
+                    initrd: bundle.initrd.clone(),
+                    layout: regions::firmware_layout(mode, u64::from(machine.ram_mib) << 20),
+                    launch: Box::new(StopBeforeRun {
+                        inner: seq,
+                        hooks: hooks.clone(),
+                    }),
+                }),
+            };
+            assert!(matches!(Vmm::run(config), Err(VmmError::Tee(_))));
+            assert_eq!(
+                *hooks.lock().unwrap(),
+                [
+                    "phase:memory",
+                    "vm_created",
+                    "phase:load",
+                    "loaded",
+                    "vcpus_ready"
+                ]
+            );
+            let (mem, loaded) = load(bundle_dir.as_path(), &VmResources::default(), mode, machine);
+            let mut want = documented_order(mode, 2, &mem, &loaded);
+            want[0] = Command::VmType(0); // the model runs in a plain VM
+            assert_eq!(*commands.lock().unwrap(), want, "{mode:?}");
+        }
+    }
+
+    /// The TEE config's SNP policy, HOST_DATA and ID block reach SNP_LAUNCH_START/FINISH.
+    #[test]
+    fn snp_parameters_reach_launch_start_and_finish() {
+        if !kvm_available() {
+            return;
+        }
+        let bundle = fake_bundle();
+        let machine = MachineConfig {
+            vcpus: 1,
+            ram_mib: 256,
+        };
+        let (mem, loaded) = load(
+            bundle.as_path(),
+            &VmResources::default(),
+            TeeMode::Snp,
+            machine,
+        );
+        let fake = FakeOps::default();
+        let recorder = Recorder::new(HardwareBackend::with_ops(
+            TeeMode::Snp,
+            Box::new(fake.clone()),
+        ));
+        let commands = recorder.commands.clone();
+        let mut seq = Sequence::new(TeeMode::Snp, 1, 0xa00f11, Box::new(recorder), None);
+        seq.snp = SnpLaunchParams {
+            policy: 0x30000 | 1 << 19,
+            host_data: [0x5a; 32],
+            id_block: Some((vec![1; 96], vec![2; 4096])),
+            author_key_en: false,
+        };
+        drive(&mut seq, &mem, &loaded);
+        let c = commands.lock().unwrap().clone();
+        assert!(c.contains(&Command::LaunchStart {
+            policy: 0x30000 | 1 << 19,
+            owner: false
+        }));
+        assert_eq!(
+            c.last(),
+            Some(&Command::Finish {
+                id_block: true,
+                host_data: [0x5a; 32]
+            })
+        );
+        let log = fake.log();
+        assert!(log.contains(&Ioctl::SnpStart(0x30000 | 1 << 19, 0)));
+        assert_eq!(log.last(), Some(&Ioctl::SnpFinish(1, 0, 0, 0x5a)));
+    }
+
+    fn hva(mem: &GuestMemory, gpa: u64) -> u64 {
+        use vm_memory::GuestMemoryBackend as _;
+        mem.get_host_address(vm_memory::GuestAddress(gpa)).unwrap() as u64
+    }
+
+    /// What the kernel would receive from the hardware backend, ioctl by ioctl.
+    #[test]
+    fn hardware_backend_issues_the_kernel_structures() {
+        use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+        let bundle = fake_bundle();
+        for mode in modes() {
+            let fake = FakeOps::default();
+            let (_, mem, loaded) = record(
+                bundle.as_path(),
+                mode,
+                Box::new(HardwareBackend::with_ops(mode, Box::new(fake.clone()))),
+            );
+            let regions = regions::measured_regions(mode, &loaded).unwrap();
+            let mut want = vec![Ioctl::Init2 {
+                vmsa_features: 0,
+                ghcb_version: if mode == TeeMode::Sev { 0 } else { 2 },
+            }];
+            for (slot, r) in mem.iter().enumerate() {
+                let (gpa, len) = (r.start_addr().0, r.len());
+                match mode {
+                    TeeMode::Snp => want.extend([
+                        Ioctl::CreateGmem(len),
+                        Ioctl::Slot2(u32::try_from(slot).unwrap(), 4, gpa, len, hva(&mem, gpa)),
+                        Ioctl::Attributes(gpa, len, 8),
+                    ]),
+                    _ => want.push(Ioctl::RegRegion(hva(&mem, gpa), len)),
+                }
+            }
+            match mode {
+                TeeMode::Snp => {
+                    want.push(Ioctl::ExitHypercall(1 << 12));
+                    want.push(Ioctl::SnpStart(0x30000, 0));
+                    for r in &regions {
+                        let ty = match r.kind {
+                            regions::PageKind::Normal => 1,
+                            regions::PageKind::Zero => 3,
+                            regions::PageKind::Secrets => 5,
+                            regions::PageKind::Cpuid => 6,
+                        };
+                        want.push(Ioctl::SnpUpdate(r.gpa >> 12, hva(&mem, r.gpa), r.len, ty));
+                    }
+                    // KVM measures the VMSAs inside SNP_LAUNCH_FINISH.
+                    want.push(Ioctl::SnpFinish(0, 0, 0, 0));
+                }
+                _ => {
+                    want.push(Ioctl::LaunchStart(
+                        u32::try_from(mode.default_policy()).unwrap(),
+                        0,
+                        0,
+                    ));
+                    for r in &regions {
+                        want.push(Ioctl::UpdateData(
+                            hva(&mem, r.gpa),
+                            u32::try_from(r.len).unwrap(),
+                        ));
+                    }
+                    if mode == TeeMode::SevEs {
+                        want.push(Ioctl::UpdateVmsa(0));
+                    }
+                    want.push(Ioctl::Measure(48));
+                    want.push(Ioctl::Finish);
+                }
+            }
+            assert_eq!(fake.log(), want, "{mode:?}");
+        }
+    }
+
+    /// KVM may stop SNP_LAUNCH_UPDATE early or answer EAGAIN; the backend continues where
+    /// the kernel says it stopped.
+    #[test]
+    fn snp_update_follows_partial_progress() {
+        let mem = memory::create_guest_memory(memory::MIN_RAM_BYTES).unwrap();
+        let fake = FakeOps {
+            pages_per_update: 1,
+            eagain_once: true,
+            ..Default::default()
+        };
+        let mut b = HardwareBackend::with_ops(TeeMode::Snp, Box::new(fake.clone()));
+        b.snp_update(&mem, 0x10_0000, 0x3000, SnpPageType::Normal)
+            .unwrap();
+        let h = hva(&mem, 0x10_0000);
+        assert_eq!(
+            fake.log(),
+            vec![
+                Ioctl::SnpUpdate(0x100, h, 0x3000, 1),
+                Ioctl::SnpUpdate(0x101, h + 0x1000, 0x2000, 1),
+                Ioctl::SnpUpdate(0x102, h + 0x2000, 0x1000, 1),
+            ]
+        );
+        // A range outside guest memory never reaches the kernel.
+        assert!(b
+            .snp_update(&mem, 0xd000_0000, 0x1000, SnpPageType::Normal)
+            .is_err());
+        assert_eq!(fake.log().len(), 3);
+    }
+
+    #[test]
+    fn hardware_secret_and_finish_arguments_are_checked() {
+        let mem = memory::create_guest_memory(memory::MIN_RAM_BYTES).unwrap();
+        let fake = FakeOps::default();
+        let mut b = HardwareBackend::with_ops(TeeMode::SevEs, Box::new(fake.clone()));
+        let header = [0u8; 52];
+        b.secret(&mem, 0x400_0000, &header, &[1u8; 64]).unwrap();
+        assert_eq!(
+            fake.log(),
+            vec![Ioctl::Secret(52, hva(&mem, 0x400_0000), 64, 64)]
+        );
+        assert!(matches!(
+            b.secret(&mem, 0x400_0fc0, &header, &[1u8; 128]),
+            Err(TeeError::SecretTooLarge)
+        ));
+        assert!(matches!(
+            b.secret(&mem, 0x400_0000, &header, &[]),
+            Err(TeeError::SecretTooLarge)
+        ));
+        let mut snp = HardwareBackend::with_ops(TeeMode::Snp, Box::new(fake.clone()));
+        let short = [0u8; 95];
+        let auth = [0u8; 4096];
+        assert!(snp
+            .finish(&FinishParams {
+                id_block: Some((&short, &auth)),
+                ..Default::default()
+            })
+            .is_err());
+        let block = [0u8; 96];
+        snp.finish(&FinishParams {
+            id_block: Some((&block, &auth)),
+            author_key_en: true,
+            host_data: [9; 32],
+        })
+        .unwrap();
+        assert_eq!(fake.log().last(), Some(&Ioctl::SnpFinish(1, 1, 0, 9)));
     }
 
     #[test]

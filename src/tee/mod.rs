@@ -5,16 +5,22 @@
 //! | `regions` | which guest memory is measured, in which order, with which SNP page type |
 //! | `vmsa` | the initial VMSA of each vCPU (SEV-ES, SNP) |
 //! | `cpuid_page` | the SNP CPUID page from KVM's supported CPUID |
-//! | `measure` | the launch-update sequence over guest memory, shared by the launch and `krun-sev measure` |
-//! | `model` | the PSP model backend: identity, loud warning |
+//! | `backend` | the AMD-SP command interface (`LaunchBackend`) and the recording backend |
+//! | `measure` | the launch-update sequence over guest memory, shared by the launch and `krun-sev measure`; the PSP model backend |
+//! | `hardware` | the hardware backend: KVM SEV ioctls, /dev/sev, prerequisites |
+//! | `phases` | wall time and bytes of each launch phase |
+//! | `model` | the PSP model's identity and loud warning |
 //! | `report_service` | vsock 1026: SNP reports from the model |
 //! | `snp_params` | SNP policy, HOST_DATA and ID block from the TEE config's `tee_data` |
 //!
 //! What is measured and why: `docs/measurement.md`.
 
+pub mod backend;
 pub mod cpuid_page;
+pub mod hardware;
 pub mod measure;
 pub mod model;
+pub mod phases;
 pub mod regions;
 pub mod report_service;
 pub mod snp_params;
@@ -31,9 +37,18 @@ pub enum TeeError {
     /// `KRUN_SEV_BACKEND` has an unknown value.
     #[error("KRUN_SEV_BACKEND must be \"hardware\" or \"model\"")]
     BadBackend,
-    /// The hardware backend is not part of this build yet.
-    #[error("the SEV hardware backend is not available yet in this build (prerequisite: KVM_SEV_INIT2 launch code); set KRUN_SEV_BACKEND=model to use the PSP model, which does not encrypt guest memory")]
-    HardwareUnavailable,
+    /// A host prerequisite of the hardware backend is missing.
+    #[error("SEV hardware backend unavailable")]
+    Prerequisite(#[source] hardware::probe::MissingPrerequisite),
+    /// A KVM SEV ioctl failed.
+    #[error("KVM SEV launch command failed")]
+    Hardware(#[source] hardware::HardwareError),
+    /// Host-side SEV attestation on hardware needs the platform's AMD-signed chain.
+    #[error("SEV host-side attestation with the hardware backend is not supported yet (needs the AMD-signed CEK from AMD KDS)")]
+    HardwareAttestation,
+    /// A launch command was issued out of order (a bug in the sequence).
+    #[error("launch command issued out of order")]
+    OutOfOrder,
     /// The PSP model refused an SEV/SEV-ES launch command.
     #[error("PSP model SEV launch command failed")]
     SevModel(#[source] krun_psp_model::SevLaunchError),

@@ -17,6 +17,7 @@ use crate::devices::virtio::vsock::{
     ExposedPortsHandler, PortControl, TcpForward, VirtioVsock, VsockError, PORT_ATTESTATION,
     PORT_CONTROL,
 };
+use crate::tee::phases::Phase;
 use crate::vmm::config::{PortMap, VmConfig};
 use crate::vmm::device_manager::{DeviceManager, DeviceManagerError};
 use crate::vmm::loader::{self, GuestImage, LoaderError};
@@ -117,21 +118,12 @@ impl Vmm {
             Some(_) => &[(krun_resetvec::IMAGE_GPA, krun_resetvec::IMAGE_SIZE as u64)],
             None => &[],
         };
+        let alloc_start = Instant::now();
         let mem =
             Arc::new(memory::create_guest_memory_with(ram_bytes, extra).map_err(VmmError::Memory)?);
-        let vm = Vm::new().map_err(VmmError::Vm)?;
-        vm.register_memory(&mem).map_err(VmmError::Vm)?;
-
-        // Terminal first, so every later error path restores it through the guard's drop.
-        let terminal = match &config.console.input {
-            Some(fd) => Some(TerminalGuard::new(fd.as_fd()).map_err(VmmError::Terminal)?),
-            None => None,
-        };
-
-        let devices = attach_devices(&vm, &mem, config_devices(&config)?)?;
-        let cmdline = full_cmdline(&config.cmdline, devices.cmdline_entries())?;
-        let (kernel_bytes, initrd_bytes, firmware, before_start) = match tee {
-            Some(t) => (t.kernel, t.initrd, Some(t.layout), Some(t.before_start)),
+        let alloc_wall = alloc_start.elapsed();
+        let (kernel_bytes, initrd_bytes, firmware, mut launch) = match tee {
+            Some(t) => (t.kernel, t.initrd, Some(t.layout), Some(t.launch)),
             None => {
                 let k = std::fs::read(&config.kernel_path)
                     .map_err(|e| VmmError::Memory(MemoryError::OpenKernel(e)))?;
@@ -143,6 +135,28 @@ impl Vmm {
                 (k, i, None, None)
             }
         };
+        if let Some(l) = launch.as_mut() {
+            l.vmm_phase(Phase::MemoryAllocation, alloc_wall, 0);
+        }
+        let vm_type = launch.as_ref().map_or(0, |l| l.vm_type());
+        let vm = Vm::with_type(vm_type).map_err(VmmError::Vm)?;
+        if !launch.as_ref().is_some_and(|l| l.creates_memory_slots()) {
+            vm.register_memory(&mem).map_err(VmmError::Vm)?;
+        }
+        // KVM_SEV_INIT2 and encrypted-memory registration come before any vCPU exists.
+        if let Some(l) = launch.as_mut() {
+            l.vm_created(vm.shared_fd(), &mem).map_err(VmmError::Tee)?;
+        }
+
+        // Terminal first, so every later error path restores it through the guard's drop.
+        let terminal = match &config.console.input {
+            Some(fd) => Some(TerminalGuard::new(fd.as_fd()).map_err(VmmError::Terminal)?),
+            None => None,
+        };
+
+        let devices = attach_devices(&vm, &mem, config_devices(&config)?)?;
+        let cmdline = full_cmdline(&config.cmdline, devices.cmdline_entries())?;
+        let load_start = Instant::now();
         let loaded = loader::load_guest(
             &mem,
             GuestImage {
@@ -157,8 +171,9 @@ impl Vmm {
         )
         .map_err(VmmError::Load)?;
         drop(kernel_bytes);
-        if let Some(hook) = before_start {
-            hook(&mem, &loaded).map_err(VmmError::Tee)?;
+        if let Some(l) = launch.as_mut() {
+            l.vmm_phase(Phase::ImageLoad, load_start.elapsed(), 0);
+            l.loaded(&mem, &loaded).map_err(VmmError::Tee)?;
         }
         let entry = match loaded.firmware {
             Some(_) => BootEntry::ResetVector,
@@ -173,12 +188,24 @@ impl Vmm {
                 .map_err(VmmError::Vcpu)?;
             fds.push(fd);
         }
+        // SEV-ES/SNP: KVM builds each VMSA from the registers just set; the launch measures
+        // and encrypts them now, then finishes.
+        let converter = match launch.as_mut() {
+            Some(l) => {
+                l.vcpus_ready(&mem).map_err(VmmError::Tee)?;
+                l.memory_converter()
+            }
+            None => None,
+        };
+        // `launch` stays alive until the VM is gone: on SNP hardware it owns the guest_memfd
+        // files, and KVM unbinds a slot's private memory when its file is released.
         let exit = Arc::new(ExitState::new());
         let shared = Arc::new(VcpuShared {
             mmio: devices.into_bus(),
             serial: Mutex::new(SerialSink::new()),
             exit: exit.clone(),
             exits: AtomicU64::new(0),
+            converter,
         });
         let started = Instant::now();
         let mut handles = Vec::with_capacity(fds.len());

@@ -81,12 +81,41 @@ pub struct VmConfig {
     pub tee: Option<TeeBoot>,
 }
 
-/// Called once guest memory holds everything the guest boots from, before the vCPUs are
-/// created; a failure aborts the run.
-pub type BeforeStart = Box<
-    dyn FnOnce(&GuestMemory, &LoadedGuest) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
-        + Send,
->;
+/// Errors a TEE hook returns to the VMM.
+pub type TeeHookError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The TEE side of a confidential launch, called by the VMM at fixed points of the boot
+/// (`crate::launch::sequence` implements it; docs/measurement.md has the order).
+pub trait TeeLaunch: Send {
+    /// The `KVM_CREATE_VM` type.
+    fn vm_type(&self) -> u64;
+    /// Whether [`TeeLaunch::vm_created`] creates the KVM memory slots (SNP guest_memfd);
+    /// otherwise the VMM registers plain slots before calling it.
+    fn creates_memory_slots(&self) -> bool;
+    /// Once the VM exists, before any vCPU: KVM_SEV_INIT2 and memory registration.
+    fn vm_created(
+        &mut self,
+        vm: &std::sync::Arc<kvm_ioctls::VmFd>,
+        mem: &GuestMemory,
+    ) -> Result<(), TeeHookError>;
+    /// Once guest memory holds everything the guest boots from: LAUNCH_START and the memory
+    /// launch updates.
+    fn loaded(&mut self, mem: &GuestMemory, loaded: &LoadedGuest) -> Result<(), TeeHookError>;
+    /// Once every vCPU exists with its reset registers, before any runs: VMSAs, MEASURE,
+    /// attestation and SECRET, FINISH.
+    fn vcpus_ready(&mut self, mem: &GuestMemory) -> Result<(), TeeHookError>;
+    /// Handles the guest's private/shared conversions at run time (SNP on hardware).
+    fn memory_converter(
+        &self,
+    ) -> Option<std::sync::Arc<dyn crate::tee::hardware::convert::MemoryConverter>>;
+    /// Records the VMM-side phases (memory allocation, image load) of the launch.
+    fn vmm_phase(
+        &mut self,
+        phase: crate::tee::phases::Phase,
+        wall: std::time::Duration,
+        bytes: u64,
+    );
+}
 
 /// The VMM side of a confidential launch (see `crate::tee`).
 pub struct TeeBoot {
@@ -98,7 +127,7 @@ pub struct TeeBoot {
     /// Firmware page tables and SNP pages.
     pub layout: FirmwareLayout,
     /// The launch sequence (measure, inject secrets, finish).
-    pub before_start: BeforeStart,
+    pub launch: Box<dyn TeeLaunch>,
 }
 
 impl std::fmt::Debug for TeeBoot {

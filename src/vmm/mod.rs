@@ -25,4 +25,6 @@ pub mod vstate;
 pub(crate) mod test_utils;
 
 pub use builder::{ExitStatus, RunStats, Vmm, VmmError};
-pub use config::{ConsoleConfig, DiskConfig, PortMap, PortMapping, TeeBoot, VmConfig};
+pub use config::{
+    ConsoleConfig, DiskConfig, PortMap, PortMapping, TeeBoot, TeeHookError, TeeLaunch, VmConfig,
+};

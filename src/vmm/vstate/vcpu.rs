@@ -13,6 +13,8 @@ use crate::arch::layout::{EXIT_STATUS_PORT, SERIAL_PORT_BASE};
 use crate::arch::{cpuid, msr, regs};
 use crate::devices::serial::SerialSink;
 use crate::devices::BusDevice;
+use crate::tee::hardware::convert::MemoryConverter;
+use crate::tee::hardware::uapi;
 use crate::vmm::bus::MmioBus;
 use crate::vmm::vstate::exit::{ExitState, StopReason};
 
@@ -46,6 +48,9 @@ const I8042_RESET_CMD: u8 = 0xfe;
 const RESET_CONTROL_PORT: u16 = 0xcf9;
 const RESET_CONTROL_RESET_BIT: u8 = 0x4;
 const SERIAL_PORT_COUNT: u16 = 8;
+/// `-KVM_ENOSYS` (`include/uapi/linux/kvm_para.h`: 1000) as the guest reads a hypercall's
+/// return value: the hypercall is not implemented.
+const KVM_ENOSYS: u64 = (-1000i64) as u64;
 
 /// Configures vCPU `index` of `vcpus`: CPUID, MSRs, FPU, LAPIC LINT pins, and for the boot
 /// vCPU (index 0) the 64-bit boot protocol registers with `rip = entry`. Application
@@ -99,14 +104,30 @@ pub fn configure_boot(
             fd.set_regs(&regs::boot_regs(entry))
                 .map_err(VcpuError::Ioctl)?;
         }
-        (BootEntry::ResetVector, 1..) => {
+        (BootEntry::ResetVector, _) => {
+            // SEV-ES/SNP measure a VMSA that KVM copies from these registers; it must equal
+            // `crate::tee::vmsa::build`. KVM computed the reset RDX when the vCPU was created,
+            // before KVM_SET_CPUID2 (so 0x600); the architectural value, which the model
+            // measures, is CPUID leaf 1 EAX.
             let mut r = fd.get_regs().map_err(VcpuError::Ioctl)?;
-            r.rip = krun_resetvec::layout::AP_ENTRY_IP;
+            r.rdx = reset_rdx(&guest_cpuid);
+            if index > 0 {
+                r.rip = krun_resetvec::layout::AP_ENTRY_IP;
+            }
             fd.set_regs(&r).map_err(VcpuError::Ioctl)?;
         }
-        _ => {}
+        (BootEntry::Direct(_), _) => {}
     }
     Ok(())
+}
+
+/// CPUID leaf 1 EAX (family, model, stepping) of `cpuid`, the x86 reset value of RDX.
+pub fn reset_rdx(cpuid: &CpuId) -> u64 {
+    cpuid
+        .as_slice()
+        .iter()
+        .find(|e| e.function == 1 && e.index == 0)
+        .map_or(0x600, |e| u64::from(e.eax))
 }
 
 /// What every vCPU thread shares: device buses and the run's exit state.
@@ -120,6 +141,8 @@ pub struct VcpuShared {
     pub exit: Arc<ExitState>,
     /// VM exits seen by all vCPUs (for boot benchmarks).
     pub exits: AtomicU64,
+    /// Private/shared conversions requested by an SNP guest (hardware backend only).
+    pub converter: Option<Arc<dyn MemoryConverter>>,
 }
 
 impl VcpuShared {
@@ -200,6 +223,27 @@ impl VcpuShared {
                 return false;
             }
             VcpuExit::Intr => {}
+            VcpuExit::Hypercall(h) => {
+                *h.ret = match (&self.converter, h.nr) {
+                    (Some(c), uapi::HC_MAP_GPA_RANGE) => c.map_gpa_range(h.args),
+                    _ => {
+                        log::debug!("vCPU {index}: unexpected hypercall {}", h.nr);
+                        KVM_ENOSYS
+                    }
+                };
+            }
+            VcpuExit::MemoryFault { flags, gpa, size } => {
+                let resolved = self
+                    .converter
+                    .as_ref()
+                    .is_some_and(|c| c.memory_fault(flags, gpa, size));
+                if !resolved {
+                    self.exit.request_stop(StopReason::VcpuError(format!(
+                        "vCPU {index}: unresolved memory fault at {gpa:#x} (+{size:#x}, flags {flags:#x})"
+                    )));
+                    return false;
+                }
+            }
             other => {
                 log::debug!("vCPU {index}: unhandled exit {other:?}");
             }
@@ -369,6 +413,7 @@ mod tests {
             serial: Mutex::new(SerialSink::new()),
             exit: exit.clone(),
             exits: AtomicU64::new(0),
+            converter: None,
         });
         let handle = spawn(fd, 0, shared).unwrap();
         let watchdog_exit = exit.clone();
@@ -384,6 +429,134 @@ mod tests {
             *writes.lock().unwrap(),
             vec![(0, vec![0x78, 0x56, 0x34, 0x12])]
         );
+    }
+
+    /// Records conversions and answers with a fixed value.
+    #[derive(Debug, Default)]
+    struct FakeConverter(Mutex<Vec<(u64, u64, u64)>>);
+    impl MemoryConverter for FakeConverter {
+        fn map_gpa_range(&self, args: [u64; 6]) -> u64 {
+            self.0.lock().unwrap().push((args[0], args[1], args[2]));
+            0
+        }
+        fn memory_fault(&self, flags: u64, gpa: u64, size: u64) -> bool {
+            self.0.lock().unwrap().push((gpa, size, flags));
+            gpa < 0x1000_0000
+        }
+    }
+
+    fn shared(converter: Option<Arc<dyn MemoryConverter>>) -> VcpuShared {
+        VcpuShared {
+            mmio: MmioBus::new(),
+            serial: Mutex::new(SerialSink::new()),
+            exit: Arc::new(ExitState::new()),
+            exits: AtomicU64::new(0),
+            converter,
+        }
+    }
+
+    /// SNP page-state exits reach the converter; without one (plain and model launches) the
+    /// guest gets -KVM_ENOSYS and a memory fault stops the VM.
+    #[test]
+    fn conversion_exits_go_to_the_converter() {
+        let fake = Arc::new(FakeConverter::default());
+        let s = shared(Some(fake.clone()));
+        let mut ret = 77u64;
+        let exit = VcpuExit::Hypercall(kvm_ioctls::HypercallExit {
+            nr: uapi::HC_MAP_GPA_RANGE,
+            args: [0x2000, 3, 0x10, 0, 0, 0],
+            ret: &mut ret,
+            longmode: 1,
+        });
+        assert!(s.handle_exit(0, exit));
+        assert_eq!(ret, 0);
+        let mut ret = 77u64;
+        let other = VcpuExit::Hypercall(kvm_ioctls::HypercallExit {
+            nr: 5,
+            args: [0; 6],
+            ret: &mut ret,
+            longmode: 1,
+        });
+        assert!(s.handle_exit(0, other));
+        assert_eq!(ret as i64, -1000, "only MAP_GPA_RANGE is served");
+        assert!(s.handle_exit(
+            0,
+            VcpuExit::MemoryFault {
+                flags: 8,
+                gpa: 0x3000,
+                size: 0x1000
+            }
+        ));
+        assert!(!s.handle_exit(
+            1,
+            VcpuExit::MemoryFault {
+                flags: 0,
+                gpa: 0x2000_0000,
+                size: 0x1000
+            }
+        ));
+        assert!(s.exit.stopping());
+        assert_eq!(
+            *fake.0.lock().unwrap(),
+            [
+                (0x2000, 3, 0x10),
+                (0x3000, 0x1000, 8),
+                (0x2000_0000, 0x1000, 0)
+            ]
+        );
+
+        let plain = shared(None);
+        let mut ret = 0u64;
+        let exit = VcpuExit::Hypercall(kvm_ioctls::HypercallExit {
+            nr: uapi::HC_MAP_GPA_RANGE,
+            args: [0x2000, 1, 0, 0, 0, 0],
+            ret: &mut ret,
+            longmode: 1,
+        });
+        assert!(plain.handle_exit(0, exit));
+        assert_eq!(ret as i64, -1000);
+        assert!(!plain.handle_exit(
+            0,
+            VcpuExit::MemoryFault {
+                flags: 0,
+                gpa: 0,
+                size: 0x1000
+            }
+        ));
+    }
+
+    /// The registers KVM syncs into an SEV-ES/SNP VMSA match what `tee::vmsa` measures
+    /// (RIP, CS, RFLAGS, RDX) for the BSP and an AP. Checked on this host's KVM; on SEV
+    /// hardware the same registers are what `sev_es_sync_vmsa` copies.
+    #[test]
+    fn reset_vector_registers_match_the_modelled_vmsa() {
+        if !kvm_available() {
+            return;
+        }
+        let vm = Vm::new().unwrap();
+        let supported = vm.supported_cpuid().unwrap();
+        assert_eq!(
+            reset_rdx(&supported),
+            u64::from(crate::tee::vmsa::host_vcpu_sig()),
+            "KVM passes the host signature through"
+        );
+        for index in 0..2u8 {
+            let fd = vm.create_vcpu(index).unwrap();
+            configure_boot(&fd, index, 2, &supported, BootEntry::ResetVector).unwrap();
+            let r = fd.get_regs().unwrap();
+            let sr = fd.get_sregs().unwrap();
+            let page = crate::tee::vmsa::build(
+                crate::tee::TeeMode::SevEs,
+                index,
+                crate::tee::vmsa::host_vcpu_sig(),
+            );
+            let q = |at: usize| u64::from_le_bytes(page[at..at + 8].try_into().unwrap());
+            assert_eq!(r.rip, q(0x178), "vCPU {index} RIP");
+            assert_eq!(r.rdx, q(0x310), "vCPU {index} RDX");
+            assert_eq!(r.rflags, q(0x170), "vCPU {index} RFLAGS");
+            assert_eq!(u64::from(sr.cs.selector), q(0x10) & 0xffff, "CS selector");
+            assert_eq!(sr.cs.base, q(0x18), "CS base");
+        }
     }
 
     /// A vCPU parked in `hlt` (in-kernel LAPIC) is kicked out and joined on a host stop.
@@ -408,6 +581,7 @@ mod tests {
             serial: Mutex::new(SerialSink::new()),
             exit: exit.clone(),
             exits: AtomicU64::new(0),
+            converter: None,
         });
         let handle = spawn(fd, 0, shared).unwrap();
         let start = std::time::Instant::now();
@@ -457,6 +631,7 @@ mod tests {
             serial: Mutex::new(SerialSink::new()),
             exit: exit.clone(),
             exits: AtomicU64::new(0),
+            converter: None,
         });
         // Every vCPU exists before any runs, as in Vmm::run: an IPI to a vCPU that KVM does
         // not know yet is lost.

@@ -4,6 +4,8 @@ use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
     KVM_PIT_SPEAKER_DUMMY,
 };
+use std::sync::Arc;
+
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
@@ -50,14 +52,25 @@ pub enum VmError {
 #[derive(Debug)]
 pub struct Vm {
     kvm: Kvm,
-    fd: VmFd,
+    fd: Arc<VmFd>,
 }
 
 impl Vm {
     /// Creates the VM with an in-kernel IOAPIC/PIC/LAPIC and PIT.
     pub fn new() -> Result<Self, VmError> {
+        Self::with_type(0)
+    }
+
+    /// [`Vm::new`] with a `KVM_CREATE_VM` machine type (0 = default; 2/3/4 = SEV, SEV-ES,
+    /// SNP, `crate::tee::backend::vm_type`).
+    pub fn with_type(vm_type: u64) -> Result<Self, VmError> {
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
-        let fd = kvm.create_vm().map_err(VmError::CreateVm)?;
+        let fd = match vm_type {
+            0 => kvm.create_vm(),
+            t => kvm.create_vm_with_type(t),
+        }
+        .map_err(VmError::CreateVm)?;
+        let fd = Arc::new(fd);
         let tss = usize::try_from(KVM_TSS_START).map_err(|_| VmError::MemoryLayout)?;
         fd.set_identity_map_address(KVM_IDENTITY_MAP_START)
             .map_err(VmError::SetTss)?;
@@ -116,6 +129,11 @@ impl Vm {
 
     /// The VM fd (for device-specific ioctls).
     pub fn fd(&self) -> &VmFd {
+        &self.fd
+    }
+
+    /// The VM fd, shared with the TEE launch and the runtime memory converter.
+    pub fn shared_fd(&self) -> &Arc<VmFd> {
         &self.fd
     }
 }
