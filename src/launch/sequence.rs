@@ -15,13 +15,14 @@ use kvm_ioctls::VmFd;
 
 use super::{guest, LaunchError, LaunchPlan};
 use crate::resources::{PortMap as ResPortMap, VmResources};
-use crate::tee::backend::{FinishParams, LaunchBackend, OwnerBlobs, StartParams};
+use crate::tee::backend::{LaunchBackend, OwnerBlobs, StartParams};
 use crate::tee::hardware::{self, convert::MemoryConverter};
 use crate::tee::measure::{
     self, LaunchRecord, MeasureInputs, Measurement, ModelBackend, SequenceInputs,
 };
 use crate::tee::phases::{Phase, PhaseTimes};
 use crate::tee::report_service::ReportService;
+use crate::tee::snp_params::SnpLaunchParams;
 use crate::tee::{cpuid_page, model, regions, vmsa, Backend, TeeError, TeeMode};
 use crate::vmm::loader::LoadedGuest;
 use crate::vmm::memory::GuestMemory;
@@ -195,7 +196,7 @@ impl Sequence {
                     session: bytes,
                 }),
             ),
-            _ if self.mode == TeeMode::Snp => (self.snp.policy, None),
+            _ if self.mode == TeeMode::Snp => (self.snp.policy(), None),
             _ => (self.mode.default_policy(), None),
         };
         let backend = &mut self.backend;
@@ -273,15 +274,7 @@ impl Sequence {
             }
             _ => {}
         }
-        let finish_params = FinishParams {
-            id_block: self
-                .snp
-                .id_block
-                .as_ref()
-                .map(|(b, a)| (b.as_slice(), a.as_slice())),
-            author_key_en: self.snp.author_key_en,
-            host_data: self.snp.host_data,
-        };
+        let finish_params = self.snp.finish_params();
         let backend = &mut self.backend;
         phases.time(Phase::Finish, || {
             backend.finish(&finish_params).map(|()| ((), 0))
@@ -326,30 +319,6 @@ impl TeeLaunch for Sequence {
     }
     fn vmm_phase(&mut self, phase: Phase, wall: std::time::Duration, bytes: u64) {
         self.phases().add(phase, wall, bytes);
-    }
-}
-
-/// What SNP_LAUNCH_START and SNP_LAUNCH_FINISH take from the TEE config.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct SnpLaunchParams {
-    /// Guest policy (default: [`TeeMode::default_policy`]).
-    pub policy: u64,
-    /// HOST_DATA bound into every report.
-    pub host_data: [u8; 32],
-    /// ID block (96 bytes) and ID auth structure (4096 bytes).
-    pub id_block: Option<(Vec<u8>, Vec<u8>)>,
-    /// The ID auth structure carries an author key.
-    pub author_key_en: bool,
-}
-
-impl Default for SnpLaunchParams {
-    fn default() -> Self {
-        SnpLaunchParams {
-            policy: TeeMode::Snp.default_policy(),
-            host_data: [0; 32],
-            id_block: None,
-            author_key_en: false,
-        }
     }
 }
 
@@ -451,7 +420,7 @@ pub(crate) fn run(plan: LaunchPlan) -> Result<u8, LaunchError> {
     if hardware.is_some() && broker.is_some() {
         return Err(LaunchError::Tee(TeeError::HardwareAttestation));
     }
-    let bundle = Bundle::load(&guest::bundle_dir()).map_err(LaunchError::Bundle)?;
+    let bundle = guest::load_bundle().map_err(LaunchError::Bundle)?;
     let seg = guest::launch_segment(&plan.resources, mode, hardware.is_none())
         .map_err(LaunchError::Segment)?;
     let (backend, identity): (Box<dyn LaunchBackend>, _) = match hardware {
@@ -476,6 +445,12 @@ pub(crate) fn run(plan: LaunchPlan) -> Result<u8, LaunchError> {
     sequence.snp_slot = report.slot();
     sequence.broker = broker;
     sequence.secret_gpa = secret_gpa;
+    if mode == TeeMode::Snp {
+        sequence.snp = tee
+            .snp_launch_params()
+            .map_err(|e| LaunchError::Tee(TeeError::SnpParams(e)))?;
+        log::info!("SNP launch parameters: {:?}", sequence.snp);
+    }
     let mut services = crate::devices::virtio::vsock::HostServices::new();
     // The report service answers from the model; on hardware the guest asks the AMD-SP.
     if mode == TeeMode::Snp && identity.is_some() {
@@ -538,7 +513,7 @@ pub(crate) fn run(plan: LaunchPlan) -> Result<u8, LaunchError> {
 mod tests {
     use super::*;
     use crate::resources::{ExecConfig, MachineConfig};
-    use crate::tee::backend::{Command, Recorder, SnpPageType};
+    use crate::tee::backend::{Command, FinishParams, Recorder, SnpPageType};
     use crate::tee::hardware::test_utils::{FakeOps, Ioctl};
     use crate::tee::hardware::HardwareBackend;
     use crate::vmm::loader::{self, GuestImage};
@@ -991,12 +966,19 @@ mod tests {
         ));
         let commands = recorder.commands.clone();
         let mut seq = Sequence::new(TeeMode::Snp, 1, 0xa00f11, Box::new(recorder), None);
-        seq.snp = SnpLaunchParams {
-            policy: 0x30000 | 1 << 19,
-            host_data: [0x5a; 32],
-            id_block: Some((vec![1; 96], vec![2; 4096])),
-            author_key_en: false,
-        };
+        let policy: u64 = 0x30000 | 1 << 19;
+        // ID block: VERSION 1 at 0x50, POLICY at 0x58 (the rest is the PSP's to check).
+        let mut block = vec![0u8; 96];
+        block[0x50] = 1;
+        block[0x58..0x60].copy_from_slice(&policy.to_le_bytes());
+        let b64 = |b: &[u8]| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, b);
+        let tee_data = serde_json::json!({
+            "policy": format!("{policy:#x}"),
+            "host_data": "5a".repeat(32),
+            "id_block": b64(&block),
+            "id_auth": b64(&[2u8; 4096]),
+        });
+        seq.snp = SnpLaunchParams::from_tee_data(tee_data.as_object().unwrap()).unwrap();
         drive(&mut seq, &mem, &loaded);
         let c = commands.lock().unwrap().clone();
         assert!(c.contains(&Command::LaunchStart {

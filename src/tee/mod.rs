@@ -46,6 +46,9 @@ pub enum TeeError {
     /// Host-side SEV attestation on hardware needs the platform's AMD-signed chain.
     #[error("SEV host-side attestation with the hardware backend is not supported yet (needs the AMD-signed CEK from AMD KDS)")]
     HardwareAttestation,
+    /// The TEE config's SNP launch parameters are invalid.
+    #[error("invalid SNP launch parameters in tee_data")]
+    SnpParams(#[source] snp_params::SnpParamsError),
     /// A launch command was issued out of order (a bug in the sequence).
     #[error("launch command issued out of order")]
     OutOfOrder,

@@ -254,7 +254,17 @@ impl SnpLaunchParams {
         self.id.as_ref()
     }
 
-    /// The PSP model's SNP_LAUNCH_FINISH arguments.
+    /// SNP_LAUNCH_FINISH's arguments for a launch backend.
+    pub fn finish_params(&self) -> crate::tee::backend::FinishParams<'_> {
+        crate::tee::backend::FinishParams {
+            id_block: self.id.as_ref().map(|id| (&id.block[..], &id.auth[..])),
+            author_key_en: self.id.as_ref().is_some_and(|id| id.author_key_en),
+            host_data: self.host_data,
+        }
+    }
+
+    /// The PSP model's SNP_LAUNCH_FINISH arguments (tests drive the model directly).
+    #[cfg(test)]
     pub fn model_finish(&self) -> krun_psp_model::SnpLaunchFinish<'_> {
         krun_psp_model::SnpLaunchFinish {
             id_block: self.id.as_ref().map(|id| (&id.block[..], &id.auth[..])),

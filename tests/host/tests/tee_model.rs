@@ -90,7 +90,7 @@ KRUN_SEV_BACKEND= /bin/krun-capi-run /disks/disk.img /cfg/snp.json 3 </dev/null;
     assert_eq!(marker(out, "STATUS_sev-es="), ["1"], "{ctx}");
     assert_eq!(marker(out, "STATUS_snp="), ["1"], "{ctx}");
     // The hardware backend refuses clearly instead of falling back.
-    assert!(out.contains("not available yet"), "{ctx}");
+    assert!(out.contains("SEV hardware backend unavailable"), "{ctx}");
     assert_eq!(marker(out, "STATUS_HW="), ["125"], "{ctx}");
     // The launch measured what `krun-sev measure` computes (SEV-ES: no KVM needed here; the
     // SNP CPUID page comes from the test host's KVM, so only SEV-ES is compared).
