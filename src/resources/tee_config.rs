@@ -39,9 +39,10 @@ pub enum TeeConfigError {
     /// The file is larger than [`MAX_TEE_CONFIG_LEN`].
     #[error("TEE config is larger than {MAX_TEE_CONFIG_LEN} bytes")]
     TooLarge,
-    /// The JSON is not a valid TEE config (the source names the key).
-    #[error("invalid TEE config")]
-    Format(#[source] krun_footer::TeeConfigError),
+    /// The JSON is not a valid TEE config; the message names the key (it is the format's own
+    /// error, which already says "TEE config").
+    #[error(transparent)]
+    Format(krun_footer::TeeConfigError),
     /// `tee` is `"snp"` and a launch parameter in `tee_data` is invalid.
     #[error("TEE config has an invalid SNP launch parameter")]
     SnpParams(#[source] SnpParamsError),
@@ -59,7 +60,7 @@ impl TeeConfigError {
 }
 
 /// A validated TEE config: [`krun_footer::TeeConfig`] whose SNP launch parameters have been
-/// checked too. Same fields; convert with `From` both ways.
+/// checked too. Same fields; `TryFrom` the format type (runs that check), `From` back.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TeeConfig {
     /// Workload identifier registered with the key broker.
@@ -207,8 +208,11 @@ mod tests {
                 TeeConfigError::Format(e) => assert_eq!(e.field(), Some(field), "{json}"),
                 other => panic!("{json}: {other:?}"),
             }
-            let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
-            assert!(chain.contains(&format!("`{field}`")), "{chain}");
+            let msg = err.to_string();
+            assert!(
+                msg.starts_with(&format!("TEE config field `{field}`")),
+                "{msg}"
+            );
         }
         assert!(matches!(
             TeeConfig::from_json(b"[]"),
