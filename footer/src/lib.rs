@@ -1,6 +1,7 @@
-//! The "KRUN" footer at the end of a confidential-workload disk image, shared by the guest init
-//! (reads it from `/dev/vda`), the library (reads it from the image file) and `krun-sev mkcw`
-//! (writes it).
+//! The "KRUN" footer at the end of a confidential-workload disk image and the TEE config JSON
+//! it carries ([`TeeConfig`], also buildah's `/krun-sev.json`), shared by the guest init (reads
+//! the footer from `/dev/vda`), the library (`krun_set_tee_config_file`, the image file) and
+//! `krun-sev mkcw` (writes both).
 //!
 //! Layout (buildah `mkcw`, oci2cw; research/ecosystem.md §1.3):
 //!
@@ -10,11 +11,17 @@
 //!
 //! buildah pads the file to a multiple of 4096 bytes, oci2cw to 512; the 12-byte trailer is
 //! always the very end, so the reader never needs the alignment. The footer is outside the
-//! encrypted payload and therefore host-controlled: this crate only bounds sizes; what the JSON
-//! means is checked by its users.
+//! encrypted payload and therefore host-controlled: the reader bounds sizes and
+//! [`TeeConfig::parse`] validates every key.
+
+mod tee_config;
 
 use std::io;
 use std::os::unix::fs::FileExt;
+
+pub use tee_config::{
+    KbsProtocol, TeeConfig, TeeConfigError, TeeKind, MAX_CPUS, MAX_RAM_MIB, SNP_GENERATIONS,
+};
 
 /// The four bytes before the length field.
 pub const MAGIC: [u8; 4] = *b"KRUN";

@@ -18,12 +18,14 @@ pub use rlimit::{Rlimit, RlimitError};
 pub use tee_config::{KbsProtocol, TeeConfig, TeeConfigError, TeeKind};
 
 /// Highest vCPU count the guest kernel is built for (`CONFIG_NR_CPUS` in
-/// `firmware/kernel`); the bundle manifest repeats it and is checked again at launch.
-pub const MAX_VCPUS: u8 = 32;
+/// `firmware/kernel`); the bundle manifest repeats it and is checked again at launch. The TEE
+/// config format (`krun-footer`) enforces the same bound.
+pub const MAX_VCPUS: u8 = krun_footer::MAX_CPUS;
 
 /// Largest guest RAM accepted, in MiB (1 TiB). The guest physical map places RAM above
-/// 4 GiB past the MMIO hole, so this stays far below the 52-bit physical address limit.
-pub const MAX_RAM_MIB: u32 = 1024 * 1024;
+/// 4 GiB past the MMIO hole, so this stays far below the 52-bit physical address limit. The
+/// TEE config format (`krun-footer`) enforces the same bound.
+pub const MAX_RAM_MIB: u32 = krun_footer::MAX_RAM_MIB;
 
 /// vCPU count used when nothing sets one (libkrun's default).
 pub const DEFAULT_VCPUS: u8 = 1;

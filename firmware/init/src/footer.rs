@@ -1,12 +1,13 @@
 //! The "KRUN" footer at the end of the raw root disk and the TEE config JSON it carries.
 //!
-//! The byte layout and its bounds checks are `krun-footer`'s (shared with the library and
-//! `krun-sev mkcw`); this module reads it from the block device and parses the JSON.
+//! The byte layout, its bounds checks and the TEE config parser are `krun-footer`'s (shared
+//! with the library and `krun-sev mkcw`, so the guest accepts exactly the configs
+//! `krun_set_tee_config_file` accepts); this module reads the footer from the block device.
 //!
 //! The footer is outside the encrypted payload, so the host can change it. Nothing secret
 //! depends on it: it only tells the guest which broker to ask and for which workload, and the
 //! broker releases the key only for evidence that matches that workload's registration. The
-//! reader therefore only bounds sizes and validates the JSON.
+//! reader bounds sizes and validates every key of the JSON.
 
 use std::fs::File;
 use std::io;
@@ -14,7 +15,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 
-use serde::Deserialize;
+pub use krun_footer::TeeConfig;
 
 /// The device the footer is read from.
 pub const ROOT_DISK: &str = "/dev/vda";
@@ -33,75 +34,18 @@ pub enum FooterError {
     /// Reading failed or the footer's length field is invalid.
     #[error("cannot read the root disk footer")]
     Footer(#[source] krun_footer::FooterError),
-    /// The JSON is not a TEE config.
+    /// The JSON is not a valid TEE config.
     #[error("the footer's TEE config is not valid")]
-    Parse(#[source] serde_json::Error),
-    /// `tee_data` is not a JSON document.
-    #[error("the footer's tee_data is not valid JSON")]
-    TeeData(#[source] serde_json::Error),
-}
-
-/// The TEE kind named in the footer (kbs-types' lowercase names).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FooterTee {
-    /// SEV or SEV-ES (buildah canonicalises `sev_no_es` to `sev`; `krun-sev mkcw` and the
-    /// library also write `sev-es` and `sev-no-es`).
-    #[serde(
-        alias = "sev-es",
-        alias = "sev_es",
-        alias = "sev-no-es",
-        alias = "sev_no_es"
-    )]
-    Sev,
-    /// SEV-SNP.
-    #[serde(alias = "sev-snp")]
-    Snp,
-    /// A TEE this project does not launch (tdx, ...).
-    #[serde(other)]
-    Unsupported,
-}
-
-/// The workload/TEE config JSON (`/krun-sev.json` in the image, byte-identical here).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct TeeConfig {
-    /// The ID the workload was registered under at the key broker.
-    pub workload_id: String,
-    /// vCPUs the measurement was computed for.
-    pub cpus: u32,
-    /// Guest RAM in MiB the measurement was computed for.
-    pub ram_mib: u64,
-    /// The TEE the image was made for.
-    pub tee: FooterTee,
-    /// A JSON document inside a string (`{"gen":"milan"}`, `{"vendor_chain":...}`).
-    pub tee_data: String,
-    /// The key broker's URL; may be empty.
-    pub attestation_url: String,
-    /// Which broker protocol to speak (absent in buildah's images).
-    #[serde(default)]
-    pub kbs_protocol: Option<String>,
-}
-
-impl TeeConfig {
-    /// Parses the footer JSON; unknown keys are accepted.
-    pub fn parse(json: &[u8]) -> Result<Self, FooterError> {
-        serde_json::from_slice(json).map_err(FooterError::Parse)
-    }
-
-    /// `tee_data` decoded; an empty string is `null`.
-    pub fn tee_data_json(&self) -> Result<serde_json::Value, FooterError> {
-        if self.tee_data.trim().is_empty() {
-            return Ok(serde_json::Value::Null);
-        }
-        serde_json::from_str(&self.tee_data).map_err(FooterError::TeeData)
-    }
+    Parse(#[source] krun_footer::TeeConfigError),
 }
 
 /// Reads and parses the footer of `path`; `Ok(None)` when there is no `KRUN` trailer.
 pub fn read_tee_config(path: &Path) -> Result<Option<TeeConfig>, FooterError> {
     let file = File::open(path).map_err(FooterError::Open)?;
     match read_footer_json(&file)? {
-        Some(json) => TeeConfig::parse(&json).map(Some),
+        Some(json) => TeeConfig::parse(&json)
+            .map(Some)
+            .map_err(FooterError::Parse),
         None => Ok(None),
     }
 }
@@ -126,8 +70,11 @@ pub fn device_size(file: &File) -> io::Result<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use std::io::Write;
+
+    use krun_footer::{KbsProtocol, TeeKind};
+
+    use super::*;
 
     const SNP_JSON: &str = r#"{"tee":"snp","tee_data":"{\"gen\":\"milan\"}","workload_id":"1c9ee1a7b9a8d4bc4f6c5d5d2b4e1f2a3b4c5d6e7f8091a2b3c4d5e6f7081920","cpus":2,"ram_mib":512,"attestation_url":"http://127.0.0.1:8000"}"#;
 
@@ -156,32 +103,32 @@ mod tests {
         for align in [512, 4096] {
             let img = image(3 * 4096 + 17, SNP_JSON.as_bytes(), align);
             let cfg = read_tee_config(img.path()).unwrap().unwrap();
-            assert_eq!(cfg.tee, FooterTee::Snp);
+            assert_eq!(cfg.tee, TeeKind::Snp);
             assert_eq!(cfg.cpus, 2);
             assert_eq!(cfg.ram_mib, 512);
             assert_eq!(cfg.attestation_url, "http://127.0.0.1:8000");
-            assert_eq!(cfg.kbs_protocol, None);
-            assert_eq!(cfg.tee_data_json().unwrap()["gen"], "milan");
+            assert_eq!(cfg.kbs_protocol, KbsProtocol::Reference);
+            assert_eq!(cfg.snp_generation(), Some("milan"));
         }
     }
 
     #[test]
     fn every_tee_spelling_the_library_writes_is_understood() {
         for (tee, want) in [
-            ("sev", FooterTee::Sev),
-            ("sev-es", FooterTee::Sev),
-            ("sev_es", FooterTee::Sev),
-            ("sev-no-es", FooterTee::Sev),
-            ("sev_no_es", FooterTee::Sev),
-            ("snp", FooterTee::Snp),
-            ("sev-snp", FooterTee::Snp),
-            ("tdx", FooterTee::Unsupported),
+            ("sev", TeeKind::Sev),
+            ("sev-es", TeeKind::SevEs),
+            ("sev_es", TeeKind::SevEs),
+            ("sev-no-es", TeeKind::SevNoEs),
+            ("sev_no_es", TeeKind::SevNoEs),
+            ("snp", TeeKind::Snp),
+            ("sev-snp", TeeKind::Snp),
         ] {
             let json = format!(
                 r#"{{"workload_id":"w","cpus":1,"ram_mib":64,"tee":"{tee}","tee_data":"","attestation_url":""}}"#
             );
+            let img = image(4096, json.as_bytes(), 4096);
             assert_eq!(
-                TeeConfig::parse(json.as_bytes()).unwrap().tee,
+                read_tee_config(img.path()).unwrap().unwrap().tee,
                 want,
                 "{tee}"
             );
@@ -226,35 +173,37 @@ mod tests {
     #[test]
     fn optional_and_unknown_keys() {
         let json = r#"{"tee":"sev","tee_data":"{\"vendor_chain\":\"/sev.chain\",\"attestation_server_pubkey\":\"\"}","workload_id":"w","cpus":1,"ram_mib":1024,"attestation_url":"","kbs_protocol":"rcar","extra":[1,2]}"#;
-        let cfg = TeeConfig::parse(json.as_bytes()).unwrap();
-        assert_eq!(cfg.tee, FooterTee::Sev);
-        assert_eq!(cfg.kbs_protocol.as_deref(), Some("rcar"));
-        assert_eq!(cfg.tee_data_json().unwrap()["vendor_chain"], "/sev.chain");
-        let tdx = SNP_JSON.replace(r#""tee":"snp""#, r#""tee":"tdx""#);
-        assert_eq!(
-            TeeConfig::parse(tdx.as_bytes()).unwrap().tee,
-            FooterTee::Unsupported
-        );
+        let img = image(4096, json.as_bytes(), 512);
+        let cfg = read_tee_config(img.path()).unwrap().unwrap();
+        assert_eq!(cfg.tee, TeeKind::Sev);
+        assert_eq!(cfg.kbs_protocol, KbsProtocol::Rcar);
+        assert_eq!(cfg.tee_data["vendor_chain"], "/sev.chain");
     }
 
     #[test]
-    fn missing_keys_and_bad_tee_data_are_errors() {
-        let no_id = SNP_JSON.replace(r#""workload_id""#, r#""id""#);
-        assert!(TeeConfig::parse(no_id.as_bytes()).is_err());
-        let cfg = TeeConfig::parse(
-            SNP_JSON
-                .replace(r#"{\"gen\":\"milan\"}"#, "{not json")
-                .as_bytes(),
-        )
-        .unwrap();
-        assert!(cfg.tee_data_json().is_err());
+    fn invalid_configs_are_parse_errors_naming_the_key() {
+        for (from, to, key) in [
+            (r#""workload_id""#, r#""id""#, "workload_id"),
+            (r#""tee":"snp""#, r#""tee":"tdx""#, "tee"),
+            (r#"{\"gen\":\"milan\"}"#, "{not json", "tee_data"),
+            (r#""cpus":2"#, r#""cpus":0"#, "cpus"),
+            (r#""ram_mib":512"#, r#""ram_mib":"512""#, "ram_mib"),
+            ("http://127.0.0.1:8000", "vsock://2:1025", "attestation_url"),
+        ] {
+            let json = SNP_JSON.replace(from, to);
+            assert_ne!(json, SNP_JSON);
+            let img = image(4096, json.as_bytes(), 4096);
+            match read_tee_config(img.path()) {
+                Err(FooterError::Parse(e)) => assert_eq!(e.field(), Some(key), "{json}"),
+                other => panic!("{json}: {other:?}"),
+            }
+        }
         let empty = SNP_JSON.replace(r#"{\"gen\":\"milan\"}"#, "");
-        assert_eq!(
-            TeeConfig::parse(empty.as_bytes())
-                .unwrap()
-                .tee_data_json()
-                .unwrap(),
-            serde_json::Value::Null
-        );
+        let img = image(4096, empty.as_bytes(), 4096);
+        assert!(read_tee_config(img.path())
+            .unwrap()
+            .unwrap()
+            .tee_data
+            .is_empty());
     }
 }

@@ -12,9 +12,10 @@
 
 use std::path::Path;
 
+use krun_footer::TeeKind as FooterKind;
 use zeroize::Zeroizing;
 
-use crate::footer::{FooterTee, TeeConfig};
+use crate::footer::TeeConfig;
 use crate::host_config::{HostConfig, TeeKind};
 use crate::secret_table::{self, SecretTableError};
 use crate::snp_report::ReportSource;
@@ -90,13 +91,16 @@ pub fn select(host: &HostConfig, footer: Option<&TeeConfig>) -> Result<KeySource
     match host.tee {
         TeeKind::None if host.dev_passphrase.is_some() => Ok(KeySource::DevPassphrase),
         TeeKind::None => Ok(KeySource::Unencrypted),
+        // The footer's sev, sev-es and sev-no-es are all SEV-family images: the host decides
+        // ES from its own copy of the config, and the measurement shows which one ran.
         TeeKind::Sev | TeeKind::SevEs => match footer_tee {
-            None | Some(FooterTee::Sev) => Ok(KeySource::LaunchSecret),
+            None => Ok(KeySource::LaunchSecret),
+            Some(t) if t.is_sev_family() => Ok(KeySource::LaunchSecret),
             Some(_) => Err(KeySourceError::TeeMismatch),
         },
         TeeKind::Snp => match footer_tee {
             None => Err(KeySourceError::NoFooter),
-            Some(FooterTee::Snp) => Ok(KeySource::Attestation),
+            Some(FooterKind::Snp) => Ok(KeySource::Attestation),
             Some(_) => Err(KeySourceError::TeeMismatch),
         },
     }
@@ -158,15 +162,15 @@ mod tests {
     use super::*;
     use crate::snp_report::SnpReportError;
 
-    fn footer(tee: FooterTee) -> TeeConfig {
+    fn footer(tee: FooterKind) -> TeeConfig {
         TeeConfig {
             workload_id: "w".into(),
             cpus: 1,
             ram_mib: 512,
             tee,
-            tee_data: String::new(),
+            tee_data: serde_json::Map::new(),
             attestation_url: "http://broker".into(),
-            kbs_protocol: None,
+            kbs_protocol: krun_footer::KbsProtocol::Reference,
         }
     }
 
@@ -180,8 +184,7 @@ mod tests {
 
     #[test]
     fn selection_follows_the_launch_kind() {
-        let sev = footer(FooterTee::Sev);
-        let snp = footer(FooterTee::Snp);
+        let snp = footer(FooterKind::Snp);
         assert_eq!(
             select(&host(TeeKind::None, Some("p")), Some(&snp)).unwrap(),
             KeySource::DevPassphrase
@@ -191,10 +194,12 @@ mod tests {
             KeySource::Unencrypted
         );
         for tee in [TeeKind::Sev, TeeKind::SevEs] {
-            assert_eq!(
-                select(&host(tee, None), Some(&sev)).unwrap(),
-                KeySource::LaunchSecret
-            );
+            for kind in [FooterKind::Sev, FooterKind::SevEs, FooterKind::SevNoEs] {
+                assert_eq!(
+                    select(&host(tee, None), Some(&footer(kind))).unwrap(),
+                    KeySource::LaunchSecret
+                );
+            }
             assert_eq!(
                 select(&host(tee, None), None).unwrap(),
                 KeySource::LaunchSecret
@@ -212,15 +217,12 @@ mod tests {
             select(&host(TeeKind::Snp, None), None),
             Err(KeySourceError::NoFooter)
         ));
-        assert!(matches!(
-            select(&host(TeeKind::Snp, None), Some(&sev)),
-            Err(KeySourceError::TeeMismatch)
-        ));
-        let tdx = footer(FooterTee::Unsupported);
-        assert!(matches!(
-            select(&host(TeeKind::Snp, None), Some(&tdx)),
-            Err(KeySourceError::TeeMismatch)
-        ));
+        for kind in [FooterKind::Sev, FooterKind::SevEs, FooterKind::SevNoEs] {
+            assert!(matches!(
+                select(&host(TeeKind::Snp, None), Some(&footer(kind))),
+                Err(KeySourceError::TeeMismatch)
+            ));
+        }
     }
 
     struct FixedReport;
@@ -294,7 +296,7 @@ mod tests {
         ));
 
         let snp = host(TeeKind::Snp, None);
-        let f = footer(FooterTee::Snp);
+        let f = footer(FooterKind::Snp);
         assert_eq!(
             run(KeySource::Attestation, &snp, Some(&f), &secret)
                 .unwrap()

@@ -35,7 +35,7 @@ mod workload_config;
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use host_config::{HostConfig, PortMapMode, TeeKind};
+use host_config::{HostConfig, PortMapMode};
 use key_source::{AttestationContext, KeySource};
 use snp_report::{PspModelReports, ReportSource, SevGuestDevice};
 use unlock::DiskUnlocker;
@@ -72,9 +72,12 @@ fn main() {
     );
 
     let root_disk = Path::new(footer::ROOT_DISK);
+    // The footer is parsed by the same code as the host's krun_set_tee_config_file, which
+    // refused the same JSON before launch had it been invalid: in a confidential launch a
+    // footer that fails here was changed behind the library's back.
     let tee_config = match footer::read_tee_config(root_disk) {
         Ok(cfg) => cfg,
-        Err(err) if host.tee == TeeKind::Snp => exit::fatal("reading the root disk footer", &err),
+        Err(err) if host.tee.is_confidential() => exit::fatal("reading the root disk footer", &err),
         Err(err) => {
             log!(
                 "ignoring the root disk footer: {}",
