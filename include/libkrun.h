@@ -207,8 +207,9 @@ int32_t krun_set_env(uint32_t ctx_id, char *const envp[]);
  * Format (the same JSON buildah mkcw writes as /krun-sev.json and in the disk's footer):
  *  {"workload_id": "...", "cpus": 2, "ram_mib": 512, "tee": "snp",
  *   "tee_data": "{\"gen\":\"milan\"}", "attestation_url": "http://kbs:8000"}
- *  - "tee": "sev" (SEV-ES, or plain SEV when the key broker's policy for the workload lacks
- *    the ENCRYPTED_STATE bit), "sev-es" (always SEV-ES), "sev-no-es" (plain SEV) or "snp".
+ *  - "tee" (case-sensitive): "sev" and "sev-es" launch SEV-ES (the broker's policy goes to
+ *    LAUNCH_START unchanged and never changes the launch type), "sev-no-es" plain SEV,
+ *    "snp" (or "sev-snp") SEV-SNP.
  *  - "tee_data": a string holding a JSON object (SEV: "vendor_chain"; SNP: "gen"). For
  *    "snp" it may also hold the SNP launch parameters, all optional: "policy" (integer or
  *    "0x30000"; default 0x30000; bit 17 and SMT set, SINGLE_SOCKET and bits 26-63 clear;
@@ -217,7 +218,8 @@ int32_t krun_set_env(uint32_t ctx_id, char *const envp[]);
  *    block and 4096-byte ID auth structure, both or neither; the ID block must carry the
  *    launch digest `krun-sev measure` prints and the policy), "author_key_enabled" (bool,
  *    needs "id_auth"). Other TEE types ignore them.
- *  - "attestation_url": the key broker, or "" for none.
+ *  - "attestation_url": the key broker, or "" for none. "tee_data" and "attestation_url"
+ *    are required (buildah always writes both).
  *  - optional "kbs_protocol": "reference" (default) or "rcar" (Trustee).
  *  Unknown keys are ignored.
  *

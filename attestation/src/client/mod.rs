@@ -97,7 +97,7 @@ impl ClientError {
     }
 }
 
-/// Which broker protocol to speak: the TEE config's optional `kbs_protocol` field.
+/// Which broker protocol to speak (the TEE config's `kbs_protocol`, parsed by krun-footer).
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum KbsProtocol {
@@ -106,16 +106,6 @@ pub enum KbsProtocol {
     Reference,
     /// Trustee RCAR 0.4.0.
     Rcar,
-}
-
-impl KbsProtocol {
-    /// Reads `kbs_protocol` from a TEE config JSON object; absent means reference.
-    pub fn from_tee_config(config: &serde_json::Value) -> Result<Self, serde_json::Error> {
-        match config.get("kbs_protocol") {
-            None | Some(serde_json::Value::Null) => Ok(KbsProtocol::Reference),
-            Some(v) => serde_json::from_value(v.clone()),
-        }
-    }
 }
 
 /// Client settings.
@@ -286,21 +276,6 @@ fn expect_ok(step: Step, resp: HttpResponse) -> Result<HttpResponse, ClientError
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn kbs_protocol_from_tee_config() {
-        let cfg = serde_json::json!({"workload_id": "w", "tee": "snp"});
-        assert_eq!(
-            KbsProtocol::from_tee_config(&cfg).unwrap(),
-            KbsProtocol::Reference
-        );
-        let cfg = serde_json::json!({"kbs_protocol": "rcar"});
-        assert_eq!(
-            KbsProtocol::from_tee_config(&cfg).unwrap(),
-            KbsProtocol::Rcar
-        );
-        assert!(KbsProtocol::from_tee_config(&serde_json::json!({"kbs_protocol": "x"})).is_err());
-    }
 
     #[test]
     fn unreachable_broker_is_retried_then_reported_with_the_step() {
