@@ -107,6 +107,7 @@ fn ark_is_amds(chain: &Chain) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tee::hardware::test_utils::platform_of;
     use krun_psp_model::ModelIdentity;
     use std::sync::OnceLock;
     use vmm_sys_util::tempdir::TempDir;
@@ -120,22 +121,6 @@ mod tests {
                 ModelIdentity::generate().unwrap(),
             ]
         })
-    }
-
-    /// A platform whose `/dev/sev` exports `id`'s PDH chain.
-    fn platform_of(id: &ModelIdentity) -> PlatformInfo {
-        let full = id.sev_chain().unwrap();
-        let mut platform_chain = Vec::new();
-        full.sev.encode(&mut platform_chain, ()).unwrap();
-        PlatformInfo {
-            build: FirmwareBuild {
-                major: 1,
-                minor: 55,
-                build: 21,
-            },
-            platform_chain,
-            identifier: "00".repeat(64),
-        }
     }
 
     fn write(dir: &TempDir, bytes: &[u8]) -> std::path::PathBuf {
