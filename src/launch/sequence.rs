@@ -16,6 +16,8 @@ use kvm_ioctls::VmFd;
 use super::{guest, LaunchError, LaunchPlan};
 use crate::resources::{PortMap as ResPortMap, VmResources};
 use crate::tee::backend::{LaunchBackend, OwnerBlobs, StartParams};
+use crate::tee::hardware::platform::FirmwareBuild;
+use crate::tee::hardware::vendor_chain::AuthChain;
 use crate::tee::hardware::{self, convert::MemoryConverter};
 use crate::tee::measure::{
     self, LaunchRecord, MeasureInputs, Measurement, ModelBackend, SequenceInputs,
@@ -99,6 +101,9 @@ pub(crate) struct Sequence {
     pub backend: Box<dyn LaunchBackend>,
     /// The model's identity (its chain answers the broker's `/auth`); `None` on hardware.
     pub identity: Option<Arc<ModelIdentity>>,
+    /// Hardware: the platform's checked `tee_data.vendor_chain` and firmware build for the
+    /// broker's `/auth` (the model's come from `identity`).
+    pub auth_chain: Option<AuthChain>,
     /// Where a finished SNP context goes (the 1026 report service reads it).
     pub snp_slot: Arc<OnceLock<SnpGuest>>,
     /// The measurement the launch computed (model only), for logs and tests.
@@ -132,6 +137,7 @@ impl Sequence {
             vcpu_sig,
             backend,
             identity,
+            auth_chain: None,
             snp_slot: Arc::new(OnceLock::new()),
             recorded: Arc::new(Mutex::new(None)),
             phases: Arc::new(Mutex::new(PhaseTimes::default())),
@@ -178,11 +184,12 @@ impl Sequence {
         };
         self.session = match (&self.broker, self.mode) {
             (Some(b), TeeMode::Sev | TeeMode::SevEs) => {
-                let id = self
-                    .identity
-                    .as_ref()
-                    .ok_or(TeeError::HardwareAttestation)?;
-                Some(broker_auth(id, b)?)
+                let auth = match (&self.auth_chain, &self.identity) {
+                    (Some(a), _) => a.clone(),
+                    (None, Some(id)) => model_auth_chain(id),
+                    (None, None) => return Err(TeeError::NoVendorChain),
+                };
+                Some(broker_auth(&auth, b)?)
             }
             _ => None,
         };
@@ -338,17 +345,37 @@ fn broker_err<E: std::error::Error + Send + Sync + 'static>(e: E) -> TeeError {
     TeeError::Broker(Box::new(e))
 }
 
-/// `/auth` with the model's SEV chain and firmware build; returns the open session.
-fn broker_auth(id: &ModelIdentity, broker: &Broker) -> Result<SevAttestation, TeeError> {
-    let cfg = ClientConfig::tcp(&broker.url, BROKER_TIMEOUT, None).map_err(broker_err)?;
-    let chain = SevCertChain::from_bytes(id.sev_chain_bytes()).map_err(broker_err)?;
+/// The model's SEV chain and firmware build, as the hardware's come from the platform.
+fn model_auth_chain(id: &ModelIdentity) -> AuthChain {
     let b = id.sev_version().build();
-    let build = SevBuild {
-        version: SevVersion {
+    AuthChain {
+        chain: id.sev_chain_bytes().to_vec(),
+        build: FirmwareBuild {
             major: b.version.major,
             minor: b.version.minor,
+            build: b.build,
         },
-        build: b.build,
+    }
+}
+
+/// The platform's `tee_data.vendor_chain`, checked against what `/dev/sev` exports now.
+fn hardware_auth_chain(path: Option<&std::path::Path>) -> Result<AuthChain, TeeError> {
+    let path = path.ok_or(TeeError::NoVendorChain)?;
+    let platform = hardware::platform::platform_info().map_err(TeeError::Hardware)?;
+    hardware::vendor_chain::load(path, &platform).map_err(TeeError::VendorChain)
+}
+
+/// `/auth` with the platform's SEV chain and firmware build (the model's or the
+/// hardware's); returns the open session.
+fn broker_auth(auth: &AuthChain, broker: &Broker) -> Result<SevAttestation, TeeError> {
+    let cfg = ClientConfig::tcp(&broker.url, BROKER_TIMEOUT, None).map_err(broker_err)?;
+    let chain = SevCertChain::from_bytes(&auth.chain).map_err(broker_err)?;
+    let build = SevBuild {
+        version: SevVersion {
+            major: auth.build.major,
+            minor: auth.build.minor,
+        },
+        build: auth.build.build,
     };
     SevAttestation::auth(&cfg, &broker.workload_id, build, chain).map_err(broker_err)
 }
@@ -417,9 +444,13 @@ pub(crate) fn run(plan: LaunchPlan) -> Result<u8, LaunchError> {
             workload_id: tee.workload_id.clone(),
         }),
     };
-    if hardware.is_some() && broker.is_some() {
-        return Err(LaunchError::Tee(TeeError::HardwareAttestation));
-    }
+    // The chain is checked before the guest is loaded: a wrong file fails fast.
+    let auth_chain = match (&hardware, &broker) {
+        (Some(_), Some(_)) => {
+            Some(hardware_auth_chain(tee.vendor_chain()).map_err(LaunchError::Tee)?)
+        }
+        _ => None,
+    };
     let bundle = guest::load_bundle().map_err(LaunchError::Bundle)?;
     let seg = guest::launch_segment(&plan.resources, mode, hardware.is_none())
         .map_err(LaunchError::Segment)?;
@@ -444,6 +475,7 @@ pub(crate) fn run(plan: LaunchPlan) -> Result<u8, LaunchError> {
     );
     sequence.snp_slot = report.slot();
     sequence.broker = broker;
+    sequence.auth_chain = auth_chain;
     sequence.secret_gpa = secret_gpa;
     if mode == TeeMode::Snp {
         sequence.snp = tee
@@ -518,6 +550,10 @@ mod tests {
     use crate::tee::hardware::HardwareBackend;
     use crate::vmm::loader::{self, GuestImage};
     use crate::vmm::memory;
+    use krun_attestation::reference::{
+        Attestation, Challenge, HeaderFlags, Request, SevChallenge, SevPolicy, SevRequest,
+        SevSecret, SevSecretHeader, SevSession, SevStart,
+    };
     use vmm_sys_util::tempdir::TempDir;
 
     fn identity() -> Arc<ModelIdentity> {
@@ -1134,6 +1170,231 @@ mod tests {
         })
         .unwrap();
         assert_eq!(fake.log().last(), Some(&Ioctl::SnpFinish(1, 1, 0, 9)));
+    }
+
+    /// Request heads and bodies a fake broker saw.
+    type Seen = Vec<(String, Vec<u8>)>;
+
+    /// A reference-protocol broker for one `/auth`, `/attest`, `/key` exchange; returns its
+    /// URL and, once joined, the requests it saw.
+    fn fake_broker(start: SevStart, secret: SevSecret) -> (String, std::thread::JoinHandle<Seen>) {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let thread = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            for _ in 0..3 {
+                let (mut s, _) = listener.accept().unwrap();
+                let (head, body) = read_request(&mut s);
+                let line = head.lines().next().unwrap().to_owned();
+                let (cookie, answer) = if line.starts_with("POST /kbs/v0/auth ") {
+                    let sev = SevChallenge {
+                        id: "s1".into(),
+                        start: start.clone(),
+                    };
+                    let challenge = Challenge {
+                        nonce: "n".into(),
+                        extra_params: serde_json::to_string(&sev).unwrap(),
+                    };
+                    (true, serde_json::to_vec(&challenge).unwrap())
+                } else if line.starts_with("GET /kbs/v0/key/w1 ") {
+                    (false, serde_json::to_vec(&secret).unwrap())
+                } else {
+                    (false, Vec::new())
+                };
+                let set_cookie = if cookie {
+                    "Set-Cookie: session_id=s1; Path=/\r\n"
+                } else {
+                    ""
+                };
+                write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{set_cookie}Connection: close\r\n\r\n",
+                    answer.len()
+                )
+                .unwrap();
+                s.write_all(&answer).unwrap();
+                seen.push((head, body));
+            }
+            seen
+        });
+        (url, thread)
+    }
+
+    fn read_request(s: &mut std::net::TcpStream) -> (String, Vec<u8>) {
+        use std::io::Read;
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8(head).unwrap();
+        let len = head
+            .lines()
+            .find_map(|l| {
+                let l = l.to_ascii_lowercase();
+                l.strip_prefix("content-length:")
+                    .map(|v| v.trim().parse::<usize>().unwrap())
+            })
+            .unwrap_or(0);
+        let mut body = vec![0u8; len];
+        s.read_exact(&mut body).unwrap();
+        (head, body)
+    }
+
+    /// Hardware SEV/SEV-ES with a broker: `/auth` carries the checked `vendor_chain` file and
+    /// the platform's build; LAUNCH_START gets the broker's policy, GODH and session; the
+    /// LAUNCH_MEASURE result goes to `/attest`; the `/key` packet reaches LAUNCH_SECRET
+    /// before FINISH.
+    #[test]
+    fn hardware_sev_attests_with_the_vendor_chain() {
+        use crate::tee::hardware::test_utils::platform_of;
+        let bundle = fake_bundle();
+        let id = identity();
+        let dir = TempDir::new().unwrap();
+        let chain_path = dir.as_path().join("sev.chain");
+        std::fs::write(&chain_path, id.sev_chain_bytes()).unwrap();
+        let platform = platform_of(&id);
+        let auth = hardware::vendor_chain::load(&chain_path, &platform).unwrap();
+        let start = SevStart {
+            policy: SevPolicy::from_u32(0x0f),
+            cert: vec![0x5c; 0x824],
+            session: SevSession::from_bytes(&[0x3d; 128]),
+        };
+        let secret = SevSecret {
+            header: SevSecretHeader {
+                flags: HeaderFlags(0),
+                iv: [1; 16],
+                mac: [2; 32],
+            },
+            ciphertext: vec![0x77; 512],
+        };
+        let secret_gpa = 0x400_0000;
+        let machine = MachineConfig {
+            vcpus: 2,
+            ram_mib: 256,
+        };
+        for mode in [TeeMode::Sev, TeeMode::SevEs] {
+            let (url, broker) = fake_broker(start.clone(), secret.clone());
+            let (mem, loaded) = load(bundle.as_path(), &VmResources::default(), mode, machine);
+            let fake = FakeOps::default();
+            let recorder = Recorder::new(HardwareBackend::with_ops(mode, Box::new(fake.clone())));
+            let commands = recorder.commands.clone();
+            let mut seq = Sequence::new(mode, 2, vmsa::host_vcpu_sig(), Box::new(recorder), None);
+            seq.broker = Some(Broker {
+                url,
+                workload_id: "w1".into(),
+            });
+            seq.auth_chain = Some(auth.clone());
+            seq.secret_gpa = Some(secret_gpa);
+            drive(&mut seq, &mem, &loaded);
+
+            let mut want = documented_order(mode, 2, &mem, &loaded);
+            for c in &mut want {
+                if let Command::LaunchStart { policy, owner } = c {
+                    *policy = 0x0f;
+                    *owner = true;
+                }
+            }
+            let finish = want.pop().unwrap();
+            want.push(Command::Secret {
+                gpa: secret_gpa,
+                len: 512,
+            });
+            want.push(finish);
+            assert_eq!(*commands.lock().unwrap(), want, "{mode:?}");
+
+            let log = fake.log();
+            let at = |i: &Ioctl| log.iter().position(|l| l == i).unwrap();
+            let secret_ioctl = Ioctl::Secret(52, hva(&mem, secret_gpa), 512, 512);
+            assert!(at(&Ioctl::LaunchStart(0x0f, 0x824, 128)) < at(&Ioctl::Measure(48)));
+            assert!(at(&Ioctl::Measure(48)) < at(&secret_ioctl));
+            assert_eq!(at(&secret_ioctl) + 1, log.len() - 1);
+            assert_eq!(log.last(), Some(&Ioctl::Finish));
+            assert_eq!(
+                fake.blobs(),
+                vec![
+                    ("godh", start.cert.clone()),
+                    ("session", start.session.to_bytes().to_vec()),
+                    ("header", secret.header_bytes().to_vec()),
+                    ("ciphertext", secret.ciphertext.clone()),
+                ]
+            );
+
+            let seen = broker.join().unwrap();
+            assert!(seen[0].0.starts_with("POST /kbs/v0/auth "));
+            let req: Request = serde_json::from_slice(&seen[0].1).unwrap();
+            let sev: SevRequest = serde_json::from_str(&req.extra_params).unwrap();
+            assert_eq!(
+                sev.chain,
+                SevCertChain::from_bytes(id.sev_chain_bytes()).unwrap()
+            );
+            assert_eq!(
+                sev.build,
+                SevBuild {
+                    version: SevVersion {
+                        major: 1,
+                        minor: 55
+                    },
+                    build: 21
+                }
+            );
+            assert_eq!(sev.workload_id, "w1");
+            assert!(seen[1].0.starts_with("POST /kbs/v0/attest "));
+            assert!(seen[1].0.contains("session_id=s1"));
+            let att: Attestation = serde_json::from_slice(&seen[1].1).unwrap();
+            let m: SevMeasurement = serde_json::from_str(&att.tee_evidence).unwrap();
+            // What the fake LAUNCH_MEASURE wrote.
+            assert_eq!(m, SevMeasurement::from_bytes(&[0xab; 48]).unwrap());
+            assert!(seen[2].0.starts_with("GET /kbs/v0/key/w1 "));
+            assert!(seen[2].0.contains("session_id=s1"));
+        }
+    }
+
+    /// Without a checked chain (hardware, no `vendor_chain`) no session is opened and
+    /// nothing reaches LAUNCH_START.
+    #[test]
+    fn hardware_sev_attestation_needs_a_vendor_chain() {
+        assert!(matches!(
+            hardware_auth_chain(None),
+            Err(TeeError::NoVendorChain)
+        ));
+        let bundle = fake_bundle();
+        let machine = MachineConfig {
+            vcpus: 1,
+            ram_mib: 256,
+        };
+        let (mem, loaded) = load(
+            bundle.as_path(),
+            &VmResources::default(),
+            TeeMode::SevEs,
+            machine,
+        );
+        let fake = FakeOps::default();
+        let mut seq = Sequence::new(
+            TeeMode::SevEs,
+            1,
+            vmsa::host_vcpu_sig(),
+            Box::new(HardwareBackend::with_ops(
+                TeeMode::SevEs,
+                Box::new(fake.clone()),
+            )),
+            None,
+        );
+        seq.broker = Some(Broker {
+            url: "http://127.0.0.1:9".into(),
+            workload_id: "w1".into(),
+        });
+        seq.vm_setup(&mem).unwrap();
+        assert!(matches!(
+            seq.start_and_update(&mem, &loaded),
+            Err(TeeError::NoVendorChain)
+        ));
+        assert!(!fake
+            .log()
+            .iter()
+            .any(|i| matches!(i, Ioctl::LaunchStart(..))));
     }
 
     #[test]

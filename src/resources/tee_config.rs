@@ -105,6 +105,16 @@ impl TeeConfig {
         SnpLaunchParams::from_tee_data(&self.tee_data)
     }
 
+    /// `tee_data.vendor_chain`: the file holding the platform's full SEV certificate chain
+    /// (`sevctl export --full`); `None` when absent or empty (`krun-sev mkcw` writes `""`).
+    pub fn vendor_chain(&self) -> Option<&Path> {
+        self.tee_data
+            .get("vendor_chain")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(Path::new)
+    }
+
     /// Serializes the config in the libkrun-sev/buildah format (`tee_data` as a string).
     pub fn to_json(&self) -> String {
         krun_footer::TeeConfig::from(self.clone()).to_json()
@@ -170,6 +180,12 @@ mod tests {
             c.tee_data.get("vendor_chain").and_then(Value::as_str),
             Some("/sev.chain")
         );
+        assert_eq!(c.vendor_chain(), Some(Path::new("/sev.chain")));
+        let empty = TeeConfig::from_json(
+            br#"{"workload_id":"w","cpus":1,"ram_mib":64,"tee":"sev","tee_data":"{\"vendor_chain\":\"\"}","attestation_url":""}"#,
+        )
+        .unwrap();
+        assert_eq!(empty.vendor_chain(), None);
     }
 
     #[test]

@@ -43,9 +43,16 @@ pub enum TeeError {
     /// A KVM SEV ioctl failed.
     #[error("KVM SEV launch command failed")]
     Hardware(#[source] hardware::HardwareError),
-    /// Host-side SEV attestation on hardware needs the platform's AMD-signed chain.
-    #[error("SEV host-side attestation with the hardware backend is not supported yet (needs the AMD-signed CEK from AMD KDS)")]
-    HardwareAttestation,
+    /// Host-side SEV/SEV-ES attestation on hardware sends the broker the platform's full
+    /// certificate chain, which `/dev/sev` cannot export (its CEK is not signed by AMD): it
+    /// comes from the file `tee_data.vendor_chain` names, produced on this host by
+    /// `sevctl export --full`. Fetching the signed CEK and ASK/ARK from AMD KDS instead is
+    /// out of scope (the VMM makes no network requests besides the broker's).
+    #[error("SEV attestation on hardware needs tee_data.vendor_chain (the output of sevctl export --full on this host)")]
+    NoVendorChain,
+    /// The chain file `tee_data.vendor_chain` names is unusable on this platform.
+    #[error("the SEV certificate chain in tee_data.vendor_chain is unusable")]
+    VendorChain(#[source] hardware::vendor_chain::VendorChainError),
     /// The TEE config's SNP launch parameters are invalid.
     #[error("invalid SNP launch parameters in tee_data")]
     SnpParams(#[source] snp_params::SnpParamsError),

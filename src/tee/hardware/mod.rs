@@ -9,6 +9,7 @@
 //! | `convert` | runtime private/shared conversions requested by the guest |
 //! | `probe` | host prerequisites, in order, each with its own error |
 //! | `platform` | `/dev/sev`: firmware build, certificate chain, SNP status |
+//! | `vendor_chain` | the full SEV chain for the broker's `/auth` (`tee_data.vendor_chain`) |
 //!
 //! No SEV hardware was available while this was written: the ioctl translation, struct
 //! layouts and the command order are tested; a launch on an SEV host has not been run.
@@ -19,6 +20,7 @@ pub mod ioctls;
 pub mod platform;
 pub mod probe;
 pub mod uapi;
+pub mod vendor_chain;
 
 #[cfg(test)]
 pub(crate) mod test_utils;

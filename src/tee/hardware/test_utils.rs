@@ -50,6 +50,9 @@ pub enum Ioctl {
     Unknown(u32),
 }
 
+/// A blob the PSP would read: what it is, and its bytes.
+pub type Blob = (&'static str, Vec<u8>);
+
 /// The fake; clones share the record.
 #[derive(Debug, Clone, Default)]
 pub struct FakeOps {
@@ -59,6 +62,9 @@ pub struct FakeOps {
     pub pages_per_update: u64,
     /// The first SNP_LAUNCH_UPDATE fails with EAGAIN once.
     pub eagain_once: bool,
+    /// The blobs the PSP would read, in order: LAUNCH_START's GODH certificate and session,
+    /// LAUNCH_SECRET's header and ciphertext.
+    pub blobs: Arc<Mutex<Vec<Blob>>>,
 }
 
 impl FakeOps {
@@ -69,6 +75,42 @@ impl FakeOps {
 
     fn push(&self, i: Ioctl) {
         self.log.lock().unwrap().push(i);
+    }
+
+    /// The blobs so far.
+    pub fn blobs(&self) -> Vec<Blob> {
+        self.blobs.lock().unwrap().clone()
+    }
+
+    /// Copies `len` bytes at host address `addr` into the blob record (nothing for 0/0).
+    ///
+    /// # Safety
+    /// `addr..addr + len` must be readable, as the backend guarantees during the call.
+    unsafe fn keep(&self, what: &'static str, addr: u64, len: u32) {
+        if addr == 0 || len == 0 {
+            return;
+        }
+        // SAFETY: the caller's contract.
+        let bytes = unsafe { std::slice::from_raw_parts(addr as *const u8, len as usize) };
+        self.blobs.lock().unwrap().push((what, bytes.to_vec()));
+    }
+}
+
+/// A platform whose `/dev/sev` exports `id`'s PDH chain (PDH ‖ PEK ‖ OCA ‖ CEK), with
+/// firmware build 1.55 build 21.
+pub fn platform_of(id: &krun_psp_model::ModelIdentity) -> super::platform::PlatformInfo {
+    use sev::parser::Encoder;
+    let full = id.sev_chain().unwrap();
+    let mut platform_chain = Vec::new();
+    full.sev.encode(&mut platform_chain, ()).unwrap();
+    super::platform::PlatformInfo {
+        build: super::platform::FirmwareBuild {
+            major: 1,
+            minor: 55,
+            build: 21,
+        },
+        platform_chain,
+        identifier: "00".repeat(64),
     }
 }
 
@@ -97,6 +139,11 @@ impl KvmSevOps for FakeOps {
                 // SAFETY: the backend passes its own live structure of the type the sub-command
                 // id names (and a live 48-byte buffer for MEASURE), as the kernel expects.
                 let s = unsafe { at::<uapi::kvm_sev_launch_start>(c.data) };
+                // SAFETY: the backend passes live blobs of the lengths it gives.
+                unsafe {
+                    self.keep("godh", s.dh_uaddr, s.dh_len);
+                    self.keep("session", s.session_uaddr, s.session_len);
+                }
                 s.handle = 1;
                 Ioctl::LaunchStart(s.policy, s.dh_len, s.session_len)
             }
@@ -121,6 +168,11 @@ impl KvmSevOps for FakeOps {
                 // SAFETY: the backend passes its own live structure of the type the sub-command
                 // id names (and a live 48-byte buffer for MEASURE), as the kernel expects.
                 let s = unsafe { at::<uapi::kvm_sev_launch_secret>(c.data) };
+                // SAFETY: the backend passes live blobs of the lengths it gives.
+                unsafe {
+                    self.keep("header", s.hdr_uaddr, s.hdr_len);
+                    self.keep("ciphertext", s.trans_uaddr, s.trans_len);
+                }
                 Ioctl::Secret(s.hdr_len, s.guest_uaddr, s.guest_len, s.trans_len)
             }
             cmd::LAUNCH_FINISH => Ioctl::Finish,
