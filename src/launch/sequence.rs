@@ -197,7 +197,7 @@ impl Sequence {
         let session_bytes = self.session.as_ref().map(|s| s.start.session.to_bytes());
         let (policy, owner) = match (&self.session, &session_bytes) {
             (Some(s), Some(bytes)) => (
-                u64::from(s.start.policy.to_u32()),
+                broker_policy(self.mode, s.start.policy.to_u32())?,
                 Some(OwnerBlobs {
                     godh_cert: &s.start.cert,
                     session: bytes,
@@ -378,6 +378,17 @@ fn broker_auth(auth: &AuthChain, broker: &Broker) -> Result<SevAttestation, TeeE
         build: auth.build.build,
     };
     SevAttestation::auth(&cfg, &broker.workload_id, build, chain).map_err(broker_err)
+}
+
+/// The broker's SEV policy for LAUNCH_START: its ENCRYPTED_STATE bit must agree with the
+/// launch type fixed by the TEE config, or the firmware would refuse with a bare error.
+fn broker_policy(mode: TeeMode, policy: u32) -> Result<u64, TeeError> {
+    const ES: u32 = krun_attestation::reference::PolicyFlags::ENCRYPTED_STATE as u32;
+    let es = policy & ES != 0;
+    if es != (mode == TeeMode::SevEs) {
+        return Err(TeeError::BrokerPolicy { policy });
+    }
+    Ok(u64::from(policy))
 }
 
 /// `scheme://host:port/...` → the first address of `host:port` (default port 80/443).
@@ -1395,6 +1406,17 @@ mod tests {
             .log()
             .iter()
             .any(|i| matches!(i, Ioctl::LaunchStart(..))));
+    }
+
+    #[test]
+    fn broker_policy_must_match_the_launch_type() {
+        assert_eq!(broker_policy(TeeMode::SevEs, 0x7).unwrap(), 0x7);
+        assert_eq!(broker_policy(TeeMode::Sev, 0x3).unwrap(), 0x3);
+        assert!(matches!(
+            broker_policy(TeeMode::SevEs, 0x3),
+            Err(TeeError::BrokerPolicy { policy: 0x3 })
+        ));
+        assert!(broker_policy(TeeMode::Sev, 0x7).is_err());
     }
 
     #[test]

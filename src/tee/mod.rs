@@ -56,6 +56,12 @@ pub enum TeeError {
     /// The TEE config's SNP launch parameters are invalid.
     #[error("invalid SNP launch parameters in tee_data")]
     SnpParams(#[source] snp_params::SnpParamsError),
+    /// The broker's SEV policy disagrees with the launch type on ENCRYPTED_STATE.
+    #[error("the key broker's SEV policy {policy:#x} does not match the launch type (tee \"sev\"/\"sev-es\" need the ENCRYPTED_STATE bit 0x4, \"sev-no-es\" must not have it)")]
+    BrokerPolicy {
+        /// The broker's policy.
+        policy: u32,
+    },
     /// A launch command was issued out of order (a bug in the sequence).
     #[error("launch command issued out of order")]
     OutOfOrder,
