@@ -248,8 +248,11 @@ int32_t krun_set_tee_config_file(uint32_t ctx_id, const char *filepath);
  *  "ctx_id" - the configuration context ID.
  *
  * Returns:
- *  Only on failure before the guest starts, with a negative errno (-ENOSYS when this build
- *  cannot start microVMs). Otherwise the calling process exits when the guest shuts down, with
+ *  Only on failure before the guest starts, with a negative errno: -ENODEV, -EACCES or
+ *  -ENOSYS when a host prerequisite of the SEV hardware backend is missing (no KVM or SEV,
+ *  no access to /dev/kvm or /dev/sev, a kernel without KVM_SEV_INIT2/guest_memfd; the log
+ *  names it), -ENOENT when the guest bundle cannot be read, -EIO when a launch step fails.
+ *  KRUN_SEV_BACKEND=model selects the PSP model instead (no memory encryption). Otherwise the calling process exits when the guest shuts down, with
  *  the workload's exit status: 0-255, or 128+N when the workload was killed by signal N; 1
  *  when the guest stopped without reporting a status (the log says why).
  */
