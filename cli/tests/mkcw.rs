@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use krun_luks::Header;
-use krun_sev::resources::{read_footer, TeeConfig, TeeKind};
+use krun_sev::resources::{read_footer, TeeKind};
 
 fn krun_sev(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_krun-sev"))
@@ -128,7 +128,7 @@ fn luks1_image_like_buildah() {
     assert_eq!(size % 4096, 0, "image size {size} is not 4096-aligned");
 
     let footer = read_footer(&disk).unwrap().expect("footer");
-    let file_cfg = TeeConfig::from_file(&out.join("krun-sev.json")).unwrap();
+    let file_cfg = krun_sev::resources::tee_config::load_file(&out.join("krun-sev.json")).unwrap();
     assert_eq!(footer, file_cfg);
     assert_eq!(footer.tee, TeeKind::Snp);
     assert_eq!((footer.cpus, footer.ram_mib), (2, 256));

@@ -218,6 +218,15 @@ impl TeeConfig {
         out
     }
 
+    /// `tee_data.vendor_chain`: the file holding the platform's full SEV certificate chain
+    /// (`sevctl export --full`); `None` when absent or empty (`krun-sev mkcw` writes `""`).
+    pub fn vendor_chain(&self) -> Option<&str> {
+        self.tee_data
+            .get("vendor_chain")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    }
+
     /// `tee_data.gen`, the SNP processor generation (one of [`SNP_GENERATIONS`]), if set.
     pub fn snp_generation(&self) -> Option<&str> {
         self.tee_data.get("gen").and_then(Value::as_str)

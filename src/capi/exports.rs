@@ -7,7 +7,7 @@ use super::strings::{str_arg, str_array};
 use super::{context, guarded, logger, CapiError};
 use crate::launch;
 use crate::resources::{
-    inherited_env, validate_env, DiskConfig, ExecConfig, MachineConfig, PortMap, Rlimit, TeeConfig,
+    inherited_env, validate_env, DiskConfig, ExecConfig, MachineConfig, PortMap, Rlimit,
 };
 
 /// Sets the log level: 0 off, 1 error, 2 warn, 3 info, 4 debug, 5 trace. `RUST_LOG`, when
@@ -270,9 +270,11 @@ pub unsafe extern "C" fn krun_set_tee_config_file(ctx_id: u32, filepath: *const 
         // Fail on an unknown context before touching the file.
         context::get(ctx_id)?;
         let path = PathBuf::from(path);
-        let config = TeeConfig::from_file(&path).map_err(|source| CapiError::TeeConfig {
-            path: path.display().to_string(),
-            source,
+        let config = crate::resources::tee_config::load_file(&path).map_err(|source| {
+            CapiError::TeeConfig {
+                path: path.display().to_string(),
+                source,
+            }
         })?;
         log::debug!(
             "TEE config {}: tee={} cpus={} ram_mib={} attestation_url={:?}",

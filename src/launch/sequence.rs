@@ -457,9 +457,10 @@ pub(crate) fn run(plan: LaunchPlan) -> Result<u8, LaunchError> {
     };
     // The chain is checked before the guest is loaded: a wrong file fails fast.
     let auth_chain = match (&hardware, &broker) {
-        (Some(_), Some(_)) => {
-            Some(hardware_auth_chain(tee.vendor_chain()).map_err(LaunchError::Tee)?)
-        }
+        (Some(_), Some(_)) => Some(
+            hardware_auth_chain(tee.vendor_chain().map(std::path::Path::new))
+                .map_err(LaunchError::Tee)?,
+        ),
         _ => None,
     };
     let bundle = guest::load_bundle().map_err(LaunchError::Bundle)?;
@@ -489,8 +490,7 @@ pub(crate) fn run(plan: LaunchPlan) -> Result<u8, LaunchError> {
     sequence.auth_chain = auth_chain;
     sequence.secret_gpa = secret_gpa;
     if mode == TeeMode::Snp {
-        sequence.snp = tee
-            .snp_launch_params()
+        sequence.snp = SnpLaunchParams::from_tee_data(&tee.tee_data)
             .map_err(|e| LaunchError::Tee(TeeError::SnpParams(e)))?;
         log::info!("SNP launch parameters: {:?}", sequence.snp);
     }
@@ -1268,11 +1268,6 @@ mod tests {
         std::fs::write(&chain_path, id.sev_chain_bytes()).unwrap();
         let platform = platform_of(&id);
         let auth = hardware::vendor_chain::load(&chain_path, &platform).unwrap();
-        let start = SevStart {
-            policy: SevPolicy::from_u32(0x0f),
-            cert: vec![0x5c; 0x824],
-            session: SevSession::from_bytes(&[0x3d; 128]),
-        };
         let secret = SevSecret {
             header: SevSecretHeader {
                 flags: HeaderFlags(0),
@@ -1286,7 +1281,13 @@ mod tests {
             vcpus: 2,
             ram_mib: 256,
         };
-        for mode in [TeeMode::Sev, TeeMode::SevEs] {
+        // NODBG|NOKS|NOSEND, plus ENCRYPTED_STATE for SEV-ES.
+        for (mode, broker_policy) in [(TeeMode::Sev, 0x0b), (TeeMode::SevEs, 0x0f)] {
+            let start = SevStart {
+                policy: SevPolicy::from_u32(broker_policy),
+                cert: vec![0x5c; 0x824],
+                session: SevSession::from_bytes(&[0x3d; 128]),
+            };
             let (url, broker) = fake_broker(start.clone(), secret.clone());
             let (mem, loaded) = load(bundle.as_path(), &VmResources::default(), mode, machine);
             let fake = FakeOps::default();
@@ -1304,7 +1305,7 @@ mod tests {
             let mut want = documented_order(mode, 2, &mem, &loaded);
             for c in &mut want {
                 if let Command::LaunchStart { policy, owner } = c {
-                    *policy = 0x0f;
+                    *policy = u64::from(broker_policy);
                     *owner = true;
                 }
             }
@@ -1319,7 +1320,7 @@ mod tests {
             let log = fake.log();
             let at = |i: &Ioctl| log.iter().position(|l| l == i).unwrap();
             let secret_ioctl = Ioctl::Secret(52, hva(&mem, secret_gpa), 512, 512);
-            assert!(at(&Ioctl::LaunchStart(0x0f, 0x824, 128)) < at(&Ioctl::Measure(48)));
+            assert!(at(&Ioctl::LaunchStart(broker_policy, 0x824, 128)) < at(&Ioctl::Measure(48)));
             assert!(at(&Ioctl::Measure(48)) < at(&secret_ioctl));
             assert_eq!(at(&secret_ioctl) + 1, log.len() - 1);
             assert_eq!(log.last(), Some(&Ioctl::Finish));

@@ -7,7 +7,7 @@ use std::path::Path;
 
 pub use krun_footer::footer_bytes;
 
-use super::tee_config::{TeeConfig, TeeConfigError};
+use super::tee_config::{self, TeeConfig, TeeConfigError};
 
 /// The footer magic.
 pub const FOOTER_MAGIC: &[u8; 4] = &krun_footer::MAGIC;
@@ -37,7 +37,7 @@ pub fn read_footer(image: &Path) -> Result<Option<TeeConfig>, FooterError> {
     let Some(json) = krun_footer::read_json(&file, size).map_err(FooterError::Footer)? else {
         return Ok(None);
     };
-    TeeConfig::from_json(&json)
+    tee_config::load_json(&json)
         .map(Some)
         .map_err(FooterError::Config)
 }

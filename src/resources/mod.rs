@@ -6,7 +6,7 @@
 mod footer;
 mod port_map;
 mod rlimit;
-mod tee_config;
+pub mod tee_config;
 
 use std::path::PathBuf;
 
@@ -206,7 +206,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(res.effective_machine().vcpus, 16);
-        let tee = TeeConfig::from_json(
+        let tee = tee_config::load_json(
             br#"{"workload_id":"w","cpus":2,"ram_mib":512,"tee":"snp","tee_data":"","attestation_url":""}"#,
         )
         .unwrap();

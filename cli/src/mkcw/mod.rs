@@ -183,7 +183,8 @@ fn tee_config(args: &MkcwArgs, workload_id: String) -> Result<TeeConfig, MkcwErr
     };
     // Round-trip through the parser the library uses, so mkcw never writes a config that
     // krun_set_tee_config_file would refuse.
-    TeeConfig::from_json(config.to_json().as_bytes()).map_err(MkcwError::TeeConfig)
+    krun_sev::resources::tee_config::load_json(config.to_json().as_bytes())
+        .map_err(MkcwError::TeeConfig)
 }
 
 fn passphrase(args: &MkcwArgs, out_dir: &Path) -> Result<Zeroizing<Vec<u8>>, MkcwError> {
