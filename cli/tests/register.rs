@@ -297,3 +297,38 @@ fn refused_and_unreachable_registrations_are_clear_errors() {
         "{stderr}"
     );
 }
+
+#[test]
+fn model_trust_roots_configure_krun_kbs() {
+    let dir = tempfile::tempdir().unwrap();
+    let trust = dir.path().join("trust");
+    let out = krun_sev(&["model-trust", trust.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let id = krun_psp_model::ModelIdentity::load(&psp_model_dir().join("psp")).unwrap();
+    assert_eq!(
+        fs::read(trust.join("roots.pem")).unwrap(),
+        [id.snp_ark_pem().unwrap(), id.snp_ask_pem().unwrap()].concat()
+    );
+    let vceks: Vec<_> = fs::read_dir(trust.join("vcek")).unwrap().collect();
+    assert_eq!(vceks.len(), 1);
+    // The broker accepts all three as trust configuration.
+    let mut child = Command::new(krun_kbs_bin())
+        .args(["--listen", "127.0.0.1:0", "--db"])
+        .arg(dir.path().join("kbs.db"))
+        .arg("--sev-trust-root")
+        .arg(trust.join("ark.cert"))
+        .arg("--trust-root")
+        .arg(trust.join("roots.pem"))
+        .arg("--vcek-dir")
+        .arg(trust.join("vcek"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(line.starts_with("krun-kbs listening on "), "{line:?}");
+}
