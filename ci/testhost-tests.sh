@@ -1,6 +1,6 @@
 #!/bin/bash
 # Builds what the test-host acceptance tests need (test host assets, guest bundle) and runs
-# them in the nested-KVM test host (issues 3, 4 and 5). Each test host run prints its wall time.
+# them in the nested-KVM test host (issues 3 to 8). Each test host run prints its wall time.
 #
 # Cost: about 100 s of test host runs once the kernel is cached; a cold cache adds the guest
 # kernel build (about 8 minutes on 2 cores) and ~190 MB of Debian package downloads.
@@ -13,8 +13,9 @@ bundle=${KRUN_SEV_BUNDLE_DIR:-$root/build/bundle}
 start=$(date +%s)
 "$root/tests/host/prepare.sh" >/dev/null
 "$root/firmware/build-bundle.sh" "$bundle" >/dev/null
-# The SEV-ES broker test runs these inside the test host.
-cargo build --manifest-path "$root/Cargo.toml" -p krun-kbs -p krun-sev-cli
+# The broker tests and the end-to-end test run these inside the test host; the end-to-end
+# test also links a C program against the library's cdylib.
+cargo build --manifest-path "$root/Cargo.toml" -p krun-kbs -p krun-sev-cli -p krun-sev
 KRUN_SEV_BUNDLE_DIR=$bundle cargo test --manifest-path "$root/Cargo.toml" -p krun-testhost \
-    --test testhost --test vmm_boot --test luks_boot --test tee_model -- --ignored --test-threads=1 --nocapture
+    --test testhost --test vmm_boot --test luks_boot --test tee_model --test e2e -- --ignored --test-threads=1 --nocapture
 echo "[testhost-tests] done in $(($(date +%s) - start)) s" >&2
