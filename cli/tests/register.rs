@@ -159,9 +159,31 @@ fn krun_sev(args: &[&str]) -> Output {
 
 #[allow(clippy::too_many_arguments)]
 fn mkcw(dir: &Path, kbs_url: &str, token_file: &Path, tee: &str, id: &str, out: &str) -> Output {
+    mkcw_with(
+        dir,
+        kbs_url,
+        token_file,
+        tee,
+        id,
+        out,
+        Some("registered passphrase"),
+    )
+}
+
+/// `mkcw --register`; without `pass`, mkcw generates the passphrase.
+fn mkcw_with(
+    dir: &Path,
+    kbs_url: &str,
+    token_file: &Path,
+    tee: &str,
+    id: &str,
+    out: &str,
+    pass: Option<&str>,
+) -> Output {
     let bundle = dir.join("bundle");
     let out_dir = dir.join(out);
-    krun_sev(&[
+    let rootfs = dir.join("rootfs");
+    let mut args = vec![
         "mkcw",
         "--tee",
         tee,
@@ -182,15 +204,17 @@ fn mkcw(dir: &Path, kbs_url: &str, token_file: &Path, tee: &str, id: &str, out: 
         "a00f11",
         "--workload-id",
         id,
-        "--passphrase",
-        "registered passphrase",
         "--pbkdf2-iterations",
         "1000",
         "--cmd",
         "/bin/hello",
-        dir.join("rootfs").to_str().unwrap(),
+        rootfs.to_str().unwrap(),
         out_dir.to_str().unwrap(),
-    ])
+    ];
+    if let Some(p) = pass {
+        args.extend(["--passphrase", p]);
+    }
+    krun_sev(&args)
 }
 
 fn measure(dir: &Path, tee: &str) -> String {
@@ -252,6 +276,20 @@ fn mkcw_registers_with_the_broker() {
             assert_eq!(entry["sev_policy"], policy, "{entry}");
         }
     }
+
+    // A generated passphrase goes to the broker only: no passphrase file next to the image.
+    let out = mkcw_with(d, &kbs.url, &kbs.token_file, "snp", "w-gen", "gen", None);
+    assert!(out.status.success(), "{out:?}");
+    assert!(d.join("gen/disk.img").exists());
+    assert!(!d.join("gen/passphrase").exists());
+    let list = kbs.workloads();
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["id"] == "w-gen" && w["secrets"] == serde_json::json!(["key"])),
+        "{list}"
+    );
 }
 
 #[test]

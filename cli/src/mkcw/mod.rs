@@ -75,7 +75,8 @@ pub struct MkcwArgs {
     /// Workload ID (default: 32 random bytes in hex).
     #[arg(long)]
     workload_id: Option<String>,
-    /// LUKS passphrase (default: 32 random bytes in hex, written to OUT_DIR/passphrase).
+    /// LUKS passphrase (default: 32 random bytes in hex, written to OUT_DIR/passphrase, or
+    /// with --register only sent to the broker).
     #[arg(long, conflicts_with = "passphrase_file")]
     passphrase: Option<String>,
     /// Read the LUKS passphrase from this file (trailing newline removed).
@@ -231,6 +232,11 @@ fn passphrase(args: &MkcwArgs, out_dir: &Path) -> Result<Zeroizing<Vec<u8>>, Mkc
         return Ok(bytes);
     }
     let generated = random_hex(32)?;
+    if args.register {
+        // The broker is the only holder: nothing is written next to the image.
+        eprintln!("mkcw: generated a passphrase; it goes to the key broker only");
+        return Ok(Zeroizing::new(generated.as_bytes().to_vec()));
+    }
     let path = out_dir.join("passphrase");
     OpenOptions::new()
         .write(true)
