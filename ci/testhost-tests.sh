@@ -2,10 +2,12 @@
 # Builds what the test-host acceptance tests need (test host assets, guest bundle) and runs
 # them in the nested-KVM test host (issues 3 to 8). Each test host run prints its wall time.
 #
-# Cost: about 100 s of test host runs once the kernel is cached; a cold cache adds the guest
+# Cost: about 11 minutes of test host runs once the kernel is cached (the end-to-end test,
+# two boots with debug binaries under TCG, takes about 7 of them); a cold cache adds the guest
 # kernel build (about 8 minutes on 2 cores) and ~190 MB of Debian package downloads.
-# Needs: qemu-system-x86 (the outer and inner VMM), cpio, e2fsprogs, cryptsetup-bin (the
-# LUKS oracle run inside the test host), plus the kernel build
+# Needs: qemu-system-x86 (the outer and inner VMM), cpio, e2fsprogs (mkfs.ext4 and debugfs,
+# also copied into the test host for mkcw), gcc and tar (the end-to-end test), cryptsetup-bin
+# (the LUKS oracle run inside the test host), plus the kernel build
 # dependencies listed in firmware/build-kernel.sh.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
