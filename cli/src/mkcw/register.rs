@@ -40,6 +40,9 @@ pub enum RegisterError {
     /// The admin token file cannot be read or is empty.
     #[error("cannot read the admin token from {0}")]
     Token(String, #[source] std::io::Error),
+    /// The registration body cannot be encoded.
+    #[error("cannot encode the registration")]
+    Encode(#[source] serde_json::Error),
     /// The passphrase is not text (the registration body is JSON text).
     #[error("the passphrase is not UTF-8 text; the broker registration carries it as text")]
     PassphraseNotText,
@@ -129,7 +132,7 @@ pub fn expected_launch(
 
 /// The guest policy registered with the workload, as buildah sends it (sev 1.x serde form):
 /// SEV-ES 63, plain SEV 59, SNP 15 (which brokers ignore for SNP).
-pub fn policy_json(mode: TeeMode) -> String {
+pub fn policy_json(mode: TeeMode) -> Result<String, RegisterError> {
     let flags = match mode {
         TeeMode::SevEs => 63,
         TeeMode::Sev => 59,
@@ -139,7 +142,7 @@ pub fn policy_json(mode: TeeMode) -> String {
         flags: PolicyFlags(flags),
         minfw: SevVersion { major: 0, minor: 0 },
     };
-    serde_json::to_string(&policy).unwrap_or_default()
+    serde_json::to_string(&policy).map_err(RegisterError::Encode)
 }
 
 fn read_token(path: &Path) -> Result<Zeroizing<String>, RegisterError> {
@@ -195,10 +198,11 @@ pub fn register(
         passphrase: std::str::from_utf8(passphrase)
             .map_err(|_| RegisterError::PassphraseNotText)?
             .to_owned(),
-        tee_config: policy_json(launch.mode),
+        tee_config: policy_json(launch.mode)?,
     };
-    let json = Zeroizing::new(serde_json::to_vec(&body).unwrap_or_default());
+    let json = serde_json::to_vec(&body).map(Zeroizing::new);
     body.passphrase.zeroize();
+    let json = json.map_err(RegisterError::Encode)?;
     let auth = token.map(|t| Zeroizing::new(format!("Bearer {}", t.as_str())));
     let path = format!("{}/kbs/v0/register_workload", url.prefix);
     let host = url.host_header();
@@ -242,13 +246,13 @@ mod tests {
 
     #[test]
     fn policies_are_buildahs() {
-        let p: SevPolicy = serde_json::from_str(&policy_json(TeeMode::SevEs)).unwrap();
+        let p: SevPolicy = serde_json::from_str(&policy_json(TeeMode::SevEs).unwrap()).unwrap();
         assert_eq!(p.to_u32(), 63);
-        let p: SevPolicy = serde_json::from_str(&policy_json(TeeMode::Sev)).unwrap();
+        let p: SevPolicy = serde_json::from_str(&policy_json(TeeMode::Sev).unwrap()).unwrap();
         assert_eq!(p.to_u32(), 59);
         assert!(!p.flags.contains(PolicyFlags::ENCRYPTED_STATE));
         assert_eq!(
-            policy_json(TeeMode::Snp),
+            policy_json(TeeMode::Snp).unwrap(),
             r#"{"flags":{"bits":15},"minfw":{"major":0,"minor":0}}"#
         );
     }
