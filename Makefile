@@ -3,7 +3,8 @@
 #   make                 build the library (release)
 #   make install         install library, header and pkg-config file under $(DESTDIR)$(PREFIX)
 #   make test            every test: format, lints, unit and integration tests, C API test
-#   make demo            set up and run the main job (see README.md)
+#   make demo            run a confidential workload end to end (TEE=snp|sev-es|sev,
+#                        TEE_BACKEND=model|hardware; see README.md)
 
 PREFIX ?= /usr/local
 LIBDIR ?= $(PREFIX)/lib
@@ -91,8 +92,13 @@ fuzz-smoke:
 
 test: check unit-tests c-api-test fuzz-smoke testhost-tests
 
-demo: install-lib
-	@echo "demo: library installed under $(DESTDIR)$(PREFIX)"
+# The main job (README.md): key broker, encrypted image, registration, confidential launch.
+# TEE=snp|sev-es|sev; TEE_BACKEND=model (the PSP model; inside the test host when this machine
+# cannot boot Linux guests with KVM) or hardware (real SEV, directly). scripts/demo.sh.
+TEE ?= snp
+TEE_BACKEND ?= model
+demo:
+	TEE=$(TEE) TEE_BACKEND=$(TEE_BACKEND) scripts/demo.sh
 
 clean:
 	$(CARGO) clean

@@ -1,11 +1,13 @@
 #!/bin/bash
 # Builds what the test-host acceptance tests need (test host assets, guest bundle) and runs
-# them in the nested-KVM test host (issues 3, 4 and 5). Each test host run prints its wall time.
+# them in the nested-KVM test host (issues 3 to 8). Each test host run prints its wall time.
 #
-# Cost: about 100 s of test host runs once the kernel is cached; a cold cache adds the guest
+# Cost: about 11 minutes of test host runs once the kernel is cached (the end-to-end test,
+# two boots with debug binaries under TCG, takes about 7 of them); a cold cache adds the guest
 # kernel build (about 8 minutes on 2 cores) and ~190 MB of Debian package downloads.
-# Needs: qemu-system-x86 (the outer and inner VMM), cpio, e2fsprogs, cryptsetup-bin (the
-# LUKS oracle run inside the test host), plus the kernel build
+# Needs: qemu-system-x86 (the outer and inner VMM), cpio, e2fsprogs (mkfs.ext4 and debugfs,
+# also copied into the test host for mkcw), gcc and tar (the end-to-end test), cryptsetup-bin
+# (the LUKS oracle run inside the test host), plus the kernel build
 # dependencies listed in firmware/build-kernel.sh.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -13,8 +15,9 @@ bundle=${KRUN_SEV_BUNDLE_DIR:-$root/build/bundle}
 start=$(date +%s)
 "$root/tests/host/prepare.sh" >/dev/null
 "$root/firmware/build-bundle.sh" "$bundle" >/dev/null
-# The SEV-ES broker test runs these inside the test host.
-cargo build --manifest-path "$root/Cargo.toml" -p krun-kbs -p krun-sev-cli
+# The broker tests and the end-to-end test run these inside the test host; the end-to-end
+# test also links a C program against the library's cdylib.
+cargo build --manifest-path "$root/Cargo.toml" -p krun-kbs -p krun-sev-cli -p krun-sev
 KRUN_SEV_BUNDLE_DIR=$bundle cargo test --manifest-path "$root/Cargo.toml" -p krun-testhost \
-    --test testhost --test vmm_boot --test luks_boot --test tee_model -- --ignored --test-threads=1 --nocapture
+    --test testhost --test vmm_boot --test luks_boot --test tee_model --test e2e -- --ignored --test-threads=1 --nocapture
 echo "[testhost-tests] done in $(($(date +%s) - start)) s" >&2

@@ -2,6 +2,7 @@
 
 mod measure;
 mod mkcw;
+mod model_trust;
 mod run;
 
 use std::process::ExitCode;
@@ -24,6 +25,8 @@ enum Command {
     Run(run::RunArgs),
     /// Print the launch measurement a key broker registers (docs/measurement.md).
     Measure(measure::MeasureArgs),
+    /// Write the PSP model's trust roots for a key broker (testing without SEV hardware).
+    ModelTrust(model_trust::ModelTrustArgs),
 }
 
 /// Exit status when the workload never ran (podman's convention for runtime errors).
@@ -40,6 +43,9 @@ fn main() -> ExitCode {
         }
         Command::Measure(args) => {
             measure::measure(&args).map_err(|e| Box::new(e) as Box<dyn std::error::Error>)
+        }
+        Command::ModelTrust(args) => {
+            model_trust::model_trust(&args).map_err(|e| Box::new(e) as Box<dyn std::error::Error>)
         }
     };
     match result {

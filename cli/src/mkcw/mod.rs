@@ -5,6 +5,7 @@
 
 mod ext4;
 mod image_config;
+mod register;
 mod rootfs;
 
 use std::fs::{self, File, OpenOptions};
@@ -24,6 +25,7 @@ use zeroize::Zeroizing;
 
 use self::ext4::{Ext4Error, ExtraFile};
 use self::image_config::{ImageConfigError, ProcessConfig};
+use self::register::{ExpectedLaunch, RegisterError, Registration};
 use self::rootfs::RootfsError;
 
 /// TEE types `mkcw` builds for.
@@ -73,7 +75,8 @@ pub struct MkcwArgs {
     /// Workload ID (default: 32 random bytes in hex).
     #[arg(long)]
     workload_id: Option<String>,
-    /// LUKS passphrase (default: 32 random bytes in hex, written to OUT_DIR/passphrase).
+    /// LUKS passphrase (default: 32 random bytes in hex, written to OUT_DIR/passphrase, or
+    /// with --register only sent to the broker).
     #[arg(long, conflicts_with = "passphrase_file")]
     passphrase: Option<String>,
     /// Read the LUKS passphrase from this file (trailing newline removed).
@@ -106,6 +109,31 @@ pub struct MkcwArgs {
     /// Extra free space in percent of the root file system's size.
     #[arg(long, default_value_t = 25)]
     slop_percent: u64,
+    /// Register the workload (ID, launch measurement, passphrase, policy) with the key
+    /// broker before encrypting, as buildah mkcw does. The measurement follows
+    /// KRUN_SEV_BACKEND (model or hardware) like the launch will.
+    #[arg(long)]
+    register: bool,
+    /// Key broker URL to register with (default: --attestation-url).
+    #[arg(long, requires = "register")]
+    kbs_url: Option<String>,
+    /// File holding the broker's admin token, sent as a bearer token.
+    #[arg(long, requires = "register")]
+    admin_token_file: Option<PathBuf>,
+    /// Extra CA certificates (PEM) trusted for an https broker.
+    #[arg(long, requires = "register")]
+    kbs_ca_file: Option<PathBuf>,
+    /// Guest bundle the measurement is computed over (default: $KRUN_SEV_BUNDLE_DIR, else
+    /// the install location).
+    #[arg(long, requires = "register")]
+    bundle: Option<PathBuf>,
+    /// CPUID leaf 1 EAX of the host that will run the image, in hex (default: this host's).
+    #[arg(long, requires = "register", value_parser = parse_hex_u32)]
+    vcpu_sig: Option<u32>,
+}
+
+fn parse_hex_u32(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s.trim_start_matches("0x"), 16).map_err(|e| e.to_string())
 }
 
 /// Errors of `krun-sev mkcw`.
@@ -135,6 +163,9 @@ pub enum MkcwError {
     /// The random generator failed.
     #[error("random number generator failed")]
     Random(#[source] std::io::Error),
+    /// Registration with the key broker failed.
+    #[error("cannot register the workload with the key broker")]
+    Register(#[source] RegisterError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> MkcwError + '_ {
@@ -202,6 +233,11 @@ fn passphrase(args: &MkcwArgs, out_dir: &Path) -> Result<Zeroizing<Vec<u8>>, Mkc
         return Ok(bytes);
     }
     let generated = random_hex(32)?;
+    if args.register {
+        // The broker is the only holder: nothing is written next to the image.
+        eprintln!("mkcw: generated a passphrase; it goes to the key broker only");
+        return Ok(Zeroizing::new(generated.as_bytes().to_vec()));
+    }
     let path = out_dir.join("passphrase");
     OpenOptions::new()
         .write(true)
@@ -240,6 +276,12 @@ pub fn mkcw(args: &MkcwArgs) -> Result<TeeConfig, MkcwError> {
         None => random_hex(32)?.to_string(),
     };
     let config = tee_config(args, workload_id)?;
+    let registration = registration(args)?;
+    // Measured first: a missing bundle or bad backend setting fails before the slow steps.
+    let expected = match &registration {
+        Some(reg) => Some(expected_launch(&config, reg)?),
+        None => None,
+    };
     let pass = passphrase(args, &args.out_dir)?;
 
     let work = tempfile::Builder::new()
@@ -285,6 +327,16 @@ pub fn mkcw(args: &MkcwArgs) -> Result<TeeConfig, MkcwError> {
         }
     }
     .map_err(MkcwError::Luks)?;
+    // Registered after mkfs and before encryption, as buildah does: a refused registration
+    // stops the build before the slow step.
+    if let (Some(reg), Some(expected)) = (&registration, &expected) {
+        register::register(reg, &config.workload_id, expected, &pass)
+            .map_err(MkcwError::Register)?;
+        eprintln!(
+            "mkcw: registered workload {} with the key broker at {}",
+            config.workload_id, reg.kbs_url
+        );
+    }
     drop(pass);
 
     let disk = args.out_dir.join("disk.img");
@@ -317,6 +369,61 @@ pub fn mkcw(args: &MkcwArgs) -> Result<TeeConfig, MkcwError> {
     fs::write(&cfg_path, json.as_bytes()).map_err(io_err(&cfg_path))?;
     eprintln!("mkcw: wrote {}", cfg_path.display());
     Ok(config)
+}
+
+/// The registration settings, when `--register` is given.
+fn registration(args: &MkcwArgs) -> Result<Option<Registration<'_>>, MkcwError> {
+    if !args.register {
+        return Ok(None);
+    }
+    let kbs_url = args
+        .kbs_url
+        .as_deref()
+        .or(args.attestation_url.as_deref())
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| {
+            MkcwError::Usage("--register needs --kbs-url or --attestation-url".into())
+        })?;
+    let ca_pem = match &args.kbs_ca_file {
+        Some(f) => Some(fs::read(f).map_err(io_err(f))?),
+        None => None,
+    };
+    Ok(Some(Registration {
+        kbs_url,
+        admin_token_file: args.admin_token_file.as_deref(),
+        bundle: args
+            .bundle
+            .clone()
+            .unwrap_or_else(krun_sev::launch::guest::bundle_dir),
+        vcpu_sig: args.vcpu_sig,
+        ca_pem,
+    }))
+}
+
+fn expected_launch(
+    config: &TeeConfig,
+    reg: &Registration<'_>,
+) -> Result<ExpectedLaunch, MkcwError> {
+    let expected = register::expected_launch(config.tee, config.cpus, config.ram_mib, reg)
+        .map_err(MkcwError::Register)?;
+    eprintln!(
+        "mkcw: launch measurement ({}, {} vCPUs, {} MiB, {} backend{}): {}",
+        expected.mode.host_json_name(),
+        config.cpus,
+        config.ram_mib,
+        if expected.psp_model {
+            "PSP model"
+        } else {
+            "hardware"
+        },
+        if expected.psp_model {
+            ", KRUN_SEV_BACKEND=model"
+        } else {
+            ""
+        },
+        expected.measurement
+    );
+    Ok(expected)
 }
 
 fn iterations(args: &MkcwArgs, hash: HashAlg, key_len: usize) -> u32 {

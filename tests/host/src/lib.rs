@@ -20,12 +20,14 @@ pub mod console;
 pub mod initramfs;
 pub mod ldd;
 mod qemu;
+pub mod rootfs;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use console::ConsoleResult;
 pub use initramfs::{FileSpec, InitramfsError, KVM_AMD_PARAMS};
+pub use rootfs::{busybox_rootfs, ext4_image, krun_kbs_bin, krun_sev_bin, RootfsError};
 
 /// Overrides the asset directory (otherwise `prepare.sh` provides it).
 pub const ASSETS_ENV: &str = "KRUN_TESTHOST_ASSETS";

@@ -9,15 +9,13 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use krun_bundle::Bundle;
 use krun_luks::format::{format_luks1, format_luks2, write_encrypted, Luks1Options, Luks2Options};
 use krun_luks::{Argon2Variant, HashAlg, Kdf};
-use krun_testhost::{marker_values, test_bundle_dir, TestHost};
+use krun_testhost::{busybox_rootfs, ext4_image, marker_values, test_bundle_dir, TestHost};
 use sha2::{Digest, Sha256};
 
 const PASSPHRASE: &str = "correct horse battery staple";
@@ -39,28 +37,11 @@ fn sha256_hex(data: &[u8]) -> String {
 /// A plain ext4 image holding a static busybox and `config` as `/.krun_config.json`.
 fn plain_root(dir: &Path, name: &str, config: &serde_json::Value) -> Vec<u8> {
     let root = dir.join(format!("{name}-root"));
-    for d in ["bin", "proc", "sys", "dev", "tmp", "run", "srv/work"] {
-        fs::create_dir_all(root.join(d)).unwrap();
-    }
-    let busybox = krun_testhost::assets_dir().unwrap().join("busybox");
-    fs::copy(&busybox, root.join("bin/busybox")).unwrap();
-    for applet in APPLETS {
-        symlink("busybox", root.join("bin").join(applet)).unwrap();
-    }
+    busybox_rootfs(&root, APPLETS).unwrap();
+    fs::create_dir_all(root.join("srv/work")).unwrap();
     fs::write(root.join(".krun_config.json"), config.to_string()).unwrap();
     let plain = dir.join(format!("{name}-plain.img"));
-    let f = fs::File::create(&plain).unwrap();
-    f.set_len(PLAIN_SIZE).unwrap();
-    drop(f);
-    // 4096-byte blocks as mkcw makes them: a 4096-byte-sector payload cannot hold the 1 KiB
-    // blocks mkfs.ext4 picks for small images.
-    let status = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-b", "4096", "-d"])
-        .arg(&root)
-        .arg(&plain)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    ext4_image(&root, &plain, PLAIN_SIZE).unwrap();
     fs::read(&plain).unwrap()
 }
 

@@ -6,15 +6,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use krun_bundle::Bundle;
 use krun_sev::launch::{expected_measurement, MeasureRequest};
 use krun_sev::tee::TeeMode;
-use krun_testhost::{test_bundle_dir, TestHost};
+use krun_testhost::{busybox_rootfs, krun_kbs_bin, krun_sev_bin, test_bundle_dir, TestHost};
 
+/// What follows `key` on each output line containing it (log lines carry a prefix, so
+/// [`krun_testhost::marker_values`] does not fit them).
 fn marker<'a>(output: &'a str, key: &str) -> Vec<&'a str> {
     output
         .lines()
@@ -114,19 +115,6 @@ KRUN_SEV_BACKEND= /bin/krun-capi-run /disks/disk.img /cfg/snp.json 3 </dev/null;
     assert_eq!(digest.trim(), expected.digest_hex(), "{ctx}");
 }
 
-/// A workspace binary built by `ci/testhost-tests.sh` (`cargo build -p krun-kbs -p
-/// krun-sev-cli`) next to this test's own.
-fn workspace_bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join(name);
-    assert!(
-        bin.exists(),
-        "{} missing: run cargo build -p krun-kbs -p krun-sev-cli",
-        bin.display()
-    );
-    bin
-}
-
 #[test]
 #[ignore = "boots the test host"]
 fn sev_es_launch_gets_the_disk_key_from_the_broker() {
@@ -143,16 +131,9 @@ fn sev_es_launch_gets_the_disk_key_from_the_broker() {
 
     // A mkcw image (LUKS1, cheap PBKDF2 for TCG) whose workload prints a marker.
     let rootfs = dir.path().join("rootfs");
-    for d in ["bin", "proc", "sys", "dev", "tmp", "run"] {
-        fs::create_dir_all(rootfs.join(d)).unwrap();
-    }
-    let busybox = krun_testhost::assets_dir().unwrap().join("busybox");
-    fs::copy(&busybox, rootfs.join("bin/busybox")).unwrap();
-    for applet in ["sh", "echo", "nproc"] {
-        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
-    }
+    busybox_rootfs(&rootfs, &["sh", "echo", "nproc"]).unwrap();
     let out = dir.path().join("image");
-    let cli = workspace_bin("krun-sev");
+    let cli = krun_sev_bin().unwrap();
     let status = Command::new(&cli)
         .args([
             "mkcw",
@@ -202,7 +183,7 @@ cat /tmp/kbs.log
     let outcome = TestHost::new()
         .file(&bundle, "/bundle")
         .file(&cli, "/bin/krun-sev")
-        .file(workspace_bin("krun-kbs"), "/bin/krun-kbs")
+        .file(krun_kbs_bin().unwrap(), "/bin/krun-kbs")
         .file(&psp, "/psp")
         .file(&ark, "/ark.cert")
         .file(out.join("disk.img"), "/w/disk.img")
@@ -247,16 +228,9 @@ fn snp_launch_attests_from_the_guest_through_the_model() {
     fs::write(vcek_dir.join(format!("{chip}.pem")), id.vcek_pem().unwrap()).unwrap();
 
     let rootfs = dir.path().join("rootfs");
-    for d in ["bin", "proc", "sys", "dev", "tmp", "run"] {
-        fs::create_dir_all(rootfs.join(d)).unwrap();
-    }
-    let busybox = krun_testhost::assets_dir().unwrap().join("busybox");
-    fs::copy(&busybox, rootfs.join("bin/busybox")).unwrap();
-    for applet in ["sh", "echo", "nproc"] {
-        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
-    }
+    busybox_rootfs(&rootfs, &["sh", "echo", "nproc"]).unwrap();
     let out = dir.path().join("image");
-    let cli = workspace_bin("krun-sev");
+    let cli = krun_sev_bin().unwrap();
     let status = Command::new(&cli)
         .args([
             "mkcw",
@@ -304,7 +278,7 @@ cat /tmp/kbs.log
     let outcome = TestHost::new()
         .file(&bundle, "/bundle")
         .file(&cli, "/bin/krun-sev")
-        .file(workspace_bin("krun-kbs"), "/bin/krun-kbs")
+        .file(krun_kbs_bin().unwrap(), "/bin/krun-kbs")
         .file(&psp, "/psp")
         .file(&roots, "/roots.pem")
         .file(&vcek_dir, "/vcek")

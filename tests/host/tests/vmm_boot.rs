@@ -4,13 +4,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
-use std::os::unix::fs::{symlink, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use krun_bundle::Bundle;
-use krun_testhost::{marker_values, test_bundle_dir, TestHost};
+use krun_testhost::{busybox_rootfs, ext4_image, marker_values, test_bundle_dir, TestHost};
 
 const APPLETS: &[&str] = &[
     "sh", "cat", "echo", "nproc", "grep", "sync", "kill", "nc", "dd", "touch", "sleep", "head",
@@ -20,15 +19,7 @@ const APPLETS: &[&str] = &[
 /// A raw ext4 root disk holding a static busybox and a `.krun_config.json` running `script`.
 fn root_disk(dir: &Path, name: &str, script: &str) -> PathBuf {
     let root = dir.join(format!("{name}-root"));
-    // The mount points a container image has (a read-only root cannot get them created).
-    for d in ["bin", "proc", "sys", "dev", "tmp", "run"] {
-        fs::create_dir_all(root.join(d)).unwrap();
-    }
-    let busybox = krun_testhost::assets_dir().unwrap().join("busybox");
-    fs::copy(&busybox, root.join("bin/busybox")).unwrap();
-    for applet in APPLETS {
-        symlink("busybox", root.join("bin").join(applet)).unwrap();
-    }
+    busybox_rootfs(&root, APPLETS).unwrap();
     fs::write(
         root.join("bin/pong"),
         "#!/bin/sh\necho PONG\nread line\necho \"GOT=$line\"\n",
@@ -40,16 +31,7 @@ fn root_disk(dir: &Path, name: &str, script: &str) -> PathBuf {
     });
     fs::write(root.join(".krun_config.json"), config.to_string()).unwrap();
     let disk = dir.join(format!("{name}.img"));
-    let f = fs::File::create(&disk).unwrap();
-    f.set_len(32 << 20).unwrap();
-    drop(f);
-    let status = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-d"])
-        .arg(&root)
-        .arg(&disk)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    ext4_image(&root, &disk, 32 << 20).unwrap();
     disk
 }
 

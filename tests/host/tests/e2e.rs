@@ -1,0 +1,472 @@
+//! Issue 8 acceptance: the whole confidential-workload flow inside the nested-KVM test host
+//! with the PSP model. `krun-sev mkcw --register` builds images and registers them with a
+//! `krun-kbs` running in the test host; `krun-sev run` (and a C program calling the API in
+//! crun's order) runs them; the broker releases the disk key only for the registered
+//! measurement. Two test-host boots, each running many launches. Ignored by a plain
+//! `cargo test`; `ci/testhost-tests.sh` runs it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use krun_bundle::Bundle;
+use krun_luks::format::{format_luks1, write_encrypted, Luks1Options};
+use krun_testhost::{
+    busybox_rootfs, ext4_image, krun_kbs_bin, krun_sev_bin, marker_values, test_bundle_dir,
+    TestHost,
+};
+
+const APPLETS: &[&str] = &["sh", "echo", "nproc", "cat", "pwd"];
+/// The admin token the broker in the test host is started with.
+const ADMIN_TOKEN: &str = "e2e-admin-token";
+/// luksy's LUKS1 payload offset for a 64-byte key, in 512-byte sectors.
+const LUKSY_PAYLOAD_SECTORS: u64 = 4040;
+/// Each boot runs about five launches and five image builds under TCG.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(1500);
+
+/// What both boots share: the model identity, the broker's trust in it, the rootfs, tools.
+struct Setup {
+    dir: tempfile::TempDir,
+    bundle: PathBuf,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let bundle = test_bundle_dir();
+        Bundle::load(&bundle).unwrap_or_else(|e| {
+            panic!(
+                "no valid guest bundle in {} ({e}); run firmware/build-bundle.sh",
+                bundle.display()
+            )
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        // The model identity is made here: RSA-4096 key generation under TCG takes minutes.
+        let id = krun_psp_model::ModelIdentity::generate().unwrap();
+        id.save(&d.join("psp")).unwrap();
+        // The broker trusts the model's chains by hand (ARCHITECTURE.md §5).
+        let trust = d.join("trust");
+        fs::create_dir_all(trust.join("vcek")).unwrap();
+        let chain =
+            krun_attestation::reference::SevCertChain::from_bytes(id.sev_chain_bytes()).unwrap();
+        fs::write(trust.join("ark.cert"), &chain.ca.ark).unwrap();
+        fs::write(
+            trust.join("roots.pem"),
+            [id.snp_ark_pem().unwrap(), id.snp_ask_pem().unwrap()].concat(),
+        )
+        .unwrap();
+        let chip: String = id
+            .snp_platform()
+            .chip_id
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        fs::write(
+            trust.join("vcek").join(format!("{chip}.pem")),
+            id.vcek_pem().unwrap(),
+        )
+        .unwrap();
+        fs::write(trust.join("token"), format!("{ADMIN_TOKEN}\n")).unwrap();
+        // The workload root file system, as a tar mkcw unpacks inside the test host.
+        let rootfs = d.join("rootfs");
+        busybox_rootfs(&rootfs, APPLETS).unwrap();
+        let tar = Command::new("tar")
+            .arg("-cf")
+            .arg(d.join("rootfs.tar"))
+            .arg("-C")
+            .arg(&rootfs)
+            .arg(".")
+            .status()
+            .unwrap();
+        assert!(tar.success());
+        Setup { dir, bundle }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A test host with the bundle, the tools, the identity and the trust files.
+    fn host(&self) -> TestHost {
+        let mkfs = Path::new("/usr/sbin/mkfs.ext4");
+        let debugfs = Path::new("/usr/sbin/debugfs");
+        assert!(
+            mkfs.exists() && debugfs.exists(),
+            "mkcw needs mkfs.ext4 and debugfs: apt-get install e2fsprogs"
+        );
+        TestHost::new()
+            .file(&self.bundle, "/bundle")
+            .file(krun_sev_bin().unwrap(), "/bin/krun-sev")
+            .file(krun_kbs_bin().unwrap(), "/bin/krun-kbs")
+            .file(mkfs, "/usr/sbin/mkfs.ext4")
+            .file(debugfs, "/usr/sbin/debugfs")
+            .file(self.path("psp"), "/psp")
+            .file(self.path("trust"), "/trust")
+            .file(self.path("rootfs.tar"), "/rootfs.tar")
+            .mem_mib(2048)
+            .timeout(BOOT_TIMEOUT)
+    }
+}
+
+/// Shell functions every boot's script starts with.
+const PRELUDE: &str = r#"
+export PATH=/usr/sbin:$PATH KRUN_SEV_BACKEND=model KRUN_SEV_BUNDLE_DIR=/bundle KRUN_SEV_PSP_MODEL_DIR=/psp
+sha() { sha256sum "$1" | cut -d' ' -f1; }
+mkdir -p /tmp/rootfs /tmp/tiny && tar -xf /rootfs.tar -C /tmp/rootfs && echo tiny > /tmp/tiny/file
+start_kbs() {
+  /bin/krun-kbs --listen 127.0.0.1:8123 --db /tmp/kbs.db --admin-token-file /trust/token \
+    --sev-trust-root /trust/ark.cert --trust-root /trust/roots.pem --vcek-dir /trust/vcek \
+    > /tmp/kbs.log 2>&1 &
+  for i in $(seq 100); do grep -q listening /tmp/kbs.log && break; sleep 0.2; done
+}
+# mk TEE WORKLOAD_ID OUT_DIR PASSPHRASE SCRIPT: mkcw --register (CPUS and ROOT override).
+mk() {
+  krun-sev mkcw --tee "$1" --cpus "${CPUS:-2}" --ram-mib 512 \
+    --attestation-url http://127.0.0.1:8123 --register --admin-token-file /trust/token \
+    --workload-id "$2" --passphrase "$4" --pbkdf2-iterations 1000 --env PATH=/bin \
+    --cmd /bin/sh --cmd -c --cmd "$5" "${ROOT:-/tmp/rootfs}" "$3"
+  echo "MKCW_$2=$?"
+}
+run() { krun-sev run --log-level 3 "$@" </dev/null; }
+"#;
+
+/// Boot 1: SEV, SEV-ES and SNP images built and registered by mkcw run and report their
+/// exit status; then the SEV-ES image tampered with after registration does not run.
+#[test]
+#[ignore = "boots the test host"]
+fn mkcw_register_run_for_every_tee_and_tampering() {
+    let s = Setup::new();
+    // An image with the same passphrase as the SEV-ES one but another command: its LUKS
+    // header is swapped into the registered image.
+    let other = s.path("other");
+    let out = Command::new(krun_sev_bin().unwrap())
+        .args([
+            "mkcw",
+            "--tee",
+            "sev-es",
+            "--passphrase",
+            "pass-es",
+            "--pbkdf2-iterations",
+            "1000",
+            "--cmd",
+            "/bin/sh",
+            "--cmd",
+            "-c",
+            "--cmd",
+            "echo TAMPERED_RAN; exit 0",
+        ])
+        .arg(s.path("rootfs"))
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let header =
+        krun_luks::Header::read(&mut fs::File::open(other.join("disk.img")).unwrap()).unwrap();
+    let payload_sectors = header.payload().offset / 512;
+    assert_eq!(payload_sectors, LUKSY_PAYLOAD_SECTORS);
+
+    let script = format!(
+        r#"{PRELUDE}
+start_kbs
+mk sev-no-es e2e-sev /tmp/sev pass-sev 'echo E2E_RAN_sev CPUS=$(nproc); exit 11'
+mk sev-es e2e-es /tmp/es pass-es 'echo E2E_RAN_es CPUS=$(nproc); exit 12'
+mk snp e2e-snp /tmp/snp pass-snp 'echo E2E_RAN_snp CPUS=$(nproc); exit 13'
+for t in sev es snp; do
+  echo "SHA_BEFORE_$t=$(sha /tmp/$t/disk.img)"
+  run /tmp/$t; echo "STATUS_$t=$?"
+done
+# Tampering after registration. The registered image with another image's LUKS header
+# (same passphrase, other master key):
+cp /tmp/es/disk.img /tmp/hdr.img
+dd if=/other/disk.img of=/tmp/hdr.img bs=512 count={payload_sectors} conv=notrunc 2>/dev/null
+run --disk /tmp/hdr.img --tee-config /tmp/es/krun-sev.json; echo "STATUS_HDR=$?"
+# The registered image with the ciphertext sector of the ext4 superblock changed:
+cp /tmp/es/disk.img /tmp/flip.img
+dd if=/dev/urandom of=/tmp/flip.img bs=512 seek=$(({payload_sectors} + 2)) count=1 conv=notrunc 2>/dev/null
+run --disk /tmp/flip.img --tee-config /tmp/es/krun-sev.json; echo "STATUS_FLIP=$?"
+cat /tmp/kbs.log
+"#
+    );
+    let outcome = s
+        .host()
+        .file(&other, "/other")
+        .run(&["sh", "-c", &script])
+        .unwrap();
+    let out = &outcome.output;
+    let ctx = format!("output:\n{out}");
+
+    for (t, id, mode, status) in [
+        ("sev", "e2e-sev", "sev", "11"),
+        ("es", "e2e-es", "sev-es", "12"),
+        ("snp", "e2e-snp", "snp", "13"),
+    ] {
+        assert_eq!(marker_values(out, &format!("MKCW_{id}=")), ["0"], "{ctx}");
+        // mkcw registered the measurement the launch then had, for the right launch type.
+        let registered = registered_measurement(out, mode);
+        assert_eq!(registered.len(), 1, "{mode}: {ctx}");
+        let launched = launch_measurements(out, mode);
+        assert!(
+            !launched.is_empty() && launched.iter().all(|m| *m == registered[0]),
+            "{mode}: registered {registered:?}, launched {launched:?}; {ctx}"
+        );
+        assert_eq!(
+            marker_values(out, &format!("E2E_RAN_{t} ")),
+            ["CPUS=2"],
+            "{t}: {ctx}"
+        );
+        assert_eq!(
+            marker_values(out, &format!("STATUS_{t}=")),
+            [status],
+            "{ctx}"
+        );
+    }
+    assert!(out.contains("LAUNCH_SECRET"), "{ctx}");
+    // Plain SEV, SEV-ES, and SEV-ES twice more for the tampered disks; SNP once.
+    assert_eq!(launch_measurements(out, "sev").len(), 1, "{ctx}");
+    assert_eq!(launch_measurements(out, "sev-es").len(), 3, "{ctx}");
+
+    // Neither tampered disk runs anything: the key is released (the launch is the
+    // registered one), the foreign header opens with the passphrase but yields another
+    // master key, so the file system does not mount; the changed ciphertext garbles the
+    // superblock. AES-XTS has no integrity: changed ciphertext in unused blocks would go
+    // unnoticed, but it cannot be turned into chosen plaintext without the key.
+    assert!(!out.contains("TAMPERED_RAN"), "{ctx}");
+    assert_eq!(marker_values(out, "E2E_RAN_es ").len(), 1, "{ctx}");
+    assert_eq!(marker_values(out, "STATUS_HDR="), ["1"], "{ctx}");
+    assert_eq!(marker_values(out, "STATUS_FLIP="), ["1"], "{ctx}");
+    assert_eq!(
+        out.matches("krun-init: mounting the root file system failed")
+            .count(),
+        2,
+        "{ctx}"
+    );
+    assert_eq!(out.matches("key released").count(), 5, "{ctx}");
+}
+
+/// Boot 2: a buildah-layout image (registered offline) runs through `krun-sev run` and a C
+/// program calling the API in crun's order; a wrong measurement registered releases no key;
+/// a wrong passphrase registered fails the unlock; neither writes the disk.
+#[test]
+#[ignore = "boots the test host"]
+fn buildah_image_crun_order_and_broker_refusals() {
+    let s = Setup::new();
+    let buildah = s.path("buildah");
+    let plain = buildah_image(&s, &buildah);
+    let crun = crun_order_program(&s);
+
+    let script = format!(
+        r#"{PRELUDE}
+# The buildah image, registered offline before the broker starts.
+M=$(krun-sev measure --tee sev-es --cpus 2 --ram-mib 512)
+printf %s buildah-pass > /tmp/bpp
+krun-kbs --db /tmp/kbs.db workload add --id e2e-buildah --tee sev --measurement "$M" --passphrase-file /tmp/bpp
+echo "ADD_BUILDAH=$?"
+start_kbs
+run /buildah; echo "STATUS_D=$?"
+/bin/crun-order /buildah/disk.img /buildah/krun-sev.json </dev/null; echo "STATUS_E=$?"
+# Wrong measurement registered (a decoy registration for 1 vCPU under the same ID): SEV-ES
+# fails host-side attestation, SNP fails the guest's attestation.
+mk sev-es e2e-x /tmp/x pass-x 'echo X_RAN; exit 0'
+mk snp e2e-y /tmp/y pass-y 'echo Y_RAN; exit 0'
+CPUS=1 ROOT=/tmp/tiny mk sev-es e2e-x /tmp/decoy1 pass-x 'true'
+CPUS=1 ROOT=/tmp/tiny mk snp e2e-y /tmp/decoy2 pass-y 'true'
+echo "SHA_BEFORE_X=$(sha /tmp/x/disk.img)"
+echo "SHA_BEFORE_Y=$(sha /tmp/y/disk.img)"
+run /tmp/x; echo "STATUS_WM_ES=$?"
+run /tmp/y; echo "STATUS_WM_SNP=$?"
+echo "SHA_AFTER_WM_X=$(sha /tmp/x/disk.img)"
+echo "SHA_AFTER_WM_Y=$(sha /tmp/y/disk.img)"
+# Wrong passphrase registered (right measurement):
+ROOT=/tmp/tiny mk sev-es e2e-x /tmp/decoy3 not-pass-x 'true'
+run /tmp/x; echo "STATUS_WP=$?"
+echo "SHA_AFTER_WP_X=$(sha /tmp/x/disk.img)"
+cat /tmp/kbs.log
+"#
+    );
+    let outcome = s
+        .host()
+        .file(&buildah, "/buildah")
+        .file(&crun, "/bin/crun-order")
+        .run(&["sh", "-c", &script])
+        .unwrap();
+    let out = &outcome.output;
+    let ctx = format!("output:\n{out}");
+    drop(plain);
+
+    // (d) and (e): the buildah-layout image runs, twice, with the config nested under
+    // "config" applied (Entrypoint ++ Cmd, Env, WorkingDir).
+    assert_eq!(marker_values(out, "ADD_BUILDAH="), ["0"], "{ctx}");
+    assert_eq!(
+        marker_values(out, "BUILDAH_RAN "),
+        ["ARG=from-cmd GREETING=oci-env CWD=/srv CPUS=2"; 2],
+        "{ctx}"
+    );
+    assert_eq!(marker_values(out, "STATUS_D="), ["21"], "{ctx}");
+    assert_eq!(marker_values(out, "STATUS_E="), ["21"], "{ctx}");
+    // The C program made crun's calls in crun's order.
+    assert_eq!(
+        marker_values(out, "CRUN_ORDER="),
+        ["krun_create_ctx krun_set_log_level krun_set_root_disk krun_set_tee_config_file krun_set_vm_config krun_start_enter"],
+        "{ctx}"
+    );
+
+    // The image, the wrong-measurement decoy and (for e2e-x) the wrong-passphrase decoy.
+    assert_eq!(marker_values(out, "MKCW_e2e-x="), ["0"; 3], "{ctx}");
+    assert_eq!(marker_values(out, "MKCW_e2e-y="), ["0"; 2], "{ctx}");
+    // (b) wrong measurement: no key, a clear error, the workload never ran, disk unchanged.
+    // SEV-ES: the host-side attestation is refused and the VM never starts.
+    assert!(!out.contains("X_RAN") && !out.contains("Y_RAN"), "{ctx}");
+    assert_eq!(marker_values(out, "STATUS_WM_ES="), ["125"], "{ctx}");
+    assert!(
+        out.contains("SEV attestation with the key broker failed: attest: key broker answered HTTP 401: launch measurement is not an allowed one"),
+        "{ctx}"
+    );
+    // SNP: the guest's attestation is refused; the init stops with status 1.
+    assert!(
+        out.contains("krun-init: obtaining the disk key failed: attestation with the key broker failed: attest: key broker answered HTTP 401"),
+        "{ctx}"
+    );
+    assert_eq!(marker_values(out, "STATUS_WM_SNP="), ["1"], "{ctx}");
+    // The broker released the key exactly three times: the buildah image twice and the
+    // wrong-passphrase run once.
+    assert_eq!(out.matches("key released").count(), 3, "{ctx}");
+    let x = marker_values(out, "SHA_BEFORE_X=");
+    assert_eq!(x.len(), 1, "{ctx}");
+    assert_eq!(marker_values(out, "SHA_AFTER_WM_X="), x, "{ctx}");
+    let y = marker_values(out, "SHA_BEFORE_Y=");
+    assert_eq!(y.len(), 1, "{ctx}");
+    assert_eq!(marker_values(out, "SHA_AFTER_WM_Y="), y, "{ctx}");
+    // (c) wrong passphrase: the key is released but the unlock fails clearly; disk unchanged.
+    assert!(
+        out.contains("unlocking the LUKS root disk failed")
+            && out.contains("no keyslot matches the passphrase"),
+        "{ctx}"
+    );
+    assert_eq!(marker_values(out, "STATUS_WP="), ["1"], "{ctx}");
+    assert_eq!(marker_values(out, "SHA_AFTER_WP_X="), x, "{ctx}");
+}
+
+/// The hex digests `mkcw` printed for `mode` (`mkcw: launch measurement (MODE, ...): HEX`).
+fn registered_measurement<'a>(out: &'a str, mode: &str) -> Vec<&'a str> {
+    after(out, &format!("mkcw: launch measurement ({mode}, "))
+        .into_iter()
+        .filter_map(|l| l.rsplit_once("): ").map(|(_, m)| m.trim()))
+        .collect()
+}
+
+/// The hex digests the launches logged for `mode`.
+fn launch_measurements<'a>(out: &'a str, mode: &str) -> Vec<&'a str> {
+    after(out, &format!("launch measurement ({mode}, "))
+        .into_iter()
+        .filter(|l| l.contains("vcpu_sig"))
+        .filter_map(|l| l.rsplit_once("): ").map(|(_, m)| m.trim()))
+        .collect()
+}
+
+/// What follows `key` on each output line containing it (log lines carry a prefix).
+fn after<'a>(out: &'a str, key: &str) -> Vec<&'a str> {
+    out.lines()
+        .filter_map(|l| l.trim_end_matches('\r').split_once(key).map(|(_, v)| v))
+        .collect()
+}
+
+/// Writes `dir/disk.img` and `dir/krun-sev.json` the way `buildah mkcw` lays them out
+/// (independently of mkcw): LUKS1 with luksy's 4040-sector payload offset, an ext4 file
+/// system whose `/.krun_config.json` is a full OCI image config with the process settings
+/// under "config", zero padding so that the footer (TEE config JSON, "KRUN", u64 LE length)
+/// ends on a 4096-byte boundary. Returns the plaintext file system image.
+fn buildah_image(s: &Setup, dir: &Path) -> Vec<u8> {
+    fs::create_dir_all(dir).unwrap();
+    let root = s.path("buildah-root");
+    busybox_rootfs(&root, APPLETS).unwrap();
+    fs::create_dir_all(root.join("srv")).unwrap();
+    let image_config = serde_json::json!({
+        "created": "2026-11-27T00:00:00Z",
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {
+            "Entrypoint": ["/bin/sh", "-c",
+                "echo \"BUILDAH_RAN ARG=$0 GREETING=$GREETING CWD=$(pwd) CPUS=$(nproc)\"; exit 21"],
+            "Cmd": ["from-cmd"],
+            "Env": ["PATH=/bin", "GREETING=oci-env"],
+            "WorkingDir": "/srv",
+        },
+        "rootfs": {"type": "layers", "diff_ids": []},
+        "history": [{"created_by": "buildah mkcw"}],
+    });
+    fs::write(root.join(".krun_config.json"), image_config.to_string()).unwrap();
+    let plain_path = s.path("buildah-plain.img");
+    ext4_image(&root, &plain_path, 24 << 20).unwrap();
+    let plain = fs::read(&plain_path).unwrap();
+
+    let vol = format_luks1(
+        b"buildah-pass",
+        &Luks1Options {
+            keyslot_iterations: 1000,
+            ..Luks1Options::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(vol.payload.offset, LUKSY_PAYLOAD_SECTORS * 512);
+    // buildah's SEV config: "sev" with the legacy tee_data keys.
+    let tee_config = serde_json::json!({
+        "workload_id": "e2e-buildah", "cpus": 2, "ram_mib": 512, "tee": "sev",
+        "tee_data": "{\"vendor_chain\":\"\",\"attestation_server_pubkey\":\"\"}",
+        "attestation_url": "http://127.0.0.1:8123",
+    })
+    .to_string();
+    let disk = dir.join("disk.img");
+    let mut out = fs::File::create(&disk).unwrap();
+    let payload = write_encrypted(&vol, plain.as_slice(), &mut out, &mut |_| {}).unwrap();
+    let written = vol.header.len() as u64 + payload;
+    let json = tee_config.as_bytes();
+    let used = written + json.len() as u64 + 12;
+    let pad = (4096 - used % 4096) % 4096;
+    out.write_all(&vec![0u8; usize::try_from(pad).unwrap()])
+        .unwrap();
+    out.write_all(json).unwrap();
+    out.write_all(b"KRUN").unwrap();
+    out.write_all(&(json.len() as u64).to_le_bytes()).unwrap();
+    drop(out);
+    assert_eq!(fs::metadata(&disk).unwrap().len() % 4096, 0);
+    fs::write(dir.join("krun-sev.json"), &tee_config).unwrap();
+    plain
+}
+
+/// Compiles tests/c/crun_order.c against include/libkrun.h and the built library
+/// (target/<profile>/libkrun_sev.so under its SONAME; `cargo build -p krun-sev`).
+fn crun_order_program(s: &Setup) -> PathBuf {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let exe = std::env::current_exe().unwrap();
+    let built = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("libkrun_sev.so");
+    assert!(
+        built.exists(),
+        "{} missing: run cargo build -p krun-sev",
+        built.display()
+    );
+    let lib = s.path("lib");
+    fs::create_dir_all(&lib).unwrap();
+    fs::copy(&built, lib.join("libkrun-sev.so.1")).unwrap();
+    let program = s.path("crun-order");
+    let out = Command::new("cc")
+        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-o"])
+        .arg(&program)
+        .arg(repo.join("tests/c/crun_order.c"))
+        .arg("-I")
+        .arg(repo.join("include"))
+        .arg(format!("-L{}", lib.display()))
+        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        .arg("-l:libkrun-sev.so.1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    program
+}
