@@ -83,8 +83,9 @@ for i in $(seq 150); do
   case "$out" in *PONG*) break;; esac
   sleep 0.2
 done
-echo "PORTMAP=$out"
 wait $vmm; echo "STATUS_PORT=$?"
+# After the VM's console output has ended, so the marker starts its own line.
+echo "PORTMAP=$out"
 "#;
     let outcome = TestHost::new()
         .file(&bundle, "/bundle")
