@@ -24,6 +24,11 @@ head -c 32 /dev/urandom | sha256sum | cut -d' ' -f1 >"$work/admin-token"
 chmod 600 "$work/admin-token"
 
 set -- --listen "127.0.0.1:$port" --db "$work/kbs.db" --admin-token-file "$work/admin-token"
+# On SEV hardware: AMD's roots are built in; SNP VCEKs come from VCEK_DIR (see
+# docs/hardware.md) unless the guest's report carries them.
+if [ -n "${VCEK_DIR:-}" ]; then
+    set -- "$@" --vcek-dir "$VCEK_DIR"
+fi
 if [ -n "${TRUST_DIR:-}" ]; then
     # The PSP model's own roots: brokers never trust model evidence by default.
     set -- "$@" --sev-trust-root "$TRUST_DIR/ark.cert" --trust-root "$TRUST_DIR/roots.pem" \
@@ -45,8 +50,13 @@ until grep -q "listening" "$work/kbs.log"; do
     sleep 0.2
 done
 
+# SEV/SEV-ES on hardware: the platform chain the VMM sends to the broker (sevctl export --full).
+chain=
+if [ -n "${SEV_CHAIN:-}" ] && [ "$tee" != snp ]; then
+    chain="--vendor-chain=$SEV_CHAIN"
+fi
 say "building and registering the encrypted image (krun-sev mkcw --tee $tee --register)"
-"$bin/krun-sev" mkcw --tee "$tee" --cpus 2 --ram-mib 512 \
+"$bin/krun-sev" mkcw --tee "$tee" --cpus 2 --ram-mib 512 ${chain:+"$chain"} \
     --attestation-url "$url" --register --admin-token-file "$work/admin-token" \
     --workload-id demo-workload --pbkdf2-iterations 10000 --env PATH=/bin \
     --cmd /bin/sh --cmd -c \

@@ -10,6 +10,8 @@
 #       encrypted). Where this machine cannot boot Linux guests with KVM, the flow runs inside
 #       the nested-KVM test host (tests/host) and says so.
 #       hardware: the real AMD Secure Processor (/dev/sev), directly, never in the test host.
+#   SEV_CHAIN=FILE            hardware SEV/SEV-ES: `sevctl export --full FILE` of this host
+#   VCEK_DIR=DIR              hardware SNP: the broker's VCEKs (docs/hardware.md)
 #
 # "Can boot Linux guests with KVM" means /dev/kvm exists and the CPU flags in /proc/cpuinfo
 # include svm or vmx (hardware virtualization). The development machines have a paravirtual

@@ -2,7 +2,10 @@
 //! (`Connection: close`), `Content-Length` or chunked bodies, bounded header and body sizes.
 //! Timeouts are the stream's (socket read/write timeouts).
 
+use std::fmt::Write as _;
 use std::io::{self, Read, Write};
+
+use zeroize::Zeroizing;
 
 /// Largest status line plus headers accepted.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
@@ -153,22 +156,28 @@ impl<S: Read> Reader<'_, S> {
 }
 
 fn write_request<S: Write>(stream: &mut S, req: &HttpRequest<'_>) -> Result<(), HttpError> {
-    let mut head = format!(
+    // Headers may carry a bearer token and bodies a passphrase (registration): every copy is
+    // wiped, and the message is sized up front so that growing it leaves no stale copy.
+    let body = req.body.unwrap_or_default();
+    let header_len: usize = req.headers.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
+    let mut head = Zeroizing::new(String::with_capacity(
+        req.method.len() + req.path.len() + req.host.len() + header_len + 96,
+    ));
+    // Writing to a String cannot fail.
+    let _ = write!(
+        head,
         "{} {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
         req.method, req.path, req.host
     );
     for (k, v) in req.headers {
-        head.push_str(k);
-        head.push_str(": ");
-        head.push_str(v);
-        head.push_str("\r\n");
+        let _ = write!(head, "{k}: {v}\r\n");
     }
-    let body = req.body.unwrap_or_default();
     if req.body.is_some() || req.method == "POST" {
-        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        let _ = write!(head, "Content-Length: {}\r\n", body.len());
     }
     head.push_str("\r\n");
-    let mut msg = head.into_bytes();
+    let mut msg = Zeroizing::new(Vec::with_capacity(head.len() + body.len()));
+    msg.extend_from_slice(head.as_bytes());
     msg.extend_from_slice(body);
     stream.write_all(&msg)?;
     stream.flush()?;

@@ -185,6 +185,8 @@ fn luks2_from_tar_with_generated_passphrase() {
         out.to_str().unwrap(),
         "--tee",
         "sev",
+        "--vendor-chain",
+        "/sev.chain",
         "--attestation-url",
         "http://kbs.example:8000",
         "--luks",
@@ -206,7 +208,13 @@ fn luks2_from_tar_with_generated_passphrase() {
     cryptsetup_accepts(&disk, &pass);
     let footer = read_footer(&disk).unwrap().unwrap();
     assert_eq!(footer.tee, TeeKind::Sev);
+    assert_eq!(footer.vendor_chain(), Some("/sev.chain"));
     assert_eq!(footer.workload_id.len(), 64);
+    // Like buildah's: only the owner reads the image.
+    assert_eq!(
+        fs::metadata(&disk).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     assert_eq!(
         read_from_image(&disk, &pass, "/etc/hostname", &dir),
         b"cw\n"
@@ -256,6 +264,22 @@ fn refuses_bad_arguments() {
         "/x",
     ]);
     assert_eq!(missing.status.code(), Some(125));
+    // SNP reports carry their own chain: a SEV vendor chain makes no sense there.
+    let chain = krun_sev(&[
+        "mkcw",
+        r,
+        o,
+        "--tee",
+        "snp",
+        "--passphrase",
+        "p",
+        "--cmd",
+        "/x",
+        "--vendor-chain",
+        "/sev.chain",
+    ]);
+    assert_eq!(chain.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&chain.stderr).contains("--vendor-chain"));
     assert!(!out.join("disk.img").exists());
     fs::remove_dir_all(&dir).unwrap();
 }

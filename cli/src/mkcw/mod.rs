@@ -82,6 +82,11 @@ pub struct MkcwArgs {
     /// Read the LUKS passphrase from this file (trailing newline removed).
     #[arg(long)]
     passphrase_file: Option<PathBuf>,
+    /// SEV/SEV-ES: the platform's full certificate chain (`sevctl export --full`) that the
+    /// VMM sends to the broker on SEV hardware, recorded as tee_data.vendor_chain (a path on
+    /// the host that runs the workload; buildah uses /sev.chain inside the image).
+    #[arg(long)]
+    vendor_chain: Option<String>,
     /// SNP processor generation recorded in tee_data.
     #[arg(long, value_parser = ["milan", "genoa", "turin"], default_value = "milan")]
     snp_gen: String,
@@ -194,9 +199,15 @@ fn tee_config(args: &MkcwArgs, workload_id: String) -> Result<TeeConfig, MkcwErr
         TeeArg::Snp => TeeKind::Snp,
     };
     if tee == TeeKind::Snp {
+        if args.vendor_chain.is_some() {
+            return Err(MkcwError::Usage(
+                "--vendor-chain is for SEV and SEV-ES (SNP reports carry their own chain)".into(),
+            ));
+        }
         tee_data.insert("gen".into(), Value::from(args.snp_gen.clone()));
     } else {
-        tee_data.insert("vendor_chain".into(), Value::from(""));
+        let chain = args.vendor_chain.clone().unwrap_or_default();
+        tee_data.insert("vendor_chain".into(), Value::from(chain));
         tee_data.insert("attestation_server_pubkey".into(), Value::from(""));
     }
     let config = TeeConfig {
@@ -341,7 +352,17 @@ pub fn mkcw(args: &MkcwArgs) -> Result<TeeConfig, MkcwError> {
 
     let disk = args.out_dir.join("disk.img");
     let started = Instant::now();
-    let mut out = BufWriter::new(File::create(&disk).map_err(io_err(&disk))?);
+    // Owner-only like buildah's image, also when an earlier run left a wider mode.
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&disk)
+        .map_err(io_err(&disk))?;
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .map_err(io_err(&disk))?;
+    let mut out = BufWriter::new(file);
     let input = BufReader::new(File::open(&plain).map_err(io_err(&plain))?);
     let mut last_report = Instant::now();
     write_encrypted(&volume, input, &mut out, &mut |done| {
