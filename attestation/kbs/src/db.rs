@@ -69,6 +69,37 @@ pub struct MinTcb {
     pub microcode: u8,
 }
 
+/// The HOST_DATA a report must carry: 32 bytes, 64 hex digits in JSON and on the command
+/// line. The launch sets it from the TEE config's `tee_data.host_data` (unmeasured but
+/// reported), so requiring it ties a registration to the host-side launch settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostData(pub [u8; 32]);
+
+impl std::str::FromStr for HostData {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bytes = hex::decode(s.trim()).map_err(|_| "HOST_DATA is not hex".to_owned())?;
+        bytes
+            .try_into()
+            .map(HostData)
+            .map_err(|_| "HOST_DATA must be 32 bytes (64 hex digits)".to_owned())
+    }
+}
+
+impl Serialize for HostData {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for HostData {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// What an SNP report must satisfy besides signature, binding and measurement.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SnpRequirements {
@@ -82,6 +113,9 @@ pub struct SnpRequirements {
     pub min_report_version: u32,
     #[serde(default)]
     pub max_vmpl: u32,
+    /// HOST_DATA the report must carry; any when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_data: Option<HostData>,
 }
 
 fn default_min_version() -> u32 {
@@ -96,6 +130,7 @@ impl Default for SnpRequirements {
             min_tcb: MinTcb::default(),
             min_report_version: default_min_version(),
             max_vmpl: 0,
+            host_data: None,
         }
     }
 }
@@ -351,6 +386,34 @@ mod tests {
             snp: Default::default(),
             measurements: vec![],
         }
+    }
+
+    #[test]
+    fn host_data_requirement_round_trips_and_old_rows_read() {
+        let hex = "5a".repeat(32);
+        let want: HostData = hex.parse().unwrap();
+        assert_eq!(want, HostData([0x5a; 32]));
+        assert!("5a".parse::<HostData>().is_err());
+        assert!("zz".repeat(32).parse::<HostData>().is_err());
+        let req = SnpRequirements {
+            host_data: Some(want),
+            ..Default::default()
+        };
+        let json = serde_json::to_string(&req).unwrap();
+        assert!(json.contains(&format!("\"host_data\":\"{hex}\"")), "{json}");
+        assert_eq!(serde_json::from_str::<SnpRequirements>(&json).unwrap(), req);
+        // Rows written before the field existed mean "any HOST_DATA".
+        let old: SnpRequirements = serde_json::from_str(r#"{"max_vmpl":0}"#).unwrap();
+        assert_eq!(old.host_data, None);
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("kbs.db")).unwrap();
+        let mut w = workload("bound", TeeKind::Snp);
+        w.snp = req;
+        store.put_workload(&w, &[vec![1; 48]]).unwrap();
+        assert_eq!(
+            store.workload("bound").unwrap().unwrap().snp.host_data,
+            Some(want)
+        );
     }
 
     #[test]

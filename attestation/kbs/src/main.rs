@@ -11,7 +11,7 @@ use zeroize::Zeroizing;
 
 use krun_kbs::api::{router, Broker};
 use krun_kbs::config::{BrokerConfig, DEFAULT_BODY_LIMIT, DEFAULT_MAX_SESSIONS};
-use krun_kbs::db::{MinTcb, SnpRequirements, Store, TeeKind, KEY_SECRET};
+use krun_kbs::db::{HostData, MinTcb, SnpRequirements, Store, TeeKind, KEY_SECRET};
 use krun_kbs::error_chain;
 use krun_kbs::verify_sev::SevTrust;
 use krun_kbs::verify_snp::{SnpVerifier, TrustRoot};
@@ -106,6 +106,10 @@ enum WorkloadCmd {
         /// Minimum TCB as bootloader:tee:snp:microcode.
         #[arg(long, value_parser = parse_tcb)]
         min_tcb: Option<MinTcb>,
+        /// SNP: the HOST_DATA reports must carry (64 hex digits; the TEE config's
+        /// tee_data.host_data).
+        #[arg(long)]
+        host_data: Option<HostData>,
     },
     /// List workloads as JSON.
     List,
@@ -200,6 +204,7 @@ fn admin(cli: &Cli, cmd: &Command) -> Result<(), MainError> {
             min_report_version,
             max_vmpl,
             min_tcb,
+            host_data,
         }) => {
             let digests = krun_kbs::api::decode_measurements(*tee, measurements)
                 .map_err(|r| MainError::Usage(r.detail.into()))?;
@@ -213,6 +218,7 @@ fn admin(cli: &Cli, cmd: &Command) -> Result<(), MainError> {
                     min_tcb: min_tcb.unwrap_or_default(),
                     min_report_version: *min_report_version,
                     max_vmpl: *max_vmpl,
+                    host_data: *host_data,
                 },
                 measurements: vec![],
             };

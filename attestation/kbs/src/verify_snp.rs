@@ -212,6 +212,14 @@ pub fn check_requirements(
             format!("report is from VMPL {}", report.vmpl),
         ));
     }
+    if let Some(want) = &req.host_data {
+        if !openssl::memcmp::eq(&report.host_data, &want.0) {
+            return Err(refuse(
+                "SnpHostData",
+                "report HOST_DATA does not match the registration",
+            ));
+        }
+    }
     let tcb = &report.reported_tcb;
     let min = &req.min_tcb;
     if tcb.bootloader < min.bootloader
@@ -322,5 +330,17 @@ mod tests {
             ..req
         };
         assert!(check_requirements(&ok, &v5).is_err());
+        let bound = SnpRequirements {
+            host_data: Some(crate::db::HostData([0x5a; 32])),
+            ..req
+        };
+        assert_eq!(
+            check_requirements(&ok, &bound).unwrap_err().kind,
+            "SnpHostData"
+        );
+        let mut carries = ok;
+        carries.host_data = [0x5a; 32];
+        check_requirements(&carries, &bound).unwrap();
+        check_requirements(&carries, &req).unwrap();
     }
 }
