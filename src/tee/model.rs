@@ -43,6 +43,52 @@ pub fn load_or_create(dir: &Path) -> Result<Arc<ModelIdentity>, TeeError> {
         .map_err(TeeError::Identity)
 }
 
+/// Errors while writing a model identity's trust roots.
+#[derive(Debug, thiserror::Error)]
+pub enum TrustRootsError {
+    /// A certificate cannot be encoded.
+    #[error("cannot encode the PSP model's certificates")]
+    Encode(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A file cannot be written.
+    #[error("cannot write {0}")]
+    Write(String, #[source] std::io::Error),
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), TrustRootsError> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| TrustRootsError::Write(parent.display().to_string(), e))?;
+    }
+    std::fs::write(path, bytes).map_err(|e| TrustRootsError::Write(path.display().to_string(), e))
+}
+
+/// Writes what a key broker needs to trust `id`'s evidence (testing only) into `out`:
+/// `ark.cert` (the SEV ARK, for `krun-kbs --sev-trust-root`), `roots.pem` (the SNP ARK and
+/// ASK, for `--trust-root`) and `vcek/<hex chip id>.pem` (for `--vcek-dir`). The model never
+/// shares trust roots with AMD hardware (ARCHITECTURE.md §5).
+pub fn write_trust_roots(id: &ModelIdentity, out: &Path) -> Result<(), TrustRootsError> {
+    let encode = |e: krun_psp_model::IdentityError| TrustRootsError::Encode(Box::new(e));
+    let chain = krun_attestation::reference::SevCertChain::from_bytes(id.sev_chain_bytes())
+        .map_err(|e| TrustRootsError::Encode(Box::new(e)))?;
+    let roots = [
+        id.snp_ark_pem().map_err(encode)?,
+        id.snp_ask_pem().map_err(encode)?,
+    ]
+    .concat();
+    let chip: String = id
+        .snp_platform()
+        .chip_id
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    write_file(&out.join("ark.cert"), &chain.ca.ark)?;
+    write_file(&out.join("roots.pem"), &roots)?;
+    write_file(
+        &out.join("vcek").join(format!("{chip}.pem")),
+        &id.vcek_pem().map_err(encode)?,
+    )
+}
+
 /// Logged at every model launch.
 pub fn warn_unencrypted() {
     log::warn!("**********************************************************************");
