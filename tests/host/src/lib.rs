@@ -220,9 +220,25 @@ impl TestHost {
 
 /// The guest bundle the guest-boot tests use: `$KRUN_SEV_BUNDLE_DIR`, else the checkout's
 /// `build/bundle` (what `firmware/build-bundle.sh` writes by default).
-pub fn test_bundle_dir() -> PathBuf {
+fn test_bundle_dir() -> PathBuf {
     let default = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../build/bundle");
     krun_bundle::bundle_dir(&default)
+}
+
+/// [`test_bundle_dir`] with its bundle loaded and checked (manifest sizes and hashes). A
+/// guest-boot test cannot run without it, so a missing or stale bundle fails the calling test
+/// with what to do.
+#[track_caller]
+pub fn test_bundle() -> (PathBuf, krun_bundle::Bundle) {
+    let dir = test_bundle_dir();
+    match krun_bundle::Bundle::load(&dir) {
+        Ok(bundle) => (dir, bundle),
+        Err(e) => panic!(
+            "no valid guest bundle in {} ({e}); build it with firmware/build-bundle.sh or set {}",
+            dir.display(),
+            krun_bundle::BUNDLE_DIR_ENV
+        ),
+    }
 }
 
 /// The values of every output line starting with `key` (`KEY=value` markers the guest-boot

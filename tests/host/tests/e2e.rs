@@ -12,11 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use krun_bundle::Bundle;
 use krun_luks::format::{format_luks1, write_encrypted, Luks1Options};
 use krun_testhost::{
-    busybox_rootfs, ext4_image, krun_kbs_bin, krun_sev_bin, marker_values, test_bundle_dir,
-    TestHost,
+    busybox_rootfs, ext4_image, krun_kbs_bin, krun_sev_bin, marker_values, test_bundle, TestHost,
 };
 
 const APPLETS: &[&str] = &["sh", "echo", "nproc", "cat", "pwd"];
@@ -35,40 +33,15 @@ struct Setup {
 
 impl Setup {
     fn new() -> Setup {
-        let bundle = test_bundle_dir();
-        Bundle::load(&bundle).unwrap_or_else(|e| {
-            panic!(
-                "no valid guest bundle in {} ({e}); run firmware/build-bundle.sh",
-                bundle.display()
-            )
-        });
+        let (bundle, _) = test_bundle();
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         // The model identity is made here: RSA-4096 key generation under TCG takes minutes.
         let id = krun_psp_model::ModelIdentity::generate().unwrap();
         id.save(&d.join("psp")).unwrap();
-        // The broker trusts the model's chains by hand (ARCHITECTURE.md §5).
+        // The broker trusts the model's chains only when told (ARCHITECTURE.md §5).
         let trust = d.join("trust");
-        fs::create_dir_all(trust.join("vcek")).unwrap();
-        let chain =
-            krun_attestation::reference::SevCertChain::from_bytes(id.sev_chain_bytes()).unwrap();
-        fs::write(trust.join("ark.cert"), &chain.ca.ark).unwrap();
-        fs::write(
-            trust.join("roots.pem"),
-            [id.snp_ark_pem().unwrap(), id.snp_ask_pem().unwrap()].concat(),
-        )
-        .unwrap();
-        let chip: String = id
-            .snp_platform()
-            .chip_id
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        fs::write(
-            trust.join("vcek").join(format!("{chip}.pem")),
-            id.vcek_pem().unwrap(),
-        )
-        .unwrap();
+        krun_sev::tee::model::write_trust_roots(&id, &trust).unwrap();
         fs::write(trust.join("token"), format!("{ADMIN_TOKEN}\n")).unwrap();
         // The workload root file system, as a tar mkcw unpacks inside the test host.
         let rootfs = d.join("rootfs");

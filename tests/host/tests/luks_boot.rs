@@ -12,10 +12,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use krun_bundle::Bundle;
 use krun_luks::format::{format_luks1, format_luks2, write_encrypted, Luks1Options, Luks2Options};
 use krun_luks::{Argon2Variant, HashAlg, Kdf};
-use krun_testhost::{busybox_rootfs, ext4_image, marker_values, test_bundle_dir, TestHost};
+use krun_testhost::{busybox_rootfs, ext4_image, marker_values, test_bundle, TestHost};
 use sha2::{Digest, Sha256};
 
 const PASSPHRASE: &str = "correct horse battery staple";
@@ -93,13 +92,7 @@ fn host_json(passphrase: &str) -> String {
 #[test]
 #[ignore = "boots the test host"]
 fn luks_root_disks_boot_under_the_vmm() {
-    let bundle = test_bundle_dir();
-    Bundle::load(&bundle).unwrap_or_else(|e| {
-        panic!(
-            "no valid guest bundle in {} ({e}); run firmware/build-bundle.sh",
-            bundle.display()
-        )
-    });
+    let (bundle, _) = test_bundle();
     let dir = tempfile::tempdir().unwrap();
 
     // LUKS1 as luksy writes it: payload right after the keyslots, OCI image config nested

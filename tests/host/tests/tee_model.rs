@@ -9,10 +9,9 @@ use std::fs;
 use std::process::Command;
 use std::time::Duration;
 
-use krun_bundle::Bundle;
 use krun_sev::launch::{expected_measurement, MeasureRequest};
 use krun_sev::tee::TeeMode;
-use krun_testhost::{busybox_rootfs, krun_kbs_bin, krun_sev_bin, test_bundle_dir, TestHost};
+use krun_testhost::{busybox_rootfs, krun_kbs_bin, krun_sev_bin, test_bundle, TestHost};
 
 /// What follows `key` on each output line containing it (log lines carry a prefix, so
 /// [`krun_testhost::marker_values`] does not fit them).
@@ -26,9 +25,7 @@ fn marker<'a>(output: &'a str, key: &str) -> Vec<&'a str> {
 #[test]
 #[ignore = "boots the test host"]
 fn model_launches_reach_the_init() {
-    let bundle = test_bundle_dir();
-    Bundle::load(&bundle)
-        .unwrap_or_else(|e| panic!("no valid guest bundle in {} ({e})", bundle.display()));
+    let (bundle, _) = test_bundle();
     let dir = tempfile::tempdir().unwrap();
     // The model identity is made here: RSA-4096 key generation under TCG would take minutes.
     let psp = dir.path().join("psp");
@@ -118,16 +115,13 @@ KRUN_SEV_BACKEND= /bin/krun-capi-run /disks/disk.img /cfg/snp.json 3 </dev/null;
 #[test]
 #[ignore = "boots the test host"]
 fn sev_es_launch_gets_the_disk_key_from_the_broker() {
-    let bundle = test_bundle_dir();
-    Bundle::load(&bundle).unwrap();
+    let (bundle, _) = test_bundle();
     let dir = tempfile::tempdir().unwrap();
     let psp = dir.path().join("psp");
     let id = krun_psp_model::ModelIdentity::generate().unwrap();
     id.save(&psp).unwrap();
-    let chain =
-        krun_attestation::reference::SevCertChain::from_bytes(id.sev_chain_bytes()).unwrap();
-    let ark = dir.path().join("ark.cert");
-    fs::write(&ark, &chain.ca.ark).unwrap();
+    let trust = dir.path().join("trust");
+    krun_sev::tee::model::write_trust_roots(&id, &trust).unwrap();
 
     // A mkcw image (LUKS1, cheap PBKDF2 for TCG) whose workload prints a marker.
     let rootfs = dir.path().join("rootfs");
@@ -185,7 +179,7 @@ cat /tmp/kbs.log
         .file(&cli, "/bin/krun-sev")
         .file(krun_kbs_bin().unwrap(), "/bin/krun-kbs")
         .file(&psp, "/psp")
-        .file(&ark, "/ark.cert")
+        .file(trust.join("ark.cert"), "/ark.cert")
         .file(out.join("disk.img"), "/w/disk.img")
         .file(out.join("krun-sev.json"), "/w/krun-sev.json")
         .mem_mib(2048)
@@ -205,27 +199,13 @@ cat /tmp/kbs.log
 #[test]
 #[ignore = "boots the test host"]
 fn snp_launch_attests_from_the_guest_through_the_model() {
-    let bundle = test_bundle_dir();
-    Bundle::load(&bundle).unwrap();
+    let (bundle, _) = test_bundle();
     let dir = tempfile::tempdir().unwrap();
     let psp = dir.path().join("psp");
     let id = krun_psp_model::ModelIdentity::generate().unwrap();
     id.save(&psp).unwrap();
-    let roots = dir.path().join("roots.pem");
-    fs::write(
-        &roots,
-        [id.snp_ark_pem().unwrap(), id.snp_ask_pem().unwrap()].concat(),
-    )
-    .unwrap();
-    let vcek_dir = dir.path().join("vcek");
-    fs::create_dir_all(&vcek_dir).unwrap();
-    let chip: String = id
-        .snp_platform()
-        .chip_id
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    fs::write(vcek_dir.join(format!("{chip}.pem")), id.vcek_pem().unwrap()).unwrap();
+    let trust = dir.path().join("trust");
+    krun_sev::tee::model::write_trust_roots(&id, &trust).unwrap();
 
     let rootfs = dir.path().join("rootfs");
     busybox_rootfs(&rootfs, &["sh", "echo", "nproc"]).unwrap();
@@ -280,8 +260,8 @@ cat /tmp/kbs.log
         .file(&cli, "/bin/krun-sev")
         .file(krun_kbs_bin().unwrap(), "/bin/krun-kbs")
         .file(&psp, "/psp")
-        .file(&roots, "/roots.pem")
-        .file(&vcek_dir, "/vcek")
+        .file(trust.join("roots.pem"), "/roots.pem")
+        .file(trust.join("vcek"), "/vcek")
         .file(out.join("disk.img"), "/w/disk.img")
         .file(out.join("krun-sev.json"), "/w/krun-sev.json")
         .mem_mib(2048)

@@ -6,8 +6,7 @@
 
 use std::time::Duration;
 
-use krun_bundle::{Bundle, BUNDLE_DIR_ENV};
-use krun_testhost::{test_bundle_dir, TestHost, TestHostError};
+use krun_testhost::{test_bundle, TestHost, TestHostError};
 
 #[test]
 #[ignore = "boots the test host"]
@@ -46,10 +45,7 @@ fn nested_kvm_runs_guest_code_with_expected_exits() {
 #[test]
 #[ignore = "boots the test host"]
 fn bundle_kernel_and_initrd_boot_under_qemu_microvm() {
-    let dir = test_bundle_dir();
-    let bundle = Bundle::load(&dir).unwrap_or_else(|e| {
-        panic!("no valid guest bundle in {} ({e}); build it with firmware/build-bundle.sh or set {BUNDLE_DIR_ENV}", dir.display())
-    });
+    let (dir, bundle) = test_bundle();
     assert!(bundle.manifest.nr_cpus >= 32);
     let qemu = "/usr/bin/qemu-system-x86_64";
     let outcome = TestHost::new()

@@ -8,8 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use krun_bundle::Bundle;
-use krun_testhost::{busybox_rootfs, ext4_image, marker_values, test_bundle_dir, TestHost};
+use krun_testhost::{busybox_rootfs, ext4_image, marker_values, test_bundle, TestHost};
 
 const APPLETS: &[&str] = &[
     "sh", "cat", "echo", "nproc", "grep", "sync", "kill", "nc", "dd", "touch", "sleep", "head",
@@ -38,13 +37,7 @@ fn root_disk(dir: &Path, name: &str, script: &str) -> PathBuf {
 #[test]
 #[ignore = "boots the test host"]
 fn workloads_run_under_the_vmm() {
-    let bundle = test_bundle_dir();
-    Bundle::load(&bundle).unwrap_or_else(|e| {
-        panic!(
-            "no valid guest bundle in {} ({e}); run firmware/build-bundle.sh",
-            bundle.display()
-        )
-    });
+    let (bundle, _) = test_bundle();
     let dir = tempfile::tempdir().unwrap();
     let main = root_disk(
         dir.path(),
