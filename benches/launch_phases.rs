@@ -18,7 +18,8 @@ use krun_sev::resources::VmResources;
 use krun_sev::tee::backend::{FinishParams, LaunchBackend};
 use krun_sev::tee::measure::{calculate_with, MeasureInputs, ModelBackend};
 use krun_sev::tee::phases::{Phase, PhaseTimes};
-use krun_sev::tee::{cpuid_page, vmsa, TeeMode};
+use krun_sev::tee::vcpu_model::VcpuModel;
+use krun_sev::tee::{cpuid_page, TeeMode};
 
 const KERNEL_GPA: u64 = 0x100_0000;
 
@@ -98,11 +99,11 @@ fn main() {
     let vcpus = 2u8;
     println!("launch phases on the PSP model: {source}, {vcpus} vCPUs, median of {runs} runs");
     for mode in [TeeMode::Sev, TeeMode::SevEs, TeeMode::Snp] {
-        let seg = guest::launch_segment(&VmResources::default(), mode, true)
+        let seg = guest::launch_segment(&VmResources::default(), mode, None)
             .unwrap_or_else(|e| panic!("{e}"));
         let cpuid = match mode {
             TeeMode::Snp => Some(
-                cpuid_page::from_kvm(vcpus)
+                cpuid_page::from_kvm(vcpus, VcpuModel::default().signature())
                     .or_else(|_| cpuid_page::build(&[]))
                     .unwrap_or_else(|e| panic!("{e}")),
             ),
@@ -118,7 +119,7 @@ fn main() {
                 initrd: initrd.clone(),
                 segment: &seg.bytes,
                 cmdline: &cmdline,
-                vcpu_sig: vmsa::host_vcpu_sig(),
+                vcpu_sig: VcpuModel::default().signature(),
                 cpuid_page: cpuid.as_deref(),
             };
             let mut samples: Vec<PhaseTimes> = Vec::new();

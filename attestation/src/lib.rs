@@ -16,6 +16,8 @@ pub mod keys;
 pub mod rcar;
 pub mod reference;
 pub mod secret_table;
+#[cfg(feature = "tls")]
+pub mod tls_pin;
 pub mod transport;
 
 pub use client::{ClientConfig, ClientError, KbsProtocol, Step};

@@ -1,36 +1,43 @@
-//! `krun-sev measure`: the launch measurement a key broker registers for a bundle, vCPU count
-//! and RAM size, computed by the library's own launch sequence (`krun_sev::launch::
+//! `krun-sev measure`: the launch measurement a key broker registers for a bundle and a TEE
+//! config (or a TEE, vCPU count, RAM size and vCPU model without a broker), computed by the library's own launch sequence (`krun_sev::launch::
 //! expected_measurement`) over the same bytes a launch loads. Output format:
 //! docs/measurement.md.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use krun_footer::{Binding, TeeConfig};
 use krun_sev::launch::{self, MeasureRequest};
 use krun_sev::tee::measure::Measurement;
-use krun_sev::tee::{Backend, TeeMode};
+use krun_sev::tee::vcpu_model::VcpuModel;
+use krun_sev::tee::TeeMode;
 
 /// Arguments of `krun-sev measure`.
 #[derive(Debug, clap::Args)]
 pub struct MeasureArgs {
-    /// Launch type: sev, sev-es or snp (a TEE config's "sev" launches as sev-es).
-    #[arg(long, value_parser = parse_mode)]
-    tee: TeeMode,
-    /// vCPUs (the TEE config's "cpus").
-    #[arg(long)]
-    cpus: u8,
-    /// RAM in MiB (the TEE config's "ram_mib").
-    #[arg(long)]
-    ram_mib: u32,
+    /// The TEE config (a `krun-sev.json`) of the launch: TEE, vCPUs, RAM, vCPU model
+    /// (`tee_data.gen`) and the workload/broker binding all come from it.
+    #[arg(long, conflicts_with_all = ["tee", "cpus", "ram_mib", "gen"], required_unless_present_all = ["tee", "cpus", "ram_mib"])]
+    tee_config: Option<PathBuf>,
+    /// Without --tee-config: launch type, sev, sev-es or snp (a TEE config's "sev" launches
+    /// as sev-es). Such a launch names no broker, so no broker releases a key to it.
+    #[arg(long, value_parser = parse_mode, requires_all = ["cpus", "ram_mib"])]
+    tee: Option<TeeMode>,
+    /// Without --tee-config: vCPUs.
+    #[arg(long, requires = "tee")]
+    cpus: Option<u8>,
+    /// Without --tee-config: RAM in MiB.
+    #[arg(long, requires = "tee")]
+    ram_mib: Option<u32>,
+    /// Without --tee-config: the vCPU model (milan, genoa, turin; default milan).
+    #[arg(long, value_parser = parse_model, requires = "tee")]
+    gen: Option<VcpuModel>,
     /// Guest bundle directory (default: $KRUN_SEV_BUNDLE_DIR, else the install location).
     #[arg(long)]
     bundle: Option<PathBuf>,
     /// The launch attaches a data disk (one more virtio device on the command line).
     #[arg(long)]
     data_disk: bool,
-    /// CPUID leaf 1 EAX of the host that will run the guest, in hex (default: this host's).
-    #[arg(long, value_parser = parse_hex_u32)]
-    vcpu_sig: Option<u32>,
     /// Print JSON instead of the bare hex digest.
     #[arg(long)]
     json: bool,
@@ -40,13 +47,16 @@ fn parse_mode(s: &str) -> Result<TeeMode, String> {
     TeeMode::parse(s).ok_or_else(|| "expected sev, sev-es or snp".to_owned())
 }
 
-fn parse_hex_u32(s: &str) -> Result<u32, String> {
-    u32::from_str_radix(s.trim_start_matches("0x"), 16).map_err(|e| e.to_string())
+fn parse_model(s: &str) -> Result<VcpuModel, String> {
+    VcpuModel::parse(s).map_err(|e| e.to_string())
 }
 
 /// Errors of `krun-sev measure`.
 #[derive(Debug, thiserror::Error)]
 pub enum MeasureCliError {
+    /// The TEE config file cannot be read or is invalid.
+    #[error("cannot read the TEE config {0}")]
+    TeeConfig(String, #[source] Box<dyn std::error::Error + Send + Sync>),
     /// The library could not compute it.
     #[error("cannot compute the measurement")]
     Launch(#[source] launch::LaunchError),
@@ -68,11 +78,13 @@ pub fn to_json(req: &MeasureRequest, m: &Measurement) -> serde_json::Value {
         })
         .collect();
     serde_json::json!({
-        "format": 1,
+        "format": 2,
         "tee": req.mode.host_json_name(),
         "cpus": req.vcpus,
         "ram_mib": req.ram_mib,
-        "psp_model": req.psp_model,
+        "vcpu_model": req.vcpu_model.name(),
+        "vcpu_sig": format!("{:#010x}", req.vcpu_model.signature()),
+        "binding": req.binding.as_ref().map(Binding::to_value),
         "data_disk": req.data_disk,
         "digest": m.digest_hex(),
         "vmsas": m.record.vmsas,
@@ -80,23 +92,46 @@ pub fn to_json(req: &MeasureRequest, m: &Measurement) -> serde_json::Value {
     })
 }
 
+/// The request `args` describe.
+pub fn request(args: &MeasureArgs) -> Result<MeasureRequest, MeasureCliError> {
+    let bundle_dir = args
+        .bundle
+        .clone()
+        .unwrap_or_else(launch::guest::bundle_dir);
+    if let Some(path) = &args.tee_config {
+        let shown = path.display().to_string();
+        let cfg = read_tee_config(path).map_err(|e| MeasureCliError::TeeConfig(shown, e))?;
+        return MeasureRequest::from_tee_config(&cfg, bundle_dir, args.data_disk)
+            .map_err(MeasureCliError::Launch);
+    }
+    // clap requires --tee, --cpus and --ram-mib without --tee-config.
+    let missing = || {
+        MeasureCliError::TeeConfig(
+            "(none)".into(),
+            "give --tee-config, or --tee, --cpus and --ram-mib".into(),
+        )
+    };
+    Ok(MeasureRequest {
+        mode: args.tee.ok_or_else(missing)?,
+        vcpus: args.cpus.ok_or_else(missing)?,
+        ram_mib: args.ram_mib.ok_or_else(missing)?,
+        bundle_dir,
+        data_disk: args.data_disk,
+        vcpu_model: args.gen.unwrap_or_default(),
+        binding: None,
+    })
+}
+
+fn read_tee_config(
+    path: &std::path::Path,
+) -> Result<TeeConfig, Box<dyn std::error::Error + Send + Sync>> {
+    let bytes = std::fs::read(path)?;
+    Ok(TeeConfig::parse(&bytes)?)
+}
+
 /// Runs the command.
 pub fn measure(args: &MeasureArgs) -> Result<ExitCode, MeasureCliError> {
-    // The backend changes host.json ("psp_model"), so it is part of what is measured; read
-    // it the way the launch does.
-    let psp_model = matches!(Backend::from_env(), Ok(Backend::Model));
-    let req = MeasureRequest {
-        mode: args.tee,
-        vcpus: args.cpus,
-        ram_mib: args.ram_mib,
-        bundle_dir: args
-            .bundle
-            .clone()
-            .unwrap_or_else(launch::guest::bundle_dir),
-        data_disk: args.data_disk,
-        psp_model,
-        vcpu_sig: args.vcpu_sig,
-    };
+    let req = request(args)?;
     let m = launch::expected_measurement(&req).map_err(MeasureCliError::Launch)?;
     if args.json {
         println!("{}", to_json(&req, &m));
@@ -120,8 +155,8 @@ mod tests {
             ram_mib: 512,
             bundle_dir: PathBuf::from("/b"),
             data_disk: false,
-            psp_model: true,
-            vcpu_sig: None,
+            vcpu_model: VcpuModel::Genoa,
+            binding: None,
         };
         let m = Measurement {
             mode: TeeMode::Snp,
@@ -140,7 +175,9 @@ mod tests {
         assert_eq!(v["tee"], "snp");
         assert_eq!(v["digest"], "ab".repeat(48));
         assert_eq!(v["vmsas"], 2);
-        assert_eq!(v["psp_model"], true);
+        assert_eq!(v["vcpu_model"], "genoa");
+        assert_eq!(v["vcpu_sig"], "0x00a10f10");
+        assert_eq!(v["binding"], serde_json::Value::Null);
         assert_eq!(v["regions"][0]["gpa"], "0x100000");
         assert_eq!(v["regions"][0]["kind"], "zero");
     }
@@ -149,6 +186,7 @@ mod tests {
     fn modes_and_signatures_parse() {
         assert_eq!(parse_mode("sev-es").unwrap(), TeeMode::SevEs);
         assert!(parse_mode("tdx").is_err());
-        assert_eq!(parse_hex_u32("0x800f12").unwrap(), 0x800f12);
+        assert_eq!(parse_model("turin").unwrap(), VcpuModel::Turin);
+        assert!(parse_model("rome").is_err());
     }
 }

@@ -200,8 +200,6 @@ fn mkcw_with(
         "--register",
         "--bundle",
         bundle.to_str().unwrap(),
-        "--vcpu-sig",
-        "a00f11",
         "--workload-id",
         id,
         "--pbkdf2-iterations",
@@ -217,21 +215,12 @@ fn mkcw_with(
     krun_sev(&args)
 }
 
-fn measure(dir: &Path, tee: &str) -> String {
+/// `krun-sev measure` with `args` and the fake bundle.
+fn measure(dir: &Path, args: &[&str]) -> String {
     let bundle = dir.join("bundle");
-    let out = krun_sev(&[
-        "measure",
-        "--tee",
-        tee,
-        "--cpus",
-        "2",
-        "--ram-mib",
-        "512",
-        "--vcpu-sig",
-        "a00f11",
-        "--bundle",
-        bundle.to_str().unwrap(),
-    ]);
+    let mut all = vec!["measure", "--bundle", bundle.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let out = krun_sev(&all);
     assert!(out.status.success(), "{out:?}");
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
@@ -252,7 +241,10 @@ fn mkcw_registers_with_the_broker() {
         let out = mkcw(d, &kbs.url, &kbs.token_file, tee, id, id);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{tee}: {stderr}");
-        assert!(stderr.contains("PSP model backend"), "{stderr}");
+        assert!(
+            stderr.contains(&format!("bound to workload {id} at http://127.0.0.1:1")),
+            "{stderr}"
+        );
         assert!(
             stderr.contains(&format!("registered workload {id}")),
             "{stderr}"
@@ -260,8 +252,13 @@ fn mkcw_registers_with_the_broker() {
         // Never logged.
         assert!(!stderr.contains("registered passphrase"), "{stderr}");
         assert!(d.join(id).join("disk.img").exists());
-        let expected = measure(d, mode);
+        let config = d.join(id).join("krun-sev.json");
+        let expected = measure(d, &["--tee-config", config.to_str().unwrap()]);
         assert!(stderr.contains(&expected), "{stderr}");
+        // The registered digest is bound to the workload and broker: the same TEE, vCPUs
+        // and RAM without them measure differently.
+        let unbound = measure(d, &["--tee", mode, "--cpus", "2", "--ram-mib", "512"]);
+        assert_ne!(unbound, expected, "{tee}");
         let list = kbs.workloads();
         let entry = list
             .as_array()

@@ -14,11 +14,13 @@
 //! encrypted payload and therefore host-controlled: the reader bounds sizes and
 //! [`TeeConfig::parse`] validates every key.
 
+mod binding;
 mod tee_config;
 
 use std::io;
 use std::os::unix::fs::FileExt;
 
+pub use binding::{parse_pin, Binding, BindingError, PIN_LEN};
 pub use tee_config::{
     KbsProtocol, TeeConfig, TeeConfigError, TeeKind, MAX_CPUS, MAX_RAM_MIB, SNP_GENERATIONS,
 };

@@ -180,7 +180,7 @@ impl TeeConfig {
             }
         };
 
-        Ok(TeeConfig {
+        let cfg = TeeConfig {
             workload_id,
             cpus: u8::try_from(cpus).map_err(|_| invalid("cpus", "is out of range".into()))?,
             ram_mib: u32::try_from(ram_mib)
@@ -189,7 +189,9 @@ impl TeeConfig {
             tee_data,
             attestation_url,
             kbs_protocol,
-        })
+        };
+        cfg.broker_pin()?;
+        Ok(cfg)
     }
 
     /// Serializes the config with buildah's key order (`tee`, `tee_data` as a string,
@@ -227,8 +229,39 @@ impl TeeConfig {
             .filter(|s| !s.is_empty())
     }
 
-    /// `tee_data.gen`, the SNP processor generation (one of [`SNP_GENERATIONS`]), if set.
-    pub fn snp_generation(&self) -> Option<&str> {
+    /// `tee_data.attestation_server_pubkey` as a broker pin (`crate::binding`): `None` when
+    /// absent or empty (buildah writes `""`); otherwise 64 hex digits (optionally prefixed
+    /// `sha256:`) of the SHA-256 of the broker's TLS SubjectPublicKeyInfo, which needs an
+    /// `https://` attestation_url.
+    pub fn broker_pin(&self) -> Result<Option<[u8; crate::binding::PIN_LEN]>, TeeConfigError> {
+        let Some(text) = self
+            .tee_data
+            .get("attestation_server_pubkey")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+        else {
+            return Ok(None);
+        };
+        let pin = crate::binding::parse_pin(text).ok_or_else(|| {
+            invalid(
+                "tee_data",
+                "has an attestation_server_pubkey that is not the SHA-256 of the broker's public key (64 hex digits, optionally prefixed sha256:)".into(),
+            )
+        })?;
+        if !self.attestation_url.starts_with("https://") {
+            return Err(invalid(
+                "attestation_url",
+                "must be https:// when tee_data pins the broker's key (attestation_server_pubkey)"
+                    .into(),
+            ));
+        }
+        Ok(Some(pin))
+    }
+
+    /// `tee_data.gen`, the AMD EPYC generation (one of [`SNP_GENERATIONS`]) if set: the vCPU
+    /// model the launch presents to the guest (docs/measurement.md) and, for SNP, the
+    /// generation hint sent to the broker.
+    pub fn generation(&self) -> Option<&str> {
         self.tee_data.get("gen").and_then(Value::as_str)
     }
 }
@@ -341,7 +374,7 @@ mod tests {
         assert_eq!((c.cpus, c.ram_mib), (2, 512));
         assert_eq!(c.workload_id, "3d4c2f9a");
         assert_eq!(c.attestation_url, "http://127.0.0.1:8000");
-        assert_eq!(c.snp_generation(), Some("milan"));
+        assert_eq!(c.generation(), Some("milan"));
         assert_eq!(c.kbs_protocol, KbsProtocol::Reference);
 
         let c = TeeConfig::parse(BUILDAH_SEV.as_bytes()).unwrap();
@@ -350,7 +383,7 @@ mod tests {
             c.tee_data.get("vendor_chain").and_then(Value::as_str),
             Some("/sev.chain")
         );
-        assert_eq!(c.snp_generation(), None);
+        assert_eq!(c.generation(), None);
         let c = TeeConfig::parse(BUILDAH_SEV_NO_CHAIN.as_bytes()).unwrap();
         assert!(c.attestation_url.is_empty());
     }

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::{Mutex, PoisonError};
 
 use krun_bundle::{Bundle, BundleError};
+use krun_footer::Binding;
 
 use crate::arch::layout::{virtio_mmio_slot, VIRTIO_IRQ_BASE};
 use crate::launch::host_json;
@@ -77,9 +78,9 @@ pub fn full_cmdline(devices: u32) -> Result<Vec<u8>, crate::vmm::VmmError> {
 pub fn launch_segment(
     resources: &VmResources,
     mode: TeeMode,
-    psp_model: bool,
+    binding: Option<&Binding>,
 ) -> Result<Segment, SegmentError> {
-    let json = host_json::build(resources, mode, psp_model);
+    let json = host_json::build(resources, mode, binding);
     segment::build_with_secret(&json, mode != TeeMode::Snp)
 }
 

@@ -48,6 +48,9 @@ pub enum LaunchError {
     /// Backend selection, the PSP model or the launch sequence failed.
     #[error("confidential launch setup failed")]
     Tee(#[source] TeeError),
+    /// The TEE config cannot describe a launch (checked again at launch).
+    #[error("invalid TEE config")]
+    TeeConfig(#[source] krun_footer::TeeConfigError),
     /// The attestation URL has no usable host and port.
     #[error("attestation_url has no resolvable host:port")]
     AttestationUrl,
@@ -71,7 +74,9 @@ impl LaunchError {
             LaunchError::DiskType(_) => libc::EINVAL,
             LaunchError::VmmUnavailable => libc::ENOSYS,
             LaunchError::Bundle(_) => libc::ENOENT,
-            LaunchError::Segment(_) | LaunchError::AttestationUrl => libc::EINVAL,
+            LaunchError::Segment(_) | LaunchError::AttestationUrl | LaunchError::TeeConfig(_) => {
+                libc::EINVAL
+            }
             // A missing host prerequisite (no SEV, no /dev/sev access, old kernel).
             LaunchError::Tee(TeeError::Prerequisite(p)) => p.errno(),
             LaunchError::Tee(_) | LaunchError::Measure(_) => libc::EIO,

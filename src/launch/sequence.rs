@@ -25,6 +25,7 @@ use crate::tee::measure::{
 use crate::tee::phases::{Phase, PhaseTimes};
 use crate::tee::report_service::ReportService;
 use crate::tee::snp_params::SnpLaunchParams;
+use crate::tee::vcpu_model::VcpuModel;
 use crate::tee::{cpuid_page, model, regions, vmsa, Backend, TeeError, TeeMode};
 use crate::vmm::loader::LoadedGuest;
 use crate::vmm::memory::GuestMemory;
@@ -32,8 +33,12 @@ use crate::vmm::{
     ConsoleConfig, DiskConfig, PortMap, PortMapping, TeeBoot, TeeHookError, TeeLaunch, VmConfig,
     Vmm, VmmError,
 };
+use krun_footer::{Binding, TeeConfig};
 
-/// What `krun-sev measure` asks for.
+/// Everything a launch digest depends on besides the bundle and the caller's host settings
+/// (ARCHITECTURE.md §10): the launch, `krun-sev measure`, `krunfw_measurement` and
+/// registration all derive it from a TEE config with [`MeasureRequest::from_tee_config`],
+/// never from the machine they run on.
 #[derive(Debug, Clone)]
 pub struct MeasureRequest {
     /// Launch type.
@@ -46,10 +51,39 @@ pub struct MeasureRequest {
     pub bundle_dir: PathBuf,
     /// Whether the launch attaches a data disk (adds a device to the command line).
     pub data_disk: bool,
-    /// Whether the launch uses the PSP model (`psp_model` in host.json).
-    pub psp_model: bool,
-    /// CPUID leaf 1 EAX of the target host; `None` = this host.
-    pub vcpu_sig: Option<u32>,
+    /// The vCPU model the guest sees (VMSA reset RDX, CPUID leaf 1).
+    pub vcpu_model: VcpuModel,
+    /// The workload and broker the launch is bound to (in the measured host.json).
+    pub binding: Option<Binding>,
+}
+
+impl MeasureRequest {
+    /// The request for the launch `cfg` describes (its TEE, vCPUs, RAM, `tee_data.gen` and
+    /// binding).
+    pub fn from_tee_config(
+        cfg: &TeeConfig,
+        bundle_dir: PathBuf,
+        data_disk: bool,
+    ) -> Result<MeasureRequest, LaunchError> {
+        let (vcpu_model, binding) = declared(cfg)?;
+        Ok(MeasureRequest {
+            mode: TeeMode::from_kind(cfg.tee),
+            vcpus: cfg.cpus,
+            ram_mib: cfg.ram_mib,
+            bundle_dir,
+            data_disk,
+            vcpu_model,
+            binding,
+        })
+    }
+}
+
+/// The vCPU model and binding a TEE config declares.
+fn declared(cfg: &TeeConfig) -> Result<(VcpuModel, Option<Binding>), LaunchError> {
+    let model =
+        VcpuModel::from_tee_config(cfg).map_err(|e| LaunchError::Tee(TeeError::VcpuModel(e)))?;
+    let binding = Binding::from_tee_config(cfg).map_err(LaunchError::TeeConfig)?;
+    Ok((model, binding))
 }
 
 /// The measurement a launch with default host settings (no exec/env/workdir/rlimits/port
@@ -65,12 +99,14 @@ pub fn expected_measurement_with(
     req: &MeasureRequest,
 ) -> Result<Measurement, LaunchError> {
     let bundle = Bundle::load(&req.bundle_dir).map_err(LaunchError::Bundle)?;
-    let seg = guest::launch_segment(&VmResources::default(), req.mode, req.psp_model)
+    let seg = guest::launch_segment(&VmResources::default(), req.mode, req.binding.as_ref())
         .map_err(LaunchError::Segment)?;
     let cmdline =
         guest::full_cmdline(guest::device_count(req.data_disk)).map_err(LaunchError::Vmm)?;
+    // The AMD-SP does not hash a CPUID page's contents into the digest, so no host's KVM
+    // is asked here: the digest can be computed on any machine.
     let cpuid = match req.mode {
-        TeeMode::Snp => Some(cpuid_page::from_kvm(req.vcpus).map_err(LaunchError::Tee)?),
+        TeeMode::Snp => Some(cpuid_page::build(&[]).map_err(LaunchError::Tee)?),
         _ => None,
     };
     measure::calculate(
@@ -83,7 +119,7 @@ pub fn expected_measurement_with(
             initrd: bundle.initrd,
             segment: &seg.bytes,
             cmdline: &cmdline,
-            vcpu_sig: req.vcpu_sig.unwrap_or_else(vmsa::host_vcpu_sig),
+            vcpu_sig: req.vcpu_model.signature(),
             cpuid_page: cpuid.as_deref(),
         },
     )
@@ -179,7 +215,7 @@ impl Sequence {
         loaded: &LoadedGuest,
     ) -> Result<(), TeeError> {
         let cpuid = match self.mode {
-            TeeMode::Snp => Some(cpuid_page::from_kvm(self.vcpus)?),
+            TeeMode::Snp => Some(cpuid_page::from_kvm(self.vcpus, self.vcpu_sig)?),
             _ => None,
         };
         self.session = match (&self.broker, self.mode) {
@@ -433,10 +469,17 @@ pub(crate) fn run(plan: LaunchPlan) -> Result<u8, LaunchError> {
         return Err(LaunchError::MissingTeeConfig);
     };
     let mode = TeeMode::from_kind(tee.tee);
+    let (vcpu_model, binding) = declared(tee)?;
     let backend_kind = Backend::from_env().map_err(LaunchError::Tee)?;
     // The hardware prerequisites are checked before anything else happens.
     let hardware = match backend_kind {
-        Backend::Hardware => Some(hardware::open(mode).map_err(LaunchError::Tee)?),
+        Backend::Hardware => {
+            let hw = hardware::open(mode).map_err(LaunchError::Tee)?;
+            vcpu_model
+                .check_host(vmsa::host_vcpu_sig())
+                .map_err(|e| LaunchError::Tee(TeeError::VcpuModel(e)))?;
+            Some(hw)
+        }
         Backend::Model => {
             model::warn_unencrypted();
             None
@@ -464,7 +507,7 @@ pub(crate) fn run(plan: LaunchPlan) -> Result<u8, LaunchError> {
         _ => None,
     };
     let bundle = guest::load_bundle().map_err(LaunchError::Bundle)?;
-    let seg = guest::launch_segment(&plan.resources, mode, hardware.is_none())
+    let seg = guest::launch_segment(&plan.resources, mode, binding.as_ref())
         .map_err(LaunchError::Segment)?;
     let (backend, identity): (Box<dyn LaunchBackend>, _) = match hardware {
         Some(hw) => (Box::new(hw), None),
@@ -481,7 +524,7 @@ pub(crate) fn run(plan: LaunchPlan) -> Result<u8, LaunchError> {
     let mut sequence = Sequence::new(
         mode,
         plan.machine.vcpus,
-        vmsa::host_vcpu_sig(),
+        vcpu_model.signature(),
         backend,
         identity.clone(),
     );
@@ -540,6 +583,7 @@ pub(crate) fn run(plan: LaunchPlan) -> Result<u8, LaunchError> {
             initrd: bundle.initrd,
             layout: regions::firmware_layout(mode, ram_bytes),
             launch: Box::new(sequence),
+            vcpu_sig: vcpu_model.signature(),
         }),
     };
     match Vmm::run(config) {
@@ -598,9 +642,10 @@ mod tests {
         resources: &VmResources,
         mode: TeeMode,
         machine: MachineConfig,
+        binding: Option<&Binding>,
     ) -> (GuestMemory, LoadedGuest) {
         let bundle = Bundle::load(bundle_dir).unwrap();
-        let seg = guest::launch_segment(resources, mode, true).unwrap();
+        let seg = guest::launch_segment(resources, mode, binding).unwrap();
         let cmdline =
             guest::full_cmdline(guest::device_count(resources.data_disk.is_some())).unwrap();
         let ram_bytes = u64::from(machine.ram_mib) << 20;
@@ -640,12 +685,13 @@ mod tests {
         resources: &VmResources,
         mode: TeeMode,
         machine: MachineConfig,
+        binding: Option<&Binding>,
     ) -> Measurement {
-        let (mem, loaded) = load(bundle_dir, resources, mode, machine);
+        let (mem, loaded) = load(bundle_dir, resources, mode, machine, binding);
         let mut seq = Sequence::new(
             mode,
             machine.vcpus,
-            vmsa::host_vcpu_sig(),
+            VcpuModel::default().signature(),
             Box::new(ModelBackend::new(identity(), mode)),
             Some(identity()),
         );
@@ -695,17 +741,29 @@ mod tests {
             ram_mib: 256,
         };
         for mode in modes {
+            let binding = Binding {
+                workload_id: "x".into(),
+                attestation_url: "http://kbs:8000".into(),
+                kbs_protocol: krun_footer::KbsProtocol::Reference,
+                broker_pin: None,
+            };
             let req = MeasureRequest {
                 mode,
                 vcpus: machine.vcpus,
                 ram_mib: machine.ram_mib,
                 bundle_dir: bundle.as_path().to_path_buf(),
                 data_disk: false,
-                psp_model: true,
-                vcpu_sig: None,
+                vcpu_model: VcpuModel::default(),
+                binding: Some(binding.clone()),
             };
             let expected = expected_measurement_with(&identity(), &req).unwrap();
-            let launched = launch_records(bundle.as_path(), &VmResources::default(), mode, machine);
+            let launched = launch_records(
+                bundle.as_path(),
+                &VmResources::default(),
+                mode,
+                machine,
+                Some(&binding),
+            );
             assert_eq!(expected, launched, "{mode:?}");
             let len = if mode == TeeMode::Snp { 48 } else { 32 };
             assert_eq!(expected.digest.len(), len);
@@ -728,17 +786,45 @@ mod tests {
                 }),
                 ..Default::default()
             };
-            let exec = launch_records(bundle.as_path(), &with_exec, mode, machine);
+            let exec = launch_records(bundle.as_path(), &with_exec, mode, machine, Some(&binding));
             assert_ne!(exec.digest, expected.digest, "{mode:?} host.json");
-            let hardware = expected_measurement_with(
-                &identity(),
-                &MeasureRequest {
-                    psp_model: false,
-                    ..req.clone()
-                },
-            )
-            .unwrap();
-            assert_ne!(hardware.digest, expected.digest, "{mode:?} psp_model flag");
+            // The binding and the vCPU model are measured: another workload, another broker
+            // or another generation is another digest.
+            for (what, other) in [
+                (
+                    "workload",
+                    MeasureRequest {
+                        binding: Some(Binding {
+                            workload_id: "y".into(),
+                            ..binding.clone()
+                        }),
+                        ..req.clone()
+                    },
+                ),
+                (
+                    "broker",
+                    MeasureRequest {
+                        binding: Some(Binding {
+                            attestation_url: "http://evil:8000".into(),
+                            ..binding.clone()
+                        }),
+                        ..req.clone()
+                    },
+                ),
+                (
+                    "vcpu model",
+                    MeasureRequest {
+                        vcpu_model: VcpuModel::Genoa,
+                        ..req.clone()
+                    },
+                ),
+            ] {
+                let m = expected_measurement_with(&identity(), &other).unwrap();
+                let differs = m.digest != expected.digest;
+                // Plain SEV has no VMSA, so the vCPU model cannot show in its digest.
+                let expect_differs = what != "vcpu model" || mode.has_vmsa();
+                assert_eq!(differs, expect_differs, "{mode:?} {what}");
+            }
         }
     }
 
@@ -832,13 +918,13 @@ mod tests {
             vcpus: 2,
             ram_mib: 256,
         };
-        let (mem, loaded) = load(bundle, &VmResources::default(), mode, machine);
+        let (mem, loaded) = load(bundle, &VmResources::default(), mode, machine, None);
         let recorder = Recorder::new(backend);
         let commands = recorder.commands.clone();
         let mut seq = Sequence::new(
             mode,
             machine.vcpus,
-            vmsa::host_vcpu_sig(),
+            VcpuModel::default().signature(),
             Box::new(recorder),
             Some(identity()),
         );
@@ -935,11 +1021,17 @@ mod tests {
             ram_mib: 256,
         };
         for mode in modes() {
-            let seg = guest::launch_segment(&VmResources::default(), mode, true).unwrap();
+            let seg = guest::launch_segment(&VmResources::default(), mode, None).unwrap();
             let recorder = Recorder::new(ModelBackend::new(identity(), mode));
             let commands = recorder.commands.clone();
             let hooks = Arc::new(Mutex::new(Vec::new()));
-            let seq = Sequence::new(mode, 2, vmsa::host_vcpu_sig(), Box::new(recorder), None);
+            let seq = Sequence::new(
+                mode,
+                2,
+                VcpuModel::default().signature(),
+                Box::new(recorder),
+                None,
+            );
             let root = temp_file(&[0u8; 4096]);
             let out = TempPath::new();
             let config = VmConfig {
@@ -969,6 +1061,7 @@ mod tests {
                         inner: seq,
                         hooks: hooks.clone(),
                     }),
+                    vcpu_sig: VcpuModel::default().signature(),
                 }),
             };
             assert!(matches!(Vmm::run(config), Err(VmmError::Tee(_))));
@@ -982,7 +1075,13 @@ mod tests {
                     "vcpus_ready"
                 ]
             );
-            let (mem, loaded) = load(bundle_dir.as_path(), &VmResources::default(), mode, machine);
+            let (mem, loaded) = load(
+                bundle_dir.as_path(),
+                &VmResources::default(),
+                mode,
+                machine,
+                None,
+            );
             let mut want = documented_order(mode, 2, &mem, &loaded);
             want[0] = Command::VmType(0); // the model runs in a plain VM
             assert_eq!(*commands.lock().unwrap(), want, "{mode:?}");
@@ -1005,6 +1104,7 @@ mod tests {
             &VmResources::default(),
             TeeMode::Snp,
             machine,
+            None,
         );
         let fake = FakeOps::default();
         let recorder = Recorder::new(HardwareBackend::with_ops(
@@ -1289,11 +1389,23 @@ mod tests {
                 session: SevSession::from_bytes(&[0x3d; 128]),
             };
             let (url, broker) = fake_broker(start.clone(), secret.clone());
-            let (mem, loaded) = load(bundle.as_path(), &VmResources::default(), mode, machine);
+            let (mem, loaded) = load(
+                bundle.as_path(),
+                &VmResources::default(),
+                mode,
+                machine,
+                None,
+            );
             let fake = FakeOps::default();
             let recorder = Recorder::new(HardwareBackend::with_ops(mode, Box::new(fake.clone())));
             let commands = recorder.commands.clone();
-            let mut seq = Sequence::new(mode, 2, vmsa::host_vcpu_sig(), Box::new(recorder), None);
+            let mut seq = Sequence::new(
+                mode,
+                2,
+                VcpuModel::default().signature(),
+                Box::new(recorder),
+                None,
+            );
             seq.broker = Some(Broker {
                 url,
                 workload_id: "w1".into(),
@@ -1382,12 +1494,13 @@ mod tests {
             &VmResources::default(),
             TeeMode::SevEs,
             machine,
+            None,
         );
         let fake = FakeOps::default();
         let mut seq = Sequence::new(
             TeeMode::SevEs,
             1,
-            vmsa::host_vcpu_sig(),
+            VcpuModel::default().signature(),
             Box::new(HardwareBackend::with_ops(
                 TeeMode::SevEs,
                 Box::new(fake.clone()),

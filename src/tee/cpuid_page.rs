@@ -70,14 +70,18 @@ pub fn build(entries: &[kvm_cpuid_entry2]) -> Result<Box<[u8; PAGE_LEN]>, TeeErr
     Ok(page)
 }
 
-/// The page for vCPU 0 of a `vcpus`-vCPU guest on this host's KVM.
-pub fn from_kvm(vcpus: u8) -> Result<Box<[u8; PAGE_LEN]>, TeeError> {
+/// The page for vCPU 0 of a `vcpus`-vCPU guest on this host's KVM, presenting `vcpu_sig`
+/// as leaf 1 EAX like the vCPUs do. The AMD-SP does not hash a CPUID page into the launch
+/// digest (its PAGE_INFO carries no contents digest), so the page depends on the host only
+/// where the firmware checks it against the real CPU.
+pub fn from_kvm(vcpus: u8, vcpu_sig: u32) -> Result<Box<[u8; PAGE_LEN]>, TeeError> {
     let kvm = kvm_ioctls::Kvm::new().map_err(TeeError::Cpuid)?;
     let supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(TeeError::Cpuid)?;
-    let vcpu0 =
+    let mut vcpu0 =
         crate::arch::cpuid::for_vcpu(&supported, 0, vcpus).map_err(|_| TeeError::CpuidTooLarge)?;
+    crate::arch::cpuid::present_signature(&mut vcpu0, vcpu_sig);
     build(vcpu0.as_slice())
 }
 
@@ -129,7 +133,7 @@ mod tests {
         let kvm = kvm_ioctls::Kvm::new().unwrap();
         let s = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).unwrap();
         assert!(!s.as_slice().is_empty());
-        let page = from_kvm(2).unwrap();
+        let page = from_kvm(2, 0x00a0_0f11).unwrap();
         let count = u32::from_le_bytes(page[0..4].try_into().unwrap());
         assert!(count > 10 && count <= 64, "{count}");
     }

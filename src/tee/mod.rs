@@ -24,6 +24,7 @@ pub mod phases;
 pub mod regions;
 pub mod report_service;
 pub mod snp_params;
+pub mod vcpu_model;
 pub mod vmsa;
 
 use crate::resources::TeeKind;
@@ -53,6 +54,9 @@ pub enum TeeError {
     /// The chain file `tee_data.vendor_chain` names is unusable on this platform.
     #[error("the SEV certificate chain in tee_data.vendor_chain is unusable")]
     VendorChain(#[source] hardware::vendor_chain::VendorChainError),
+    /// The TEE config's vCPU model is unknown, or this host cannot present it.
+    #[error("vCPU model")]
+    VcpuModel(#[source] vcpu_model::VcpuModelError),
     /// The TEE config's SNP launch parameters are invalid.
     #[error("invalid SNP launch parameters in tee_data")]
     SnpParams(#[source] snp_params::SnpParamsError),

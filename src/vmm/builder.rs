@@ -122,6 +122,7 @@ impl Vmm {
         let mem =
             Arc::new(memory::create_guest_memory_with(ram_bytes, extra).map_err(VmmError::Memory)?);
         let alloc_wall = alloc_start.elapsed();
+        let vcpu_sig = tee.as_ref().map(|t| t.vcpu_sig);
         let (kernel_bytes, initrd_bytes, firmware, mut launch) = match tee {
             Some(t) => (t.kernel, t.initrd, Some(t.layout), Some(t.launch)),
             None => {
@@ -175,9 +176,9 @@ impl Vmm {
             l.vmm_phase(Phase::ImageLoad, load_start.elapsed(), 0);
             l.loaded(&mem, &loaded).map_err(VmmError::Tee)?;
         }
-        let entry = match loaded.firmware {
-            Some(_) => BootEntry::ResetVector,
-            None => BootEntry::Direct(loaded.kernel.entry),
+        let entry = match (loaded.firmware, vcpu_sig) {
+            (Some(_), Some(vcpu_sig)) => BootEntry::ResetVector { vcpu_sig },
+            _ => BootEntry::Direct(loaded.kernel.entry),
         };
 
         let supported = vm.supported_cpuid().map_err(VmmError::Vm)?;

@@ -128,6 +128,9 @@ pub struct TeeBoot {
     pub layout: FirmwareLayout,
     /// The launch sequence (measure, inject secrets, finish).
     pub launch: Box<dyn TeeLaunch>,
+    /// CPUID leaf 1 EAX every vCPU presents (the TEE config's named vCPU model), also the
+    /// reset RDX that the measured VMSAs hold.
+    pub vcpu_sig: u32,
 }
 
 impl std::fmt::Debug for TeeBoot {

@@ -163,6 +163,25 @@ impl ClientConfig {
         })
     }
 
+    /// A client for the https `url` that accepts only a broker whose TLS key's
+    /// SubjectPublicKeyInfo hashes (SHA-256) to `pin` (`crate::tls_pin`).
+    #[cfg(feature = "tls")]
+    pub fn pinned(
+        url: &str,
+        connector: Arc<dyn Connector>,
+        pin: [u8; crate::tls_pin::PIN_LEN],
+    ) -> Result<Self, ClientError> {
+        let mut cfg = Self::new(url, connector, None)?;
+        if !cfg.url.tls {
+            return Err(ClientError::Tls(
+                "a pinned broker key needs an https:// URL".into(),
+            ));
+        }
+        cfg.tls =
+            Some(crate::tls_pin::client_config(pin).map_err(|e| ClientError::Tls(Box::new(e)))?);
+        Ok(cfg)
+    }
+
     /// A client reaching `url` over TCP directly (the host side), with `timeout` per
     /// connect, read and write.
     pub fn tcp(

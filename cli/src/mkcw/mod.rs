@@ -87,9 +87,16 @@ pub struct MkcwArgs {
     /// the host that runs the workload; buildah uses /sev.chain inside the image).
     #[arg(long)]
     vendor_chain: Option<String>,
-    /// SNP processor generation recorded in tee_data.
-    #[arg(long, value_parser = ["milan", "genoa", "turin"], default_value = "milan")]
-    snp_gen: String,
+    /// AMD EPYC generation recorded in tee_data.gen: the vCPU model the launch presents
+    /// (measured; SEV hardware must be this generation) and the SNP generation hint.
+    #[arg(long, alias = "snp-gen", value_parser = ["milan", "genoa", "turin"], default_value = "milan")]
+    gen: String,
+    /// Pin the key broker's TLS key: the SHA-256 of its certificate's SubjectPublicKeyInfo
+    /// (64 hex digits, e.g. from `openssl x509 -pubkey -noout | openssl pkey -pubin
+    /// -outform der | sha256sum`), recorded as tee_data.attestation_server_pubkey. Needs
+    /// an https --attestation-url; the guest then talks only to a broker holding that key.
+    #[arg(long)]
+    broker_pin: Option<String>,
     /// Entrypoint, one argument per flag.
     #[arg(long = "entrypoint", allow_hyphen_values = true)]
     entrypoint: Vec<String>,
@@ -132,13 +139,6 @@ pub struct MkcwArgs {
     /// the install location).
     #[arg(long, requires = "register")]
     bundle: Option<PathBuf>,
-    /// CPUID leaf 1 EAX of the host that will run the image, in hex (default: this host's).
-    #[arg(long, requires = "register", value_parser = parse_hex_u32)]
-    vcpu_sig: Option<u32>,
-}
-
-fn parse_hex_u32(s: &str) -> Result<u32, String> {
-    u32::from_str_radix(s.trim_start_matches("0x"), 16).map_err(|e| e.to_string())
 }
 
 /// Errors of `krun-sev mkcw`.
@@ -204,12 +204,19 @@ fn tee_config(args: &MkcwArgs, workload_id: String) -> Result<TeeConfig, MkcwErr
                 "--vendor-chain is for SEV and SEV-ES (SNP reports carry their own chain)".into(),
             ));
         }
-        tee_data.insert("gen".into(), Value::from(args.snp_gen.clone()));
+        tee_data.insert("gen".into(), Value::from(args.gen.clone()));
     } else {
         let chain = args.vendor_chain.clone().unwrap_or_default();
         tee_data.insert("vendor_chain".into(), Value::from(chain));
-        tee_data.insert("attestation_server_pubkey".into(), Value::from(""));
+        // buildah writes no gen for SEV: Milan is the default vCPU model.
+        if args.gen != "milan" {
+            tee_data.insert("gen".into(), Value::from(args.gen.clone()));
+        }
     }
+    tee_data.insert(
+        "attestation_server_pubkey".into(),
+        Value::from(args.broker_pin.clone().unwrap_or_default()),
+    );
     let config = TeeConfig {
         workload_id,
         cpus: args.cpus,
@@ -416,7 +423,6 @@ fn registration(args: &MkcwArgs) -> Result<Option<Registration<'_>>, MkcwError> 
             .bundle
             .clone()
             .unwrap_or_else(krun_sev::launch::guest::bundle_dir),
-        vcpu_sig: args.vcpu_sig,
         ca_pem,
     }))
 }
@@ -425,23 +431,15 @@ fn expected_launch(
     config: &TeeConfig,
     reg: &Registration<'_>,
 ) -> Result<ExpectedLaunch, MkcwError> {
-    let expected = register::expected_launch(config.tee, config.cpus, config.ram_mib, reg)
-        .map_err(MkcwError::Register)?;
+    let expected = register::expected_launch(config, reg).map_err(MkcwError::Register)?;
     eprintln!(
-        "mkcw: launch measurement ({}, {} vCPUs, {} MiB, {} backend{}): {}",
+        "mkcw: launch measurement ({}, {} vCPUs, {} MiB, vCPU model {}, bound to workload {} at {}): {}",
         expected.mode.host_json_name(),
         config.cpus,
         config.ram_mib,
-        if expected.psp_model {
-            "PSP model"
-        } else {
-            "hardware"
-        },
-        if expected.psp_model {
-            ", KRUN_SEV_BACKEND=model"
-        } else {
-            ""
-        },
+        expected.vcpu_model.name(),
+        config.workload_id,
+        config.attestation_url,
         expected.measurement
     );
     Ok(expected)

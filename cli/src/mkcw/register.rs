@@ -10,8 +10,9 @@ use krun_attestation::http::{self, HttpRequest};
 use krun_attestation::reference::{PolicyFlags, RegisterWorkload, SevPolicy, SevVersion};
 use krun_attestation::transport::{BrokerUrl, Connector, Stream, TcpConnector, UrlError};
 use krun_sev::launch::{self, MeasureRequest};
-use krun_sev::resources::TeeKind;
-use krun_sev::tee::{Backend, TeeMode};
+use krun_sev::resources::TeeConfig;
+use krun_sev::tee::vcpu_model::VcpuModel;
+use krun_sev::tee::TeeMode;
 use zeroize::{Zeroize, Zeroizing};
 
 /// Connect, read and write timeout of the registration request.
@@ -22,9 +23,6 @@ const MAX_ANSWER: usize = 64 * 1024;
 /// Errors while registering a workload.
 #[derive(Debug, thiserror::Error)]
 pub enum RegisterError {
-    /// KRUN_SEV_BACKEND has a value the library would refuse.
-    #[error("cannot tell which TEE backend will run the image")]
-    Backend(#[source] krun_sev::tee::TeeError),
     /// The library could not compute the measurement.
     #[error("cannot compute the launch measurement")]
     Measure(#[source] launch::LaunchError),
@@ -86,8 +84,6 @@ pub struct Registration<'a> {
     pub admin_token_file: Option<&'a Path>,
     /// Guest bundle the measurement is computed over.
     pub bundle: PathBuf,
-    /// CPUID leaf 1 EAX of the host that will run the image (default: this host's).
-    pub vcpu_sig: Option<u32>,
     /// Extra CA certificates (PEM) trusted for an https broker.
     pub ca_pem: Option<Vec<u8>>,
 }
@@ -97,36 +93,25 @@ pub struct Registration<'a> {
 pub struct ExpectedLaunch {
     /// Lowercase hex digest.
     pub measurement: String,
-    /// Whether the PSP model (KRUN_SEV_BACKEND=model) was assumed.
-    pub psp_model: bool,
+    /// The vCPU model the launch presents.
+    pub vcpu_model: VcpuModel,
     /// The launch type.
     pub mode: TeeMode,
 }
 
-/// The measurement a launch of the image will have, following KRUN_SEV_BACKEND as the
-/// launch will (the backend changes the measured host.json).
+/// The measurement a launch of the image will have: the one `krun-sev measure
+/// --tee-config` prints for its TEE config, binding included, on any machine.
 pub fn expected_launch(
-    tee: TeeKind,
-    cpus: u8,
-    ram_mib: u32,
+    config: &TeeConfig,
     reg: &Registration<'_>,
 ) -> Result<ExpectedLaunch, RegisterError> {
-    let psp_model = Backend::from_env().map_err(RegisterError::Backend)? == Backend::Model;
-    let mode = TeeMode::from_kind(tee);
-    let m = launch::expected_measurement(&MeasureRequest {
-        mode,
-        vcpus: cpus,
-        ram_mib,
-        bundle_dir: reg.bundle.clone(),
-        data_disk: false,
-        psp_model,
-        vcpu_sig: reg.vcpu_sig,
-    })
-    .map_err(RegisterError::Measure)?;
+    let req = MeasureRequest::from_tee_config(config, reg.bundle.clone(), false)
+        .map_err(RegisterError::Measure)?;
+    let m = launch::expected_measurement(&req).map_err(RegisterError::Measure)?;
     Ok(ExpectedLaunch {
         measurement: m.digest_hex(),
-        psp_model,
-        mode,
+        vcpu_model: req.vcpu_model,
+        mode: req.mode,
     })
 }
 
@@ -284,12 +269,11 @@ mod tests {
             kbs_url: &url,
             admin_token_file: None,
             bundle: PathBuf::from("/nonexistent"),
-            vcpu_sig: None,
             ca_pem: None,
         };
         let launch = ExpectedLaunch {
             measurement: "00".repeat(32),
-            psp_model: true,
+            vcpu_model: VcpuModel::Milan,
             mode: TeeMode::SevEs,
         };
         let err = register(&reg, "w", &launch, b"pw").unwrap_err();

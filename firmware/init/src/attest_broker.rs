@@ -1,7 +1,7 @@
 //! [`KeyBroker`] backed by the `krun-attestation` client: SNP attestation with the key
-//! broker named by the footer's `attestation_url`, speaking `kbs_protocol` (reference-kbs
-//! when absent, as in buildah's images; RCAR for Trustee), reached through the VMM's proxy
-//! on vsock port 1025.
+//! broker of the launch's measured binding, speaking its `kbs_protocol` (reference-kbs, as
+//! in buildah's images; RCAR for Trustee), reached through the VMM's proxy on vsock port
+//! 1025. With a `broker_pin` the TLS session must end at a broker holding that key.
 
 use std::sync::Arc;
 
@@ -11,18 +11,6 @@ use krun_attestation::{ClientConfig, KbsProtocol};
 
 use crate::key_source::{BrokerRequest, KeyBroker, Passphrase};
 use crate::vsock::{VsockStream, ATTESTATION_PROXY_PORT, HOST_CID};
-
-/// SNP generation hint when `tee_data` has no `gen` (buildah hard-codes "milan"); the footer
-/// parser has already limited `gen` to the generations brokers know.
-const DEFAULT_GENERATION: &str = "milan";
-
-/// Errors before the protocol starts.
-#[derive(Debug, thiserror::Error)]
-pub enum AttestBrokerError {
-    /// The footer names no broker.
-    #[error("the TEE config has no attestation_url")]
-    NoUrl,
-}
 
 /// The guest's broker client.
 pub struct AttestationClient {
@@ -61,20 +49,29 @@ impl KeyBroker for AttestationClient {
         &self,
         req: BrokerRequest<'_>,
     ) -> Result<Passphrase, Box<dyn std::error::Error + Send + Sync>> {
-        let tee = req.tee_config;
-        if tee.attestation_url.trim().is_empty() {
-            return Err(Box::new(AttestBrokerError::NoUrl));
-        }
-        let protocol = match tee.kbs_protocol {
+        let binding = req.binding;
+        let protocol = match binding.kbs_protocol {
             krun_footer::KbsProtocol::Reference => KbsProtocol::Reference,
             krun_footer::KbsProtocol::Rcar => KbsProtocol::Rcar,
         };
-        let generation = tee.snp_generation().unwrap_or(DEFAULT_GENERATION);
-        let cfg = ClientConfig::new(&tee.attestation_url, self.connector.clone(), None)?;
+        let cfg = match &binding.broker_pin {
+            #[cfg(feature = "tls")]
+            Some(pin) => {
+                ClientConfig::pinned(&binding.attestation_url, self.connector.clone(), *pin)?
+            }
+            #[cfg(not(feature = "tls"))]
+            Some(_) => {
+                return Err(
+                    "the launch pins the broker's TLS key, but this init was built without TLS"
+                        .into(),
+                )
+            }
+            None => ClientConfig::new(&binding.attestation_url, self.connector.clone(), None)?,
+        };
         let request = SnpRequest {
-            workload_id: &tee.workload_id,
+            workload_id: &binding.workload_id,
             protocol,
-            generation,
+            generation: req.generation,
             resource_path: None,
         };
         let evidence = req.evidence;
@@ -109,6 +106,10 @@ mod tests {
             r#"{{"workload_id":"wl-123","cpus":1,"ram_mib":512,"tee":"snp","tee_data":"{{\"gen\":\"genoa\"}}","attestation_url":"{url}"{protocol}}}"#
         );
         TeeConfig::parse(json.as_bytes()).unwrap()
+    }
+
+    fn binding(cfg: &TeeConfig) -> krun_footer::Binding {
+        krun_footer::Binding::from_tee_config(cfg).unwrap().unwrap()
     }
 
     /// A broker that refuses `/auth` with 401 and hands back what it received.
@@ -154,7 +155,8 @@ mod tests {
         let cfg = tee("http://broker.example:8000", None);
         let err = client
             .fetch_passphrase(BrokerRequest {
-                tee_config: &cfg,
+                binding: &binding(&cfg),
+                generation: "genoa",
                 evidence: &mut NoReports,
             })
             .unwrap_err();
@@ -171,7 +173,8 @@ mod tests {
         let cfg = tee("http://broker.example:8080", Some("rcar"));
         let err = client
             .fetch_passphrase(BrokerRequest {
-                tee_config: &cfg,
+                binding: &binding(&cfg),
+                generation: "genoa",
                 evidence: &mut NoReports,
             })
             .unwrap_err();
@@ -186,24 +189,5 @@ mod tests {
         assert!(err
             .downcast_ref::<krun_attestation::ClientError>()
             .is_some());
-    }
-
-    #[test]
-    fn a_missing_url_fails_before_any_connection() {
-        let unused =
-            AttestationClient::with_connector(Arc::new(|| -> std::io::Result<Box<dyn Stream>> {
-                Err(std::io::Error::other("must not connect"))
-            }));
-        let no_url = tee("", None);
-        let err = unused
-            .fetch_passphrase(BrokerRequest {
-                tee_config: &no_url,
-                evidence: &mut NoReports,
-            })
-            .unwrap_err();
-        assert!(matches!(
-            err.downcast_ref::<AttestBrokerError>(),
-            Some(AttestBrokerError::NoUrl)
-        ));
     }
 }

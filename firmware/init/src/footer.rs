@@ -108,7 +108,7 @@ mod tests {
             assert_eq!(cfg.ram_mib, 512);
             assert_eq!(cfg.attestation_url, "http://127.0.0.1:8000");
             assert_eq!(cfg.kbs_protocol, KbsProtocol::Reference);
-            assert_eq!(cfg.snp_generation(), Some("milan"));
+            assert_eq!(cfg.generation(), Some("milan"));
         }
     }
 

@@ -15,8 +15,12 @@
 //! {
 //!   "format": 1,
 //!   "tee": "none",                  // "none" | "sev" | "sev-es" | "snp"; default "none"
-//!   "psp_model": false,             // SNP evidence from the PSP model's report service
-//!                                   // (vsock port 1026) instead of /dev/sev-guest
+//!   "binding": {                    // the workload and key broker this launch is for
+//!     "workload_id": "…",           // (krun_footer::Binding); the init asks only this
+//!     "attestation_url": "…",       // broker for only this workload's key, and refuses a
+//!     "kbs_protocol": "reference",  // footer that names another
+//!     "broker_pin": "<64 hex>"      // optional: SHA-256 of the broker's TLS public key
+//!   },
 //!   "exec_path": "/usr/bin/app",    // krun_set_exec: replaces the image's Entrypoint+Cmd
 //!   "args": ["--flag", "x"],        // arguments after argv[0]; needs exec_path
 //!   "env": ["KEY=VALUE"],           // krun_set_env / krun_set_exec envp: applied after
@@ -41,6 +45,7 @@
 use std::io::{self, Read};
 use std::path::Path;
 
+use krun_footer::{Binding, BindingError};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
@@ -75,6 +80,9 @@ pub enum HostConfigError {
     /// An env entry has no `=`.
     #[error("host env entries must have the form KEY=VALUE")]
     Env,
+    /// `binding` is malformed.
+    #[error("invalid launch binding in the host configuration")]
+    Binding(#[source] BindingError),
     /// A development passphrase in a confidential launch.
     #[error("a development passphrase is refused in a confidential launch")]
     DevPassphraseInConfidentialMode,
@@ -125,8 +133,7 @@ struct RawHostConfig {
     format: Option<u32>,
     #[serde(default)]
     tee: TeeKind,
-    #[serde(default)]
-    psp_model: bool,
+    binding: Option<serde_json::Value>,
     exec_path: Option<String>,
     args: Option<Vec<String>>,
     env: Option<Vec<String>>,
@@ -143,8 +150,8 @@ struct RawHostConfig {
 pub struct HostConfig {
     /// The kind of launch.
     pub tee: TeeKind,
-    /// SNP evidence comes from the PSP model.
-    pub psp_model: bool,
+    /// The workload and broker the launch is bound to (measured).
+    pub binding: Option<Binding>,
     /// Program and its arguments from `krun_set_exec`, replacing the image's.
     pub exec: Option<(String, Vec<String>)>,
     /// Extra environment, `KEY=VALUE`.
@@ -165,7 +172,7 @@ impl Default for HostConfig {
     fn default() -> Self {
         HostConfig {
             tee: TeeKind::None,
-            psp_model: false,
+            binding: None,
             exec: None,
             env: Vec::new(),
             workdir: None,
@@ -206,9 +213,15 @@ impl HostConfig {
             None => PortMapMode::AllListening,
             Some(list) => PortMapMode::Only(list.iter().map(|m| m.guest_port).collect()),
         };
+        let binding = raw
+            .binding
+            .as_ref()
+            .map(Binding::from_value)
+            .transpose()
+            .map_err(HostConfigError::Binding)?;
         Ok(HostConfig {
             tee: raw.tee,
-            psp_model: raw.psp_model,
+            binding,
             exec,
             env,
             workdir: raw.workdir,
@@ -244,14 +257,21 @@ mod tests {
     #[test]
     fn full_document_parses() {
         let cfg = HostConfig::parse(
-            br#"{"format":1,"tee":"sev-es","psp_model":true,"exec_path":"/bin/app",
+            br#"{"format":1,"tee":"sev-es","binding":{"workload_id":"w",
+                "attestation_url":"http://kbs:8000","kbs_protocol":"reference"},"exec_path":"/bin/app",
                 "args":["-v"],"env":["A=1","B=x=y"],"workdir":"/srv",
                 "rlimits":["RLIMIT_NOFILE=1024:4096","6=10:unlimited"],"hostname":"vm",
                 "port_map":[{"host_port":8080,"guest_port":80}],"future_field":{}}"#,
         )
         .unwrap();
         assert_eq!(cfg.tee, TeeKind::SevEs);
-        assert!(cfg.psp_model);
+        let b = cfg.binding.as_ref().unwrap();
+        assert_eq!(b.workload_id, "w");
+        assert_eq!(b.attestation_url, "http://kbs:8000");
+        assert!(matches!(
+            HostConfig::parse(br#"{"tee":"snp","binding":{"workload_id":"w"}}"#),
+            Err(HostConfigError::Binding(_))
+        ));
         assert_eq!(
             cfg.exec,
             Some(("/bin/app".to_string(), vec!["-v".to_string()]))

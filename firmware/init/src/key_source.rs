@@ -3,16 +3,18 @@
 //! | host.json `tee` | source |
 //! |---|---|
 //! | `sev`, `sev-es` | the LAUNCH_SECRET table in `/krun/secret` ([`crate::secret_table`]) |
-//! | `snp` | in-guest attestation: a report from /dev/sev-guest, or from the PSP model's service (vsock 1026) when `psp_model` is set, handed to a [`KeyBroker`] that talks to the broker through the VMM's proxy on vsock 1025 |
+//! | `snp` | in-guest attestation with the broker and workload of host.json's measured `binding`: a report from /dev/sev-guest, or from the PSP model's service (vsock 1026) in a guest without SNP, handed to a [`KeyBroker`] that talks to the broker through the VMM's proxy on vsock 1025 |
 //! | `none` | `dev_passphrase` from host.json (refused by [`crate::host_config`] in any other mode) |
 //!
 //! The footer's `tee` must agree with a confidential launch: an image made for SNP is not
 //! opened by an SEV launch and vice versa (the broker would refuse anyway; failing here gives
-//! the user a clear message).
+//! the user a clear message). The footer is host-controlled, so the broker and workload come
+//! from the measured binding only; a footer naming another broker or workload is refused, so
+//! that a host cannot make the guest talk to a broker the launch was not measured for.
 
 use std::path::Path;
 
-use krun_footer::TeeKind as FooterKind;
+use krun_footer::{Binding, TeeKind as FooterKind};
 use zeroize::Zeroizing;
 
 use crate::footer::TeeConfig;
@@ -20,13 +22,19 @@ use crate::host_config::{HostConfig, TeeKind};
 use crate::secret_table::{self, SecretTableError};
 use crate::snp_report::ReportSource;
 
+/// SNP generation hint when `tee_data` has no `gen` (buildah hard-codes "milan"); the footer
+/// parser has already limited `gen` to the generations brokers know.
+const DEFAULT_GENERATION: &str = "milan";
+
 /// The passphrase, wiped on drop.
 pub type Passphrase = Zeroizing<Vec<u8>>;
 
 /// What a key broker client needs from the init.
 pub struct BrokerRequest<'a> {
-    /// The footer's TEE config (workload_id, tee_data, attestation_url, kbs_protocol).
-    pub tee_config: &'a TeeConfig,
+    /// The measured binding: the only broker asked, for the only workload's key.
+    pub binding: &'a Binding,
+    /// SNP generation hint for the broker (the footer's `tee_data.gen`, default milan).
+    pub generation: &'a str,
     /// Produces SNP reports over the client's REPORT_DATA.
     pub evidence: &'a mut dyn ReportSource,
 }
@@ -34,7 +42,8 @@ pub struct BrokerRequest<'a> {
 impl std::fmt::Debug for BrokerRequest<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BrokerRequest")
-            .field("tee_config", self.tee_config)
+            .field("binding", self.binding)
+            .field("generation", &self.generation)
             .finish_non_exhaustive()
     }
 }
@@ -42,7 +51,7 @@ impl std::fmt::Debug for BrokerRequest<'_> {
 /// An attestation client that turns evidence into the disk passphrase; it reaches the
 /// broker itself (in the guest: through the VMM's proxy on vsock port 1025).
 pub trait KeyBroker {
-    /// Attests and returns the passphrase released for `tee_config.workload_id`.
+    /// Attests and returns the passphrase released for `binding.workload_id`.
     fn fetch_passphrase(
         &self,
         request: BrokerRequest<'_>,
@@ -61,6 +70,19 @@ pub enum KeySourceError {
     /// The image was made for another TEE.
     #[error("the image was made for another TEE than this launch")]
     TeeMismatch,
+    /// SNP attestation needs the broker and workload the launch was measured for.
+    #[error("the launch is not bound to a key broker (its TEE config has no attestation_url)")]
+    NotBound,
+    /// The host-controlled footer names another broker or workload than the measured launch.
+    #[error("the root disk footer names workload {footer_workload:?} at {footer_url}, but this launch was measured for workload {bound_workload:?} at {bound_url} (with the same protocol and broker key): refusing a configuration the launch was not measured for")]
+    BindingMismatch {
+        /// What the footer says.
+        footer_workload: String,
+        footer_url: String,
+        /// What host.json says.
+        bound_workload: String,
+        bound_url: String,
+    },
     /// The SEV launch secret is unusable.
     #[error("cannot take the passphrase from the launch secret")]
     LaunchSecret(#[source] SecretTableError),
@@ -87,6 +109,9 @@ pub enum KeySource {
 
 /// Picks the source for the launch and checks the footer agrees with it.
 pub fn select(host: &HostConfig, footer: Option<&TeeConfig>) -> Result<KeySource, KeySourceError> {
+    if host.tee.is_confidential() {
+        check_binding(host.binding.as_ref(), footer)?;
+    }
     let footer_tee = footer.map(|f| f.tee);
     match host.tee {
         TeeKind::None if host.dev_passphrase.is_some() => Ok(KeySource::DevPassphrase),
@@ -100,10 +125,40 @@ pub fn select(host: &HostConfig, footer: Option<&TeeConfig>) -> Result<KeySource
         },
         TeeKind::Snp => match footer_tee {
             None => Err(KeySourceError::NoFooter),
+            Some(FooterKind::Snp) if host.binding.is_none() => Err(KeySourceError::NotBound),
             Some(FooterKind::Snp) => Ok(KeySource::Attestation),
             Some(_) => Err(KeySourceError::TeeMismatch),
         },
     }
+}
+
+/// The footer must describe the launch the measurement describes: the same binding (or, in
+/// a launch without a broker, none).
+fn check_binding(
+    bound: Option<&Binding>,
+    footer: Option<&TeeConfig>,
+) -> Result<(), KeySourceError> {
+    let Some(footer) = footer else {
+        return Ok(());
+    };
+    // A footer whose pin does not parse has been refused by the footer parser already.
+    let footer_binding = Binding::from_tee_config(footer).ok().flatten();
+    if footer_binding.as_ref() == bound {
+        return Ok(());
+    }
+    let url_and_id = |b: Option<&Binding>| {
+        b.map_or((String::new(), "(no broker)".to_owned()), |b| {
+            (b.workload_id.clone(), b.attestation_url.clone())
+        })
+    };
+    let (footer_workload, footer_url) = url_and_id(footer_binding.as_ref());
+    let (bound_workload, bound_url) = url_and_id(bound);
+    Err(KeySourceError::BindingMismatch {
+        footer_workload,
+        footer_url,
+        bound_workload,
+        bound_url,
+    })
 }
 
 /// What [`obtain`] needs for the SNP path.
@@ -141,11 +196,15 @@ pub fn obtain(
             secret_table::take_passphrase(secret_path).map_err(KeySourceError::LaunchSecret)?
         }
         KeySource::Attestation => {
-            let tee_config = footer.ok_or(KeySourceError::NoFooter)?;
+            let binding = host.binding.as_ref().ok_or(KeySourceError::NotBound)?;
+            let generation = footer
+                .and_then(TeeConfig::generation)
+                .unwrap_or(DEFAULT_GENERATION);
             attestation
                 .broker
                 .fetch_passphrase(BrokerRequest {
-                    tee_config,
+                    binding,
+                    generation,
                     evidence: &mut *attestation.evidence,
                 })
                 .map_err(KeySourceError::Broker)?
@@ -175,11 +234,58 @@ mod tests {
     }
 
     fn host(tee: TeeKind, dev: Option<&str>) -> HostConfig {
+        let binding = tee.is_confidential().then(|| {
+            Binding::from_tee_config(&footer(FooterKind::Snp))
+                .unwrap()
+                .unwrap()
+        });
         HostConfig {
             tee,
+            binding,
             dev_passphrase: dev.map(|d| Zeroizing::new(d.into())),
             ..HostConfig::default()
         }
+    }
+
+    #[test]
+    fn a_footer_naming_another_broker_or_workload_is_refused() {
+        let launch = host(TeeKind::Snp, None);
+        let other_broker = TeeConfig {
+            attestation_url: "http://evil".into(),
+            ..footer(FooterKind::Snp)
+        };
+        let other_workload = TeeConfig {
+            workload_id: "y".into(),
+            ..footer(FooterKind::Snp)
+        };
+        let no_broker = TeeConfig {
+            attestation_url: String::new(),
+            ..footer(FooterKind::Snp)
+        };
+        for f in [&other_broker, &other_workload, &no_broker] {
+            let err = select(&launch, Some(f)).unwrap_err();
+            assert!(
+                matches!(err, KeySourceError::BindingMismatch { .. }),
+                "{err}"
+            );
+        }
+        assert!(err_text(select(&launch, Some(&other_broker))).contains("http://evil"));
+        // SEV: the same check (the key came for the measured binding).
+        let sev = host(TeeKind::SevEs, None);
+        assert!(select(&sev, Some(&other_workload)).is_err());
+        // An SNP launch measured without a broker cannot attest.
+        let unbound = HostConfig {
+            binding: None,
+            ..launch.clone()
+        };
+        assert!(matches!(
+            select(&unbound, Some(&no_broker)),
+            Err(KeySourceError::NotBound)
+        ));
+    }
+
+    fn err_text<T>(r: Result<T, KeySourceError>) -> String {
+        r.err().map(|e| e.to_string()).unwrap_or_default()
     }
 
     #[test]
@@ -248,7 +354,7 @@ mod tests {
                 return Err("report does not bind the nonce".into());
             }
             Ok(Zeroizing::new(
-                format!("key-for-{}", req.tee_config.workload_id).into_bytes(),
+                format!("key-for-{}", req.binding.workload_id).into_bytes(),
             ))
         }
     }

@@ -18,6 +18,7 @@ mod footer;
 mod host_config;
 mod key_source;
 mod listen_announce;
+mod lockdown;
 mod luks_unlock;
 mod mounts;
 mod net;
@@ -65,11 +66,20 @@ fn main() {
         "reading /krun/host.json",
         HostConfig::load(Path::new(host_config::HOST_CONFIG_PATH)),
     );
-    log!(
-        "launch: tee {:?}{}",
-        host.tee,
-        if host.psp_model { " (PSP model)" } else { "" }
-    );
+    match &host.binding {
+        Some(b) => log!(
+            "launch: tee {:?}, bound to workload {} at {}{}",
+            host.tee,
+            b.workload_id,
+            b.attestation_url,
+            if b.broker_pin.is_some() {
+                " (pinned key)"
+            } else {
+                ""
+            }
+        ),
+        None => log!("launch: tee {:?}, no key broker", host.tee),
+    }
 
     let root_disk = Path::new(footer::ROOT_DISK);
     // The footer is parsed by the same code as the host's krun_set_tee_config_file, which
@@ -126,6 +136,12 @@ fn main() {
         mounts::mount_all(&mounts::container_mounts(root)),
     );
     step("creating /dev symlinks", mounts::dev_symlinks(root));
+    if host.tee.is_confidential() {
+        step(
+            "removing attestation devices",
+            lockdown::remove_attestation_devices(&root.join("dev")),
+        );
+    }
     step("bringing up the loopback interface", net::loopback_up());
 
     let workload = match WorkloadConfig::load(Path::new(workload_config::WORKLOAD_CONFIG_PATH)) {
@@ -150,6 +166,12 @@ fn main() {
         std::fs::create_dir_all(&plan.cwd),
     );
 
+    if host.tee.is_confidential() {
+        step(
+            "dropping the capabilities that reach attestation",
+            lockdown::drop_capabilities(),
+        );
+    }
     step("blocking signals", supervisor::block_signals());
     start_port_forwarding(&host.port_map);
 
@@ -174,13 +196,21 @@ fn unlock_root(
 ) -> std::path::PathBuf {
     let passphrase = {
         let broker = attest_broker::AttestationClient::over_vsock();
-        let mut evidence: Box<dyn ReportSource> = if host.psp_model {
-            Box::new(PspModelReports::new(|| {
-                vsock::VsockStream::connect(vsock::HOST_CID, vsock::PSP_MODEL_REPORT_PORT)
-            }))
-        } else {
-            Box::new(SevGuestDevice)
-        };
+        // A guest without SNP has no /dev/sev-guest: that is the PSP model's launch, whose
+        // reports carry the model's signature, which a broker with AMD's roots refuses. A
+        // host cannot hide the device from a real SNP guest (the measured kernel creates it).
+        let mut evidence: Box<dyn ReportSource> =
+            if Path::new(snp_report::SEV_GUEST_DEVICE).exists() {
+                Box::new(SevGuestDevice)
+            } else {
+                log!(
+                    "no {}: asking the PSP model's report service",
+                    snp_report::SEV_GUEST_DEVICE
+                );
+                Box::new(PspModelReports::new(|| {
+                    vsock::VsockStream::connect(vsock::HOST_CID, vsock::PSP_MODEL_REPORT_PORT)
+                }))
+            };
         let mut ctx = AttestationContext {
             broker: &broker,
             evidence: evidence.as_mut(),
@@ -198,6 +228,12 @@ fn unlock_root(
     };
     // Zeroized on drop; nothing later needs it.
     host.dev_passphrase = None;
+    if host.tee.is_confidential() {
+        step(
+            "closing the attestation channels",
+            lockdown::close_attestation_channels(),
+        );
+    }
     if source == KeySource::DevPassphrase {
         log!("using the development passphrase from host.json (not a confidential launch)");
     }

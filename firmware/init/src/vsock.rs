@@ -15,6 +15,8 @@ pub const ATTESTATION_PROXY_PORT: u32 = 1025;
 pub const PSP_MODEL_REPORT_PORT: u32 = 1026;
 /// Host control stream for LISTEN/UNLISTEN announcements.
 pub const LISTEN_ANNOUNCE_PORT: u32 = 1027;
+/// Connecting here tells the VMM the init is done with attestation (ports 1025/1026 close).
+pub const ATTESTATION_DONE_PORT: u32 = 1028;
 
 /// `struct sockaddr_vm` for `cid:port`.
 pub fn sockaddr(cid: u32, port: u32) -> libc::sockaddr_vm {

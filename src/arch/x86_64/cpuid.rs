@@ -136,6 +136,16 @@ pub fn for_vcpu(supported: &CpuId, cpu_index: u8, vcpus: u8) -> Result<CpuId, Cp
     CpuId::from_entries(&entries).map_err(CpuidError::Buffer)
 }
 
+/// Makes `cpuid` present `signature` as leaf 1 EAX (family, model, stepping), as a named
+/// vCPU model does; other leaf 1 registers stay KVM's.
+pub fn present_signature(cpuid: &mut CpuId, signature: u32) {
+    for entry in cpuid.as_mut_slice() {
+        if entry.function == 1 && entry.index == 0 {
+            entry.eax = signature;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -74,7 +74,11 @@ pub enum BootEntry {
     /// (CS 0xF000 base 0xFFFF0000, RIP 0xFFF0, real mode), which is what the measured VMSA
     /// describes; APs get RIP 0xFFF8 (the firmware's SEV-ES/SNP AP entry, same CS). In a VM
     /// without SEV-ES INIT-SIPI overrides the AP RIP, so the same state serves the model run.
-    ResetVector,
+    /// Every vCPU presents `vcpu_sig` as CPUID leaf 1 EAX (the named vCPU model).
+    ResetVector {
+        /// CPUID leaf 1 EAX, also the reset RDX.
+        vcpu_sig: u32,
+    },
 }
 
 /// [`configure`] with an explicit [`BootEntry`].
@@ -85,7 +89,10 @@ pub fn configure_boot(
     supported: &CpuId,
     entry: BootEntry,
 ) -> Result<(), VcpuError> {
-    let guest_cpuid = cpuid::for_vcpu(supported, index, vcpus).map_err(VcpuError::Cpuid)?;
+    let mut guest_cpuid = cpuid::for_vcpu(supported, index, vcpus).map_err(VcpuError::Cpuid)?;
+    if let BootEntry::ResetVector { vcpu_sig } = entry {
+        cpuid::present_signature(&mut guest_cpuid, vcpu_sig);
+    }
     fd.set_cpuid2(&guest_cpuid).map_err(VcpuError::Ioctl)?;
     let msrs = msr::boot_msrs().map_err(VcpuError::Msrs)?;
     let written = fd.set_msrs(&msrs).map_err(VcpuError::Ioctl)?;
@@ -104,7 +111,7 @@ pub fn configure_boot(
             fd.set_regs(&regs::boot_regs(entry))
                 .map_err(VcpuError::Ioctl)?;
         }
-        (BootEntry::ResetVector, _) => {
+        (BootEntry::ResetVector { .. }, _) => {
             // SEV-ES/SNP measure a VMSA that KVM copies from these registers; it must equal
             // `crate::tee::vmsa::build`. KVM computed the reset RDX when the vCPU was created,
             // before KVM_SET_CPUID2 (so 0x600); the architectural value, which the model
@@ -526,8 +533,9 @@ mod tests {
     }
 
     /// The registers KVM syncs into an SEV-ES/SNP VMSA match what `tee::vmsa` measures
-    /// (RIP, CS, RFLAGS, RDX) for the BSP and an AP. Checked on this host's KVM; on SEV
-    /// hardware the same registers are what `sev_es_sync_vmsa` copies.
+    /// (RIP, CS, RFLAGS, RDX) for the BSP and an AP, and the vCPU presents the named model's
+    /// signature whatever this host's CPU is. Checked on this host's KVM; on SEV hardware the
+    /// same registers are what `sev_es_sync_vmsa` copies.
     #[test]
     fn reset_vector_registers_match_the_modelled_vmsa() {
         if !kvm_available() {
@@ -535,27 +543,39 @@ mod tests {
         }
         let vm = Vm::new().unwrap();
         let supported = vm.supported_cpuid().unwrap();
-        assert_eq!(
-            reset_rdx(&supported),
-            u64::from(crate::tee::vmsa::host_vcpu_sig()),
-            "KVM passes the host signature through"
-        );
+        let vcpu_sig = crate::tee::vcpu_model::VcpuModel::Genoa.signature();
         for index in 0..2u8 {
             let fd = vm.create_vcpu(index).unwrap();
-            configure_boot(&fd, index, 2, &supported, BootEntry::ResetVector).unwrap();
+            configure_boot(
+                &fd,
+                index,
+                2,
+                &supported,
+                BootEntry::ResetVector { vcpu_sig },
+            )
+            .unwrap();
             let r = fd.get_regs().unwrap();
             let sr = fd.get_sregs().unwrap();
-            let page = crate::tee::vmsa::build(
-                crate::tee::TeeMode::SevEs,
-                index,
-                crate::tee::vmsa::host_vcpu_sig(),
-            );
+            let page = crate::tee::vmsa::build(crate::tee::TeeMode::SevEs, index, vcpu_sig);
             let q = |at: usize| u64::from_le_bytes(page[at..at + 8].try_into().unwrap());
             assert_eq!(r.rip, q(0x178), "vCPU {index} RIP");
             assert_eq!(r.rdx, q(0x310), "vCPU {index} RDX");
+            assert_eq!(
+                r.rdx,
+                u64::from(vcpu_sig),
+                "vCPU {index} RDX is the model's"
+            );
             assert_eq!(r.rflags, q(0x170), "vCPU {index} RFLAGS");
             assert_eq!(u64::from(sr.cs.selector), q(0x10) & 0xffff, "CS selector");
             assert_eq!(sr.cs.base, q(0x18), "CS base");
+            let leaf1 = fd
+                .get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+                .unwrap()
+                .as_slice()
+                .iter()
+                .find(|e| e.function == 1 && e.index == 0)
+                .map(|e| e.eax);
+            assert_eq!(leaf1, Some(vcpu_sig), "vCPU {index} CPUID leaf 1 EAX");
         }
     }
 

@@ -97,8 +97,8 @@ start_kbs() {
 }
 # mk TEE WORKLOAD_ID OUT_DIR PASSPHRASE SCRIPT: mkcw --register (CPUS and ROOT override).
 mk() {
-  krun-sev mkcw --tee "$1" --cpus "${CPUS:-2}" --ram-mib 512 \
-    --attestation-url http://127.0.0.1:8123 --register --admin-token-file /trust/token \
+  krun-sev mkcw --tee "$1" --cpus "${CPUS:-2}" --ram-mib 512 --kbs-protocol "${PROTO:-reference}" \
+    --attestation-url "${KBS_URL:-http://127.0.0.1:8123}" --register --admin-token-file /trust/token \
     --workload-id "$2" --passphrase "$4" --pbkdf2-iterations 1000 --env PATH=/bin \
     --cmd /bin/sh --cmd -c --cmd "$5" "${ROOT:-/tmp/rootfs}" "$3"
   echo "MKCW_$2=$?"
@@ -148,6 +148,7 @@ mk sev-no-es e2e-sev /tmp/sev pass-sev 'echo E2E_RAN_sev CPUS=$(nproc); exit 11'
 mk sev-es e2e-es /tmp/es pass-es 'echo E2E_RAN_es CPUS=$(nproc); exit 12'
 mk snp e2e-snp /tmp/snp pass-snp 'echo E2E_RAN_snp CPUS=$(nproc); exit 13'
 for t in sev es snp; do
+  echo "CONFIG_$t=$(cat /tmp/$t/krun-sev.json)"
   echo "SHA_BEFORE_$t=$(sha /tmp/$t/disk.img)"
   run /tmp/$t; echo "STATUS_$t=$?"
 done
@@ -185,6 +186,17 @@ cat /tmp/kbs.log
             !launched.is_empty() && launched.iter().all(|m| *m == registered[0]),
             "{mode}: registered {registered:?}, launched {launched:?}; {ctx}"
         );
+        // One digest everywhere: `krun-sev measure --tee-config` on this (build) machine
+        // gives what the test host registered and launched.
+        let config = marker_values(out, &format!("CONFIG_{t}="));
+        assert_eq!(config.len(), 1, "{ctx}");
+        let config = krun_sev::resources::TeeConfig::parse(config[0].as_bytes()).unwrap();
+        let here = krun_sev::launch::expected_measurement(
+            &krun_sev::launch::MeasureRequest::from_tee_config(&config, s.bundle.clone(), false)
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(here.digest_hex(), registered[0], "{mode}: {ctx}");
         assert_eq!(
             marker_values(out, &format!("E2E_RAN_{t} ")),
             ["CPUS=2"],
@@ -233,7 +245,7 @@ fn buildah_image_crun_order_and_broker_refusals() {
     let script = format!(
         r#"{PRELUDE}
 # The buildah image, registered offline before the broker starts.
-M=$(krun-sev measure --tee sev-es --cpus 2 --ram-mib 512)
+M=$(krun-sev measure --tee-config /buildah/krun-sev.json)
 printf %s buildah-pass > /tmp/bpp
 krun-kbs --db /tmp/kbs.db workload add --id e2e-buildah --tee sev --measurement "$M" --passphrase-file /tmp/bpp
 echo "ADD_BUILDAH=$?"
@@ -320,6 +332,136 @@ cat /tmp/kbs.log
     );
     assert_eq!(marker_values(out, "STATUS_WP="), ["1"], "{ctx}");
     assert_eq!(marker_values(out, "SHA_AFTER_WP_X="), x, "{ctx}");
+}
+
+/// Boot 3 (issue 12): a disk key goes only to a launch made for its workload and its broker.
+/// Co-tenant: workload Y, with the same bundle, vCPUs and RAM as X, runs a root program that
+/// tries every path to attestation evidence after the init has Y's key; all are closed, and
+/// X's key is released only to X's own launch. Host broker swap: the host runs its own broker
+/// and its own image under X's workload id; the guest runs the host's command, with no path
+/// to any evidence, and its digest (bound to the host's broker) is not X's; X's genuine disk
+/// with a host config naming the host's broker is refused by the init before any attestation.
+/// The reference and RCAR protocols still release X's key to X's genuine launch.
+#[test]
+#[ignore = "boots the test host"]
+fn binding_co_tenant_and_host_broker_swap() {
+    let s = Setup::new();
+    let probe = attest_probe_program(&s);
+    let script = format!(
+        r#"{PRELUDE}
+start_kbs
+cp -a /tmp/rootfs /tmp/proberoot && cp /bin/attest-probe /tmp/proberoot/bin/attest-probe
+mk snp bind-x /tmp/x pass-x 'echo BIND_X_RAN; exit 0'
+PROTO=rcar mk snp bind-r /tmp/r pass-r 'echo BIND_R_RAN; exit 0'
+ROOT=/tmp/proberoot mk snp bind-y /tmp/y pass-y '/bin/attest-probe; echo "PROBE_STATUS_Y=$?"; exit 0'
+run /tmp/x; echo "STATUS_X=$?"
+run /tmp/r; echo "STATUS_R=$?"
+run /tmp/y; echo "STATUS_Y=$?"
+# The host's own broker B and its own image, registered there under X's workload id.
+/bin/krun-kbs --listen 127.0.0.1:8124 --db /tmp/kbs-b.db --admin-token-file /trust/token   --trust-root /trust/roots.pem --vcek-dir /trust/vcek > /tmp/kbs-b.log 2>&1 &
+for i in $(seq 100); do grep -q listening /tmp/kbs-b.log && break; sleep 0.2; done
+KBS_URL=http://127.0.0.1:8124 ROOT=/tmp/proberoot mk snp bind-x /tmp/h host-pass   'echo HOST_COMMAND_RAN; /bin/attest-probe; echo "PROBE_STATUS_H=$?"; exit 0'
+run /tmp/h; echo "STATUS_H=$?"
+# X's genuine disk, with a host config that names broker B.
+sed 's/8123/8124/' /tmp/x/krun-sev.json > /tmp/x-b.json
+run --disk /tmp/x/disk.img --tee-config /tmp/x-b.json; echo "STATUS_XB=$?"
+echo "DIGEST_X=$(krun-sev measure --tee-config /tmp/x/krun-sev.json)"
+echo "DIGEST_Y=$(krun-sev measure --tee-config /tmp/y/krun-sev.json)"
+echo "DIGEST_H=$(krun-sev measure --tee-config /tmp/h/krun-sev.json)"
+echo "== broker A"; cat /tmp/kbs.log
+echo "== broker B"; cat /tmp/kbs-b.log
+"#
+    );
+    let outcome = s
+        .host()
+        .file(&probe, "/bin/attest-probe")
+        .run(&["sh", "-c", &script])
+        .unwrap();
+    let out = &outcome.output;
+    let ctx = format!("output:\n{out}");
+    let (broker_a, broker_b) = out
+        .split_once("== broker A")
+        .and_then(|(_, rest)| rest.split_once("== broker B"))
+        .unwrap_or_else(|| panic!("no broker logs; {ctx}"));
+    let released = |log: &str, id: &str| {
+        log.lines()
+            .filter(|l| l.contains("released") && l.contains(&format!("workload={id}")))
+            .count()
+    };
+
+    // X's genuine launches, reference and RCAR, get their keys and run.
+    assert_eq!(marker_values(out, "BIND_X_RAN"), [""], "{ctx}");
+    assert_eq!(marker_values(out, "STATUS_X="), ["0"], "{ctx}");
+    assert_eq!(marker_values(out, "BIND_R_RAN"), [""], "{ctx}");
+    assert_eq!(marker_values(out, "STATUS_R="), ["0"], "{ctx}");
+    assert_eq!(released(broker_a, "bind-r"), 1, "{ctx}");
+
+    // Co-tenant Y: the same bundle, vCPUs and RAM, yet another digest; every path to
+    // evidence is closed for its root workload.
+    let digest = |k: &str| marker_values(out, k).first().map(|d| d.trim().to_owned());
+    assert!(digest("DIGEST_X=").is_some_and(|d| d.len() == 96), "{ctx}");
+    assert_ne!(digest("DIGEST_X="), digest("DIGEST_Y="), "{ctx}");
+    for path in [
+        "dev-sev-guest",
+        "mknod",
+        "mount-devtmpfs",
+        "mount-configfs",
+        "tsm-report",
+        "vsock-1025-proxy",
+        "vsock-1026-reports",
+        "cap-sys-admin",
+        "cap-mknod",
+    ] {
+        let seen = marker_values(out, &format!("PROBE {path}="));
+        assert_eq!(seen.len(), 2, "{path} probed in Y and H; {ctx}");
+        assert!(
+            seen.iter().all(|v| v.starts_with("refused")),
+            "{path}: {seen:?}; {ctx}"
+        );
+    }
+    assert_eq!(marker_values(out, "PROBE_STATUS_Y="), ["0"], "{ctx}");
+    assert_eq!(marker_values(out, "STATUS_Y="), ["0"], "{ctx}");
+    assert!(
+        out.contains("attestation finished; proxy (1025) and report service (1026) closed"),
+        "{ctx}"
+    );
+
+    // Host broker swap: the host's command runs (the host's broker gave the host's key for
+    // the host's image), but the launch's digest is bound to broker B, not X's, and the
+    // command has no path to evidence or to broker A.
+    assert_eq!(marker_values(out, "HOST_COMMAND_RAN"), [""], "{ctx}");
+    assert_eq!(marker_values(out, "PROBE_STATUS_H="), ["0"], "{ctx}");
+    assert_ne!(digest("DIGEST_X="), digest("DIGEST_H="), "{ctx}");
+    assert_eq!(released(broker_b, "bind-x"), 1, "{ctx}");
+    // X's disk with a config naming broker B: the init refuses before attesting anywhere.
+    assert!(
+        out.contains("the root disk footer names workload \"bind-x\" at http://127.0.0.1:8123, but this launch was measured for workload \"bind-x\" at http://127.0.0.1:8124"),
+        "{ctx}"
+    );
+    assert_eq!(marker_values(out, "STATUS_XB="), ["1"], "{ctx}");
+    assert_eq!(
+        marker_values(out, "BIND_X_RAN"),
+        [""],
+        "X ran once only; {ctx}"
+    );
+
+    // X's key left broker A exactly once: to X's genuine launch.
+    assert_eq!(released(broker_a, "bind-x"), 1, "{ctx}");
+    assert_eq!(released(broker_a, "bind-y"), 1, "{ctx}");
+}
+
+/// Compiles tests/c/attest_probe.c statically (it runs in the busybox guest root).
+fn attest_probe_program(s: &Setup) -> PathBuf {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let program = s.path("attest-probe");
+    let out = Command::new("cc")
+        .args(["-static", "-std=c11", "-Wall", "-Wextra", "-Werror", "-o"])
+        .arg(&program)
+        .arg(repo.join("tests/c/attest_probe.c"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    program
 }
 
 /// The hex digests `mkcw` printed for `mode` (`mkcw: launch measurement (MODE, ...): HEX`).

@@ -10,8 +10,19 @@ use std::process::Command;
 use std::time::Duration;
 
 use krun_sev::launch::{expected_measurement, MeasureRequest};
+use krun_sev::resources::TeeConfig;
 use krun_sev::tee::TeeMode;
 use krun_testhost::{busybox_rootfs, krun_kbs_bin, krun_sev_bin, test_bundle, TestHost};
+
+/// `krun-sev measure --tee-config` of the image in `image_dir`, computed on this machine.
+fn build_machine_digest(bundle: &std::path::Path, image_dir: &std::path::Path) -> String {
+    let config = TeeConfig::parse(&fs::read(image_dir.join("krun-sev.json")).unwrap()).unwrap();
+    expected_measurement(
+        &MeasureRequest::from_tee_config(&config, bundle.to_path_buf(), false).unwrap(),
+    )
+    .unwrap()
+    .digest_hex()
+}
 
 /// What follows `key` on each output line containing it (log lines carry a prefix, so
 /// [`krun_testhost::marker_values`] does not fit them).
@@ -82,7 +93,7 @@ KRUN_SEV_BACKEND= /bin/krun-capi-run /disks/disk.img /cfg/snp.json 3 </dev/null;
             .iter()
             .map(|s| s.trim())
             .collect::<Vec<_>>(),
-        ["SevEs (PSP model)", "Snp (PSP model)"],
+        ["SevEs, no key broker", "Snp, no key broker"],
         "{ctx}"
     );
     assert_eq!(marker(out, "STATUS_sev-es="), ["1"], "{ctx}");
@@ -90,26 +101,28 @@ KRUN_SEV_BACKEND= /bin/krun-capi-run /disks/disk.img /cfg/snp.json 3 </dev/null;
     // The hardware backend refuses clearly instead of falling back.
     assert!(out.contains("SEV hardware backend unavailable"), "{ctx}");
     assert_eq!(marker(out, "STATUS_HW="), ["125"], "{ctx}");
-    // The launch measured what `krun-sev measure` computes (SEV-ES: no KVM needed here; the
-    // SNP CPUID page comes from the test host's KVM, so only SEV-ES is compared).
-    let logged = marker(out, "launch measurement (sev-es, 2 vCPUs, vcpu_sig ");
-    let (sig, digest) = logged
-        .first()
-        .and_then(|l| l.split_once("): "))
-        .unwrap_or_else(|| panic!("no SEV-ES measurement logged; {ctx}"));
-    let sig = u32::from_str_radix(sig.trim_start_matches("0x"), 16).unwrap();
-    let expected = expected_measurement(&MeasureRequest {
-        mode: TeeMode::SevEs,
-        vcpus: 2,
-        ram_mib: 512,
-        bundle_dir: bundle.clone(),
-        data_disk: false,
-        psp_model: true,
-        vcpu_sig: Some(sig),
-    })
-    .unwrap();
-    assert_eq!(logged.len(), 1, "{ctx}");
-    assert_eq!(digest.trim(), expected.digest_hex(), "{ctx}");
+    // The launches inside the test host (a QEMU "EPYC", family 0x17) measured what `krun-sev
+    // measure` computes here on the build machine for the same TEE configs: the digest
+    // depends on neither machine.
+    for (tee, mode) in [("sev-es", TeeMode::SevEs), ("snp", TeeMode::Snp)] {
+        let logged = marker(
+            out,
+            &format!("launch measurement ({tee}, 2 vCPUs, vcpu_sig "),
+        );
+        let (sig, digest) = logged
+            .first()
+            .and_then(|l| l.split_once("): "))
+            .unwrap_or_else(|| panic!("no {tee} measurement logged; {ctx}"));
+        assert_eq!(sig, "0xa00f11", "Milan's signature; {ctx}");
+        let config = TeeConfig::parse(&fs::read(cfg(tee)).unwrap()).unwrap();
+        let expected = expected_measurement(
+            &MeasureRequest::from_tee_config(&config, bundle.clone(), false).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(expected.mode, mode);
+        assert_eq!(logged.len(), 1, "{ctx}");
+        assert_eq!(digest.trim(), expected.digest_hex(), "{tee}; {ctx}");
+    }
 }
 
 #[test]
@@ -126,7 +139,8 @@ fn sev_es_launch_gets_the_disk_key_from_the_broker() {
     // A mkcw image (LUKS1, cheap PBKDF2 for TCG) whose workload prints a marker.
     let rootfs = dir.path().join("rootfs");
     busybox_rootfs(&rootfs, &["sh", "echo", "nproc"]).unwrap();
-    let out = dir.path().join("image");
+    let image = dir.path().join("image");
+    let out = image.clone();
     let cli = krun_sev_bin().unwrap();
     let status = Command::new(&cli)
         .args([
@@ -164,7 +178,7 @@ fn sev_es_launch_gets_the_disk_key_from_the_broker() {
 
     let script = r#"
 export KRUN_SEV_BACKEND=model KRUN_SEV_BUNDLE_DIR=/bundle KRUN_SEV_PSP_MODEL_DIR=/psp
-M=$(/bin/krun-sev measure --tee sev-es --cpus 2 --ram-mib 512)
+M=$(/bin/krun-sev measure --tee-config /w/krun-sev.json)
 echo "MEASURED=$M"
 echo "broker-held passphrase" > /tmp/pp
 /bin/krun-kbs --db /tmp/kbs.db workload add --id tee-e2e --tee sev --measurement "$M" --passphrase-file /tmp/pp
@@ -190,7 +204,12 @@ cat /tmp/kbs.log
     let ctx = format!("output:\n{out}");
     let measured = marker(out, "MEASURED=");
     assert_eq!(measured.len(), 1, "{ctx}");
-    assert_eq!(measured[0].trim().len(), 64, "{ctx}");
+    // Inside the test host and here on the build machine: one digest.
+    assert_eq!(
+        measured[0].trim(),
+        build_machine_digest(&bundle, &image),
+        "{ctx}"
+    );
     assert!(out.contains("LAUNCH_SECRET"), "{ctx}");
     assert!(out.contains("SEV_ES_WORKLOAD_RAN CPUS=2"), "{ctx}");
     assert_eq!(marker(out, "STATUS="), ["7"], "{ctx}");
@@ -209,7 +228,8 @@ fn snp_launch_attests_from_the_guest_through_the_model() {
 
     let rootfs = dir.path().join("rootfs");
     busybox_rootfs(&rootfs, &["sh", "echo", "nproc"]).unwrap();
-    let out = dir.path().join("image");
+    let image = dir.path().join("image");
+    let out = image.clone();
     let cli = krun_sev_bin().unwrap();
     let status = Command::new(&cli)
         .args([
@@ -245,7 +265,7 @@ fn snp_launch_attests_from_the_guest_through_the_model() {
 
     let script = r#"
 export KRUN_SEV_BACKEND=model KRUN_SEV_BUNDLE_DIR=/bundle KRUN_SEV_PSP_MODEL_DIR=/psp
-M=$(/bin/krun-sev measure --tee snp --cpus 2 --ram-mib 512)
+M=$(/bin/krun-sev measure --tee-config /w/krun-sev.json)
 echo "MEASURED=$M"
 echo "snp broker passphrase" > /tmp/pp
 /bin/krun-kbs --db /tmp/kbs.db workload add --id snp-e2e --tee snp --measurement "$M" --passphrase-file /tmp/pp
@@ -272,7 +292,11 @@ cat /tmp/kbs.log
     let ctx = format!("output:\n{out}");
     let measured = marker(out, "MEASURED=");
     assert_eq!(measured.len(), 1, "{ctx}");
-    assert_eq!(measured[0].trim().len(), 96, "{ctx}");
+    assert_eq!(
+        measured[0].trim(),
+        build_machine_digest(&bundle, &image),
+        "{ctx}"
+    );
     let logged = marker(out, "launch measurement (snp, 2 vCPUs, vcpu_sig ");
     assert!(
         logged

@@ -116,6 +116,11 @@ impl HostServices {
         self.handlers.insert(port, handler);
     }
 
+    /// Stops serving `port`; returns whether it was served.
+    pub fn remove(&mut self, port: u32) -> bool {
+        self.handlers.remove(&port).is_some()
+    }
+
     /// The handler of `port`.
     pub fn get(&self, port: u32) -> Option<&Arc<dyn GuestPortHandler>> {
         self.handlers.get(&port)

@@ -30,6 +30,9 @@ pub const PORT_ATTESTATION: u32 = 1025;
 pub const PORT_REPORT: u32 = 1026;
 /// Host port of the exposed-ports control stream.
 pub const PORT_CONTROL: u32 = 1027;
+/// Host port the init connects to once it has the disk key: from then on the attestation
+/// proxy and the report service refuse every connection, so the workload cannot attest.
+pub const PORT_ATTESTATION_DONE: u32 = 1028;
 
 /// Largest payload accepted from or sent to the guest.
 pub const MAX_PKT_PAYLOAD: usize = 64 * 1024;

@@ -16,7 +16,8 @@ use super::connection::{Connection, Outgoing};
 use super::control::{ControlCommand, PortControl};
 use super::packet::{PacketHeader, TxPacket};
 use super::{
-    VsockError, GUEST_CID, HOST_CID, OP_REQUEST, OP_RST, OP_RW, PORT_FORWARDER, TYPE_STREAM,
+    VsockError, GUEST_CID, HOST_CID, OP_REQUEST, OP_RST, OP_RW, PORT_ATTESTATION,
+    PORT_ATTESTATION_DONE, PORT_FORWARDER, PORT_REPORT, TYPE_STREAM,
 };
 use crate::devices::virtio::worker::{Interest, Ready};
 
@@ -181,6 +182,11 @@ impl Muxer {
             self.rst_for(hdr);
             return;
         }
+        if hdr.dst_port == PORT_ATTESTATION_DONE {
+            self.close_attestation();
+            self.rst_for(hdr);
+            return;
+        }
         if self.conns.len() >= MAX_CONNECTIONS {
             log::warn!(
                 "vsock: too many connections; refusing port {}",
@@ -206,6 +212,39 @@ impl Muxer {
                 log::warn!("vsock: host service on port {} failed: {e}", hdr.dst_port);
                 self.rst_for(hdr);
             }
+        }
+    }
+
+    /// The init has its key: the attestation proxy and the report service stop for the
+    /// rest of the VM's life, open connections to them included. Whoever asks first (the
+    /// init, before it starts the workload) closes them; nothing reopens them.
+    fn close_attestation(&mut self) {
+        let mut closed = false;
+        for port in [PORT_ATTESTATION, PORT_REPORT] {
+            closed |= self.services.remove(port);
+            let keys: Vec<Key> = self
+                .conns
+                .keys()
+                .filter(|(host, _)| *host == port)
+                .copied()
+                .collect();
+            for key in keys {
+                self.stray.push_back(PacketHeader {
+                    src_cid: HOST_CID,
+                    dst_cid: GUEST_CID,
+                    src_port: key.0,
+                    dst_port: key.1,
+                    type_: TYPE_STREAM,
+                    op: OP_RST,
+                    ..Default::default()
+                });
+                self.remove(key);
+            }
+        }
+        if closed {
+            log::info!(
+                "vsock: attestation finished; proxy (1025) and report service (1026) closed"
+            );
         }
     }
 
@@ -460,6 +499,46 @@ mod tests {
         let (h, _) = next(&mut m).unwrap();
         assert_eq!(h.op, OP_RST);
         assert_eq!(m.connection_count(), 0);
+    }
+
+    #[test]
+    fn attestation_done_closes_proxy_and_report_service_for_good() {
+        let server = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut services = HostServices::new();
+        let forward = Arc::new(TcpForward::new(
+            server.local_addr().unwrap(),
+            Duration::from_secs(2),
+        ));
+        services.insert(PORT_ATTESTATION, forward.clone());
+        services.insert(PORT_REPORT, forward);
+        let mut m = Muxer::new(services, &[]).unwrap();
+        m.handle_guest_packet(&pkt(OP_REQUEST, 5000, PORT_ATTESTATION, &[]));
+        let _sock = server.accept().unwrap();
+        assert_eq!(next(&mut m).unwrap().0.op, OP_RESPONSE);
+        assert_eq!(m.connection_count(), 1);
+
+        m.handle_guest_packet(&pkt(OP_REQUEST, 5001, PORT_ATTESTATION_DONE, &[]));
+        // The open proxy connection is reset, the done request too.
+        let mut resets = Vec::new();
+        while let Some((h, _)) = m.next_rx_packet(4096) {
+            assert_eq!(h.op, OP_RST);
+            resets.push((h.src_port, h.dst_port));
+        }
+        resets.sort_unstable();
+        assert_eq!(
+            resets,
+            vec![(PORT_ATTESTATION, 5000), (PORT_ATTESTATION_DONE, 5001)]
+        );
+        assert_eq!(m.connection_count(), 0);
+        // New connections to either service are refused, again and again.
+        for port in [PORT_ATTESTATION, PORT_REPORT, PORT_ATTESTATION] {
+            m.handle_guest_packet(&pkt(OP_REQUEST, 5002, port, &[]));
+            let (h, _) = m.next_rx_packet(4096).unwrap();
+            assert_eq!((h.op, h.src_port), (OP_RST, port));
+        }
+        // Asking again changes nothing.
+        m.handle_guest_packet(&pkt(OP_REQUEST, 5003, PORT_ATTESTATION_DONE, &[]));
+        assert_eq!(m.next_rx_packet(4096).unwrap().0.op, OP_RST);
     }
 
     #[test]
