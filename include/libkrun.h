@@ -210,7 +210,11 @@ int32_t krun_set_env(uint32_t ctx_id, char *const envp[]);
  *  - "tee" (case-sensitive): "sev" and "sev-es" launch SEV-ES (the broker's policy goes to
  *    LAUNCH_START unchanged and never changes the launch type), "sev-no-es" plain SEV,
  *    "snp" (or "sev-snp") SEV-SNP.
- *  - "tee_data": a string holding a JSON object (SEV: "vendor_chain"; SNP: "gen"). For
+ *  - "tee_data": a string holding a JSON object: "gen" ("milan" default, "genoa", "turin":
+ *    the vCPU model every vCPU presents, measured; on SEV hardware the host CPU must be
+ *    that generation, else krun_start_enter fails), "attestation_server_pubkey" ("" or the
+ *    SHA-256 of the broker's TLS SubjectPublicKeyInfo in hex: the guest accepts only that
+ *    key; needs an https:// URL), SEV: "vendor_chain". For
  *    "snp" it may also hold the SNP launch parameters, all optional: "policy" (integer or
  *    "0x30000"; default 0x30000; bit 17 and SMT set, SINGLE_SOCKET and bits 26-63 clear;
  *    DEBUG is accepted with a warning in the log), "host_data" (64 hex digits or base64 of
@@ -219,7 +223,10 @@ int32_t krun_set_env(uint32_t ctx_id, char *const envp[]);
  *    launch digest `krun-sev measure` prints and the policy), "author_key_enabled" (bool,
  *    needs "id_auth"). Other TEE types ignore them.
  *  - "attestation_url": the key broker, or "" for none. "tee_data" and "attestation_url"
- *    are required (buildah always writes both).
+ *    are required (buildah always writes both). "workload_id", "attestation_url",
+ *    "kbs_protocol" and the pin are the launch's binding: they are measured, and the guest
+ *    asks only that broker for only that workload's key (register the digest
+ *    `krun-sev measure --tee-config FILE` prints).
  *  - optional "kbs_protocol": "reference" (default) or "rcar" (Trustee).
  *  Unknown keys are ignored.
  *
