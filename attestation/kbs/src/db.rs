@@ -148,6 +148,15 @@ pub struct Workload {
     pub measurements: Vec<String>,
 }
 
+/// Whether [`Store::register`] may replace an existing workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutMode {
+    /// Insert or replace (admin token, admin CLI).
+    Replace,
+    /// Insert a new id only (unauthenticated registration).
+    CreateOnly,
+}
+
 /// The SQLite store. One connection behind a mutex: every query is short.
 #[derive(Debug)]
 pub struct Store {
@@ -201,14 +210,40 @@ impl Store {
     /// Inserts or replaces a workload and its measurements (re-registration overwrites, as
     /// reference-kbs does). Secrets are kept unless replaced separately.
     pub fn put_workload(&self, w: &Workload, digests: &[Vec<u8>]) -> Result<(), DbError> {
+        self.register(w, digests, None, PutMode::Replace)
+            .map(|_| ())
+    }
+
+    /// Stores a workload, its measurements and optionally its `key` secret in one
+    /// transaction. With [`PutMode::CreateOnly`] nothing is written when the id exists; the
+    /// answer says whether anything was written.
+    pub fn register(
+        &self,
+        w: &Workload,
+        digests: &[Vec<u8>],
+        key: Option<&[u8]>,
+        mode: PutMode,
+    ) -> Result<bool, DbError> {
         let snp = serde_json::to_string(&w.snp).map_err(DbError::StoredPolicy)?;
         self.with(|c| {
             let tx = c.transaction()?;
-            tx.execute(
-                "INSERT INTO workloads (id, tee, sev_policy, snp) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT(id) DO UPDATE SET tee = ?2, sev_policy = ?3, snp = ?4",
-                params![w.id, w.tee.as_str(), w.sev_policy, snp],
-            )?;
+            let written = match mode {
+                PutMode::Replace => tx.execute(
+                    "INSERT INTO workloads (id, tee, sev_policy, snp) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT(id) DO UPDATE SET tee = ?2, sev_policy = ?3, snp = ?4",
+                    params![w.id, w.tee.as_str(), w.sev_policy, snp],
+                )?,
+                // The check and the insert are one statement inside the write transaction:
+                // two concurrent registrations of a new id cannot both create it.
+                PutMode::CreateOnly => tx.execute(
+                    "INSERT INTO workloads (id, tee, sev_policy, snp) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT(id) DO NOTHING",
+                    params![w.id, w.tee.as_str(), w.sev_policy, snp],
+                )?,
+            };
+            if written == 0 {
+                return Ok(false);
+            }
             tx.execute(
                 "DELETE FROM measurements WHERE workload_id = ?1",
                 params![w.id],
@@ -219,7 +254,15 @@ impl Store {
                     params![w.id, d],
                 )?;
             }
-            tx.commit()
+            if let Some(data) = key {
+                tx.execute(
+                    "INSERT INTO secrets (workload_id, name, data) VALUES (?1, ?2, ?3)
+                     ON CONFLICT(workload_id, name) DO UPDATE SET data = ?3",
+                    params![w.id, KEY_SECRET, data],
+                )?;
+            }
+            tx.commit()?;
+            Ok(true)
         })
     }
 
@@ -414,6 +457,39 @@ mod tests {
             store.workload("bound").unwrap().unwrap().snp.host_data,
             Some(want)
         );
+    }
+
+    #[test]
+    fn create_only_registration_never_touches_an_existing_workload() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("kbs.db")).unwrap();
+        let w = workload("x", TeeKind::Snp);
+        assert!(s
+            .register(&w, &[vec![1; 48]], Some(b"admin"), PutMode::Replace)
+            .unwrap());
+        let mut other = workload("x", TeeKind::Sev);
+        other.sev_policy = 7;
+        assert!(!s
+            .register(&other, &[vec![2; 32]], Some(b"evil"), PutMode::CreateOnly)
+            .unwrap());
+        let kept = s.workload("x").unwrap().unwrap();
+        assert_eq!(kept.tee, TeeKind::Snp);
+        assert_eq!(kept.sev_policy, 5);
+        assert_eq!(kept.measurements, vec![hex::encode([1u8; 48])]);
+        assert_eq!(
+            s.secret("x", KEY_SECRET).unwrap().unwrap().as_slice(),
+            b"admin"
+        );
+        // A new id is created, with its key, in one step.
+        assert!(s
+            .register(
+                &workload("y", TeeKind::Snp),
+                &[vec![3; 48]],
+                Some(b"y"),
+                PutMode::CreateOnly
+            )
+            .unwrap());
+        assert_eq!(s.secret("y", KEY_SECRET).unwrap().unwrap().as_slice(), b"y");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use zeroize::Zeroizing;
 
 use krun_kbs::api::{router, Broker};
 use krun_kbs::config::{BrokerConfig, DEFAULT_BODY_LIMIT, DEFAULT_MAX_SESSIONS};
-use krun_kbs::db::{HostData, MinTcb, SnpRequirements, Store, TeeKind, KEY_SECRET};
+use krun_kbs::db::{HostData, MinTcb, PutMode, SnpRequirements, Store, TeeKind};
 use krun_kbs::error_chain;
 use krun_kbs::verify_sev::SevTrust;
 use krun_kbs::verify_snp::{SnpVerifier, TrustRoot};
@@ -31,7 +31,8 @@ struct Cli {
     /// File holding the admin bearer token (enables the admin API and registration).
     #[arg(long)]
     admin_token_file: Option<PathBuf>,
-    /// Accept buildah's unauthenticated POST /kbs/v0/register_workload.
+    /// Accept buildah's unauthenticated POST /kbs/v0/register_workload for new workload ids
+    /// only; an id that exists is answered 409 (replacing it needs the admin token).
     #[arg(long)]
     insecure_registration: bool,
     /// Extra SNP trust root: PEM with a self-signed ARK and optionally its ASK. Repeatable.
@@ -222,12 +223,12 @@ fn admin(cli: &Cli, cmd: &Command) -> Result<(), MainError> {
                 },
                 measurements: vec![],
             };
-            store.put_workload(&w, &digests)?;
-            if let Some(f) = passphrase_file {
-                let p = Zeroizing::new(read(f)?);
-                let trimmed = p.strip_suffix(b"\n").unwrap_or(&p);
-                store.put_secret(id, KEY_SECRET, trimmed)?;
-            }
+            let passphrase = passphrase_file.as_deref().map(read).transpose()?;
+            let passphrase = passphrase.map(Zeroizing::new);
+            let key = passphrase
+                .as_deref()
+                .map(|p| p.strip_suffix(b"\n").unwrap_or(p));
+            store.register(&w, &digests, key, PutMode::Replace)?;
         }
         Command::Workload(WorkloadCmd::List) => {
             let mut out = Vec::new();

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use krun_attestation::reference::{RegisterWorkload, SevPolicy};
 
 use super::{bearer, finish, json_response, parse_json_quiet, Broker};
-use crate::db::{SnpRequirements, TeeKind, Workload, KEY_SECRET};
+use crate::db::{PutMode, SnpRequirements, TeeKind, Workload};
 use crate::refusal::Refusal;
 
 fn token_ok(b: &Broker, headers: &HeaderMap) -> bool {
@@ -72,14 +72,31 @@ pub(super) async fn register_workload(
     finish("register_workload", register_inner(&b, &headers, &body))
 }
 
-fn register_inner(b: &Broker, headers: &HeaderMap, body: &[u8]) -> Result<Response, Refusal> {
-    if !b.config.insecure_registration && !token_ok(b, headers) {
-        return Err(if b.config.admin_token.is_some() {
-            Refusal::unauthorized("AdminToken", "registration needs the admin token")
+/// Who is registering: the admin (may replace a workload) or, with
+/// `--insecure-registration`, anyone (may only create new workload ids).
+fn registrant(b: &Broker, headers: &HeaderMap) -> Result<PutMode, Refusal> {
+    let given = headers.contains_key(axum::http::header::AUTHORIZATION);
+    if given && b.config.admin_token.is_some() {
+        // A wrong token is refused even when unauthenticated registration is open: the
+        // caller meant to act as the admin and should learn that it does not.
+        return if token_ok(b, headers) {
+            Ok(PutMode::Replace)
         } else {
-            Refusal::forbidden("RegistrationDisabled", "registration is disabled")
-        });
+            Err(Refusal::unauthorized("AdminToken", "wrong admin token"))
+        };
     }
+    if b.config.insecure_registration {
+        return Ok(PutMode::CreateOnly);
+    }
+    Err(if b.config.admin_token.is_some() {
+        Refusal::unauthorized("AdminToken", "registration needs the admin token")
+    } else {
+        Refusal::forbidden("RegistrationDisabled", "registration is disabled")
+    })
+}
+
+fn register_inner(b: &Broker, headers: &HeaderMap, body: &[u8]) -> Result<Response, Refusal> {
+    let mode = registrant(b, headers)?;
     let reg: RegisterWorkload = parse_json_quiet(body, "registration")?;
     // buildah sends no TEE name: the digest length tells SEV (SHA-256) from SNP (SHA-384).
     let tee = match reg.launch_measurement.trim().len() {
@@ -117,10 +134,25 @@ fn register_inner(b: &Broker, headers: &HeaderMap, body: &[u8]) -> Result<Respon
         snp: b.config.default_snp,
         measurements: vec![],
     };
-    b.store.put_workload(&w, &digests)?;
-    b.store
-        .put_secret(&w.id, KEY_SECRET, reg.passphrase.as_bytes())?;
-    tracing::info!(workload = %w.id, tee = ?tee, "workload registered");
+    // Unauthenticated callers never replace a workload, even with identical contents: a
+    // 200 for "same as stored" would let anyone test guesses of a registered passphrase.
+    if !b
+        .store
+        .register(&w, &digests, Some(reg.passphrase.as_bytes()), mode)?
+    {
+        return Err(Refusal::conflict(
+            "WorkloadExists",
+            format!(
+                "workload {} is already registered; replacing it needs the admin token",
+                w.id
+            ),
+        ));
+    }
+    let by = match mode {
+        PutMode::Replace => "admin",
+        PutMode::CreateOnly => "unauthenticated",
+    };
+    tracing::info!(workload = %w.id, tee = ?tee, by, "workload registered");
     Ok(StatusCode::OK.into_response())
 }
 
@@ -156,10 +188,8 @@ impl WorkloadSpec {
             snp: self.snp.unwrap_or(b.config.default_snp),
             measurements: vec![],
         };
-        b.store.put_workload(&w, &digests)?;
-        if let Some(p) = &self.passphrase {
-            b.store.put_secret(&w.id, KEY_SECRET, p.as_bytes())?;
-        }
+        let key = self.passphrase.as_deref().map(str::as_bytes);
+        b.store.register(&w, &digests, key, PutMode::Replace)?;
         Ok(())
     }
 }
