@@ -21,6 +21,53 @@ pub enum DbError {
     StoredPolicy(#[source] serde_json::Error),
     #[error("database lock is poisoned")]
     Poisoned,
+    #[error("cannot make the database file {0} owner-only")]
+    Permissions(String, #[source] std::io::Error),
+}
+
+/// Mode of the database and of the `-wal`/`-shm` files SQLite puts beside it.
+const DB_FILE_MODE: u32 = 0o600;
+
+/// Creates the database file owner-only, or narrows existing database files to owner-only.
+/// SQLite creates `-wal` and `-shm` with the database file's mode (it `fchmod`s them, so the
+/// umask does not widen them); existing ones from an older run are narrowed here.
+fn owner_only(path: &Path) -> Result<(), DbError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let err = |p: &Path| {
+        let shown = p.display().to_string();
+        move |e| DbError::Permissions(shown, e)
+    };
+    // Created with 0600 (the umask can only clear bits) and then set exactly: a umask that
+    // clears the owner's bits would otherwise leave a file SQLite cannot write.
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .mode(DB_FILE_MODE)
+        .open(path)
+        .map_err(err(path))?;
+    let beside = |suffix: &str| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        std::path::PathBuf::from(name)
+    };
+    let (wal, shm) = (beside("-wal"), beside("-shm"));
+    for file in [path, wal.as_path(), shm.as_path()] {
+        let meta = match std::fs::metadata(file) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(err(file)(e)),
+        };
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode != DB_FILE_MODE {
+            if mode & 0o077 != 0 {
+                tracing::warn!(file = %file.display(), mode = format!("{mode:o}"), "database file was open to group or others; narrowed to 0600");
+            }
+            std::fs::set_permissions(file, std::fs::Permissions::from_mode(DB_FILE_MODE))
+                .map_err(err(file))?;
+        }
+    }
+    Ok(())
 }
 
 /// Which launch flow a workload uses.
@@ -186,8 +233,11 @@ CREATE TABLE IF NOT EXISTS secrets (
 ";
 
 impl Store {
-    /// Opens (creating if needed) the database at `path`.
+    /// Opens (creating if needed) the database at `path`. The database holds passphrases in
+    /// plaintext: it is created owner-only whatever the umask, and an existing database or
+    /// WAL/shared-memory file readable by others is narrowed to 0600.
     pub fn open(path: &Path) -> Result<Self, DbError> {
+        owner_only(path)?;
         let conn = Connection::open(path).map_err(DbError::Open)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(DbError::Open)?;
@@ -457,6 +507,26 @@ mod tests {
             store.workload("bound").unwrap().unwrap().snp.host_data,
             Some(want)
         );
+    }
+
+    #[test]
+    fn existing_database_files_are_narrowed_to_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kbs.db");
+        drop(Store::open(&path).unwrap());
+        let wal = dir.path().join("kbs.db-wal");
+        std::fs::write(&wal, b"").unwrap();
+        for f in [&path, &wal] {
+            std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        s.put_workload(&workload("a", TeeKind::Snp), &[vec![1; 48]])
+            .unwrap();
+        for f in [&path, &wal, &dir.path().join("kbs.db-shm")] {
+            let mode = std::fs::metadata(f).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", f.display());
+        }
     }
 
     #[test]

@@ -25,7 +25,7 @@ struct Cli {
     /// Address to listen on, e.g. 127.0.0.1:8000 (port 0 picks a free port).
     #[arg(long)]
     listen: Option<SocketAddr>,
-    /// SQLite database (created if missing).
+    /// SQLite database (created if missing, owner-only; with its -wal/-shm files).
     #[arg(long)]
     db: PathBuf,
     /// File holding the admin bearer token (enables the admin API and registration).

@@ -178,6 +178,61 @@ fn unauthenticated_registration_cannot_replace_an_existing_workload() {
     assert_eq!(attest(evil).unwrap(), b"replaced by the admin");
 }
 
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+#[test]
+fn database_files_are_owner_only_whatever_the_umask() {
+    let kbs = Kbs::start(KbsOptions {
+        admin_token: true,
+        umask: Some(0o000),
+        ..Default::default()
+    });
+    for i in 0..3 {
+        kbs.register(&format!("w{i}"), &hex::encode(M), "pw", 15);
+    }
+    // The broker holds its connection open, so the WAL and shared-memory files exist.
+    let db = kbs.db();
+    for suffix in ["", "-wal", "-shm"] {
+        let f = std::path::PathBuf::from(format!("{}{suffix}", db.display()));
+        assert_eq!(mode(&f), 0o600, "{}", f.display());
+    }
+
+    // The admin CLI creates a new database owner-only too, and tightens a wider one.
+    let dir = tempfile::tempdir().unwrap();
+    let fresh = dir.path().join("cli.db");
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("umask 000 && exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_krun-kbs"))
+        .arg("--db")
+        .arg(&fresh)
+        .args([
+            "workload",
+            "add",
+            "--id",
+            "c",
+            "--tee",
+            "snp",
+            "--measurement",
+            &hex::encode(M),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(mode(&fresh), 0o600);
+}
+
 #[test]
 fn admin_api_and_cli_manage_workloads_and_secrets() {
     let ev = SnpEvidence::new();

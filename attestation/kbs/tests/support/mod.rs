@@ -29,6 +29,8 @@ pub struct Kbs {
     pub url: String,
     pub addr: String,
     args: Vec<String>,
+    umask: Option<u32>,
+    env: Vec<(String, String)>,
 }
 
 /// Options for [`Kbs::start`].
@@ -44,6 +46,10 @@ pub struct KbsOptions {
     pub vcek_dir: Option<PathBuf>,
     pub max_sessions: Option<usize>,
     pub extra_args: Vec<String>,
+    /// File-creation mask the broker runs under (default: the test's).
+    pub umask: Option<u32>,
+    /// Extra environment of the broker process.
+    pub env: Vec<(String, String)>,
 }
 
 impl Kbs {
@@ -100,15 +106,29 @@ impl Kbs {
             url: String::new(),
             addr: String::new(),
             args,
+            umask: opts.umask,
+            env: opts.env.clone(),
         };
         kbs.spawn();
         kbs
     }
 
     fn spawn(&mut self) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_krun-kbs"))
+        let bin = env!("CARGO_BIN_EXE_krun-kbs");
+        let mut cmd = match self.umask {
+            Some(mask) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("umask {mask:03o} && exec \"$0\" \"$@\""))
+                    .arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let mut child = cmd
             .args(&self.args)
             .env("RUST_LOG", "warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
