@@ -20,7 +20,7 @@ use zeroize::Zeroizing;
 use crate::config::BrokerConfig;
 use crate::db::Store;
 use crate::refusal::Refusal;
-use crate::sessions::{Protocol, Sessions, Stage};
+use crate::sessions::{Ended, Protocol, Sessions, Stage};
 use crate::verify_sev::SevTrust;
 use crate::verify_snp::SnpVerifier;
 
@@ -213,7 +213,7 @@ fn attest_inner(b: &Broker, headers: &HeaderMap, body: &[u8]) -> Result<Response
         .map(|g| matches!(g.stage, Stage::Failed))
         .unwrap_or(true);
     if failed {
-        b.sessions.remove(&id);
+        b.sessions.end(&id, Ended::AttestationFailed);
     }
     result
 }

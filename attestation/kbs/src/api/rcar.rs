@@ -19,7 +19,7 @@ use krun_attestation::rcar::{
 use super::{bearer, cookie, finish, json_response, parse_json, set_cookie, Broker};
 use crate::db::{TeeKind, KEY_SECRET};
 use crate::refusal::Refusal;
-use crate::sessions::{Protocol, Stage};
+use crate::sessions::{log_tag, Protocol, Stage};
 use crate::verify_snp::check_requirements;
 
 pub(super) fn auth(b: &Broker, body: &[u8]) -> Result<Response, Refusal> {
@@ -39,7 +39,7 @@ pub(super) fn auth(b: &Broker, body: &[u8]) -> Result<Response, Refusal> {
     let id = b
         .sessions
         .insert(Protocol::Rcar, nonce.clone(), Stage::RcarPending)?;
-    tracing::info!(protocol = "rcar", session = %id, "session opened");
+    tracing::info!(protocol = "rcar", session = %log_tag(&id), "session opened");
     let challenge = Challenge {
         nonce,
         extra_params: serde_json::Value::String(String::new()),
@@ -120,7 +120,7 @@ pub(super) fn attest(
             Refusal::unauthorized("SnpPolicy", "no workload accepts the report")
         }));
     }
-    tracing::info!(protocol = "rcar", session = %session.id, workloads = ?workloads, "attested");
+    tracing::info!(protocol = "rcar", session = %log_tag(&session.id), workloads = ?workloads, "attested");
     session.stage = Stage::SnpAttested { key, workloads };
     // The token is the session id: the cookie and `Authorization: Bearer` are equivalent.
     json_response(&AttestationToken {
@@ -181,6 +181,6 @@ fn resource_inner(b: &Broker, path: &str, headers: &HeaderMap) -> Result<Respons
         return Err(Refusal::internal("session changed"));
     };
     let jwe = crate::jwe::seal_jwe(key, &secret)?;
-    tracing::info!(protocol = "rcar", session = %session.id, workload = %workload, resource = %path, "resource released");
+    tracing::info!(protocol = "rcar", session = %log_tag(&session.id), workload = %workload, resource = %path, "resource released");
     json_response(&jwe)
 }

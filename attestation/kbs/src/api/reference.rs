@@ -21,7 +21,7 @@ use super::{
 };
 use crate::db::{TeeKind, Workload, KEY_SECRET};
 use crate::refusal::Refusal;
-use crate::sessions::{random_id, Protocol, RecipientKey, SessionRef, Stage};
+use crate::sessions::{log_tag, random_id, Protocol, RecipientKey, SessionRef, Stage};
 use crate::verify_sev;
 use crate::verify_snp::check_requirements;
 
@@ -76,7 +76,7 @@ pub(super) fn auth(b: &Broker, body: &[u8]) -> Result<Response, Refusal> {
     let id = b
         .sessions
         .insert(Protocol::Reference, nonce.clone(), stage)?;
-    tracing::info!(protocol = "reference", session = %id, workload = %workload, "session opened");
+    tracing::info!(protocol = "reference", session = %log_tag(&id), workload = %workload, "session opened");
     let mut resp = json_response(&Challenge {
         nonce,
         extra_params,
@@ -125,7 +125,7 @@ pub(super) fn attest(b: &Broker, s: &SessionRef, body: &[u8]) -> Result<Response
         }
     };
     session.stage = attested;
-    tracing::info!(protocol = "reference", session = %session.id, "attested");
+    tracing::info!(protocol = "reference", session = %log_tag(&session.id), "attested");
     Ok(StatusCode::OK.into_response())
 }
 
@@ -177,15 +177,20 @@ pub(super) async fn key(
 fn key_inner(b: &Broker, wanted: &str, headers: &HeaderMap) -> Result<Response, Refusal> {
     let sid = cookie(headers, SESSION_COOKIE)
         .ok_or_else(|| Refusal::unauthorized("MissingCookie", "no session cookie"))?;
-    let s = b.sessions.get(&sid, Protocol::Reference)?;
-    // The key is released once: the session ends here whatever happens.
-    b.sessions.remove(&sid);
-    let session = s
-        .lock()
-        .map_err(|_| Refusal::internal("session poisoned"))?;
-    let attested_for = match &session.stage {
-        Stage::SnpAttested { workloads, .. } => workloads.first().cloned(),
-        Stage::SevAttested { workload_id, .. } => Some(workload_id.clone()),
+    // The key is released at most once: the session leaves the table here in one step
+    // (concurrent requests with the same cookie get `AlreadyReleased`), and its attested
+    // stage is moved out under the session's lock, so no other holder of the session (an
+    // /attest still running) can use it again.
+    let s = b.sessions.take(&sid, Protocol::Reference)?;
+    let stage = {
+        let mut session = s
+            .lock()
+            .map_err(|_| Refusal::internal("session poisoned"))?;
+        std::mem::replace(&mut session.stage, Stage::Failed)
+    };
+    let attested_for = match &stage {
+        Stage::SnpAttested { workloads, .. } => workloads.first().map(String::as_str),
+        Stage::SevAttested { workload_id, .. } => Some(workload_id.as_str()),
         _ => {
             return Err(Refusal::unauthorized(
                 "NotAttested",
@@ -193,7 +198,7 @@ fn key_inner(b: &Broker, wanted: &str, headers: &HeaderMap) -> Result<Response, 
             ))
         }
     };
-    if attested_for.as_deref() != Some(wanted) {
+    if attested_for != Some(wanted) {
         return Err(Refusal::forbidden(
             "WrongWorkload",
             "session attested another workload",
@@ -203,7 +208,7 @@ fn key_inner(b: &Broker, wanted: &str, headers: &HeaderMap) -> Result<Response, 
         .store
         .secret(wanted, KEY_SECRET)?
         .ok_or_else(|| Refusal::not_found("NoSecret", "workload has no key"))?;
-    let resp = match &session.stage {
+    let resp = match &stage {
         Stage::SnpAttested {
             key: RecipientKey::RsaPkcs1(rsa),
             ..
@@ -215,6 +220,6 @@ fn key_inner(b: &Broker, wanted: &str, headers: &HeaderMap) -> Result<Response, 
         }
         _ => return Err(Refusal::internal("session key does not match the protocol")),
     };
-    tracing::info!(protocol = "reference", session = %session.id, workload = %wanted, "key released");
+    tracing::info!(protocol = "reference", session = %log_tag(&sid), workload = %wanted, "key released");
     Ok(resp)
 }

@@ -31,6 +31,7 @@ pub struct Kbs {
     args: Vec<String>,
     umask: Option<u32>,
     env: Vec<(String, String)>,
+    capture_log: bool,
 }
 
 /// Options for [`Kbs::start`].
@@ -50,6 +51,8 @@ pub struct KbsOptions {
     pub umask: Option<u32>,
     /// Extra environment of the broker process.
     pub env: Vec<(String, String)>,
+    /// Log at debug level into [`Kbs::log`] instead of warnings to the test's stderr.
+    pub capture_log: bool,
 }
 
 impl Kbs {
@@ -108,6 +111,7 @@ impl Kbs {
             args,
             umask: opts.umask,
             env: opts.env.clone(),
+            capture_log: opts.capture_log,
         };
         kbs.spawn();
         kbs
@@ -125,12 +129,22 @@ impl Kbs {
             }
             None => Command::new(bin),
         };
+        let (level, stderr) = if self.capture_log {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.log_path())
+                .unwrap();
+            ("debug", Stdio::from(f))
+        } else {
+            ("warn", Stdio::inherit())
+        };
         let mut child = cmd
             .args(&self.args)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", level)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let mut line = String::new();
@@ -160,6 +174,15 @@ impl Kbs {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("kbs.log")
+    }
+
+    /// What the broker logged so far (with [`KbsOptions::capture_log`]).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
     pub fn db(&self) -> PathBuf {
