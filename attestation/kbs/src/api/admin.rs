@@ -7,6 +7,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
 use krun_attestation::reference::{RegisterWorkload, SevPolicy};
 
@@ -14,12 +15,18 @@ use super::{bearer, finish, json_response, parse_json_quiet, Broker};
 use crate::db::{PutMode, SnpRequirements, TeeKind, Workload};
 use crate::refusal::Refusal;
 
+/// Whether `given` is the admin token. Both are hashed with SHA-256 and the digests compared
+/// in constant time (`CRYPTO_memcmp`), so the time taken says nothing about the token's
+/// contents or length (a length check first would tell how long the token is).
+fn tokens_match(expected: &str, given: &str) -> bool {
+    let expected = Zeroizing::new(openssl::sha::sha256(expected.as_bytes()));
+    let given = Zeroizing::new(openssl::sha::sha256(given.as_bytes()));
+    openssl::memcmp::eq(expected.as_slice(), given.as_slice())
+}
+
 fn token_ok(b: &Broker, headers: &HeaderMap) -> bool {
     match (&b.config.admin_token, bearer(headers)) {
-        (Some(expected), Some(given)) => {
-            expected.len() == given.len()
-                && openssl::memcmp::eq(expected.as_bytes(), given.as_bytes())
-        }
+        (Some(expected), Some(given)) => tokens_match(expected, &given),
         _ => false,
     }
 }
@@ -301,4 +308,26 @@ pub(super) async fn stats(State(b): State<Arc<Broker>>, headers: HeaderMap) -> R
         })
     });
     finish("admin_stats", r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_comparison_accepts_only_the_exact_token() {
+        let t = "s3cret-admin-token";
+        assert!(tokens_match(t, t));
+        for other in [
+            "",
+            "s",
+            "s3cret-admin-toke",
+            "s3cret-admin-token ",
+            "s3cret-admin-tokenX",
+            "S3cret-admin-token",
+            "x".repeat(4096).as_str(),
+        ] {
+            assert!(!tokens_match(t, other), "{other:?}");
+        }
+    }
 }
