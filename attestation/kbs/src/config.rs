@@ -12,6 +12,8 @@ pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(300);
 pub const DEFAULT_BODY_LIMIT: usize = 1 << 20;
 /// Default cap on open sessions.
 pub const DEFAULT_MAX_SESSIONS: usize = 10_000;
+/// Default cap on connections served at once; further clients wait in the listen backlog.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 
 /// How the broker behaves.
 #[derive(Clone)]

@@ -10,7 +10,9 @@ use clap::{Parser, Subcommand};
 use zeroize::Zeroizing;
 
 use krun_kbs::api::{router, Broker};
-use krun_kbs::config::{BrokerConfig, DEFAULT_BODY_LIMIT, DEFAULT_MAX_SESSIONS};
+use krun_kbs::config::{
+    BrokerConfig, DEFAULT_BODY_LIMIT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_SESSIONS,
+};
 use krun_kbs::db::{HostData, MinTcb, PutMode, SnpRequirements, Store, TeeKind};
 use krun_kbs::error_chain;
 use krun_kbs::verify_sev::SevTrust;
@@ -56,6 +58,10 @@ struct Cli {
     /// Most sessions open at once.
     #[arg(long, default_value_t = DEFAULT_MAX_SESSIONS)]
     max_sessions: usize,
+    /// Most connections served at once; further clients wait in the listen backlog until
+    /// one ends (each connection lives at most 120 s and must send its headers within 10 s).
+    #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = parse_positive)]
+    max_connections: usize,
     /// Largest request body in bytes.
     #[arg(long, default_value_t = DEFAULT_BODY_LIMIT)]
     body_limit: usize,
@@ -137,6 +143,14 @@ fn parse_tee(s: &str) -> Result<TeeKind, String> {
         "sev" | "sev-es" => Ok(TeeKind::Sev),
         "snp" => Ok(TeeKind::Snp),
         _ => Err("expected sev or snp".into()),
+    }
+}
+
+fn parse_positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -332,7 +346,7 @@ fn serve(cli: &Cli, listen: SocketAddr) -> Result<(), MainError> {
         let _ = std::io::stdout().flush();
         tracing::info!(%addr, scheme, "serving");
         tokio::spawn(krun_kbs::serve::collect_sessions(broker.clone()));
-        krun_kbs::serve::run(listener, router(broker), tls).await;
+        krun_kbs::serve::run(listener, router(broker), tls, cli.max_connections).await;
         Ok(())
     })
 }

@@ -11,7 +11,7 @@ use zeroize::Zeroizing;
 
 use krun_attestation::reference::{RegisterWorkload, SevPolicy};
 
-use super::{bearer, finish, json_response, parse_json_quiet, Broker};
+use super::{bearer, blocking, json_response, parse_json_quiet, Broker};
 use crate::db::{PutMode, SnpRequirements, TeeKind, Workload};
 use crate::refusal::Refusal;
 
@@ -76,7 +76,10 @@ pub(super) async fn register_workload(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    finish("register_workload", register_inner(&b, &headers, &body))
+    blocking("register_workload", b, move |b| {
+        register_inner(b, &headers, &body)
+    })
+    .await
 }
 
 /// Who is registering: the admin (may replace a workload) or, with
@@ -210,7 +213,7 @@ pub struct WorkloadInfo {
 }
 
 pub(super) async fn list(State(b): State<Arc<Broker>>, headers: HeaderMap) -> Response {
-    finish("admin_list", list_inner(&b, &headers))
+    blocking("admin_list", b, move |b| list_inner(b, &headers)).await
 }
 
 fn list_inner(b: &Broker, headers: &HeaderMap) -> Result<Response, Refusal> {
@@ -231,13 +234,14 @@ pub(super) async fn put_workload(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let r = require_admin(&b, &headers).and_then(|_| {
+    blocking("admin_put_workload", b, move |b| {
+        require_admin(b, &headers)?;
         let spec: WorkloadSpec = parse_json_quiet(&body, "workload")?;
-        spec.apply(&b)?;
+        spec.apply(b)?;
         tracing::info!(workload = %spec.id, "workload stored by admin");
         Ok(StatusCode::OK.into_response())
-    });
-    finish("admin_put_workload", r)
+    })
+    .await
 }
 
 pub(super) async fn remove_workload(
@@ -245,7 +249,8 @@ pub(super) async fn remove_workload(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let r = require_admin(&b, &headers).and_then(|_| {
+    blocking("admin_remove_workload", b, move |b| {
+        require_admin(b, &headers)?;
         if b.store.remove_workload(&id)? {
             tracing::info!(workload = %id, "workload removed");
             Ok(StatusCode::OK.into_response())
@@ -255,8 +260,8 @@ pub(super) async fn remove_workload(
                 "workload is not registered",
             ))
         }
-    });
-    finish("admin_remove_workload", r)
+    })
+    .await
 }
 
 pub(super) async fn put_secret(
@@ -265,7 +270,8 @@ pub(super) async fn put_secret(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let r = require_admin(&b, &headers).and_then(|_| {
+    blocking("admin_put_secret", b, move |b| {
+        require_admin(b, &headers)?;
         if b.store.put_secret(&id, &name, &body)? {
             tracing::info!(workload = %id, secret = %name, "secret stored");
             Ok(StatusCode::OK.into_response())
@@ -275,8 +281,8 @@ pub(super) async fn put_secret(
                 "workload is not registered",
             ))
         }
-    });
-    finish("admin_put_secret", r)
+    })
+    .await
 }
 
 pub(super) async fn remove_secret(
@@ -284,14 +290,15 @@ pub(super) async fn remove_secret(
     Path((id, name)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    let r = require_admin(&b, &headers).and_then(|_| {
+    blocking("admin_remove_secret", b, move |b| {
+        require_admin(b, &headers)?;
         if b.store.remove_secret(&id, &name)? {
             Ok(StatusCode::OK.into_response())
         } else {
             Err(Refusal::not_found("NoSecret", "no such secret"))
         }
-    });
-    finish("admin_remove_secret", r)
+    })
+    .await
 }
 
 /// Admin `GET /kbs/v0/admin/stats` answer.
@@ -302,12 +309,14 @@ pub struct Stats {
 }
 
 pub(super) async fn stats(State(b): State<Arc<Broker>>, headers: HeaderMap) -> Response {
-    let r = require_admin(&b, &headers).and_then(|_| {
+    // No database or crypto, but the session table's lock is a blocking lock.
+    blocking("admin_stats", b, move |b| {
+        require_admin(b, &headers)?;
         json_response(&Stats {
             sessions: b.sessions.len(),
         })
-    });
-    finish("admin_stats", r)
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use krun_attestation::rcar::{
     SESSION_COOKIE, VERSION_MISMATCH,
 };
 
-use super::{bearer, cookie, finish, json_response, parse_json, set_cookie, Broker};
+use super::{bearer, blocking, cookie, json_response, parse_json, set_cookie, Broker};
 use crate::db::{TeeKind, KEY_SECRET};
 use crate::refusal::Refusal;
 use crate::sessions::{log_tag, Protocol, Stage};
@@ -133,10 +133,8 @@ pub(super) async fn resource(
     Path((repo, kind, tag)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    finish(
-        "resource",
-        resource_inner(&b, &format!("{repo}/{kind}/{tag}"), &headers),
-    )
+    let path = format!("{repo}/{kind}/{tag}");
+    blocking("resource", b, move |b| resource_inner(b, &path, &headers)).await
 }
 
 fn resource_inner(b: &Broker, path: &str, headers: &HeaderMap) -> Result<Response, Refusal> {

@@ -17,7 +17,7 @@ use krun_attestation::reference::{
 use krun_attestation::secret_table;
 
 use super::{
-    cookie, finish, json_response, parse_json, parse_json_str, set_cookie, Broker, IdPath,
+    blocking, cookie, json_response, parse_json, parse_json_str, set_cookie, Broker, IdPath,
 };
 use crate::db::{TeeKind, Workload, KEY_SECRET};
 use crate::refusal::Refusal;
@@ -171,7 +171,7 @@ pub(super) async fn key(
     axum::extract::Path(id): IdPath,
     headers: HeaderMap,
 ) -> Response {
-    finish("key", key_inner(&b, &id, &headers))
+    blocking("key", b, move |b| key_inner(b, &id, &headers)).await
 }
 
 fn key_inner(b: &Broker, wanted: &str, headers: &HeaderMap) -> Result<Response, Refusal> {
