@@ -569,6 +569,119 @@ fn minimum_tcb_from_the_command_line_applies_to_registered_workloads() {
 }
 
 #[test]
+fn the_server_minimum_tcb_applies_unless_a_workload_has_its_own() {
+    let ev = SnpEvidence::new();
+    // The fake platform reports 3:0:8:115.
+    let kbs = Kbs::start(ev.trusted_by(KbsOptions {
+        admin_token: true,
+        extra_args: vec!["--min-tcb".into(), "0:0:9:0".into()],
+        ..Default::default()
+    }));
+    let pass = kbs.dir.path().join("pass");
+    std::fs::write(&pass, "passphrase-one").unwrap();
+    let add = |id: &str, extra: &[&str]| {
+        let mut args = vec![
+            "workload",
+            "add",
+            "--id",
+            id,
+            "--tee",
+            "snp",
+            "--measurement",
+        ];
+        let m = hex::encode(M1);
+        args.push(&m);
+        let p = path_of(&pass);
+        args.extend(["--passphrase-file", &p]);
+        args.extend(extra);
+        let out = kbs.cli(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    // No minimum of its own: the server's applies.
+    add("default", &[]);
+    let err = run(
+        &kbs,
+        &ev,
+        "default",
+        KbsProtocol::Reference,
+        M1,
+        LIBKRUN_POLICY,
+    )
+    .unwrap_err();
+    assert_eq!(status(&err), (Step::Attest, 401), "{err}");
+    assert!(
+        err.to_string().contains(
+            "reported TCB 3:0:8:115 (bootloader:tee:snp:microcode) is below the minimum 0:0:9:0"
+        ),
+        "{err}"
+    );
+    // Its own 0:0:0:0 replaces the server's: no minimum.
+    add("any-tcb", &["--min-tcb", "0:0:0:0"]);
+    let secret = run(
+        &kbs,
+        &ev,
+        "any-tcb",
+        KbsProtocol::Reference,
+        M1,
+        LIBKRUN_POLICY,
+    )
+    .unwrap();
+    assert_eq!(secret, b"passphrase-one");
+    // Its own higher minimum.
+    add("strict", &["--min-tcb", "3:0:8:116"]);
+    let err = run(
+        &kbs,
+        &ev,
+        "strict",
+        KbsProtocol::Reference,
+        M1,
+        LIBKRUN_POLICY,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("minimum 3:0:8:116"), "{err}");
+    // The admin API's snp.min_tcb is the same setting.
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let spec = serde_json::json!({"id": "api", "tee": "snp", "measurements": [hex::encode(M2)],
+        "passphrase": "passphrase-two",
+        "snp": {"min_tcb": {"bootloader": 3, "snp": 8, "microcode": 115}}});
+    let r = kbs.request(
+        "POST",
+        "/kbs/v0/admin/workloads",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        Some(spec.to_string().as_bytes()),
+    );
+    assert_eq!(r.status, 200, "{}", r.message());
+    let secret = run(&kbs, &ev, "api", KbsProtocol::Rcar, M2, LIBKRUN_POLICY).unwrap();
+    assert_eq!(secret, b"passphrase-two");
+    // A malformed minimum is refused with the expected form.
+    let out = kbs.cli(&[
+        "workload",
+        "add",
+        "--id",
+        "x",
+        "--tee",
+        "snp",
+        "--measurement",
+        &hex::encode(M1),
+        "--min-tcb",
+        "1:2:3",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("bootloader:tee:snp:microcode"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn vcek_from_the_guest_certificate_table_needs_no_vcek_directory() {
     let ev = SnpEvidence::new();
     let kbs = Kbs::start(KbsOptions {

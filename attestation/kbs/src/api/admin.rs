@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 use krun_attestation::reference::{RegisterWorkload, SevPolicy};
 
 use super::{bearer, blocking, json_response, parse_json_quiet, Broker};
-use crate::db::{PutMode, SnpRequirements, TeeKind, Workload};
+use crate::db::{PutMode, SevRequirements, SnpRequirements, TeeKind, Workload};
 use crate::refusal::Refusal;
 
 /// Whether `given` is the admin token. Both are hashed with SHA-256 and the digests compared
@@ -142,6 +142,7 @@ fn register_inner(b: &Broker, headers: &HeaderMap, body: &[u8]) -> Result<Respon
         tee,
         sev_policy,
         snp: b.config.default_snp,
+        sev: SevRequirements::default(),
         measurements: vec![],
     };
     // Unauthenticated callers never replace a workload, even with identical contents: a
@@ -175,8 +176,13 @@ pub struct WorkloadSpec {
     /// SEV policy word (default: buildah's SEV-ES policy 0x3f).
     #[serde(default)]
     pub sev_policy: Option<u32>,
+    /// SNP requirements (default: those of buildah registrations; `min_tcb` absent means
+    /// the broker's `--min-tcb`).
     #[serde(default)]
     pub snp: Option<SnpRequirements>,
+    /// SEV/SEV-ES requirements (`min_fw` absent means the broker's `--min-sev-fw`).
+    #[serde(default)]
+    pub sev: Option<SevRequirements>,
     /// The LUKS passphrase (`key` secret), if set now.
     #[serde(default)]
     pub passphrase: Option<String>,
@@ -196,6 +202,7 @@ impl WorkloadSpec {
             tee: self.tee,
             sev_policy: self.sev_policy.unwrap_or(DEFAULT_SEV_POLICY),
             snp: self.snp.unwrap_or(b.config.default_snp),
+            sev: self.sev.unwrap_or_default(),
             measurements: vec![],
         };
         let key = self.passphrase.as_deref().map(str::as_bytes);

@@ -110,7 +110,7 @@ pub(super) fn attest(
         let Some(w) = b.store.workload(&id)? else {
             continue;
         };
-        match check_requirements(report, &w.snp) {
+        match check_requirements(report, &w.snp, b.config.min_tcb) {
             Ok(()) => workloads.push(id),
             Err(r) => last_refusal = Some(r),
         }

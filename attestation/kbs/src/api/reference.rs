@@ -57,6 +57,8 @@ pub(super) fn auth(b: &Broker, body: &[u8]) -> Result<Response, Refusal> {
         Tee::Sev => {
             let sev: SevRequest = parse_json_str(&req.extra_params, "SEV extra-params")?;
             let w = workload_of(b, &sev.workload_id, TeeKind::Sev)?;
+            let build = verify_sev::build_of(&sev.build);
+            verify_sev::check_firmware(&build, w.sev.min_fw.unwrap_or(b.config.min_sev_fw))?;
             let (session, start) = verify_sev::start(&sev.chain, w.sev_policy, &b.sev)?;
             let challenge = SevChallenge {
                 id: nonce.clone(),
@@ -66,7 +68,7 @@ pub(super) fn auth(b: &Broker, body: &[u8]) -> Result<Response, Refusal> {
                 .map_err(|_| Refusal::internal("cannot encode the challenge"))?;
             let stage = Stage::SevPending {
                 session,
-                build: verify_sev::build_of(&sev.build),
+                build,
                 workload_id: sev.workload_id.clone(),
             };
             (stage, text, sev.workload_id)
@@ -159,7 +161,7 @@ fn attest_snp(
             "launch measurement is not allowed",
         ));
     }
-    check_requirements(&report, &w.snp)?;
+    check_requirements(&report, &w.snp, b.config.min_tcb)?;
     Ok(Stage::SnpAttested {
         key: recipient,
         workloads: vec![workload_id.to_string()],
