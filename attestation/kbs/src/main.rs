@@ -45,7 +45,7 @@ struct Cli {
     /// Extra legacy-SEV ARK in AMD's raw certificate format. Repeatable.
     #[arg(long = "sev-trust-root")]
     sev_trust_roots: Vec<PathBuf>,
-    /// Also trust AMD's legacy-SEV ARK of these older generations (naples, rome; comma-
+    /// Also trust AMD's legacy-SEV ARK of these older generations: naples, rome (comma
     /// separated or repeated). Without it SEV/SEV-ES chains must be rooted in AMD's Milan,
     /// Genoa or Turin ARK (or a --sev-trust-root).
     #[arg(
@@ -55,7 +55,7 @@ struct Cli {
     )]
     allow_sev_generations: Vec<LegacySevGeneration>,
     /// Minimum SEV firmware (MAJOR.MINOR.BUILD, as PLATFORM_STATUS reports it) for SEV/SEV-ES
-    /// workloads without their own minimum. Default 0.0.0: no minimum.
+    /// workloads without their own minimum; 0.0.0 is no minimum.
     #[arg(long, value_name = "MAJOR.MINOR.BUILD", default_value_t = SevFirmware::default())]
     min_sev_fw: SevFirmware,
     /// Directory of VCEK certificates named <hex chip id>.{der,pem,crt}.
@@ -84,7 +84,7 @@ struct Cli {
     #[arg(long, default_value_t = 2)]
     min_report_version: u32,
     /// Minimum reported SNP TCB (bootloader:tee:snp:microcode SVNs, each compared on its
-    /// own) for SNP workloads without their own minimum. Default 0:0:0:0: no minimum.
+    /// own) for SNP workloads without their own minimum; 0:0:0:0 is no minimum.
     #[arg(long, value_name = "BL:TEE:SNP:UCODE", default_value_t = MinTcb::default())]
     min_tcb: MinTcb,
     #[command(subcommand)]
