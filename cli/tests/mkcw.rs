@@ -18,6 +18,19 @@ fn krun_sev(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// Runs `krun-sev` with `input` on its standard input.
+fn krun_sev_stdin(args: &[&str], input: &[u8]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_krun-sev"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 fn workdir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("mkcw-test-{}-{name}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
@@ -142,6 +155,13 @@ fn luks1_image_like_buildah() {
         !out.join("passphrase").exists(),
         "a given passphrase is not written out"
     );
+    // The passphrase on the command line works, with a warning that says what to use.
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("warning: --passphrase puts the passphrase on the command line"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--passphrase-file -"), "{stderr}");
 
     let cfg: serde_json::Value = serde_json::from_slice(&read_from_image(
         &disk,
@@ -218,6 +238,46 @@ fn luks2_from_tar_with_generated_passphrase() {
     assert_eq!(
         read_from_image(&disk, &pass, "/etc/hostname", &dir),
         b"cw\n"
+    );
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn passphrase_from_standard_input() {
+    let dir = workdir("stdin");
+    let root = rootfs(&dir);
+    let out = dir.join("out");
+    let (r, o) = (root.to_str().unwrap(), out.to_str().unwrap());
+    let args = [
+        "mkcw",
+        r,
+        o,
+        "--tee",
+        "snp",
+        "--attestation-url",
+        "http://127.0.0.1:8000",
+        "--passphrase-file",
+        "-",
+        "--pbkdf2-iterations",
+        "1000",
+        "--cmd",
+        "/bin/hello",
+    ];
+    let run = krun_sev_stdin(&args, b"piped s3cret\n");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(!stderr.contains("warning"), "{stderr}");
+    assert!(!stderr.contains("piped s3cret"), "{stderr}");
+    cryptsetup_accepts(&out.join("disk.img"), "piped s3cret");
+    assert!(!out.join("passphrase").exists());
+    // Nothing on standard input is an error, not an empty passphrase.
+    let empty = krun_sev_stdin(&args, b"\n");
+    assert_eq!(empty.status.code(), Some(125));
+    assert!(
+        String::from_utf8_lossy(&empty.stderr)
+            .contains("the passphrase on standard input is empty"),
+        "{}",
+        String::from_utf8_lossy(&empty.stderr)
     );
     fs::remove_dir_all(&dir).unwrap();
 }

@@ -251,6 +251,11 @@ fn mkcw_registers_with_the_broker() {
         );
         // Never logged.
         assert!(!stderr.contains("registered passphrase"), "{stderr}");
+        assert!(
+            stderr.contains("warning: registering over plain http")
+                && stderr.contains("the admin token and the disk passphrase travel in clear"),
+            "{stderr}"
+        );
         assert!(d.join(id).join("disk.img").exists());
         let config = d.join(id).join("krun-sev.json");
         let expected = measure(d, &["--tee-config", config.to_str().unwrap()]);

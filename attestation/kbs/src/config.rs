@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use zeroize::Zeroizing;
 
-use crate::db::SnpRequirements;
+use crate::db::{MinTcb, SevFirmware, SnpRequirements};
 
 /// Default session lifetime (Trustee's default too).
 pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(300);
@@ -12,6 +12,8 @@ pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(300);
 pub const DEFAULT_BODY_LIMIT: usize = 1 << 20;
 /// Default cap on open sessions.
 pub const DEFAULT_MAX_SESSIONS: usize = 10_000;
+/// Default cap on connections served at once; further clients wait in the listen backlog.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 
 /// How the broker behaves.
 #[derive(Clone)]
@@ -25,6 +27,10 @@ pub struct BrokerConfig {
     pub body_limit: usize,
     /// SNP requirements given to workloads registered through `register_workload`.
     pub default_snp: SnpRequirements,
+    /// Minimum SNP TCB for workloads without one of their own (`--min-tcb`).
+    pub min_tcb: MinTcb,
+    /// Minimum SEV firmware for workloads without one of their own (`--min-sev-fw`).
+    pub min_sev_fw: SevFirmware,
 }
 
 impl std::fmt::Debug for BrokerConfig {
@@ -36,6 +42,8 @@ impl std::fmt::Debug for BrokerConfig {
             .field("max_sessions", &self.max_sessions)
             .field("body_limit", &self.body_limit)
             .field("default_snp", &self.default_snp)
+            .field("min_tcb", &self.min_tcb)
+            .field("min_sev_fw", &self.min_sev_fw)
             .finish()
     }
 }
@@ -49,6 +57,8 @@ impl Default for BrokerConfig {
             max_sessions: DEFAULT_MAX_SESSIONS,
             body_limit: DEFAULT_BODY_LIMIT,
             default_snp: SnpRequirements::default(),
+            min_tcb: MinTcb::default(),
+            min_sev_fw: SevFirmware::default(),
         }
     }
 }

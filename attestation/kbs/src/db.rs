@@ -21,6 +21,53 @@ pub enum DbError {
     StoredPolicy(#[source] serde_json::Error),
     #[error("database lock is poisoned")]
     Poisoned,
+    #[error("cannot make the database file {0} owner-only")]
+    Permissions(String, #[source] std::io::Error),
+}
+
+/// Mode of the database and of the `-wal`/`-shm` files SQLite puts beside it.
+const DB_FILE_MODE: u32 = 0o600;
+
+/// Creates the database file owner-only, or narrows existing database files to owner-only.
+/// SQLite creates `-wal` and `-shm` with the database file's mode (it `fchmod`s them, so the
+/// umask does not widen them); existing ones from an older run are narrowed here.
+fn owner_only(path: &Path) -> Result<(), DbError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let err = |p: &Path| {
+        let shown = p.display().to_string();
+        move |e| DbError::Permissions(shown, e)
+    };
+    // Created with 0600 (the umask can only clear bits) and then set exactly: a umask that
+    // clears the owner's bits would otherwise leave a file SQLite cannot write.
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .mode(DB_FILE_MODE)
+        .open(path)
+        .map_err(err(path))?;
+    let beside = |suffix: &str| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        std::path::PathBuf::from(name)
+    };
+    let (wal, shm) = (beside("-wal"), beside("-shm"));
+    for file in [path, wal.as_path(), shm.as_path()] {
+        let meta = match std::fs::metadata(file) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(err(file)(e)),
+        };
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode != DB_FILE_MODE {
+            if mode & 0o077 != 0 {
+                tracing::warn!(file = %file.display(), mode = format!("{mode:o}"), "database file was open to group or others; narrowed to 0600");
+            }
+            std::fs::set_permissions(file, std::fs::Permissions::from_mode(DB_FILE_MODE))
+                .map_err(err(file))?;
+        }
+    }
+    Ok(())
 }
 
 /// Which launch flow a workload uses.
@@ -69,6 +116,103 @@ pub struct MinTcb {
     pub microcode: u8,
 }
 
+impl std::fmt::Display for MinTcb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}:{}",
+            self.bootloader, self.tee, self.snp, self.microcode
+        )
+    }
+}
+
+impl std::str::FromStr for MinTcb {
+    type Err = String;
+
+    /// `bootloader:tee:snp:microcode`, each 0..=255.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let parts: Vec<u8> = s
+            .split(':')
+            .map(|p| {
+                p.trim()
+                    .parse::<u8>()
+                    .map_err(|_| format!("TCB component {p:?} is not a number from 0 to 255"))
+            })
+            .collect::<Result<_, _>>()?;
+        let [bootloader, tee, snp, microcode] = parts[..] else {
+            return Err("expected bootloader:tee:snp:microcode, e.g. 3:0:8:115".into());
+        };
+        Ok(MinTcb {
+            bootloader,
+            tee,
+            snp,
+            microcode,
+        })
+    }
+}
+
+/// A legacy SEV firmware version as PLATFORM_STATUS reports it: API major.minor and build
+/// id. Ordered by (major, minor, build); written `MAJOR.MINOR.BUILD` (`MAJOR.MINOR` means
+/// build 0). `0.0.0`, the default, is no minimum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct SevFirmware {
+    pub major: u8,
+    pub minor: u8,
+    pub build: u8,
+}
+
+impl std::fmt::Display for SevFirmware {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}", self.major, self.minor, self.build)
+    }
+}
+
+impl std::str::FromStr for SevFirmware {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let parts: Vec<u8> = s
+            .trim()
+            .split('.')
+            .map(|p| {
+                p.parse::<u8>()
+                    .map_err(|_| format!("firmware component {p:?} is not a number from 0 to 255"))
+            })
+            .collect::<Result<_, _>>()?;
+        let (major, minor, build) = match parts[..] {
+            [major, minor] => (major, minor, 0),
+            [major, minor, build] => (major, minor, build),
+            _ => return Err("expected MAJOR.MINOR.BUILD, e.g. 1.55.21".into()),
+        };
+        Ok(SevFirmware {
+            major,
+            minor,
+            build,
+        })
+    }
+}
+
+impl Serialize for SevFirmware {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for SevFirmware {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// What a legacy SEV/SEV-ES launch must satisfy besides the chain, policy and measurement.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SevRequirements {
+    /// Lowest firmware accepted; the broker's `--min-sev-fw` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_fw: Option<SevFirmware>,
+}
+
 /// The HOST_DATA a report must carry: 32 bytes, 64 hex digits in JSON and on the command
 /// line. The launch sets it from the TEE config's `tee_data.host_data` (unmeasured but
 /// reported), so requiring it ties a registration to the host-side launch settings.
@@ -107,8 +251,10 @@ pub struct SnpRequirements {
     pub allow_debug: bool,
     #[serde(default)]
     pub allow_migration_agent: bool,
-    #[serde(default)]
-    pub min_tcb: MinTcb,
+    /// Lowest reported TCB accepted; the broker's `--min-tcb` when absent. Rows written
+    /// before the default existed hold an explicit value (0:0:0:0 when none was given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_tcb: Option<MinTcb>,
     #[serde(default = "default_min_version")]
     pub min_report_version: u32,
     #[serde(default)]
@@ -127,7 +273,7 @@ impl Default for SnpRequirements {
         SnpRequirements {
             allow_debug: false,
             allow_migration_agent: false,
-            min_tcb: MinTcb::default(),
+            min_tcb: None,
             min_report_version: default_min_version(),
             max_vmpl: 0,
             host_data: None,
@@ -144,8 +290,44 @@ pub struct Workload {
     pub sev_policy: u32,
     #[serde(default)]
     pub snp: SnpRequirements,
+    /// SEV/SEV-ES requirements (ignored for SNP).
+    #[serde(default)]
+    pub sev: SevRequirements,
     /// Allowed launch digests, lowercase hex.
     pub measurements: Vec<String>,
+}
+
+/// Brings a database written by an older broker up to [`SCHEMA`]: adds the `sev` column
+/// (`{}`: no SEV requirements of its own). Checked and altered in one write transaction, so
+/// a broker and an admin command opening the same old database do not both alter it.
+fn migrate(conn: &mut Connection) -> Result<(), rusqlite::Error> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let has_sev = tx
+        .prepare("SELECT 1 FROM pragma_table_info('workloads') WHERE name = 'sev'")?
+        .exists([])?;
+    if !has_sev {
+        tx.execute_batch("ALTER TABLE workloads ADD COLUMN sev TEXT NOT NULL DEFAULT '{}'")?;
+    }
+    tx.commit()
+}
+
+/// The `workloads` columns [`read_row`] reads, in its order.
+const WORKLOAD_COLUMNS: &str = "id, tee, sev_policy, snp, sev";
+
+/// One `workloads` row: id, tee, SEV policy, SNP and SEV requirements (JSON).
+type Row = (String, String, u32, String, String);
+
+fn read_row(r: &rusqlite::Row<'_>) -> Result<Row, rusqlite::Error> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+}
+
+/// Whether [`Store::register`] may replace an existing workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutMode {
+    /// Insert or replace (admin token, admin CLI).
+    Replace,
+    /// Insert a new id only (unauthenticated registration).
+    CreateOnly,
 }
 
 /// The SQLite store. One connection behind a mutex: every query is short.
@@ -160,7 +342,8 @@ CREATE TABLE IF NOT EXISTS workloads (
     id TEXT PRIMARY KEY,
     tee TEXT NOT NULL,
     sev_policy INTEGER NOT NULL,
-    snp TEXT NOT NULL
+    snp TEXT NOT NULL,
+    sev TEXT NOT NULL DEFAULT '{}'
 );
 CREATE TABLE IF NOT EXISTS measurements (
     workload_id TEXT NOT NULL REFERENCES workloads(id) ON DELETE CASCADE,
@@ -177,14 +360,18 @@ CREATE TABLE IF NOT EXISTS secrets (
 ";
 
 impl Store {
-    /// Opens (creating if needed) the database at `path`.
+    /// Opens (creating if needed) the database at `path`. The database holds passphrases in
+    /// plaintext: it is created owner-only whatever the umask, and an existing database or
+    /// WAL/shared-memory file readable by others is narrowed to 0600.
     pub fn open(path: &Path) -> Result<Self, DbError> {
-        let conn = Connection::open(path).map_err(DbError::Open)?;
+        owner_only(path)?;
+        let mut conn = Connection::open(path).map_err(DbError::Open)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(DbError::Open)?;
         conn.execute_batch("PRAGMA journal_mode = WAL;")
             .map_err(DbError::Open)?;
         conn.execute_batch(SCHEMA).map_err(DbError::Open)?;
+        migrate(&mut conn).map_err(DbError::Open)?;
         Ok(Store {
             conn: Mutex::new(conn),
         })
@@ -201,14 +388,43 @@ impl Store {
     /// Inserts or replaces a workload and its measurements (re-registration overwrites, as
     /// reference-kbs does). Secrets are kept unless replaced separately.
     pub fn put_workload(&self, w: &Workload, digests: &[Vec<u8>]) -> Result<(), DbError> {
+        self.register(w, digests, None, PutMode::Replace)
+            .map(|_| ())
+    }
+
+    /// Stores a workload, its measurements and optionally its `key` secret in one
+    /// transaction. With [`PutMode::CreateOnly`] nothing is written when the id exists; the
+    /// answer says whether anything was written.
+    pub fn register(
+        &self,
+        w: &Workload,
+        digests: &[Vec<u8>],
+        key: Option<&[u8]>,
+        mode: PutMode,
+    ) -> Result<bool, DbError> {
         let snp = serde_json::to_string(&w.snp).map_err(DbError::StoredPolicy)?;
+        let sev = serde_json::to_string(&w.sev).map_err(DbError::StoredPolicy)?;
         self.with(|c| {
             let tx = c.transaction()?;
-            tx.execute(
-                "INSERT INTO workloads (id, tee, sev_policy, snp) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT(id) DO UPDATE SET tee = ?2, sev_policy = ?3, snp = ?4",
-                params![w.id, w.tee.as_str(), w.sev_policy, snp],
-            )?;
+            let written = match mode {
+                PutMode::Replace => tx.execute(
+                    "INSERT INTO workloads (id, tee, sev_policy, snp, sev)
+                     VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT(id) DO UPDATE SET tee = ?2, sev_policy = ?3, snp = ?4, sev = ?5",
+                    params![w.id, w.tee.as_str(), w.sev_policy, snp, sev],
+                )?,
+                // The check and the insert are one statement inside the write transaction:
+                // two concurrent registrations of a new id cannot both create it.
+                PutMode::CreateOnly => tx.execute(
+                    "INSERT INTO workloads (id, tee, sev_policy, snp, sev)
+                     VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT(id) DO NOTHING",
+                    params![w.id, w.tee.as_str(), w.sev_policy, snp, sev],
+                )?,
+            };
+            if written == 0 {
+                return Ok(false);
+            }
             tx.execute(
                 "DELETE FROM measurements WHERE workload_id = ?1",
                 params![w.id],
@@ -219,7 +435,15 @@ impl Store {
                     params![w.id, d],
                 )?;
             }
-            tx.commit()
+            if let Some(data) = key {
+                tx.execute(
+                    "INSERT INTO secrets (workload_id, name, data) VALUES (?1, ?2, ?3)
+                     ON CONFLICT(workload_id, name) DO UPDATE SET data = ?3",
+                    params![w.id, KEY_SECRET, data],
+                )?;
+            }
+            tx.commit()?;
+            Ok(true)
         })
     }
 
@@ -229,17 +453,12 @@ impl Store {
             .map(|n| n > 0)
     }
 
-    fn row_to_workload(
-        c: &Connection,
-        id: String,
-        tee: String,
-        sev_policy: u32,
-        snp: String,
-    ) -> Result<Option<Workload>, rusqlite::Error> {
+    fn row_to_workload(c: &Connection, row: Row) -> Result<Option<Workload>, rusqlite::Error> {
+        let (id, tee, sev_policy, snp, sev) = row;
         let Some(tee) = TeeKind::parse(&tee) else {
             return Ok(None);
         };
-        let Ok(snp) = serde_json::from_str(&snp) else {
+        let (Ok(snp), Ok(sev)) = (serde_json::from_str(&snp), serde_json::from_str(&sev)) else {
             return Ok(None);
         };
         let mut stmt = c.prepare_cached(
@@ -254,6 +473,7 @@ impl Store {
             tee,
             sev_policy,
             snp,
+            sev,
             measurements,
         }))
     }
@@ -263,13 +483,13 @@ impl Store {
         self.with(|c| {
             let row = c
                 .query_row(
-                    "SELECT id, tee, sev_policy, snp FROM workloads WHERE id = ?1",
+                    &format!("SELECT {WORKLOAD_COLUMNS} FROM workloads WHERE id = ?1"),
                     params![id],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                    read_row,
                 )
                 .optional()?;
             match row {
-                Some((id, tee, pol, snp)) => Self::row_to_workload(c, id, tee, pol, snp),
+                Some(row) => Self::row_to_workload(c, row),
                 None => Ok(None),
             }
         })
@@ -278,14 +498,15 @@ impl Store {
     /// All workloads, by id.
     pub fn workloads(&self) -> Result<Vec<Workload>, DbError> {
         self.with(|c| {
-            let mut stmt =
-                c.prepare("SELECT id, tee, sev_policy, snp FROM workloads ORDER BY id")?;
+            let mut stmt = c.prepare(&format!(
+                "SELECT {WORKLOAD_COLUMNS} FROM workloads ORDER BY id"
+            ))?;
             let rows = stmt
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-                .collect::<Result<Vec<(String, String, u32, String)>, _>>()?;
+                .query_map([], read_row)?
+                .collect::<Result<Vec<Row>, _>>()?;
             let mut out = Vec::new();
-            for (id, tee, pol, snp) in rows {
-                if let Some(w) = Self::row_to_workload(c, id, tee, pol, snp)? {
+            for row in rows {
+                if let Some(w) = Self::row_to_workload(c, row)? {
                     out.push(w);
                 }
             }
@@ -384,6 +605,7 @@ mod tests {
             tee,
             sev_policy: 5,
             snp: Default::default(),
+            sev: Default::default(),
             measurements: vec![],
         }
     }
@@ -414,6 +636,90 @@ mod tests {
             store.workload("bound").unwrap().unwrap().snp.host_data,
             Some(want)
         );
+    }
+
+    #[test]
+    fn a_database_of_the_previous_schema_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE workloads (id TEXT PRIMARY KEY, tee TEXT NOT NULL,
+                     sev_policy INTEGER NOT NULL, snp TEXT NOT NULL);
+                 INSERT INTO workloads VALUES ('old', 'snp', 63,
+                     '{\"allow_debug\":false,\"allow_migration_agent\":false,
+                       \"min_tcb\":{\"bootloader\":0,\"tee\":0,\"snp\":0,\"microcode\":0},
+                       \"min_report_version\":2,\"max_vmpl\":0}');",
+            )
+            .unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        let w = s.workload("old").unwrap().unwrap();
+        // Old rows keep what they meant: an explicit 0:0:0:0, no SEV minimum of their own.
+        assert_eq!(w.snp.min_tcb, Some(MinTcb::default()));
+        assert_eq!(w.sev, SevRequirements::default());
+        let mut new = workload("new", TeeKind::Sev);
+        new.sev.min_fw = Some("1.55.21".parse().unwrap());
+        s.put_workload(&new, &[vec![1; 32]]).unwrap();
+        drop(s);
+        // Opening again (already migrated) changes nothing.
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.workload("new").unwrap().unwrap().sev, new.sev);
+        assert_eq!(s.workloads().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn existing_database_files_are_narrowed_to_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kbs.db");
+        drop(Store::open(&path).unwrap());
+        let wal = dir.path().join("kbs.db-wal");
+        std::fs::write(&wal, b"").unwrap();
+        for f in [&path, &wal] {
+            std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        s.put_workload(&workload("a", TeeKind::Snp), &[vec![1; 48]])
+            .unwrap();
+        for f in [&path, &wal, &dir.path().join("kbs.db-shm")] {
+            let mode = std::fs::metadata(f).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", f.display());
+        }
+    }
+
+    #[test]
+    fn create_only_registration_never_touches_an_existing_workload() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("kbs.db")).unwrap();
+        let w = workload("x", TeeKind::Snp);
+        assert!(s
+            .register(&w, &[vec![1; 48]], Some(b"admin"), PutMode::Replace)
+            .unwrap());
+        let mut other = workload("x", TeeKind::Sev);
+        other.sev_policy = 7;
+        assert!(!s
+            .register(&other, &[vec![2; 32]], Some(b"evil"), PutMode::CreateOnly)
+            .unwrap());
+        let kept = s.workload("x").unwrap().unwrap();
+        assert_eq!(kept.tee, TeeKind::Snp);
+        assert_eq!(kept.sev_policy, 5);
+        assert_eq!(kept.measurements, vec![hex::encode([1u8; 48])]);
+        assert_eq!(
+            s.secret("x", KEY_SECRET).unwrap().unwrap().as_slice(),
+            b"admin"
+        );
+        // A new id is created, with its key, in one step.
+        assert!(s
+            .register(
+                &workload("y", TeeKind::Snp),
+                &[vec![3; 48]],
+                Some(b"y"),
+                PutMode::CreateOnly
+            )
+            .unwrap());
+        assert_eq!(s.secret("y", KEY_SECRET).unwrap().unwrap().as_slice(), b"y");
     }
 
     #[test]

@@ -10,10 +10,14 @@ use clap::{Parser, Subcommand};
 use zeroize::Zeroizing;
 
 use krun_kbs::api::{router, Broker};
-use krun_kbs::config::{BrokerConfig, DEFAULT_BODY_LIMIT, DEFAULT_MAX_SESSIONS};
-use krun_kbs::db::{HostData, MinTcb, SnpRequirements, Store, TeeKind, KEY_SECRET};
+use krun_kbs::config::{
+    BrokerConfig, DEFAULT_BODY_LIMIT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_SESSIONS,
+};
+use krun_kbs::db::{
+    HostData, MinTcb, PutMode, SevFirmware, SevRequirements, SnpRequirements, Store, TeeKind,
+};
 use krun_kbs::error_chain;
-use krun_kbs::verify_sev::SevTrust;
+use krun_kbs::verify_sev::{LegacySevGeneration, SevTrust};
 use krun_kbs::verify_snp::{SnpVerifier, TrustRoot};
 
 /// Key broker for libkrun-sev (reference-kbs protocol and Trustee RCAR 0.4.0).
@@ -25,13 +29,14 @@ struct Cli {
     /// Address to listen on, e.g. 127.0.0.1:8000 (port 0 picks a free port).
     #[arg(long)]
     listen: Option<SocketAddr>,
-    /// SQLite database (created if missing).
+    /// SQLite database (created if missing, owner-only; with its -wal/-shm files).
     #[arg(long)]
     db: PathBuf,
     /// File holding the admin bearer token (enables the admin API and registration).
     #[arg(long)]
     admin_token_file: Option<PathBuf>,
-    /// Accept buildah's unauthenticated POST /kbs/v0/register_workload.
+    /// Accept buildah's unauthenticated POST /kbs/v0/register_workload for new workload ids
+    /// only; an id that exists is answered 409 (replacing it needs the admin token).
     #[arg(long)]
     insecure_registration: bool,
     /// Extra SNP trust root: PEM with a self-signed ARK and optionally its ASK. Repeatable.
@@ -40,6 +45,19 @@ struct Cli {
     /// Extra legacy-SEV ARK in AMD's raw certificate format. Repeatable.
     #[arg(long = "sev-trust-root")]
     sev_trust_roots: Vec<PathBuf>,
+    /// Also trust AMD's legacy-SEV ARK of these older generations: naples, rome (comma
+    /// separated or repeated). Without it SEV/SEV-ES chains must be rooted in AMD's Milan,
+    /// Genoa or Turin ARK (or a --sev-trust-root).
+    #[arg(
+        long = "allow-sev-generation",
+        value_delimiter = ',',
+        value_name = "GEN"
+    )]
+    allow_sev_generations: Vec<LegacySevGeneration>,
+    /// Minimum SEV firmware (MAJOR.MINOR.BUILD, as PLATFORM_STATUS reports it) for SEV/SEV-ES
+    /// workloads without their own minimum; 0.0.0 is no minimum.
+    #[arg(long, value_name = "MAJOR.MINOR.BUILD", default_value_t = SevFirmware::default())]
+    min_sev_fw: SevFirmware,
     /// Directory of VCEK certificates named <hex chip id>.{der,pem,crt}.
     #[arg(long)]
     vcek_dir: Option<PathBuf>,
@@ -55,15 +73,20 @@ struct Cli {
     /// Most sessions open at once.
     #[arg(long, default_value_t = DEFAULT_MAX_SESSIONS)]
     max_sessions: usize,
+    /// Most connections served at once; further clients wait in the listen backlog until
+    /// one ends (each connection lives at most 120 s and must send its headers within 10 s).
+    #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = parse_positive)]
+    max_connections: usize,
     /// Largest request body in bytes.
     #[arg(long, default_value_t = DEFAULT_BODY_LIMIT)]
     body_limit: usize,
     /// Lowest SNP report version accepted for workloads registered by buildah.
     #[arg(long, default_value_t = 2)]
     min_report_version: u32,
-    /// Minimum SNP TCB (bootloader:tee:snp:microcode) for workloads registered by buildah.
-    #[arg(long, value_parser = parse_tcb)]
-    min_tcb: Option<MinTcb>,
+    /// Minimum reported SNP TCB (bootloader:tee:snp:microcode SVNs, each compared on its
+    /// own) for SNP workloads without their own minimum; 0:0:0:0 is no minimum.
+    #[arg(long, value_name = "BL:TEE:SNP:UCODE", default_value_t = MinTcb::default())]
+    min_tcb: MinTcb,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -103,9 +126,14 @@ enum WorkloadCmd {
         min_report_version: u32,
         #[arg(long, default_value_t = 0)]
         max_vmpl: u32,
-        /// Minimum TCB as bootloader:tee:snp:microcode.
-        #[arg(long, value_parser = parse_tcb)]
+        /// SNP: minimum reported TCB as bootloader:tee:snp:microcode; replaces the server's
+        /// --min-tcb for this workload (0:0:0:0: no minimum). Default: the server's.
+        #[arg(long, value_name = "BL:TEE:SNP:UCODE")]
         min_tcb: Option<MinTcb>,
+        /// SEV/SEV-ES: minimum firmware as MAJOR.MINOR.BUILD; replaces the server's
+        /// --min-sev-fw for this workload (0.0.0: no minimum). Default: the server's.
+        #[arg(long, value_name = "MAJOR.MINOR.BUILD")]
+        min_sev_fw: Option<SevFirmware>,
         /// SNP: the HOST_DATA reports must carry (64 hex digits; the TEE config's
         /// tee_data.host_data).
         #[arg(long)]
@@ -139,28 +167,20 @@ fn parse_tee(s: &str) -> Result<TeeKind, String> {
     }
 }
 
+fn parse_positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 fn parse_u32(s: &str) -> Result<u32, String> {
     match s.strip_prefix("0x") {
         Some(h) => u32::from_str_radix(h, 16),
         None => s.parse(),
     }
     .map_err(|e| e.to_string())
-}
-
-fn parse_tcb(s: &str) -> Result<MinTcb, String> {
-    let parts: Vec<u8> = s
-        .split(':')
-        .map(|p| p.parse::<u8>().map_err(|e| e.to_string()))
-        .collect::<Result<_, _>>()?;
-    let [bootloader, tee, snp, microcode] = parts[..] else {
-        return Err("expected bootloader:tee:snp:microcode".into());
-    };
-    Ok(MinTcb {
-        bootloader,
-        tee,
-        snp,
-        microcode,
-    })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -204,6 +224,7 @@ fn admin(cli: &Cli, cmd: &Command) -> Result<(), MainError> {
             min_report_version,
             max_vmpl,
             min_tcb,
+            min_sev_fw,
             host_data,
         }) => {
             let digests = krun_kbs::api::decode_measurements(*tee, measurements)
@@ -215,19 +236,22 @@ fn admin(cli: &Cli, cmd: &Command) -> Result<(), MainError> {
                 snp: SnpRequirements {
                     allow_debug: *allow_debug,
                     allow_migration_agent: *allow_migration_agent,
-                    min_tcb: min_tcb.unwrap_or_default(),
+                    min_tcb: *min_tcb,
                     min_report_version: *min_report_version,
                     max_vmpl: *max_vmpl,
                     host_data: *host_data,
                 },
+                sev: SevRequirements {
+                    min_fw: *min_sev_fw,
+                },
                 measurements: vec![],
             };
-            store.put_workload(&w, &digests)?;
-            if let Some(f) = passphrase_file {
-                let p = Zeroizing::new(read(f)?);
-                let trimmed = p.strip_suffix(b"\n").unwrap_or(&p);
-                store.put_secret(id, KEY_SECRET, trimmed)?;
-            }
+            let passphrase = passphrase_file.as_deref().map(read).transpose()?;
+            let passphrase = passphrase.map(Zeroizing::new);
+            let key = passphrase
+                .as_deref()
+                .map(|p| p.strip_suffix(b"\n").unwrap_or(p));
+            store.register(&w, &digests, key, PutMode::Replace)?;
         }
         Command::Workload(WorkloadCmd::List) => {
             let mut out = Vec::new();
@@ -298,18 +322,25 @@ fn serve(cli: &Cli, listen: SocketAddr) -> Result<(), MainError> {
         body_limit: cli.body_limit,
         default_snp: SnpRequirements {
             min_report_version: cli.min_report_version,
-            min_tcb: cli.min_tcb.unwrap_or_default(),
             ..Default::default()
         },
+        min_tcb: cli.min_tcb,
+        min_sev_fw: cli.min_sev_fw,
     };
     if config.insecure_registration {
         tracing::warn!("unauthenticated workload registration is enabled");
+    }
+    for generation in &cli.allow_sev_generations {
+        tracing::warn!(
+            generation = generation.name(),
+            "legacy SEV chains rooted in this older AMD generation are trusted"
+        );
     }
     let broker = Arc::new(Broker::new(
         config,
         store,
         SnpVerifier::new(roots, cli.vcek_dir.clone()),
-        SevTrust::new(sev_arks),
+        SevTrust::new(sev_arks, &cli.allow_sev_generations),
     ));
     let tls = match (&cli.tls_cert, &cli.tls_key) {
         (Some(c), Some(k)) => Some(krun_kbs::serve::tls_config(c, k)?),
@@ -331,7 +362,7 @@ fn serve(cli: &Cli, listen: SocketAddr) -> Result<(), MainError> {
         let _ = std::io::stdout().flush();
         tracing::info!(%addr, scheme, "serving");
         tokio::spawn(krun_kbs::serve::collect_sessions(broker.clone()));
-        krun_kbs::serve::run(listener, router(broker), tls).await;
+        krun_kbs::serve::run(listener, router(broker), tls, cli.max_connections).await;
         Ok(())
     })
 }

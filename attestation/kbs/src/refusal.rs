@@ -38,6 +38,10 @@ impl Refusal {
         Self::new(StatusCode::NOT_FOUND, kind, detail)
     }
 
+    pub fn conflict(kind: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, kind, detail)
+    }
+
     pub fn internal(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal", detail)
     }

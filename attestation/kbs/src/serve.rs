@@ -1,5 +1,5 @@
-//! Accept loop: plain HTTP/1.1 or HTTPS (rustls), with header and connection timeouts, and
-//! the session garbage collector.
+//! Accept loop: plain HTTP/1.1 or HTTPS (rustls), with header and connection timeouts and a
+//! cap on connections served at once, and the session garbage collector.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,6 +11,7 @@ use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use crate::api::Broker;
@@ -48,10 +49,39 @@ pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, 
     Ok(Arc::new(config))
 }
 
-/// Serves `router` on `listener` until the process ends.
-pub async fn run(listener: TcpListener, router: Router, tls: Option<Arc<rustls::ServerConfig>>) {
+/// Serves `router` on `listener` until the process ends, at most `max_connections`
+/// connections at once: when all slots are taken the loop stops accepting, and further
+/// clients wait in the kernel's listen backlog until a connection ends.
+pub async fn run(
+    listener: TcpListener,
+    router: Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    max_connections: usize,
+) {
     let acceptor = tls.map(TlsAcceptor::from);
+    let slots = Arc::new(Semaphore::new(max_connections.max(1)));
+    let mut warned_full = false;
     loop {
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                if !warned_full {
+                    tracing::warn!(
+                        max_connections,
+                        "connection limit reached; new clients wait"
+                    );
+                    warned_full = true;
+                }
+                match slots.clone().acquire_owned().await {
+                    Ok(slot) => slot,
+                    // Never closed; stop serving rather than spin if it were.
+                    Err(_) => return,
+                }
+            }
+        };
+        if slots.available_permits() > max_connections / 2 {
+            warned_full = false;
+        }
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
@@ -64,6 +94,8 @@ pub async fn run(listener: TcpListener, router: Router, tls: Option<Arc<rustls::
         let service = TowerToHyperService::new(router.clone());
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
+            // Held until the connection ends.
+            let _slot = slot;
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT);

@@ -81,7 +81,7 @@ impl std::fmt::Debug for Stage {
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Session")
-            .field("id", &self.id)
+            .field("id", &log_tag(&self.id))
             .field("protocol", &self.protocol)
             .field("stage", &self.stage)
             .finish()
@@ -91,11 +91,57 @@ impl std::fmt::Debug for Session {
 /// A locked handle on one session.
 pub type SessionRef = Arc<Mutex<Session>>;
 
-/// The session table.
-pub struct Sessions {
+/// Why a session ended before it expired; a later request with its id is told so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Its key was requested (reference protocol: released at most once).
+    KeyRequested,
+    /// Its one attestation attempt failed.
+    AttestationFailed,
+}
+
+impl Ended {
+    fn refusal(self) -> Refusal {
+        match self {
+            Ended::KeyRequested => Refusal::unauthorized(
+                "AlreadyReleased",
+                "this session's key was already requested; a session releases its key at most once",
+            ),
+            Ended::AttestationFailed => {
+                Refusal::unauthorized("SessionEnded", "session ended after a failed attestation")
+            }
+        }
+    }
+}
+
+/// Live sessions, and the ids of sessions that ended early (kept until they would have
+/// expired, so late requests get a precise refusal).
+#[derive(Default)]
+struct Table {
     /// Protocol and expiry sit beside the session so lookups and collection never wait for
     /// a session that is busy verifying evidence.
-    map: Mutex<HashMap<String, (Protocol, Instant, SessionRef)>>,
+    live: HashMap<String, (Protocol, Instant, SessionRef)>,
+    ended: HashMap<String, (Instant, Ended)>,
+}
+
+impl Table {
+    /// The refusal for an id that is not live.
+    fn missing(&self, id: &str) -> Refusal {
+        match self.ended.get(id) {
+            Some((expires, why)) if *expires > Instant::now() => why.refusal(),
+            _ => Refusal::unauthorized("InvalidSession", "unknown session"),
+        }
+    }
+
+    fn collect(&mut self, now: Instant) {
+        self.live.retain(|_, (_, expires, _)| *expires > now);
+        self.ended.retain(|_, (expires, _)| *expires > now);
+    }
+}
+
+/// The session table.
+pub struct Sessions {
+    table: Mutex<Table>,
     ttl: Duration,
     max: usize,
 }
@@ -116,10 +162,16 @@ pub fn random_id() -> String {
     hex::encode(b)
 }
 
+/// A short, non-reversible tag of a session id for logs: the id is a bearer credential (the
+/// RCAR token is the session id), so logs never carry it.
+pub fn log_tag(id: &str) -> String {
+    hex::encode(&openssl::sha::sha256(id.as_bytes())[..6])
+}
+
 impl Sessions {
     pub fn new(ttl: Duration, max: usize) -> Self {
         Sessions {
-            map: Mutex::new(HashMap::new()),
+            table: Mutex::new(Table::default()),
             ttl,
             max,
         }
@@ -129,6 +181,12 @@ impl Sessions {
         self.ttl
     }
 
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Table>, Refusal> {
+        self.table
+            .lock()
+            .map_err(|_| Refusal::internal("session table poisoned"))
+    }
+
     /// Adds a session; refuses when the table is full of live sessions.
     pub fn insert(
         &self,
@@ -136,14 +194,10 @@ impl Sessions {
         nonce: String,
         stage: Stage,
     ) -> Result<String, Refusal> {
-        let mut map = self
-            .map
-            .lock()
-            .map_err(|_| Refusal::internal("session table poisoned"))?;
-        if map.len() >= self.max {
-            let now = Instant::now();
-            map.retain(|_, (_, expires, _)| *expires > now);
-            if map.len() >= self.max {
+        let mut table = self.lock()?;
+        if table.live.len() >= self.max {
+            table.collect(Instant::now());
+            if table.live.len() >= self.max {
                 return Err(Refusal::new(
                     axum::http::StatusCode::SERVICE_UNAVAILABLE,
                     "TooManySessions",
@@ -161,7 +215,7 @@ impl Sessions {
             stage,
             released: HashSet::new(),
         };
-        map.insert(
+        table.live.insert(
             id.clone(),
             (protocol, expires, Arc::new(Mutex::new(session))),
         );
@@ -170,15 +224,12 @@ impl Sessions {
 
     /// Finds a live session of `protocol`. Expired sessions are dropped on sight.
     pub fn get(&self, id: &str, protocol: Protocol) -> Result<SessionRef, Refusal> {
-        let mut map = self
-            .map
-            .lock()
-            .map_err(|_| Refusal::internal("session table poisoned"))?;
-        let Some((proto, expires, s)) = map.get(id).cloned() else {
-            return Err(Refusal::unauthorized("InvalidSession", "unknown session"));
+        let mut table = self.lock()?;
+        let Some((proto, expires, s)) = table.live.get(id).cloned() else {
+            return Err(table.missing(id));
         };
         if expires <= Instant::now() {
-            map.remove(id);
+            table.live.remove(id);
             return Err(Refusal::unauthorized("ExpiredSession", "session expired"));
         }
         if proto != protocol {
@@ -190,20 +241,57 @@ impl Sessions {
         Ok(s)
     }
 
-    /// Ends a session (after its secret is released).
-    pub fn remove(&self, id: &str) {
-        if let Ok(mut map) = self.map.lock() {
-            map.remove(id);
+    /// Takes a live session of `protocol` out of the table in one step under the table's
+    /// lock: of concurrent callers with the same id exactly one gets it; the others (and
+    /// any later caller) are refused with `AlreadyReleased`.
+    pub fn take(&self, id: &str, protocol: Protocol) -> Result<SessionRef, Refusal> {
+        let mut table = self.lock()?;
+        let Some((proto, expires, _)) = table.live.get(id) else {
+            return Err(table.missing(id));
+        };
+        if *expires <= Instant::now() {
+            table.live.remove(id);
+            return Err(Refusal::unauthorized("ExpiredSession", "session expired"));
+        }
+        if *proto != protocol {
+            return Err(Refusal::unauthorized(
+                "InvalidSession",
+                "session of another protocol",
+            ));
+        }
+        let expires = *expires;
+        let taken = table.live.remove(id).map(|(_, _, s)| s);
+        Self::remember(&mut table, id, expires, Ended::KeyRequested, self.max);
+        taken.ok_or_else(|| Refusal::internal("session vanished"))
+    }
+
+    /// Ends a session early (its one attestation failed).
+    pub fn end(&self, id: &str, why: Ended) {
+        if let Ok(mut table) = self.table.lock() {
+            if let Some((_, expires, _)) = table.live.remove(id) {
+                Self::remember(&mut table, id, expires, why, self.max);
+            }
+        }
+    }
+
+    /// Records why `id` ended, within the same bound as live sessions (when full, the id
+    /// is simply forgotten: later requests are still refused, as unknown).
+    fn remember(table: &mut Table, id: &str, expires: Instant, why: Ended, max: usize) {
+        if table.ended.len() >= max {
+            let now = Instant::now();
+            table.ended.retain(|_, (e, _)| *e > now);
+        }
+        if table.ended.len() < max {
+            table.ended.insert(id.to_string(), (expires, why));
         }
     }
 
     /// Drops expired sessions; returns how many are left.
     pub fn collect_garbage(&self) -> usize {
-        let now = Instant::now();
-        match self.map.lock() {
-            Ok(mut map) => {
-                map.retain(|_, (_, expires, _)| *expires > now);
-                map.len()
+        match self.table.lock() {
+            Ok(mut table) => {
+                table.collect(Instant::now());
+                table.live.len()
             }
             Err(_) => 0,
         }
@@ -211,7 +299,7 @@ impl Sessions {
 
     /// Number of sessions in the table (live or not yet collected).
     pub fn len(&self) -> usize {
-        self.map.lock().map(|m| m.len()).unwrap_or(0)
+        self.table.lock().map(|t| t.live.len()).unwrap_or(0)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -255,5 +343,53 @@ mod tests {
             s.get("nope", Protocol::Rcar).err().unwrap().kind,
             "InvalidSession"
         );
+    }
+
+    #[test]
+    fn a_session_is_taken_once_and_later_requests_say_why() {
+        let s = Sessions::new(Duration::from_secs(60), 4);
+        let a = s
+            .insert(Protocol::Reference, "n".into(), Stage::Failed)
+            .unwrap();
+        assert_eq!(
+            s.take(&a, Protocol::Rcar).err().unwrap().kind,
+            "InvalidSession"
+        );
+        let barrier = std::sync::Barrier::new(16);
+        let results: Vec<Result<(), Refusal>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..16)
+                .map(|_| {
+                    scope.spawn(|| {
+                        barrier.wait();
+                        s.take(&a, Protocol::Reference).map(|_| ())
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1);
+        for r in results.iter().filter_map(|r| r.as_ref().err()) {
+            assert_eq!(r.kind, "AlreadyReleased");
+        }
+        assert_eq!(
+            s.get(&a, Protocol::Reference).err().unwrap().kind,
+            "AlreadyReleased"
+        );
+        assert!(s.is_empty());
+        let b = s.insert(Protocol::Rcar, "n".into(), Stage::Failed).unwrap();
+        s.end(&b, Ended::AttestationFailed);
+        assert_eq!(
+            s.get(&b, Protocol::Rcar).err().unwrap().kind,
+            "SessionEnded"
+        );
+    }
+
+    #[test]
+    fn log_tags_are_short_and_do_not_contain_the_id() {
+        let id = random_id();
+        let tag = log_tag(&id);
+        assert_eq!(tag.len(), 12);
+        assert!(!id.contains(&tag));
+        assert_eq!(tag, log_tag(&id));
     }
 }

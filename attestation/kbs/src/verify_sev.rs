@@ -14,12 +14,57 @@ use krun_attestation::reference::{
     self, SevBuild, SevCertChain, SevMeasurement, SevSecret, SevSecretHeader, SevStart,
 };
 
+use crate::db::SevFirmware;
 use crate::refusal::Refusal;
 
-/// AMD SEV ARKs the broker trusts (the header and public key of each, without the signature).
+/// AMD processor generations whose legacy SEV ARK is trusted only when asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LegacySevGeneration {
+    /// EPYC 7001 (SEV only; out of AMD's support).
+    Naples,
+    /// EPYC 7002.
+    Rome,
+}
+
+impl LegacySevGeneration {
+    pub fn name(self) -> &'static str {
+        match self {
+            LegacySevGeneration::Naples => "naples",
+            LegacySevGeneration::Rome => "rome",
+        }
+    }
+}
+
+impl std::str::FromStr for LegacySevGeneration {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "naples" => Ok(LegacySevGeneration::Naples),
+            "rome" => Ok(LegacySevGeneration::Rome),
+            "milan" | "genoa" | "turin" => Err(format!(
+                "{s} is trusted by default; only naples and rome need allowing"
+            )),
+            _ => Err(format!("unknown SEV generation {s:?} (naples or rome)")),
+        }
+    }
+}
+
+/// One trusted ARK: who it is, and the identity part of its certificate.
+#[derive(Debug, Clone)]
+struct TrustedArk {
+    name: String,
+    identity: Vec<u8>,
+}
+
+/// AMD SEV ARKs the broker trusts (the header and public key of each, without the
+/// signature): AMD's Milan, Genoa and Turin ARKs always, Naples and Rome only when allowed,
+/// and the ARKs given with `--sev-trust-root`.
 #[derive(Debug, Clone)]
 pub struct SevTrust {
-    arks: Vec<Vec<u8>>,
+    trusted: Vec<TrustedArk>,
+    /// Known AMD roots that are not trusted here, to name them in the refusal.
+    refused: Vec<(LegacySevGeneration, Vec<u8>)>,
 }
 
 /// The identity part of an AMD CA certificate: everything before the signature.
@@ -30,24 +75,80 @@ fn ca_identity(cert: &[u8]) -> Option<&[u8]> {
 }
 
 impl SevTrust {
-    /// AMD's Naples, Rome, Milan, Genoa and Turin ARKs plus `extra` raw ARK certificates.
-    pub fn new(extra: Vec<Vec<u8>>) -> Self {
+    /// AMD's Milan, Genoa and Turin ARKs, the `legacy` generations' ARKs, and `extra` raw
+    /// ARK certificates (configured by hand, e.g. the PSP model's).
+    pub fn new(extra: Vec<Vec<u8>>, legacy: &[LegacySevGeneration]) -> Self {
         use sev::certs::sev::builtin::{genoa, milan, naples, rome, turin};
-        let mut arks: Vec<Vec<u8>> = [naples::ARK, rome::ARK, milan::ARK, genoa::ARK, turin::ARK]
-            .iter()
-            .filter_map(|a| ca_identity(a).map(<[u8]>::to_vec))
-            .collect();
-        arks.extend(
-            extra
-                .iter()
-                .filter_map(|a| ca_identity(a).map(<[u8]>::to_vec)),
-        );
-        SevTrust { arks }
+        let mut trusted = Vec::new();
+        let mut refused = Vec::new();
+        let mut add = |name: &str, cert: &[u8]| {
+            if let Some(id) = ca_identity(cert) {
+                trusted.push(TrustedArk {
+                    name: name.to_string(),
+                    identity: id.to_vec(),
+                });
+            }
+        };
+        for (name, ark) in [
+            ("amd-milan", milan::ARK),
+            ("amd-genoa", genoa::ARK),
+            ("amd-turin", turin::ARK),
+        ] {
+            add(name, ark);
+        }
+        for (generation, ark) in [
+            (LegacySevGeneration::Naples, naples::ARK),
+            (LegacySevGeneration::Rome, rome::ARK),
+        ] {
+            if legacy.contains(&generation) {
+                add(&format!("amd-{}", generation.name()), ark);
+            } else if let Some(id) = ca_identity(ark) {
+                refused.push((generation, id.to_vec()));
+            }
+        }
+        for (i, ark) in extra.iter().enumerate() {
+            add(&format!("sev-trust-root #{}", i + 1), ark);
+        }
+        SevTrust { trusted, refused }
     }
 
-    fn trusts(&self, ark: &[u8]) -> bool {
-        ca_identity(ark).is_some_and(|id| self.arks.iter().any(|a| a == id))
+    /// Which trusted root `ark` is, or why it is refused.
+    fn root_of(&self, ark: &[u8]) -> Result<&str, Refusal> {
+        let id = ca_identity(ark)
+            .ok_or_else(|| refuse("SevCertChain", "ARK certificate is truncated"))?;
+        if let Some(t) = self.trusted.iter().find(|t| t.identity == id) {
+            return Ok(&t.name);
+        }
+        if let Some((generation, _)) = self.refused.iter().find(|(_, r)| r == id) {
+            let name = generation.name();
+            return Err(refuse(
+                "SevGeneration",
+                &format!(
+                    "the chain is rooted in AMD's {name} ARK; legacy SEV chains of that \
+                     generation are accepted only with --allow-sev-generation {name}"
+                ),
+            ));
+        }
+        Err(refuse("SevCertChain", "ARK is not a trusted root"))
     }
+}
+
+/// `/auth`: the platform's firmware must be at least `min` (0.0.0: no minimum). The version
+/// comes from the host, but the PSP includes the real one in the LAUNCH_MEASURE MAC that
+/// `/attest` checks with this value, so a host that overstates it fails there.
+pub fn check_firmware(build: &Build, min: SevFirmware) -> Result<(), Refusal> {
+    let have = SevFirmware {
+        major: build.version.major,
+        minor: build.version.minor,
+        build: build.build,
+    };
+    if have < min {
+        return Err(refuse(
+            "SevFirmware",
+            &format!("SEV firmware {have} is below the minimum {min}"),
+        ));
+    }
+    Ok(())
 }
 
 fn policy_of(word: u32) -> Policy {
@@ -71,9 +172,8 @@ pub fn start(
     policy_word: u32,
     trust: &SevTrust,
 ) -> Result<(Session<Initialized>, SevStart), Refusal> {
-    if !trust.trusts(&chain.ca.ark) {
-        return Err(refuse("SevCertChain", "ARK is not a trusted root"));
-    }
+    let root = trust.root_of(&chain.ca.ark)?;
+    tracing::debug!(root, "SEV chain root");
     let bytes = chain.to_bytes();
     let chain = Chain::decode(&mut bytes.as_slice(), ())
         .map_err(|_| Refusal::bad_request("SevCertChain", "certificate chain cannot be decoded"))?;
@@ -190,12 +290,86 @@ mod tests {
         .unwrap();
         let req: Request = serde_json::from_str(&text).unwrap();
         let sev: SevRequest = serde_json::from_str(&req.extra_params).unwrap();
-        let (_, start) = start(&sev.chain, ES_POLICY, &SevTrust::new(vec![])).unwrap();
+        let (_, start) = start(&sev.chain, ES_POLICY, &SevTrust::new(vec![], &[])).unwrap();
         start.validate().unwrap();
         // A corrupted PEK signature makes the crate's chain check fail.
         let mut bad = sev.chain.clone();
         bad.sev.pek[0x20] ^= 1; // inside the signed public key
-        assert_eq!(start_err(&bad, &SevTrust::new(vec![])), "SevCertChain");
+        assert_eq!(start_err(&bad, &SevTrust::new(vec![], &[])), "SevCertChain");
+    }
+
+    #[test]
+    fn naples_and_rome_roots_need_allowing() {
+        use sev::certs::sev::builtin::{milan, naples, rome};
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../testdata/sev_request.json"
+        ))
+        .unwrap();
+        let req: Request = serde_json::from_str(&text).unwrap();
+        let sev: SevRequest = serde_json::from_str(&req.extra_params).unwrap();
+        assert_eq!(sev.chain.ca.ark, milan::ARK, "the test chain is Milan's");
+        for (generation, ark, ask) in [
+            (LegacySevGeneration::Naples, naples::ARK, naples::ASK),
+            (LegacySevGeneration::Rome, rome::ARK, rome::ASK),
+        ] {
+            let mut chain = sev.chain.clone();
+            chain.ca.ark = ark.to_vec();
+            chain.ca.ask = ask.to_vec();
+            let err = start(&chain, ES_POLICY, &SevTrust::new(vec![], &[]))
+                .err()
+                .unwrap();
+            assert_eq!(err.kind, "SevGeneration");
+            assert!(
+                err.detail
+                    .contains(&format!("--allow-sev-generation {}", generation.name())),
+                "{}",
+                err.detail
+            );
+            // Allowed: the root is trusted, and the chain is checked (this platform's CEK is
+            // signed by Milan's ASK, so it fails there).
+            let allowed = SevTrust::new(vec![], &[generation]);
+            assert_eq!(start_err(&chain, &allowed), "SevCertChain");
+            // The other legacy generation does not open this one.
+            let other = if generation == LegacySevGeneration::Naples {
+                LegacySevGeneration::Rome
+            } else {
+                LegacySevGeneration::Naples
+            };
+            assert_eq!(
+                start_err(&chain, &SevTrust::new(vec![], &[other])),
+                "SevGeneration"
+            );
+        }
+        assert!("milan".parse::<LegacySevGeneration>().is_err());
+        assert_eq!(
+            "Rome".parse::<LegacySevGeneration>().unwrap(),
+            LegacySevGeneration::Rome
+        );
+    }
+
+    #[test]
+    fn firmware_minimum_compares_major_minor_build() {
+        let build = |major, minor, b| Build {
+            version: Version { major, minor },
+            build: b,
+        };
+        let min: SevFirmware = "1.55.21".parse().unwrap();
+        check_firmware(&build(1, 55, 21), min).unwrap();
+        check_firmware(&build(1, 56, 0), min).unwrap();
+        check_firmware(&build(2, 0, 0), min).unwrap();
+        let err = check_firmware(&build(1, 55, 20), min).unwrap_err();
+        assert_eq!(err.kind, "SevFirmware");
+        assert_eq!(
+            err.detail,
+            "SEV firmware 1.55.20 is below the minimum 1.55.21"
+        );
+        assert!(check_firmware(&build(1, 49, 99), min).is_err());
+        assert!(check_firmware(&build(0, 0, 0), SevFirmware::default()).is_ok());
+        assert_eq!("1.55".parse::<SevFirmware>().unwrap().to_string(), "1.55.0");
+        assert!("1".parse::<SevFirmware>().is_err());
+        assert!("1.2.3.4".parse::<SevFirmware>().is_err());
+        assert!("1.256".parse::<SevFirmware>().is_err());
     }
 
     fn start_err(chain: &SevCertChain, trust: &SevTrust) -> &'static str {
@@ -207,10 +381,10 @@ mod tests {
         let platform = FakeSevPlatform::new().unwrap();
         // Fake ARK refused unless configured.
         assert_eq!(
-            start_err(&platform.chain, &SevTrust::new(vec![])),
+            start_err(&platform.chain, &SevTrust::new(vec![], &[])),
             "SevCertChain"
         );
-        let trust = SevTrust::new(vec![platform.ark().to_vec()]);
+        let trust = SevTrust::new(vec![platform.ark().to_vec()], &[]);
         let (session, wire) = start(&platform.chain, ES_POLICY, &trust).unwrap();
         let mut guest = platform.launch_start(&wire).unwrap();
         guest.update(b"kernel and initrd");

@@ -8,7 +8,7 @@ use sev::certs::snp::Verifiable;
 use sev::firmware::guest::AttestationReport;
 use sev::firmware::host::{CertTableEntry, CertType};
 
-use crate::db::SnpRequirements;
+use crate::db::{MinTcb, SnpRequirements};
 use crate::refusal::Refusal;
 
 /// Errors loading trust configuration.
@@ -189,10 +189,12 @@ impl SnpVerifier {
     }
 }
 
-/// Checks a report against one workload's requirements.
+/// Checks a report against one workload's requirements; `default_min_tcb` (the broker's
+/// `--min-tcb`) applies when the workload has no minimum TCB of its own.
 pub fn check_requirements(
     report: &AttestationReport,
     req: &SnpRequirements,
+    default_min_tcb: MinTcb,
 ) -> Result<(), Refusal> {
     if report.version < req.min_report_version {
         return Err(refuse(
@@ -220,14 +222,27 @@ pub fn check_requirements(
             ));
         }
     }
+    // Each component on its own: a TCB is only as new as its oldest part. 0:0:0:0 accepts
+    // every reported TCB.
     let tcb = &report.reported_tcb;
-    let min = &req.min_tcb;
+    let min = req.min_tcb.unwrap_or(default_min_tcb);
     if tcb.bootloader < min.bootloader
         || tcb.tee < min.tee
         || tcb.snp < min.snp
         || tcb.microcode < min.microcode
     {
-        return Err(refuse("SnpTcb", "reported TCB is below the minimum"));
+        let reported = MinTcb {
+            bootloader: tcb.bootloader,
+            tee: tcb.tee,
+            snp: tcb.snp,
+            microcode: tcb.microcode,
+        };
+        return Err(refuse(
+            "SnpTcb",
+            format!(
+                "reported TCB {reported} (bootloader:tee:snp:microcode) is below the minimum {min}"
+            ),
+        ));
     }
     Ok(())
 }
@@ -304,43 +319,63 @@ mod tests {
         let fake = FakeSnp::new().unwrap();
         let ok = fake.report([0; 64], [1; 48], 0x30000).unwrap();
         let req = SnpRequirements::default();
-        check_requirements(&ok, &req).unwrap();
+        check_requirements(&ok, &req, MinTcb::default()).unwrap();
         let debug = fake.report([0; 64], [1; 48], 0x30000 | 1 << 19).unwrap();
-        assert!(check_requirements(&debug, &req).is_err());
+        assert!(check_requirements(&debug, &req, MinTcb::default()).is_err());
         let allow = SnpRequirements {
             allow_debug: true,
             ..req
         };
-        check_requirements(&debug, &allow).unwrap();
+        check_requirements(&debug, &allow, MinTcb::default()).unwrap();
         let ma = fake.report([0; 64], [1; 48], 0x30000 | 1 << 18).unwrap();
-        assert!(check_requirements(&ma, &req).is_err());
+        assert!(check_requirements(&ma, &req, MinTcb::default()).is_err());
         let mut vmpl = ok;
         vmpl.vmpl = 1;
-        assert!(check_requirements(&vmpl, &req).is_err());
+        assert!(check_requirements(&vmpl, &req, MinTcb::default()).is_err());
+        let snp99 = MinTcb {
+            snp: 99,
+            ..Default::default()
+        };
         let high = SnpRequirements {
-            min_tcb: crate::db::MinTcb {
-                snp: 99,
-                ..Default::default()
-            },
+            min_tcb: Some(snp99),
             ..req
         };
-        assert_eq!(check_requirements(&ok, &high).unwrap_err().kind, "SnpTcb");
+        let err = check_requirements(&ok, &high, MinTcb::default()).unwrap_err();
+        assert_eq!(err.kind, "SnpTcb");
+        assert!(
+            err.detail.contains("below the minimum 0:0:99:0"),
+            "{}",
+            err.detail
+        );
+        // The broker's default applies to a workload without a minimum of its own, and an
+        // explicit 0:0:0:0 of the workload's replaces it (no minimum).
+        assert_eq!(
+            check_requirements(&ok, &req, snp99).unwrap_err().kind,
+            "SnpTcb"
+        );
+        let none = SnpRequirements {
+            min_tcb: Some(MinTcb::default()),
+            ..req
+        };
+        check_requirements(&ok, &none, snp99).unwrap();
         let v5 = SnpRequirements {
             min_report_version: 5,
             ..req
         };
-        assert!(check_requirements(&ok, &v5).is_err());
+        assert!(check_requirements(&ok, &v5, MinTcb::default()).is_err());
         let bound = SnpRequirements {
             host_data: Some(crate::db::HostData([0x5a; 32])),
             ..req
         };
         assert_eq!(
-            check_requirements(&ok, &bound).unwrap_err().kind,
+            check_requirements(&ok, &bound, MinTcb::default())
+                .unwrap_err()
+                .kind,
             "SnpHostData"
         );
         let mut carries = ok;
         carries.host_data = [0x5a; 32];
-        check_requirements(&carries, &bound).unwrap();
-        check_requirements(&carries, &req).unwrap();
+        check_requirements(&carries, &bound, MinTcb::default()).unwrap();
+        check_requirements(&carries, &req, MinTcb::default()).unwrap();
     }
 }

@@ -87,6 +87,153 @@ fn registration_needs_the_token_or_the_insecure_flag() {
 }
 
 #[test]
+fn unauthenticated_registration_cannot_replace_an_existing_workload() {
+    let ev = SnpEvidence::new();
+    let kbs = Kbs::start(ev.trusted_by(KbsOptions {
+        admin_token: true,
+        insecure_registration: true,
+        ..Default::default()
+    }));
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let h = [
+        ("Authorization", auth.as_str()),
+        ("Content-Type", "application/json"),
+    ];
+    let spec = serde_json::json!({"id": "x", "tee": "snp", "measurements": [hex::encode(M)],
+        "passphrase": "admin passphrase",
+        "snp": {"min_tcb": {"snp": 1}, "min_report_version": 2}});
+    let r = kbs.request(
+        "POST",
+        "/kbs/v0/admin/workloads",
+        &h,
+        Some(spec.to_string().as_bytes()),
+    );
+    assert_eq!(r.status, 200, "{}", r.message());
+    let before = kbs.request("GET", "/kbs/v0/admin/workloads", &h, None).body;
+
+    // Other measurement and passphrase, no token: refused with 409, nothing changes.
+    let evil = [0x66u8; 48];
+    let body = buildah_body("x", &hex::encode(evil), "attacker passphrase", 15);
+    let r = kbs.post_json("/kbs/v0/register_workload", None, body.as_bytes());
+    assert_eq!(r.status, 409, "{}", r.message());
+    assert!(
+        r.message().contains("already registered"),
+        "{}",
+        r.message()
+    );
+    assert!(r.message().contains("admin token"), "{}", r.message());
+    // Identical contents are refused too (no oracle on the stored passphrase).
+    let same = buildah_body("x", &hex::encode(M), "admin passphrase", 15);
+    let r = kbs.post_json("/kbs/v0/register_workload", None, same.as_bytes());
+    assert_eq!(r.status, 409, "{}", r.message());
+    // A wrong token is refused as such, not treated as an unauthenticated caller.
+    let r = kbs.request(
+        "POST",
+        "/kbs/v0/register_workload",
+        &[
+            ("Content-Type", "application/json"),
+            ("Authorization", "Bearer not-the-token"),
+        ],
+        Some(body.as_bytes()),
+    );
+    assert_eq!(r.status, 401, "{}", r.message());
+    let after = kbs.request("GET", "/kbs/v0/admin/workloads", &h, None).body;
+    assert_eq!(
+        String::from_utf8_lossy(&before),
+        String::from_utf8_lossy(&after)
+    );
+
+    // The key still goes to the registered measurement, and only there.
+    let attest = |m: [u8; 48]| {
+        let mut report =
+            |rd: [u8; 64]| -> Result<Vec<u8>, Box<dyn std::error::Error + Send + Sync>> {
+                Ok(ev.report(rd, m, LIBKRUN_POLICY))
+            };
+        let req = SnpRequest {
+            workload_id: "x",
+            protocol: KbsProtocol::Reference,
+            generation: "milan",
+            resource_path: None,
+        };
+        snp::attest(&kbs.client(), &req, &mut report).map(|s| s.to_vec())
+    };
+    assert_eq!(attest(M).unwrap(), b"admin passphrase");
+    assert!(attest(evil).is_err(), "the attacker's measurement");
+
+    // New ids are still open to unauthenticated registration, once.
+    let y = buildah_body("y", &hex::encode(evil), "first", 15);
+    assert_eq!(
+        kbs.post_json("/kbs/v0/register_workload", None, y.as_bytes())
+            .status,
+        200
+    );
+    let y2 = buildah_body("y", &hex::encode(M), "second", 15);
+    assert_eq!(
+        kbs.post_json("/kbs/v0/register_workload", None, y2.as_bytes())
+            .status,
+        409
+    );
+    // The admin replaces through the same endpoint.
+    kbs.register("x", &hex::encode(evil), "replaced by the admin", 15);
+    assert_eq!(attest(evil).unwrap(), b"replaced by the admin");
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+#[test]
+fn database_files_are_owner_only_whatever_the_umask() {
+    let kbs = Kbs::start(KbsOptions {
+        admin_token: true,
+        umask: Some(0o000),
+        ..Default::default()
+    });
+    for i in 0..3 {
+        kbs.register(&format!("w{i}"), &hex::encode(M), "pw", 15);
+    }
+    // The broker holds its connection open, so the WAL and shared-memory files exist.
+    let db = kbs.db();
+    for suffix in ["", "-wal", "-shm"] {
+        let f = std::path::PathBuf::from(format!("{}{suffix}", db.display()));
+        assert_eq!(mode(&f), 0o600, "{}", f.display());
+    }
+
+    // The admin CLI creates a new database owner-only too, and tightens a wider one.
+    let dir = tempfile::tempdir().unwrap();
+    let fresh = dir.path().join("cli.db");
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("umask 000 && exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_krun-kbs"))
+        .arg("--db")
+        .arg(&fresh)
+        .args([
+            "workload",
+            "add",
+            "--id",
+            "c",
+            "--tee",
+            "snp",
+            "--measurement",
+            &hex::encode(M),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(mode(&fresh), 0o600);
+}
+
+#[test]
 fn admin_api_and_cli_manage_workloads_and_secrets() {
     let ev = SnpEvidence::new();
     let kbs = Kbs::start(ev.trusted_by(KbsOptions {

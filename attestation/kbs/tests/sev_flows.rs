@@ -150,3 +150,130 @@ fn sev_chain_from_an_untrusted_ark_is_refused() {
     let err = launch(&kbs, &platform, "sev-w1", LAUNCH_DATA).unwrap_err();
     assert_eq!(status(&err), (Step::Auth, 401), "{err}");
 }
+
+/// Registers `id` through the admin CLI with `extra` flags.
+fn cli_add(kbs: &Kbs, id: &str, extra: &[&str]) {
+    let pass = kbs.dir.path().join(format!("{id}.pass"));
+    std::fs::write(&pass, format!("{id} passphrase")).unwrap();
+    let digest = digest_hex(LAUNCH_DATA);
+    let pass = path_of(&pass);
+    let mut args = vec![
+        "workload",
+        "add",
+        "--id",
+        id,
+        "--tee",
+        "sev",
+        "--measurement",
+        &digest,
+        "--passphrase-file",
+        &pass,
+    ];
+    args.extend(extra);
+    let out = kbs.cli(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn sev_firmware_minimum_from_the_server_or_the_workload() {
+    // The fake platform runs firmware 1.55.21.
+    let platform = SevPlatform::new();
+    let kbs = Kbs::start(KbsOptions {
+        admin_token: true,
+        sev_ark: Some(platform.fake.ark().to_vec()),
+        extra_args: vec!["--min-sev-fw".into(), "1.55.22".into()],
+        ..Default::default()
+    });
+    kbs.register("sev-w1", &digest_hex(LAUNCH_DATA), "sev passphrase", 63);
+    let err = launch(&kbs, &platform, "sev-w1", LAUNCH_DATA).unwrap_err();
+    assert_eq!(status(&err), (Step::Auth, 401), "{err}");
+    assert!(
+        err.to_string()
+            .contains("SEV firmware 1.55.21 is below the minimum 1.55.22"),
+        "{err}"
+    );
+    // A workload's own minimum replaces the server's.
+    cli_add(&kbs, "own-min", &["--min-sev-fw", "1.55.21"]);
+    assert_eq!(
+        launch(&kbs, &platform, "own-min", LAUNCH_DATA).unwrap(),
+        b"own-min passphrase"
+    );
+    cli_add(&kbs, "no-min", &["--min-sev-fw", "0.0.0"]);
+    assert_eq!(
+        launch(&kbs, &platform, "no-min", LAUNCH_DATA).unwrap(),
+        b"no-min passphrase"
+    );
+    // The admin API's sev.min_fw.
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let spec = serde_json::json!({"id": "api", "tee": "sev",
+        "measurements": [digest_hex(LAUNCH_DATA)], "passphrase": "api passphrase",
+        "sev": {"min_fw": "1.56"}});
+    let r = kbs.request(
+        "POST",
+        "/kbs/v0/admin/workloads",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        Some(spec.to_string().as_bytes()),
+    );
+    assert_eq!(r.status, 200, "{}", r.message());
+    let err = launch(&kbs, &platform, "api", LAUNCH_DATA).unwrap_err();
+    assert!(err.to_string().contains("minimum 1.56.0"), "{err}");
+
+    // A host that overstates its firmware passes /auth, but the PSP's MAC covers the real
+    // version: /attest refuses.
+    let claimed = krun_attestation::reference::SevBuild {
+        version: krun_attestation::reference::SevVersion {
+            major: 1,
+            minor: 56,
+        },
+        build: 0,
+    };
+    let session = SevAttestation::auth(
+        &kbs.client(),
+        "sev-w1",
+        claimed,
+        platform.fake.chain.clone(),
+    )
+    .unwrap();
+    let mut guest = platform.fake.launch_start(&session.start).unwrap();
+    guest.update(LAUNCH_DATA);
+    let err = session.attest(&guest.measure().unwrap()).unwrap_err();
+    assert_eq!(status(&err), (Step::Attest, 401), "{err}");
+}
+
+#[test]
+fn legacy_generations_are_named_and_model_roots_still_work() {
+    let platform = SevPlatform::new();
+    // Allowing Naples and Rome keeps a configured root working.
+    let kbs = Kbs::start(KbsOptions {
+        admin_token: true,
+        sev_ark: Some(platform.fake.ark().to_vec()),
+        extra_args: vec!["--allow-sev-generation".into(), "naples,rome".into()],
+        ..Default::default()
+    });
+    kbs.register("sev-w1", &digest_hex(LAUNCH_DATA), "sev passphrase", 63);
+    assert_eq!(
+        launch(&kbs, &platform, "sev-w1", LAUNCH_DATA).unwrap(),
+        b"sev passphrase"
+    );
+    // Milan and later need no allowing; an unknown name is an error that says what is valid.
+    for (arg, says) in [
+        ("milan", "trusted by default"),
+        ("bergamo", "naples or rome"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_krun-kbs"))
+            .args(["--db", &path_of(&kbs.dir.path().join("x.db"))])
+            .args(["--listen", "127.0.0.1:0", "--allow-sev-generation", arg])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{stderr}");
+    }
+}

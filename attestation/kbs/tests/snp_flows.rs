@@ -195,6 +195,135 @@ fn nonces_cookies_and_keys_are_bound_to_their_session() {
     );
 }
 
+/// `n` requests for `/kbs/v0/key/{wid}` with `cookie`, sent at once on connections opened
+/// beforehand; the answers' statuses and messages.
+fn concurrent_key_requests(kbs: &Kbs, wid: &str, cookie: &str, n: usize) -> Vec<(u16, Vec<u8>)> {
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(n));
+    let threads: Vec<_> = (0..n)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(&kbs.addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            let barrier = barrier.clone();
+            let (addr, path, cookie) = (
+                kbs.addr.clone(),
+                format!("/kbs/v0/key/{wid}"),
+                cookie.to_string(),
+            );
+            std::thread::spawn(move || {
+                barrier.wait();
+                let req = krun_attestation::http::HttpRequest {
+                    method: "GET",
+                    host: &addr,
+                    path: &path,
+                    headers: &[("Cookie", &cookie)],
+                    body: None,
+                };
+                let r = krun_attestation::http::exchange(&mut s, &req, 1 << 20).unwrap();
+                (r.status, r.body)
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
+#[test]
+fn concurrent_key_requests_release_the_key_once() {
+    let ev = SnpEvidence::new();
+    let kbs = broker(&ev);
+    let key = TeeKey::generate_rsa().unwrap();
+    for round in 0..4 {
+        let a = ref_auth(&kbs, "w1");
+        let body = ref_evidence(&ev, &key, &a.nonce, M1);
+        let r = kbs.post_json("/kbs/v0/attest", Some(&a.cookie), &body);
+        assert_eq!(r.status, 200, "{}", r.message());
+        let answers = concurrent_key_requests(&kbs, "w1", &a.cookie, 32);
+        let released: Vec<_> = answers.iter().filter(|(s, _)| *s == 200).collect();
+        assert_eq!(
+            released.len(),
+            1,
+            "round {round}: {} keys released",
+            released.len()
+        );
+        assert_eq!(open_key(&key, &released[0].1), b"passphrase-one");
+        for (status, body) in answers.iter().filter(|(s, _)| *s != 200) {
+            let text = String::from_utf8_lossy(body);
+            assert_eq!(*status, 401, "{text}");
+            assert!(text.contains("AlreadyReleased"), "{text}");
+        }
+    }
+    assert_eq!(kbs.sessions(), 0);
+}
+
+#[test]
+fn session_ids_and_secrets_stay_out_of_info_logs() {
+    let ev = SnpEvidence::new();
+    let kbs = Kbs::start(ev.trusted_by(KbsOptions {
+        admin_token: true,
+        capture_log: true,
+        ..Default::default()
+    }));
+    kbs.register("w1", &hex::encode(M1), "passphrase-one", 15);
+    let key = TeeKey::generate_rsa().unwrap();
+    let a = ref_auth(&kbs, "w1");
+    let body = ref_evidence(&ev, &key, &a.nonce, M1);
+    assert_eq!(
+        kbs.post_json("/kbs/v0/attest", Some(&a.cookie), &body)
+            .status,
+        200
+    );
+    assert_eq!(kbs.get("/kbs/v0/key/w1", Some(&a.cookie)).status, 200);
+    // RCAR: the token is the session id.
+    let token = rcar_attested_token(&kbs, &ev);
+    assert_eq!(
+        kbs.get(
+            "/kbs/v0/resource/default/key/w1",
+            Some(&format!("kbs-session-id={token}"))
+        )
+        .status,
+        200
+    );
+    let log = kbs.log();
+    let info: String = log
+        .lines()
+        .filter(|l| !l.contains("DEBUG") && !l.contains("TRACE"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(info.contains("key released"), "{log}");
+    let sid = a.cookie.trim_start_matches("session_id=");
+    for secret in [sid, token.as_str(), "passphrase-one", ADMIN_TOKEN] {
+        assert!(!info.contains(secret), "{secret} in the log:\n{info}");
+    }
+}
+
+/// An attested RCAR session for `w1`; its token.
+fn rcar_attested_token(kbs: &Kbs, ev: &SnpEvidence) -> String {
+    let key = TeeKey::generate_ec();
+    let r = kbs.post_json(
+        "/kbs/v0/auth",
+        None,
+        br#"{"version":"0.4.0","tee":"snp","extra-params":{}}"#,
+    );
+    assert_eq!(r.status, 200);
+    let cookie = format!("kbs-session-id={}", r.cookie("kbs-session-id").unwrap());
+    let ch: krun_attestation::rcar::Challenge = serde_json::from_slice(&r.body).unwrap();
+    let pk = key.rcar_pubkey();
+    let rd = krun_attestation::keys::rcar_report_data(&ch.nonce, &pk, "").unwrap();
+    let report = sev::parser::ByteParser::from_bytes(&ev.report(rd, M1, LIBKRUN_POLICY)).unwrap();
+    let evidence = krun_attestation::rcar::SnpEvidence {
+        attestation_report: report,
+        cert_chain: Some(ev.cert_table()),
+    };
+    let att = serde_json::json!({
+        "init-data": null,
+        "runtime-data": {"nonce": ch.nonce, "tee-pubkey": pk},
+        "tee-evidence": {"primary_evidence": evidence, "additional_evidence": ""},
+    });
+    let r = kbs.post_json("/kbs/v0/attest", Some(&cookie), att.to_string().as_bytes());
+    assert_eq!(r.status, 200, "{}", r.message());
+    let token: krun_attestation::rcar::AttestationToken = serde_json::from_slice(&r.body).unwrap();
+    token.token
+}
+
 #[test]
 fn rcar_resources_are_released_once_and_only_for_the_attested_workload() {
     let ev = SnpEvidence::new();
@@ -437,6 +566,119 @@ fn minimum_tcb_from_the_command_line_applies_to_registered_workloads() {
     let err = run(&kbs, &ev, "w1", KbsProtocol::Rcar, M1, LIBKRUN_POLICY).unwrap_err();
     assert_eq!(status(&err), (Step::Attest, 401), "{err}");
     assert!(err.to_string().contains("TCB"), "{err}");
+}
+
+#[test]
+fn the_server_minimum_tcb_applies_unless_a_workload_has_its_own() {
+    let ev = SnpEvidence::new();
+    // The fake platform reports 3:0:8:115.
+    let kbs = Kbs::start(ev.trusted_by(KbsOptions {
+        admin_token: true,
+        extra_args: vec!["--min-tcb".into(), "0:0:9:0".into()],
+        ..Default::default()
+    }));
+    let pass = kbs.dir.path().join("pass");
+    std::fs::write(&pass, "passphrase-one").unwrap();
+    let add = |id: &str, extra: &[&str]| {
+        let mut args = vec![
+            "workload",
+            "add",
+            "--id",
+            id,
+            "--tee",
+            "snp",
+            "--measurement",
+        ];
+        let m = hex::encode(M1);
+        args.push(&m);
+        let p = path_of(&pass);
+        args.extend(["--passphrase-file", &p]);
+        args.extend(extra);
+        let out = kbs.cli(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    // No minimum of its own: the server's applies.
+    add("default", &[]);
+    let err = run(
+        &kbs,
+        &ev,
+        "default",
+        KbsProtocol::Reference,
+        M1,
+        LIBKRUN_POLICY,
+    )
+    .unwrap_err();
+    assert_eq!(status(&err), (Step::Attest, 401), "{err}");
+    assert!(
+        err.to_string().contains(
+            "reported TCB 3:0:8:115 (bootloader:tee:snp:microcode) is below the minimum 0:0:9:0"
+        ),
+        "{err}"
+    );
+    // Its own 0:0:0:0 replaces the server's: no minimum.
+    add("any-tcb", &["--min-tcb", "0:0:0:0"]);
+    let secret = run(
+        &kbs,
+        &ev,
+        "any-tcb",
+        KbsProtocol::Reference,
+        M1,
+        LIBKRUN_POLICY,
+    )
+    .unwrap();
+    assert_eq!(secret, b"passphrase-one");
+    // Its own higher minimum.
+    add("strict", &["--min-tcb", "3:0:8:116"]);
+    let err = run(
+        &kbs,
+        &ev,
+        "strict",
+        KbsProtocol::Reference,
+        M1,
+        LIBKRUN_POLICY,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("minimum 3:0:8:116"), "{err}");
+    // The admin API's snp.min_tcb is the same setting.
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let spec = serde_json::json!({"id": "api", "tee": "snp", "measurements": [hex::encode(M2)],
+        "passphrase": "passphrase-two",
+        "snp": {"min_tcb": {"bootloader": 3, "snp": 8, "microcode": 115}}});
+    let r = kbs.request(
+        "POST",
+        "/kbs/v0/admin/workloads",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        Some(spec.to_string().as_bytes()),
+    );
+    assert_eq!(r.status, 200, "{}", r.message());
+    let secret = run(&kbs, &ev, "api", KbsProtocol::Rcar, M2, LIBKRUN_POLICY).unwrap();
+    assert_eq!(secret, b"passphrase-two");
+    // A malformed minimum is refused with the expected form.
+    let out = kbs.cli(&[
+        "workload",
+        "add",
+        "--id",
+        "x",
+        "--tee",
+        "snp",
+        "--measurement",
+        &hex::encode(M1),
+        "--min-tcb",
+        "1:2:3",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("bootloader:tee:snp:microcode"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

@@ -75,12 +75,15 @@ pub struct MkcwArgs {
     /// Workload ID (default: 32 random bytes in hex).
     #[arg(long)]
     workload_id: Option<String>,
-    /// LUKS passphrase (default: 32 random bytes in hex, written to OUT_DIR/passphrase, or
-    /// with --register only sent to the broker).
+    /// LUKS passphrase on the command line, as buildah's --passphrase. Discouraged: other
+    /// users of the machine can read it (ps, /proc/PID/cmdline) and shell history keeps it;
+    /// mkcw prints a warning. Use --passphrase-file. Default: 32 random bytes in hex, written
+    /// to OUT_DIR/passphrase, or with --register only sent to the broker.
     #[arg(long, conflicts_with = "passphrase_file")]
     passphrase: Option<String>,
-    /// Read the LUKS passphrase from this file (trailing newline removed).
-    #[arg(long)]
+    /// Read the LUKS passphrase from this file, or from standard input with `-` (trailing
+    /// newlines removed).
+    #[arg(long, value_name = "FILE|-")]
     passphrase_file: Option<PathBuf>,
     /// SEV/SEV-ES: the platform's full certificate chain (`sevctl export --full`) that the
     /// VMM sends to the broker on SEV hardware, recorded as tee_data.vendor_chain (a path on
@@ -162,9 +165,12 @@ pub enum MkcwError {
     /// The TEE config is invalid.
     #[error("invalid TEE config")]
     TeeConfig(#[source] krun_sev::resources::TeeConfigError),
-    /// A file could not be read or written.
+    /// A file could not be written.
     #[error("cannot write {0}")]
     Io(String, #[source] std::io::Error),
+    /// An input could not be read.
+    #[error("cannot read {0}")]
+    Read(String, #[source] std::io::Error),
     /// The random generator failed.
     #[error("random number generator failed")]
     Random(#[source] std::io::Error),
@@ -236,19 +242,50 @@ fn tee_config(args: &MkcwArgs, workload_id: String) -> Result<TeeConfig, MkcwErr
         .map_err(MkcwError::TeeConfig)
 }
 
+/// Warning printed for `--passphrase`.
+const PASSPHRASE_ARG_WARNING: &str = "mkcw: warning: --passphrase puts the passphrase on the \
+    command line, where other users of this machine can read it (ps, /proc/PID/cmdline) and \
+    shell history keeps it; use --passphrase-file FILE, or --passphrase-file - to read it from \
+    standard input";
+
+/// Reads a passphrase from `file`, or from standard input for `-`; trailing newlines go.
+fn read_passphrase(file: &Path) -> Result<Zeroizing<Vec<u8>>, MkcwError> {
+    let stdin = file.as_os_str() == "-";
+    let mut bytes = Zeroizing::new(Vec::new());
+    if stdin {
+        let input = std::io::stdin();
+        if std::io::IsTerminal::is_terminal(&input) {
+            eprintln!("mkcw: reading the passphrase from standard input (end with Ctrl-D)");
+        }
+        std::io::Read::read_to_end(&mut input.lock(), &mut bytes)
+            .map_err(|e| MkcwError::Read("the passphrase from standard input".into(), e))?;
+    } else {
+        // Read into the zeroized buffer directly (fs::read would leave its own copy).
+        File::open(file)
+            .and_then(|mut f| std::io::Read::read_to_end(&mut f, &mut bytes))
+            .map_err(|e| MkcwError::Read(file.display().to_string(), e))?;
+    }
+    while bytes.last().is_some_and(|&b| b == b'\n' || b == b'\r') {
+        bytes.pop();
+    }
+    if bytes.is_empty() {
+        let what = if stdin {
+            "the passphrase on standard input".to_string()
+        } else {
+            file.display().to_string()
+        };
+        return Err(MkcwError::Usage(format!("{what} is empty")));
+    }
+    Ok(bytes)
+}
+
 fn passphrase(args: &MkcwArgs, out_dir: &Path) -> Result<Zeroizing<Vec<u8>>, MkcwError> {
     if let Some(p) = &args.passphrase {
+        eprintln!("{PASSPHRASE_ARG_WARNING}");
         return Ok(Zeroizing::new(p.as_bytes().to_vec()));
     }
     if let Some(file) = &args.passphrase_file {
-        let mut bytes = Zeroizing::new(fs::read(file).map_err(io_err(file))?);
-        while bytes.last().is_some_and(|&b| b == b'\n' || b == b'\r') {
-            bytes.pop();
-        }
-        if bytes.is_empty() {
-            return Err(MkcwError::Usage(format!("{} is empty", file.display())));
-        }
-        return Ok(bytes);
+        return read_passphrase(file);
     }
     let generated = random_hex(32)?;
     if args.register {
@@ -295,6 +332,11 @@ pub fn mkcw(args: &MkcwArgs) -> Result<TeeConfig, MkcwError> {
     };
     let config = tee_config(args, workload_id)?;
     let registration = registration(args)?;
+    if let Some(reg) = &registration {
+        if let Some(warning) = register::cleartext_warning(reg) {
+            eprintln!("{warning}");
+        }
+    }
     // Measured first: a missing bundle or bad backend setting fails before the slow steps.
     let expected = match &registration {
         Some(reg) => Some(expected_launch(&config, reg)?),
@@ -413,7 +455,7 @@ fn registration(args: &MkcwArgs) -> Result<Option<Registration<'_>>, MkcwError> 
             MkcwError::Usage("--register needs --kbs-url or --attestation-url".into())
         })?;
     let ca_pem = match &args.kbs_ca_file {
-        Some(f) => Some(fs::read(f).map_err(io_err(f))?),
+        Some(f) => Some(fs::read(f).map_err(|e| MkcwError::Read(f.display().to_string(), e))?),
         None => None,
     };
     Ok(Some(Registration {

@@ -130,6 +130,27 @@ pub fn policy_json(mode: TeeMode) -> Result<String, RegisterError> {
     serde_json::to_string(&policy).map_err(RegisterError::Encode)
 }
 
+/// The warning for a registration over plain `http://`: the body carries the passphrase
+/// and the request the admin token, both readable and changeable by anyone on the path.
+/// `None` for `https://` (and for a URL that does not parse; registering reports that).
+pub fn cleartext_warning(reg: &Registration<'_>) -> Option<String> {
+    let url = BrokerUrl::parse(reg.kbs_url).ok()?;
+    if url.tls {
+        return None;
+    }
+    let what = if reg.admin_token_file.is_some() {
+        "the admin token and the disk passphrase travel"
+    } else {
+        "the disk passphrase travels"
+    };
+    Some(format!(
+        "mkcw: warning: registering over plain http ({}): {what} in clear; anyone on the \
+         network path can read them or change the registration. Use an https:// broker URL \
+         (--kbs-ca-file for a private CA) unless the broker is on this machine",
+        reg.kbs_url
+    ))
+}
+
 fn read_token(path: &Path) -> Result<Zeroizing<String>, RegisterError> {
     let shown = || path.display().to_string();
     let mut raw = Zeroizing::new(
@@ -240,6 +261,34 @@ mod tests {
             policy_json(TeeMode::Snp).unwrap(),
             r#"{"flags":{"bits":15},"minfw":{"major":0,"minor":0}}"#
         );
+    }
+
+    #[test]
+    fn plain_http_registration_is_warned_about() {
+        let reg = Registration {
+            kbs_url: "http://kbs.example:8000",
+            admin_token_file: Some(Path::new("/token")),
+            bundle: PathBuf::from("/nonexistent"),
+            vcpu_sig: None,
+            ca_pem: None,
+        };
+        let warning = cleartext_warning(&reg).unwrap();
+        assert!(
+            warning.contains("the admin token and the disk passphrase travel in clear"),
+            "{warning}"
+        );
+        let no_token = Registration {
+            admin_token_file: None,
+            ..reg.clone()
+        };
+        assert!(cleartext_warning(&no_token)
+            .unwrap()
+            .contains("the disk passphrase travels in clear"));
+        let tls = Registration {
+            kbs_url: "https://kbs.example:8443",
+            ..reg
+        };
+        assert_eq!(cleartext_warning(&tls), None);
     }
 
     #[test]

@@ -7,19 +7,26 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
 use krun_attestation::reference::{RegisterWorkload, SevPolicy};
 
-use super::{bearer, finish, json_response, parse_json_quiet, Broker};
-use crate::db::{SnpRequirements, TeeKind, Workload, KEY_SECRET};
+use super::{bearer, blocking, json_response, parse_json_quiet, Broker};
+use crate::db::{PutMode, SevRequirements, SnpRequirements, TeeKind, Workload};
 use crate::refusal::Refusal;
+
+/// Whether `given` is the admin token. Both are hashed with SHA-256 and the digests compared
+/// in constant time (`CRYPTO_memcmp`), so the time taken says nothing about the token's
+/// contents or length (a length check first would tell how long the token is).
+fn tokens_match(expected: &str, given: &str) -> bool {
+    let expected = Zeroizing::new(openssl::sha::sha256(expected.as_bytes()));
+    let given = Zeroizing::new(openssl::sha::sha256(given.as_bytes()));
+    openssl::memcmp::eq(expected.as_slice(), given.as_slice())
+}
 
 fn token_ok(b: &Broker, headers: &HeaderMap) -> bool {
     match (&b.config.admin_token, bearer(headers)) {
-        (Some(expected), Some(given)) => {
-            expected.len() == given.len()
-                && openssl::memcmp::eq(expected.as_bytes(), given.as_bytes())
-        }
+        (Some(expected), Some(given)) => tokens_match(expected, &given),
         _ => false,
     }
 }
@@ -69,17 +76,37 @@ pub(super) async fn register_workload(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    finish("register_workload", register_inner(&b, &headers, &body))
+    blocking("register_workload", b, move |b| {
+        register_inner(b, &headers, &body)
+    })
+    .await
+}
+
+/// Who is registering: the admin (may replace a workload) or, with
+/// `--insecure-registration`, anyone (may only create new workload ids).
+fn registrant(b: &Broker, headers: &HeaderMap) -> Result<PutMode, Refusal> {
+    let given = headers.contains_key(axum::http::header::AUTHORIZATION);
+    if given && b.config.admin_token.is_some() {
+        // A wrong token is refused even when unauthenticated registration is open: the
+        // caller meant to act as the admin and should learn that it does not.
+        return if token_ok(b, headers) {
+            Ok(PutMode::Replace)
+        } else {
+            Err(Refusal::unauthorized("AdminToken", "wrong admin token"))
+        };
+    }
+    if b.config.insecure_registration {
+        return Ok(PutMode::CreateOnly);
+    }
+    Err(if b.config.admin_token.is_some() {
+        Refusal::unauthorized("AdminToken", "registration needs the admin token")
+    } else {
+        Refusal::forbidden("RegistrationDisabled", "registration is disabled")
+    })
 }
 
 fn register_inner(b: &Broker, headers: &HeaderMap, body: &[u8]) -> Result<Response, Refusal> {
-    if !b.config.insecure_registration && !token_ok(b, headers) {
-        return Err(if b.config.admin_token.is_some() {
-            Refusal::unauthorized("AdminToken", "registration needs the admin token")
-        } else {
-            Refusal::forbidden("RegistrationDisabled", "registration is disabled")
-        });
-    }
+    let mode = registrant(b, headers)?;
     let reg: RegisterWorkload = parse_json_quiet(body, "registration")?;
     // buildah sends no TEE name: the digest length tells SEV (SHA-256) from SNP (SHA-384).
     let tee = match reg.launch_measurement.trim().len() {
@@ -115,12 +142,28 @@ fn register_inner(b: &Broker, headers: &HeaderMap, body: &[u8]) -> Result<Respon
         tee,
         sev_policy,
         snp: b.config.default_snp,
+        sev: SevRequirements::default(),
         measurements: vec![],
     };
-    b.store.put_workload(&w, &digests)?;
-    b.store
-        .put_secret(&w.id, KEY_SECRET, reg.passphrase.as_bytes())?;
-    tracing::info!(workload = %w.id, tee = ?tee, "workload registered");
+    // Unauthenticated callers never replace a workload, even with identical contents: a
+    // 200 for "same as stored" would let anyone test guesses of a registered passphrase.
+    if !b
+        .store
+        .register(&w, &digests, Some(reg.passphrase.as_bytes()), mode)?
+    {
+        return Err(Refusal::conflict(
+            "WorkloadExists",
+            format!(
+                "workload {} is already registered; replacing it needs the admin token",
+                w.id
+            ),
+        ));
+    }
+    let by = match mode {
+        PutMode::Replace => "admin",
+        PutMode::CreateOnly => "unauthenticated",
+    };
+    tracing::info!(workload = %w.id, tee = ?tee, by, "workload registered");
     Ok(StatusCode::OK.into_response())
 }
 
@@ -133,8 +176,13 @@ pub struct WorkloadSpec {
     /// SEV policy word (default: buildah's SEV-ES policy 0x3f).
     #[serde(default)]
     pub sev_policy: Option<u32>,
+    /// SNP requirements (default: those of buildah registrations; `min_tcb` absent means
+    /// the broker's `--min-tcb`).
     #[serde(default)]
     pub snp: Option<SnpRequirements>,
+    /// SEV/SEV-ES requirements (`min_fw` absent means the broker's `--min-sev-fw`).
+    #[serde(default)]
+    pub sev: Option<SevRequirements>,
     /// The LUKS passphrase (`key` secret), if set now.
     #[serde(default)]
     pub passphrase: Option<String>,
@@ -154,12 +202,11 @@ impl WorkloadSpec {
             tee: self.tee,
             sev_policy: self.sev_policy.unwrap_or(DEFAULT_SEV_POLICY),
             snp: self.snp.unwrap_or(b.config.default_snp),
+            sev: self.sev.unwrap_or_default(),
             measurements: vec![],
         };
-        b.store.put_workload(&w, &digests)?;
-        if let Some(p) = &self.passphrase {
-            b.store.put_secret(&w.id, KEY_SECRET, p.as_bytes())?;
-        }
+        let key = self.passphrase.as_deref().map(str::as_bytes);
+        b.store.register(&w, &digests, key, PutMode::Replace)?;
         Ok(())
     }
 }
@@ -173,7 +220,7 @@ pub struct WorkloadInfo {
 }
 
 pub(super) async fn list(State(b): State<Arc<Broker>>, headers: HeaderMap) -> Response {
-    finish("admin_list", list_inner(&b, &headers))
+    blocking("admin_list", b, move |b| list_inner(b, &headers)).await
 }
 
 fn list_inner(b: &Broker, headers: &HeaderMap) -> Result<Response, Refusal> {
@@ -194,13 +241,14 @@ pub(super) async fn put_workload(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let r = require_admin(&b, &headers).and_then(|_| {
+    blocking("admin_put_workload", b, move |b| {
+        require_admin(b, &headers)?;
         let spec: WorkloadSpec = parse_json_quiet(&body, "workload")?;
-        spec.apply(&b)?;
+        spec.apply(b)?;
         tracing::info!(workload = %spec.id, "workload stored by admin");
         Ok(StatusCode::OK.into_response())
-    });
-    finish("admin_put_workload", r)
+    })
+    .await
 }
 
 pub(super) async fn remove_workload(
@@ -208,7 +256,8 @@ pub(super) async fn remove_workload(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let r = require_admin(&b, &headers).and_then(|_| {
+    blocking("admin_remove_workload", b, move |b| {
+        require_admin(b, &headers)?;
         if b.store.remove_workload(&id)? {
             tracing::info!(workload = %id, "workload removed");
             Ok(StatusCode::OK.into_response())
@@ -218,8 +267,8 @@ pub(super) async fn remove_workload(
                 "workload is not registered",
             ))
         }
-    });
-    finish("admin_remove_workload", r)
+    })
+    .await
 }
 
 pub(super) async fn put_secret(
@@ -228,7 +277,8 @@ pub(super) async fn put_secret(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let r = require_admin(&b, &headers).and_then(|_| {
+    blocking("admin_put_secret", b, move |b| {
+        require_admin(b, &headers)?;
         if b.store.put_secret(&id, &name, &body)? {
             tracing::info!(workload = %id, secret = %name, "secret stored");
             Ok(StatusCode::OK.into_response())
@@ -238,8 +288,8 @@ pub(super) async fn put_secret(
                 "workload is not registered",
             ))
         }
-    });
-    finish("admin_put_secret", r)
+    })
+    .await
 }
 
 pub(super) async fn remove_secret(
@@ -247,14 +297,15 @@ pub(super) async fn remove_secret(
     Path((id, name)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    let r = require_admin(&b, &headers).and_then(|_| {
+    blocking("admin_remove_secret", b, move |b| {
+        require_admin(b, &headers)?;
         if b.store.remove_secret(&id, &name)? {
             Ok(StatusCode::OK.into_response())
         } else {
             Err(Refusal::not_found("NoSecret", "no such secret"))
         }
-    });
-    finish("admin_remove_secret", r)
+    })
+    .await
 }
 
 /// Admin `GET /kbs/v0/admin/stats` answer.
@@ -265,10 +316,34 @@ pub struct Stats {
 }
 
 pub(super) async fn stats(State(b): State<Arc<Broker>>, headers: HeaderMap) -> Response {
-    let r = require_admin(&b, &headers).and_then(|_| {
+    // No database or crypto, but the session table's lock is a blocking lock.
+    blocking("admin_stats", b, move |b| {
+        require_admin(b, &headers)?;
         json_response(&Stats {
             sessions: b.sessions.len(),
         })
-    });
-    finish("admin_stats", r)
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_comparison_accepts_only_the_exact_token() {
+        let t = "s3cret-admin-token";
+        assert!(tokens_match(t, t));
+        for other in [
+            "",
+            "s",
+            "s3cret-admin-toke",
+            "s3cret-admin-token ",
+            "s3cret-admin-tokenX",
+            "S3cret-admin-token",
+            "x".repeat(4096).as_str(),
+        ] {
+            assert!(!tokens_match(t, other), "{other:?}");
+        }
+    }
 }

@@ -20,7 +20,7 @@ use zeroize::Zeroizing;
 use crate::config::BrokerConfig;
 use crate::db::Store;
 use crate::refusal::Refusal;
-use crate::sessions::{Protocol, Sessions, Stage};
+use crate::sessions::{Ended, Protocol, Sessions, Stage};
 use crate::verify_sev::SevTrust;
 use crate::verify_snp::SnpVerifier;
 
@@ -101,6 +101,24 @@ fn finish(endpoint: &'static str, r: Result<Response, Refusal>) -> Response {
     }
 }
 
+/// Runs a handler's work on the runtime's blocking pool and logs a refusal. Everything
+/// behind a handler is blocking: SQLite calls, RSA/EC and certificate-chain verification,
+/// SNP report and SEV measurement checks, key wrapping, and waits on session locks; on the
+/// async worker threads one slow call would stall every connection.
+pub(crate) async fn blocking(
+    endpoint: &'static str,
+    b: Arc<Broker>,
+    work: impl FnOnce(&Broker) -> Result<Response, Refusal> + Send + 'static,
+) -> Response {
+    let result = tokio::task::spawn_blocking(move || work(&b))
+        .await
+        .unwrap_or_else(|e| {
+            tracing::error!(endpoint, error = %e, "request handler failed");
+            Err(Refusal::internal("request handler failed"))
+        });
+    finish(endpoint, result)
+}
+
 async fn index() -> Response {
     finish(
         "index",
@@ -173,7 +191,7 @@ pub(crate) fn json_response<T: serde::Serialize>(value: &T) -> Result<Response, 
 }
 
 async fn auth(State(b): AppState, body: Bytes) -> Response {
-    finish("auth", auth_inner(&b, &body))
+    blocking("auth", b, move |b| auth_inner(b, &body)).await
 }
 
 /// Reference requests carry `extra-params` as a string; anything else is RCAR, whose version
@@ -191,7 +209,7 @@ fn auth_inner(b: &Broker, body: &[u8]) -> Result<Response, Refusal> {
 }
 
 async fn attest(State(b): AppState, headers: HeaderMap, body: Bytes) -> Response {
-    finish("attest", attest_inner(&b, &headers, &body))
+    blocking("attest", b, move |b| attest_inner(b, &headers, &body)).await
 }
 
 fn attest_inner(b: &Broker, headers: &HeaderMap, body: &[u8]) -> Result<Response, Refusal> {
@@ -213,7 +231,7 @@ fn attest_inner(b: &Broker, headers: &HeaderMap, body: &[u8]) -> Result<Response
         .map(|g| matches!(g.stage, Stage::Failed))
         .unwrap_or(true);
     if failed {
-        b.sessions.remove(&id);
+        b.sessions.end(&id, Ended::AttestationFailed);
     }
     result
 }

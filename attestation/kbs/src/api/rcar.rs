@@ -16,10 +16,10 @@ use krun_attestation::rcar::{
     SESSION_COOKIE, VERSION_MISMATCH,
 };
 
-use super::{bearer, cookie, finish, json_response, parse_json, set_cookie, Broker};
+use super::{bearer, blocking, cookie, json_response, parse_json, set_cookie, Broker};
 use crate::db::{TeeKind, KEY_SECRET};
 use crate::refusal::Refusal;
-use crate::sessions::{Protocol, Stage};
+use crate::sessions::{log_tag, Protocol, Stage};
 use crate::verify_snp::check_requirements;
 
 pub(super) fn auth(b: &Broker, body: &[u8]) -> Result<Response, Refusal> {
@@ -39,7 +39,7 @@ pub(super) fn auth(b: &Broker, body: &[u8]) -> Result<Response, Refusal> {
     let id = b
         .sessions
         .insert(Protocol::Rcar, nonce.clone(), Stage::RcarPending)?;
-    tracing::info!(protocol = "rcar", session = %id, "session opened");
+    tracing::info!(protocol = "rcar", session = %log_tag(&id), "session opened");
     let challenge = Challenge {
         nonce,
         extra_params: serde_json::Value::String(String::new()),
@@ -110,7 +110,7 @@ pub(super) fn attest(
         let Some(w) = b.store.workload(&id)? else {
             continue;
         };
-        match check_requirements(report, &w.snp) {
+        match check_requirements(report, &w.snp, b.config.min_tcb) {
             Ok(()) => workloads.push(id),
             Err(r) => last_refusal = Some(r),
         }
@@ -120,7 +120,7 @@ pub(super) fn attest(
             Refusal::unauthorized("SnpPolicy", "no workload accepts the report")
         }));
     }
-    tracing::info!(protocol = "rcar", session = %session.id, workloads = ?workloads, "attested");
+    tracing::info!(protocol = "rcar", session = %log_tag(&session.id), workloads = ?workloads, "attested");
     session.stage = Stage::SnpAttested { key, workloads };
     // The token is the session id: the cookie and `Authorization: Bearer` are equivalent.
     json_response(&AttestationToken {
@@ -133,10 +133,8 @@ pub(super) async fn resource(
     Path((repo, kind, tag)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    finish(
-        "resource",
-        resource_inner(&b, &format!("{repo}/{kind}/{tag}"), &headers),
-    )
+    let path = format!("{repo}/{kind}/{tag}");
+    blocking("resource", b, move |b| resource_inner(b, &path, &headers)).await
 }
 
 fn resource_inner(b: &Broker, path: &str, headers: &HeaderMap) -> Result<Response, Refusal> {
@@ -181,6 +179,6 @@ fn resource_inner(b: &Broker, path: &str, headers: &HeaderMap) -> Result<Respons
         return Err(Refusal::internal("session changed"));
     };
     let jwe = crate::jwe::seal_jwe(key, &secret)?;
-    tracing::info!(protocol = "rcar", session = %session.id, workload = %workload, resource = %path, "resource released");
+    tracing::info!(protocol = "rcar", session = %log_tag(&session.id), workload = %workload, resource = %path, "resource released");
     json_response(&jwe)
 }

@@ -17,11 +17,11 @@ use krun_attestation::reference::{
 use krun_attestation::secret_table;
 
 use super::{
-    cookie, finish, json_response, parse_json, parse_json_str, set_cookie, Broker, IdPath,
+    blocking, cookie, json_response, parse_json, parse_json_str, set_cookie, Broker, IdPath,
 };
 use crate::db::{TeeKind, Workload, KEY_SECRET};
 use crate::refusal::Refusal;
-use crate::sessions::{random_id, Protocol, RecipientKey, SessionRef, Stage};
+use crate::sessions::{log_tag, random_id, Protocol, RecipientKey, SessionRef, Stage};
 use crate::verify_sev;
 use crate::verify_snp::check_requirements;
 
@@ -57,6 +57,8 @@ pub(super) fn auth(b: &Broker, body: &[u8]) -> Result<Response, Refusal> {
         Tee::Sev => {
             let sev: SevRequest = parse_json_str(&req.extra_params, "SEV extra-params")?;
             let w = workload_of(b, &sev.workload_id, TeeKind::Sev)?;
+            let build = verify_sev::build_of(&sev.build);
+            verify_sev::check_firmware(&build, w.sev.min_fw.unwrap_or(b.config.min_sev_fw))?;
             let (session, start) = verify_sev::start(&sev.chain, w.sev_policy, &b.sev)?;
             let challenge = SevChallenge {
                 id: nonce.clone(),
@@ -66,7 +68,7 @@ pub(super) fn auth(b: &Broker, body: &[u8]) -> Result<Response, Refusal> {
                 .map_err(|_| Refusal::internal("cannot encode the challenge"))?;
             let stage = Stage::SevPending {
                 session,
-                build: verify_sev::build_of(&sev.build),
+                build,
                 workload_id: sev.workload_id.clone(),
             };
             (stage, text, sev.workload_id)
@@ -76,7 +78,7 @@ pub(super) fn auth(b: &Broker, body: &[u8]) -> Result<Response, Refusal> {
     let id = b
         .sessions
         .insert(Protocol::Reference, nonce.clone(), stage)?;
-    tracing::info!(protocol = "reference", session = %id, workload = %workload, "session opened");
+    tracing::info!(protocol = "reference", session = %log_tag(&id), workload = %workload, "session opened");
     let mut resp = json_response(&Challenge {
         nonce,
         extra_params,
@@ -125,7 +127,7 @@ pub(super) fn attest(b: &Broker, s: &SessionRef, body: &[u8]) -> Result<Response
         }
     };
     session.stage = attested;
-    tracing::info!(protocol = "reference", session = %session.id, "attested");
+    tracing::info!(protocol = "reference", session = %log_tag(&session.id), "attested");
     Ok(StatusCode::OK.into_response())
 }
 
@@ -159,7 +161,7 @@ fn attest_snp(
             "launch measurement is not allowed",
         ));
     }
-    check_requirements(&report, &w.snp)?;
+    check_requirements(&report, &w.snp, b.config.min_tcb)?;
     Ok(Stage::SnpAttested {
         key: recipient,
         workloads: vec![workload_id.to_string()],
@@ -171,21 +173,26 @@ pub(super) async fn key(
     axum::extract::Path(id): IdPath,
     headers: HeaderMap,
 ) -> Response {
-    finish("key", key_inner(&b, &id, &headers))
+    blocking("key", b, move |b| key_inner(b, &id, &headers)).await
 }
 
 fn key_inner(b: &Broker, wanted: &str, headers: &HeaderMap) -> Result<Response, Refusal> {
     let sid = cookie(headers, SESSION_COOKIE)
         .ok_or_else(|| Refusal::unauthorized("MissingCookie", "no session cookie"))?;
-    let s = b.sessions.get(&sid, Protocol::Reference)?;
-    // The key is released once: the session ends here whatever happens.
-    b.sessions.remove(&sid);
-    let session = s
-        .lock()
-        .map_err(|_| Refusal::internal("session poisoned"))?;
-    let attested_for = match &session.stage {
-        Stage::SnpAttested { workloads, .. } => workloads.first().cloned(),
-        Stage::SevAttested { workload_id, .. } => Some(workload_id.clone()),
+    // The key is released at most once: the session leaves the table here in one step
+    // (concurrent requests with the same cookie get `AlreadyReleased`), and its attested
+    // stage is moved out under the session's lock, so no other holder of the session (an
+    // /attest still running) can use it again.
+    let s = b.sessions.take(&sid, Protocol::Reference)?;
+    let stage = {
+        let mut session = s
+            .lock()
+            .map_err(|_| Refusal::internal("session poisoned"))?;
+        std::mem::replace(&mut session.stage, Stage::Failed)
+    };
+    let attested_for = match &stage {
+        Stage::SnpAttested { workloads, .. } => workloads.first().map(String::as_str),
+        Stage::SevAttested { workload_id, .. } => Some(workload_id.as_str()),
         _ => {
             return Err(Refusal::unauthorized(
                 "NotAttested",
@@ -193,7 +200,7 @@ fn key_inner(b: &Broker, wanted: &str, headers: &HeaderMap) -> Result<Response, 
             ))
         }
     };
-    if attested_for.as_deref() != Some(wanted) {
+    if attested_for != Some(wanted) {
         return Err(Refusal::forbidden(
             "WrongWorkload",
             "session attested another workload",
@@ -203,7 +210,7 @@ fn key_inner(b: &Broker, wanted: &str, headers: &HeaderMap) -> Result<Response, 
         .store
         .secret(wanted, KEY_SECRET)?
         .ok_or_else(|| Refusal::not_found("NoSecret", "workload has no key"))?;
-    let resp = match &session.stage {
+    let resp = match &stage {
         Stage::SnpAttested {
             key: RecipientKey::RsaPkcs1(rsa),
             ..
@@ -215,6 +222,6 @@ fn key_inner(b: &Broker, wanted: &str, headers: &HeaderMap) -> Result<Response, 
         }
         _ => return Err(Refusal::internal("session key does not match the protocol")),
     };
-    tracing::info!(protocol = "reference", session = %session.id, workload = %wanted, "key released");
+    tracing::info!(protocol = "reference", session = %log_tag(&sid), workload = %wanted, "key released");
     Ok(resp)
 }

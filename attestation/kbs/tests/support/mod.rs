@@ -29,6 +29,9 @@ pub struct Kbs {
     pub url: String,
     pub addr: String,
     args: Vec<String>,
+    umask: Option<u32>,
+    env: Vec<(String, String)>,
+    capture_log: bool,
 }
 
 /// Options for [`Kbs::start`].
@@ -44,6 +47,12 @@ pub struct KbsOptions {
     pub vcek_dir: Option<PathBuf>,
     pub max_sessions: Option<usize>,
     pub extra_args: Vec<String>,
+    /// File-creation mask the broker runs under (default: the test's).
+    pub umask: Option<u32>,
+    /// Extra environment of the broker process.
+    pub env: Vec<(String, String)>,
+    /// Log at debug level into [`Kbs::log`] instead of warnings to the test's stderr.
+    pub capture_log: bool,
 }
 
 impl Kbs {
@@ -100,17 +109,42 @@ impl Kbs {
             url: String::new(),
             addr: String::new(),
             args,
+            umask: opts.umask,
+            env: opts.env.clone(),
+            capture_log: opts.capture_log,
         };
         kbs.spawn();
         kbs
     }
 
     fn spawn(&mut self) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_krun-kbs"))
+        let bin = env!("CARGO_BIN_EXE_krun-kbs");
+        let mut cmd = match self.umask {
+            Some(mask) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("umask {mask:03o} && exec \"$0\" \"$@\""))
+                    .arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let (level, stderr) = if self.capture_log {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.log_path())
+                .unwrap();
+            ("debug", Stdio::from(f))
+        } else {
+            ("warn", Stdio::inherit())
+        };
+        let mut child = cmd
             .args(&self.args)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", level)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let mut line = String::new();
@@ -140,6 +174,15 @@ impl Kbs {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("kbs.log")
+    }
+
+    /// What the broker logged so far (with [`KbsOptions::capture_log`]).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
     pub fn db(&self) -> PathBuf {
