@@ -2,9 +2,12 @@
 #
 #   make                 build the library (release)
 #   make install         install library, header and pkg-config file under $(DESTDIR)$(PREFIX)
-#   make test            every test: format, lints, unit and integration tests, C API test
+#   make test            every test: format, lints, unit and integration tests, C API test,
+#                        the test-host tests
 #   make demo            run a confidential workload end to end (TEE=snp|sev-es|sev,
 #                        TEE_BACKEND=model|hardware; see README.md)
+# make test and make demo first install the missing Debian packages of ci/packages.txt (as
+# root; otherwise they stop and say what to run).
 
 PREFIX ?= /usr/local
 LIBDIR ?= $(PREFIX)/lib
@@ -25,7 +28,7 @@ MAJOR := $(firstword $(subst ., ,$(VERSION)))
 LIB_FILE := libkrun-sev.so.$(VERSION)
 BUILD_DIR := build
 
-.PHONY: all lib bundle install install-lib install-bundle install-bin test test-deps check unit-tests c-api-test fuzz-smoke testhost-tests demo clean
+.PHONY: all lib bundle install install-lib install-bundle install-bin test test-packages test-deps check unit-tests c-api-test fuzz-smoke testhost-tests demo clean
 
 all: lib
 
@@ -64,6 +67,11 @@ check:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+# The Debian packages make test needs (ci/packages.txt): installed when missing as root,
+# otherwise a stop with the command to run.
+test-packages:
+	ci/install-deps.sh test
+
 # Python test oracles, pinned; installed once into $(VENV).
 test-deps:
 	@if ! "$(KRUN_SEV_PYTHON)" -c 'import sevsnpmeasure, cryptography, unicorn' 2>/dev/null; then \
@@ -90,7 +98,8 @@ testhost-tests:
 fuzz-smoke:
 	cd fuzz && $(CARGO) test --release
 
-test: check unit-tests c-api-test fuzz-smoke testhost-tests
+# In this order (the prerequisites run left to right): the packages first.
+test: test-packages check unit-tests c-api-test fuzz-smoke testhost-tests
 
 # The main job (README.md): key broker, encrypted image, registration, confidential launch.
 # TEE=snp|sev-es|sev; TEE_BACKEND=model (the PSP model; inside the test host when this machine
