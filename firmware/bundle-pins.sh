@@ -122,15 +122,18 @@ if [ -n "$changed" ]; then
     say "Files that feed the bundle changed since the pins were last written ($pin_commit):"
     while read -r f; do say "    $f"; done <<<"$changed"
 fi
+if [ -n "$toolchain_diff" ]; then
+    say "This machine's toolchain differs from the one the pins were made with:"
+    diff <(sed -n 's/^# toolchain //p' "$pins") <(toolchain) |
+        sed -n 's/^< /    pinned: /p; s/^> /    here:   /p' | while IFS= read -r l; do say "$l"; done || true
+    say "Compare against the pins with a build made with the pinned toolchain; do not rewrite"
+    say "the pins for a toolchain difference alone."
+fi
 say "If you changed the guest init (firmware/init, footer/, luks/, attestation/), Cargo.lock,"
 say "the kernel config or firmware/build-*.sh on purpose, update the pins and commit"
 say "firmware/bundle.pins with the change (its message should say that launch digests change):"
 say "    make pin-bundle"
-if [ -n "$toolchain_diff" ]; then
-    say "This machine's toolchain differs from the one the pins were made with:"
-    diff <(sed -n 's/^# toolchain //p' "$pins") <(toolchain) | sed -n 's/^< /    pinned: /p; s/^> /    here:   /p' >&2 || true
-    say "Build with the pinned toolchain to compare against the pins."
-elif [ -z "$changed" ] && [ -n "$pin_commit" ]; then
+if [ -z "$toolchain_diff" ] && [ -z "$changed" ] && [ -n "$pin_commit" ]; then
     say "No bundle input changed since the pins were written ($pin_commit) and the toolchain is"
     say "the pinned one: the build is not reproducible here. ci/check-reproducible.sh builds the"
     say "bundle twice from scratch and compares (diffoscope shows where two files differ)."
