@@ -24,7 +24,7 @@ die() {
 }
 
 check_only=0
-purpose=test
+purpose='test'
 for arg in "$@"; do
     case $arg in
         --check) check_only=1 ;;
