@@ -2,9 +2,14 @@
 #
 #   make                 build the library (release)
 #   make install         install library, header and pkg-config file under $(DESTDIR)$(PREFIX)
-#   make test            every test: format, lints, unit and integration tests, C API test
+#   make test            every test: format, lints, unit and integration tests, C API test,
+#                        the guest bundle against its pins, the test-host tests
 #   make demo            run a confidential workload end to end (TEE=snp|sev-es|sev,
 #                        TEE_BACKEND=model|hardware; see README.md)
+#   make pin-bundle      rewrite firmware/bundle.pins after a deliberate change to the guest
+#                        init or kernel (every launch digest changes with it)
+# make test and make demo first install the missing Debian packages of ci/packages.txt (as
+# root; otherwise they stop and say what to run).
 
 PREFIX ?= /usr/local
 LIBDIR ?= $(PREFIX)/lib
@@ -25,7 +30,7 @@ MAJOR := $(firstword $(subst ., ,$(VERSION)))
 LIB_FILE := libkrun-sev.so.$(VERSION)
 BUILD_DIR := build
 
-.PHONY: all lib bundle install install-lib install-bundle install-bin test test-deps check unit-tests c-api-test fuzz-smoke testhost-tests demo clean
+.PHONY: all lib bundle bundle-pins pin-bundle install install-lib install-bundle install-bin test test-packages test-deps check unit-tests c-api-test fuzz-smoke testhost-tests demo clean
 
 all: lib
 
@@ -64,6 +69,11 @@ check:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+# The Debian packages make test needs (ci/packages.txt): installed when missing as root,
+# otherwise a stop with the command to run.
+test-packages:
+	ci/install-deps.sh test
+
 # Python test oracles, pinned; installed once into $(VENV).
 test-deps:
 	@if ! "$(KRUN_SEV_PYTHON)" -c 'import sevsnpmeasure, cryptography, unicorn' 2>/dev/null; then \
@@ -81,6 +91,14 @@ c-api-test:
 bundle:
 	firmware/build-bundle.sh $(BUILD_DIR)/bundle
 
+# The bundle must match the SHA-256 pinned in firmware/bundle.pins (launch digests are computed
+# in advance from it); pin-bundle rewrites the pins from this tree's bundle.
+bundle-pins: bundle
+	firmware/bundle-pins.sh check $(BUILD_DIR)/bundle
+
+pin-bundle: bundle
+	firmware/bundle-pins.sh update $(BUILD_DIR)/bundle
+
 # Guest-boot tests in the nested-KVM test host (builds the bundle first).
 testhost-tests:
 	KRUN_SEV_BUNDLE_DIR=$(CURDIR)/$(BUILD_DIR)/bundle ci/testhost-tests.sh
@@ -90,7 +108,9 @@ testhost-tests:
 fuzz-smoke:
 	cd fuzz && $(CARGO) test --release
 
-test: check unit-tests c-api-test fuzz-smoke testhost-tests
+# In this order (the prerequisites run left to right): packages first, then the quick checks;
+# the bundle pins before the long tests, so a changed bundle fails within minutes.
+test: test-packages check bundle-pins unit-tests c-api-test fuzz-smoke testhost-tests
 
 # The main job (README.md): key broker, encrypted image, registration, confidential launch.
 # TEE=snp|sev-es|sev; TEE_BACKEND=model (the PSP model; inside the test host when this machine

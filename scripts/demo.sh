@@ -17,9 +17,10 @@
 # include svm or vmx (hardware virtualization). The development machines have a paravirtual
 # /dev/kvm (PVM) without either flag: Linux guests cannot run there (ARCHITECTURE.md §4).
 #
-# Needs: cargo, gcc, make, e2fsprogs (mkfs.ext4, debugfs), apt-get (a static busybox for the
-# workload comes from Debian's busybox-static through tests/host/prepare.sh), and for the test
-# host qemu-system-x86, cpio; the guest kernel build dependencies (firmware/build-kernel.sh).
+# Needs: cargo, and the Debian packages of ci/packages.txt marked `demo`, which it installs
+# first when run as root (ci/install-deps.sh demo; otherwise it stops and says what to run).
+# apt-get fetches a static busybox for the workload (Debian's busybox-static, through
+# tests/host/prepare.sh) and, on the first run, the guest kernel source.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TEE=${TEE:-snp}
@@ -45,6 +46,10 @@ can_boot_linux_guests() {
     [ -c /dev/kvm ] && [ -r /dev/kvm ] && [ -w /dev/kvm ] &&
         grep -qwE 'svm|vmx' /proc/cpuinfo
 }
+
+# The Debian packages, before building anything.
+"$root/ci/install-deps.sh" demo
+command -v cargo >/dev/null || die "cargo is not in PATH: install Rust (README.md, Requirements)"
 
 say "building the library, krun-sev and krun-kbs (cargo build --release)"
 cargo build --release --quiet --manifest-path "$root/Cargo.toml" -p krun-sev -p krun-sev-cli -p krun-kbs
