@@ -10,3 +10,17 @@ pub mod launch;
 pub mod resources;
 pub mod tee;
 pub mod vmm;
+
+/// Runs when the library is loaded: crun dlopens it on the host and may make every later
+/// call inside the container, so the guest bundle is mapped now (`launch::guest::map_bundle`;
+/// a few system calls, no reads). Nothing may unwind out of a loader callback.
+extern "C" fn map_bundle_at_load() {
+    let _ = std::panic::catch_unwind(launch::guest::map_bundle);
+}
+
+// SAFETY: a function pointer in `.init_array` is called once by the dynamic loader (or the C
+// runtime) with no arguments, before any export can be called; `map_bundle_at_load` only
+// reads the environment and maps files, and catches panics.
+#[used]
+#[link_section = ".init_array"]
+static MAP_BUNDLE_AT_LOAD: extern "C" fn() = map_bundle_at_load;

@@ -26,11 +26,10 @@ pub extern "C" fn krun_set_log_level(level: u32) -> i32 {
 pub extern "C" fn krun_create_ctx() -> i32 {
     guarded("krun_create_ctx", || {
         let id = context::create()?;
-        // Read the guest bundle while the host's filesystem is visible (crun enters the
-        // container before krun_start_enter); a failure is reported again at launch.
-        if let Err(e) = crate::launch::guest::preload_bundle() {
-            log::debug!("guest bundle not read at context creation: {e}");
-        }
+        // Map the guest bundle while the host's filesystem is visible (crun enters the
+        // container before krun_start_enter), if KRUN_SEV_BUNDLE_DIR changed since the
+        // library was loaded; a missing bundle is reported at launch.
+        crate::launch::guest::map_bundle();
         i32::try_from(id).map_err(|_| CapiError::TooManyContexts)
     })
 }

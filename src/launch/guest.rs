@@ -4,7 +4,9 @@
 use std::path::Path;
 use std::sync::{Mutex, PoisonError};
 
-use krun_bundle::{Bundle, BundleError};
+use krun_bundle::{Bundle, BundleError, BundleFiles};
+
+use super::bundle_map::MappedBundle;
 use krun_footer::Binding;
 
 use crate::arch::layout::{virtio_mmio_slot, VIRTIO_IRQ_BASE};
@@ -34,28 +36,32 @@ pub fn bundle_dir() -> std::path::PathBuf {
     krun_bundle::bundle_dir(Path::new(DEFAULT_BUNDLE_DIR))
 }
 
-/// The bundle read at context creation. crun calls `krun_create_ctx` on the host and
-/// `krun_start_enter` after `pivot_root` into the container, where the install directory is
-/// not visible (libkrun dlopens libkrunfw at the same point for the same reason).
-static PRELOADED: Mutex<Option<Bundle>> = Mutex::new(None);
+/// The bundle mapped when the library was loaded or a context created
+/// ([`super::bundle_map`]).
+static MAPPED: Mutex<Option<MappedBundle>> = Mutex::new(None);
 
-/// Reads the bundle in effect now, once per process, for a later [`load_bundle`].
-pub fn preload_bundle() -> Result<(), BundleError> {
-    let mut slot = PRELOADED.lock().unwrap_or_else(PoisonError::into_inner);
-    if slot.as_ref().is_some_and(|b| b.dir == bundle_dir()) {
-        return Ok(());
+/// Maps the bundle in effect now, unless it is mapped already. Runs when the library is
+/// loaded (crun dlopens it on the host) and again at `krun_create_ctx` in case
+/// `KRUN_SEV_BUNDLE_DIR` changed in between. Cheap: no file is read.
+pub fn map_bundle() {
+    let dir = bundle_dir();
+    let mut slot = MAPPED.lock().unwrap_or_else(PoisonError::into_inner);
+    if slot
+        .as_ref()
+        .is_some_and(|m| m.dir() == dir && m.has_manifest())
+    {
+        return;
     }
-    *slot = Some(Bundle::load(&bundle_dir())?);
-    Ok(())
+    *slot = Some(MappedBundle::map(&dir));
 }
 
-/// The bundle for a launch: the preloaded one if it comes from the directory in effect,
-/// else read now.
+/// The bundle for a launch, checked against its manifest: from the mapping when it is of
+/// the directory in effect, else read from the directory now.
 pub fn load_bundle() -> Result<Bundle, BundleError> {
     let dir = bundle_dir();
-    let mut slot = PRELOADED.lock().unwrap_or_else(PoisonError::into_inner);
-    match slot.take() {
-        Some(b) if b.dir == dir => Ok(b),
+    let slot = MAPPED.lock().unwrap_or_else(PoisonError::into_inner);
+    match slot.as_ref() {
+        Some(m) if m.dir() == dir && m.has_manifest() => Bundle::load_from(m),
         _ => Bundle::load(&dir),
     }
 }

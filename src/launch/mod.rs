@@ -3,6 +3,7 @@
 //! `krun_start_enter` checks the context here before consuming it: a configuration that
 //! cannot launch is reported with the step that failed and the context is kept.
 
+mod bundle_map;
 pub mod guest;
 pub mod host_json;
 pub mod segment;

@@ -40,4 +40,35 @@ gcc -std=c11 -Wall -Wextra -Werror -o "$work/api_test" "$repo/tests/c/api_test.c
     $(pkg-config --cflags --libs libkrun-sev) -ldl
 head -c 4096 /dev/zero >"$work/disk.img"
 LD_LIBRARY_PATH="$libdir" "$work/api_test" "$repo/tee-configs" "$work/disk.img"
+# crun 1.6-1.20 (Debian 12's 1.8.1) make every call after pivot_root into the container: the
+# bundle must come from the mapping made when the library was loaded on the host.
+gcc -std=c11 -Wall -Wextra -Werror -o "$work/crun_chroot_order" "$repo/tests/c/crun_chroot_order.c" -ldl
+bundle="$work/bundle"
+mkdir -p "$bundle" "$work/root"
+printf '\177ELF not a kernel: the launch fails later, at KVM' >"$bundle/vmlinux"
+printf 'initrd' >"$bundle/initrd.cpio.gz"
+entry() { printf '"%s":{"size":%s,"sha256":"%s"}' "$1" "$(stat -c %s "$bundle/$1")" "$(sha256sum "$bundle/$1" | cut -d' ' -f1)"; }
+printf '{"format":1,"kernel_version":"6.12-test","nr_cpus":8,"files":{%s,%s}}' \
+    "$(entry vmlinux)" "$(entry initrd.cpio.gz)" >"$bundle/manifest.json"
+head -c 4096 /dev/zero >"$work/root/disk.img"
+printf '%s' '{"tee":"snp","tee_data":"","workload_id":"w","cpus":1,"ram_mib":64,"attestation_url":""}' \
+    >"$work/root/krun-sev.json"
+chroot_run() {
+    # chroot needs CAP_SYS_CHROOT: root, or a user namespace mapping us to root.
+    local as_root=()
+    [ "$(id -u)" = 0 ] || as_root=(unshare --user --map-root-user)
+    LD_LIBRARY_PATH="$libdir" KRUN_SEV_BACKEND=model KRUN_SEV_PSP_MODEL_DIR=/psp \
+        KRUN_SEV_BUNDLE_DIR="$1" "${as_root[@]}" "$work/crun_chroot_order" "$work/root" 2>"$work/stderr"
+}
+out=$(chroot_run "$bundle")
+grep -q '^START_ENTER=-' <<<"$out" || fail "crun 1.8.1 order: $out $(cat "$work/stderr")"
+if grep -q 'guest bundle' "$work/stderr"; then
+    fail "crun 1.8.1 order: the bundle mapped at load was not used after chroot: $(cat "$work/stderr")"
+fi
+# The control: no bundle where the library looked when it was loaded.
+out=$(chroot_run "$work/no-bundle")
+[ "$out" = "START_ENTER=-2" ] && grep -q 'cannot load the guest bundle' "$work/stderr" \
+    || fail "crun 1.8.1 order without a bundle: $out $(cat "$work/stderr")"
+echo "crun 1.8.1 call order (dlopen on the host, every call after chroot) reaches past the bundle"
+
 echo "installed library checks passed (SONAME $soname, $(wc -l <<<"$exported") symbols)"

@@ -269,7 +269,6 @@ mod tests {
             kbs_url: "http://kbs.example:8000",
             admin_token_file: Some(Path::new("/token")),
             bundle: PathBuf::from("/nonexistent"),
-            vcpu_sig: None,
             ca_pem: None,
         };
         let warning = cleartext_warning(&reg).unwrap();

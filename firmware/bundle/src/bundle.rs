@@ -74,11 +74,40 @@ pub fn bundle_dir(default: &Path) -> PathBuf {
     }
 }
 
+/// Where a bundle's files come from: a directory read now ([`Bundle::load`]), or copies the
+/// caller took earlier (the library maps the bundle when it is loaded, because crun may call
+/// it after `pivot_root` into a container that cannot see the install directory).
+pub trait BundleFiles {
+    /// The directory the files belong to (for errors and for telling bundles apart).
+    fn dir(&self) -> &Path;
+    /// At most `limit + 1` bytes of file `name`: enough to tell that it is larger than
+    /// `limit` without reading all of it.
+    fn read(&self, name: &str, limit: u64) -> Result<Vec<u8>, BundleError>;
+}
+
+/// The files of a directory, read when asked for.
+struct DirFiles<'a>(&'a Path);
+
+impl BundleFiles for DirFiles<'_> {
+    fn dir(&self) -> &Path {
+        self.0
+    }
+    fn read(&self, name: &str, limit: u64) -> Result<Vec<u8>, BundleError> {
+        read_limited(&self.0.join(name), limit)
+    }
+}
+
 impl Bundle {
     /// Reads `dir/manifest.json` and every file it lists, checking size and SHA-256.
     pub fn load(dir: &Path) -> Result<Self, BundleError> {
+        Self::load_from(&DirFiles(dir))
+    }
+
+    /// [`Bundle::load`] over any [`BundleFiles`].
+    pub fn load_from(files: &dyn BundleFiles) -> Result<Self, BundleError> {
+        let dir = files.dir();
         let manifest_path = dir.join(MANIFEST_FILE);
-        let text = read_limited(&manifest_path, MAX_MANIFEST_SIZE)?;
+        let text = files.read(MANIFEST_FILE, MAX_MANIFEST_SIZE)?;
         if text.len() as u64 > MAX_MANIFEST_SIZE {
             return Err(BundleError::TooLarge {
                 path: manifest_path,
@@ -99,11 +128,11 @@ impl Bundle {
         {
             return Err(BundleError::UnknownFile { name: name.clone() });
         }
-        let kernel = load_checked(dir, &manifest, KERNEL_FILE)?
+        let kernel = load_checked(files, &manifest, KERNEL_FILE)?
             .ok_or(BundleError::MissingFromManifest { name: KERNEL_FILE })?;
-        let initrd = load_checked(dir, &manifest, INITRD_FILE)?
+        let initrd = load_checked(files, &manifest, INITRD_FILE)?
             .ok_or(BundleError::MissingFromManifest { name: INITRD_FILE })?;
-        let firmware = load_checked(dir, &manifest, FIRMWARE_FILE)?;
+        let firmware = load_checked(files, &manifest, FIRMWARE_FILE)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             manifest,
@@ -116,18 +145,18 @@ impl Bundle {
 
 /// Reads the named file if the manifest lists it, and checks it.
 fn load_checked(
-    dir: &Path,
+    files: &dyn BundleFiles,
     manifest: &Manifest,
     name: &str,
 ) -> Result<Option<Vec<u8>>, BundleError> {
     let Some(expected) = manifest.files.get(name) else {
         return Ok(None);
     };
-    let path = dir.join(name);
+    let path = files.dir().join(name);
     if expected.size > MAX_FILE_SIZE {
         return Err(BundleError::TooLarge { path });
     }
-    let data = read_limited(&path, expected.size)?;
+    let data = files.read(name, expected.size)?;
     let actual = FileDigest::of(&data);
     if actual.size != expected.size {
         return Err(BundleError::SizeMismatch {

@@ -12,7 +12,10 @@ pub mod cpio;
 pub mod initrd;
 pub mod manifest;
 
-pub use bundle::{bundle_dir, write_bundle, Bundle, BundleContents, BundleError, BUNDLE_DIR_ENV};
+pub use bundle::{
+    bundle_dir, write_bundle, Bundle, BundleContents, BundleError, BundleFiles, BUNDLE_DIR_ENV,
+    FIRMWARE_FILE, INITRD_FILE, KERNEL_FILE, MANIFEST_FILE,
+};
 pub use cpio::{CpioArchive, CpioError};
 pub use initrd::{build_initrd, gzip, InitrdError};
 pub use manifest::{FileDigest, Manifest, ManifestError, MANIFEST_FORMAT};

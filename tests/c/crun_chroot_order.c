@@ -1,0 +1,62 @@
+/*
+ * The calls of crun 1.6-1.20's krun handler (Debian 12's crun 1.8.1): the library is
+ * dlopened on the host, then, inside the container after pivot_root, krun_create_ctx,
+ * krun_set_log_level(1), krun_set_root_disk("/disk.img"),
+ * krun_set_tee_config_file("/krun-sev.json") and krun_start_enter. chroot(ROOT) stands in for
+ * pivot_root: afterwards the host's bundle directory is out of sight.
+ *
+ * Usage: crun_chroot_order ROOT. Prints START_ENTER=<negative errno> when krun_start_enter
+ * returns (it does not return on success), or CALL_FAILED=<name> for an earlier failure.
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <unistd.h>
+
+typedef int32_t (*create_fn)(void);
+typedef int32_t (*level_fn)(uint32_t);
+typedef int32_t (*path_fn)(uint32_t, const char *);
+typedef int32_t (*start_fn)(uint32_t);
+
+int main(int argc, char **argv)
+{
+    if (argc != 2) {
+        fprintf(stderr, "usage: %s ROOT\n", argv[0]);
+        return 2;
+    }
+    void *lib = dlopen("libkrun-sev.so.1", RTLD_NOW);
+    if (lib == NULL) {
+        fprintf(stderr, "dlopen: %s\n", dlerror());
+        return 2;
+    }
+    create_fn create = (create_fn)dlsym(lib, "krun_create_ctx");
+    level_fn level = (level_fn)dlsym(lib, "krun_set_log_level");
+    path_fn root_disk = (path_fn)dlsym(lib, "krun_set_root_disk");
+    path_fn tee_config = (path_fn)dlsym(lib, "krun_set_tee_config_file");
+    start_fn start = (start_fn)dlsym(lib, "krun_start_enter");
+    if (!create || !level || !root_disk || !tee_config || !start) {
+        fprintf(stderr, "missing symbol\n");
+        return 2;
+    }
+    if (chroot(argv[1]) != 0 || chdir("/") != 0) {
+        perror("chroot");
+        return 2;
+    }
+    int32_t ctx = create();
+    if (ctx < 0 || level(1) < 0) {
+        printf("CALL_FAILED=krun_create_ctx\n");
+        return 1;
+    }
+    if (root_disk((uint32_t)ctx, "/disk.img") < 0) {
+        printf("CALL_FAILED=krun_set_root_disk\n");
+        return 1;
+    }
+    if (tee_config((uint32_t)ctx, "/krun-sev.json") < 0) {
+        printf("CALL_FAILED=krun_set_tee_config_file\n");
+        return 1;
+    }
+    int32_t rc = start((uint32_t)ctx);
+    printf("START_ENTER=%d\n", rc);
+    return 0;
+}
