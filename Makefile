@@ -57,9 +57,10 @@ install-bundle: bundle
 	install -m 0644 $(BUILD_DIR)/bundle/vmlinux $(BUILD_DIR)/bundle/initrd.cpio.gz \
 	    $(BUILD_DIR)/bundle/manifest.json $(DESTDIR)$(BUNDLE_INSTALL_DIR)/
 
-# The krun-sev command and the krun-kbs key broker.
+# The krun-sev command and the krun-kbs key broker, with the same default bundle directory
+# as the library (krun-sev measure and mkcw --register compute over it).
 install-bin:
-	$(CARGO) build --release -p krun-sev-cli -p krun-kbs
+	KRUN_SEV_BUNDLE_DEFAULT=$(BUNDLE_INSTALL_DIR) $(CARGO) build --release -p krun-sev-cli -p krun-kbs
 	install -d $(DESTDIR)$(PREFIX)/bin
 	install -m 0755 target/release/krun-sev target/release/krun-kbs $(DESTDIR)$(PREFIX)/bin/
 
