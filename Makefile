@@ -19,6 +19,9 @@ VENV ?= $(KRUN_SEV_CACHE)/venv
 export KRUN_SEV_PYTHON ?= $(VENV)/bin/python
 export KRUN_LUKS_PYTHON ?= $(KRUN_SEV_PYTHON)
 export KRUN_RESETVEC_PYTHON ?= $(KRUN_SEV_PYTHON)
+# Tests needing an oracle are ignored by a plain `cargo test` without one (build.rs); here
+# they must run, and fail if the oracle is missing.
+export KRUN_TEST_REQUIRE_ORACLES = 1
 
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 MAJOR := $(firstword $(subst ., ,$(VERSION)))
