@@ -15,7 +15,8 @@ use kvm_ioctls::VmFd;
 
 use super::{guest, LaunchError, LaunchPlan};
 use crate::resources::{PortMap as ResPortMap, VmResources};
-use crate::tee::backend::{LaunchBackend, OwnerBlobs, StartParams};
+use crate::tee::backend::{LaunchBackend, OwnerBlobs, Recorder, StartParams};
+use crate::tee::dump::{self, LaunchDump, Update};
 use crate::tee::hardware::platform::FirmwareBuild;
 use crate::tee::hardware::vendor_chain::AuthChain;
 use crate::tee::hardware::{self, convert::MemoryConverter};
@@ -98,6 +99,35 @@ pub fn expected_measurement_with(
     id: &Arc<ModelIdentity>,
     req: &MeasureRequest,
 ) -> Result<Measurement, LaunchError> {
+    measure_on(&mut ModelBackend::new(id.clone(), req.mode), req)
+}
+
+/// [`expected_measurement`] and the launch updates it issued with their bytes, for oracles
+/// that do not share this code (`krun-sev measure --dump-updates`, `tee::dump`).
+pub fn expected_measurement_dump(
+    req: &MeasureRequest,
+) -> Result<(Measurement, LaunchDump), LaunchError> {
+    let id = model::load_or_ephemeral(&model::identity_dir()).map_err(LaunchError::Tee)?;
+    let mut recorder = Recorder::with_updates(ModelBackend::new(id, req.mode));
+    let m = measure_on(&mut recorder, req)?;
+    let updates = recorder
+        .updates
+        .map(|u| std::mem::take(&mut *u.lock().unwrap_or_else(|e| e.into_inner())))
+        .unwrap_or_default();
+    Ok((
+        m,
+        LaunchDump {
+            mode: req.mode,
+            updates,
+        },
+    ))
+}
+
+/// The measurement of `req` computed on `psp` (the model, or a recorder around it).
+fn measure_on(
+    psp: &mut dyn LaunchBackend,
+    req: &MeasureRequest,
+) -> Result<Measurement, LaunchError> {
     let bundle = Bundle::load(&req.bundle_dir).map_err(LaunchError::Bundle)?;
     let seg = guest::launch_segment(&VmResources::default(), req.mode, req.binding.as_ref())
         .map_err(LaunchError::Segment)?;
@@ -109,8 +139,8 @@ pub fn expected_measurement_with(
         TeeMode::Snp => Some(cpuid_page::build(&[]).map_err(LaunchError::Tee)?),
         _ => None,
     };
-    measure::calculate(
-        id,
+    measure::calculate_with(
+        psp,
         &MeasureInputs {
             mode: req.mode,
             vcpus: req.vcpus,
@@ -123,6 +153,7 @@ pub fn expected_measurement_with(
             cpuid_page: cpuid.as_deref(),
         },
     )
+    .map(|(m, _)| m)
     .map_err(LaunchError::Measure)
 }
 
@@ -160,6 +191,9 @@ pub(crate) struct Sequence {
     /// not depend on the page's contents (docs/measurement.md), so tests of the sequence
     /// need no `/dev/kvm`.
     pub cpuid_page: Option<Box<[u8; cpuid_page::PAGE_LEN]>>,
+    /// With `KRUN_SEV_DUMP_UPDATES`: where the launch updates go after FINISH, and the
+    /// recorder's list of them.
+    pub dump: Option<(PathBuf, Arc<Mutex<Vec<Update>>>)>,
 }
 
 impl Sequence {
@@ -187,6 +221,7 @@ impl Sequence {
             snp: SnpLaunchParams::default(),
             regions: Vec::new(),
             cpuid_page: None,
+            dump: None,
         }
     }
 
@@ -328,6 +363,18 @@ impl Sequence {
         phases.time(Phase::Finish, || {
             backend.finish(&finish_params).map(|()| ((), 0))
         })?;
+        if let Some((path, updates)) = &self.dump {
+            let dump = LaunchDump {
+                mode: self.mode,
+                updates: std::mem::take(&mut *updates.lock().unwrap_or_else(|e| e.into_inner())),
+            };
+            dump.write(path).map_err(TeeError::Dump)?;
+            log::info!(
+                "launch updates written to {} ({})",
+                path.display(),
+                dump::DUMP_ENV
+            );
+        }
         if let Some(g) = self.backend.as_model().and_then(ModelBackend::take_snp) {
             // A second launch in one process cannot happen (start consumes the context).
             let _ = self.snp_slot.set(g);
@@ -522,6 +569,21 @@ pub(crate) fn run(plan: LaunchPlan) -> Result<u8, LaunchError> {
             (Box::new(ModelBackend::new(id.clone(), mode)), Some(id))
         }
     };
+    // KRUN_SEV_DUMP_UPDATES: the launch updates with their bytes go to that file (tee::dump).
+    let dump_path = std::env::var_os(dump::DUMP_ENV)
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from);
+    let (backend, dump) = match dump_path {
+        Some(path) => {
+            let recorder = Recorder::with_updates(backend);
+            let updates = recorder.updates.clone().unwrap_or_default();
+            (
+                Box::new(recorder) as Box<dyn LaunchBackend>,
+                Some((path, updates)),
+            )
+        }
+        None => (backend, None),
+    };
     let secret_gpa = seg.secret_offset.map(|off| {
         crate::arch::layout::INITRD_START
             + (crate::vmm::memory::launch_segment_offset(bundle.initrd.len()) + off) as u64
@@ -535,6 +597,7 @@ pub(crate) fn run(plan: LaunchPlan) -> Result<u8, LaunchError> {
         identity.clone(),
     );
     sequence.snp_slot = report.slot();
+    sequence.dump = dump;
     sequence.broker = broker;
     sequence.auth_chain = auth_chain;
     sequence.secret_gpa = secret_gpa;
@@ -1084,6 +1147,68 @@ mod tests {
             let mut want = documented_order(mode, 2, &mem, &loaded);
             want[0] = Command::VmType(0); // the model runs in a plain VM
             assert_eq!(*commands.lock().unwrap(), want, "{mode:?}");
+        }
+    }
+
+    /// KRUN_SEV_DUMP_UPDATES: after FINISH the launch writes the updates it issued with
+    /// their bytes; they are `krun-sev measure`'s, and for SEV-ES the SHA-256 over their data
+    /// and VMSAs is the launch digest.
+    #[test]
+    fn a_launch_dumps_the_updates_measure_dumps() {
+        let bundle = fake_bundle();
+        let machine = MachineConfig {
+            vcpus: 2,
+            ram_mib: 256,
+        };
+        for mode in modes() {
+            let (mem, loaded) = load(
+                bundle.as_path(),
+                &VmResources::default(),
+                mode,
+                machine,
+                None,
+            );
+            let recorder = Recorder::with_updates(ModelBackend::new(identity(), mode));
+            let updates = recorder.updates.clone().unwrap();
+            let dir = TempDir::new().unwrap();
+            let path = dir.as_path().join("updates.jsonl");
+            let mut seq = Sequence::new(
+                mode,
+                machine.vcpus,
+                VcpuModel::default().signature(),
+                Box::new(recorder),
+                Some(identity()),
+            );
+            seq.cpuid_page = fixed_cpuid_page(mode);
+            seq.dump = Some((path.clone(), updates));
+            drive(&mut seq, &mem, &loaded);
+            let launched = seq.recorded.lock().unwrap().clone().unwrap();
+            let written = std::fs::read_to_string(&path).unwrap();
+
+            let (measured, dump) = expected_measurement_dump(&MeasureRequest {
+                mode,
+                vcpus: machine.vcpus,
+                ram_mib: machine.ram_mib,
+                bundle_dir: bundle.as_path().to_path_buf(),
+                data_disk: false,
+                vcpu_model: VcpuModel::default(),
+                binding: None,
+            })
+            .unwrap();
+            assert_eq!(measured.digest, launched.digest, "{mode:?}");
+            // The launch also issues FINISH, the calculator stops before it.
+            let mut with_finish = dump.clone();
+            with_finish.updates.push(Update::Finish);
+            assert_eq!(written, with_finish.to_json_lines(), "{mode:?}");
+            if mode == TeeMode::SevEs {
+                let mut h = openssl::sha::Sha256::new();
+                for u in &dump.updates {
+                    if let Update::Data { bytes, .. } | Update::Vmsa { bytes } = u {
+                        h.update(bytes);
+                    }
+                }
+                assert_eq!(h.finish().to_vec(), launched.digest);
+            }
         }
     }
 
