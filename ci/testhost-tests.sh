@@ -20,6 +20,9 @@ start=$(date +%s)
 # The broker tests and the end-to-end test run these inside the test host; the end-to-end
 # test also links a C program against the library's cdylib.
 cargo build --manifest-path "$root/Cargo.toml" -p krun-kbs -p krun-sev-cli -p krun-sev
+# The independent measurement oracle on the real bundle (no test host needed, only the bundle).
+KRUN_SEV_BUNDLE_DIR=$bundle cargo test --manifest-path "$root/Cargo.toml" -p krun-sev-cli \
+    --test measure_oracle -- --ignored --nocapture
 KRUN_SEV_BUNDLE_DIR=$bundle cargo test --manifest-path "$root/Cargo.toml" -p krun-testhost \
     --test testhost --test kvm_unit --test vmm_boot --test luks_boot --test tee_model --test e2e -- --ignored --test-threads=1 --nocapture
 echo "[testhost-tests] done in $(($(date +%s) - start)) s" >&2
