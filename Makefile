@@ -3,7 +3,8 @@
 #   make                 build the library (release)
 #   make install         install library, header and pkg-config file under $(DESTDIR)$(PREFIX)
 #   make test            every test: format, lints, unit and integration tests, C API test,
-#                        the guest bundle against its pins, the test-host tests
+#                        the guest bundle against its pins, fuzz smoke, the test host's KVM
+#                        and guest-boot tests; ends with a summary
 #   make demo            run a confidential workload end to end (TEE=snp|sev-es|sev,
 #                        TEE_BACKEND=model|hardware; see README.md)
 #   make pin-bundle      rewrite firmware/bundle.pins after a deliberate change to the guest
@@ -24,11 +25,20 @@ VENV ?= $(KRUN_SEV_CACHE)/venv
 export KRUN_SEV_PYTHON ?= $(VENV)/bin/python
 export KRUN_LUKS_PYTHON ?= $(KRUN_SEV_PYTHON)
 export KRUN_RESETVEC_PYTHON ?= $(KRUN_SEV_PYTHON)
+# Tests needing an oracle are ignored by a plain `cargo test` without one (build.rs); here
+# they must run, and fail if the oracle is missing.
+export KRUN_TEST_REQUIRE_ORACLES = 1
+
+# Recipes that tee test output into logs must still fail when the tests fail.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 MAJOR := $(firstword $(subst ., ,$(VERSION)))
 LIB_FILE := libkrun-sev.so.$(VERSION)
 BUILD_DIR := build
+# Test logs `make test` summarizes (ci/test-summary.sh).
+TEST_LOGS := $(BUILD_DIR)/test-logs
 
 .PHONY: all lib bundle bundle-pins pin-bundle install install-lib install-bundle install-bin test test-packages test-deps check unit-tests c-api-test fuzz-smoke testhost-tests demo clean
 
@@ -83,7 +93,8 @@ test-deps:
 	fi
 
 unit-tests: test-deps
-	$(CARGO) test --workspace
+	@mkdir -p $(TEST_LOGS)
+	$(CARGO) test --workspace 2>&1 | tee $(TEST_LOGS)/unit-tests.log
 
 c-api-test:
 	tests/c/run.sh
@@ -102,16 +113,21 @@ pin-bundle: bundle
 
 # Guest-boot tests in the nested-KVM test host (builds the bundle first).
 testhost-tests:
-	KRUN_SEV_BUNDLE_DIR=$(CURDIR)/$(BUILD_DIR)/bundle ci/testhost-tests.sh
+	@mkdir -p $(TEST_LOGS)
+	KRUN_SEV_BUNDLE_DIR=$(CURDIR)/$(BUILD_DIR)/bundle ci/testhost-tests.sh 2>&1 | tee $(TEST_LOGS)/testhost-tests.log
 
 # The fuzz targets' logic over seeded random inputs and the saved corpora (fuzz/README.md;
 # coverage-guided runs are separate).
 fuzz-smoke:
-	cd fuzz && $(CARGO) test --release
+	@mkdir -p $(TEST_LOGS)
+	cd fuzz && $(CARGO) test --release 2>&1 | tee $(CURDIR)/$(TEST_LOGS)/fuzz-smoke.log
 
 # In this order (the prerequisites run left to right): packages first, then the quick checks;
-# the bundle pins before the long tests, so a changed bundle fails within minutes.
+# the bundle pins before the long tests, so a changed bundle fails within minutes. Ends with a
+# summary: tests run outside and inside the test host, and a check that every test a plain
+# `cargo test` ignores passed in the test host (nothing skipped).
 test: test-packages check bundle-pins unit-tests c-api-test fuzz-smoke testhost-tests
+	@ci/test-summary.sh $(TEST_LOGS)
 
 # The main job (README.md): key broker, encrypted image, registration, confidential launch.
 # TEE=snp|sev-es|sev; TEE_BACKEND=model (the PSP model; inside the test host when this machine

@@ -1,6 +1,8 @@
 #!/bin/bash
 # Builds what the test-host acceptance tests need (test host assets, guest bundle) and runs
-# them in the nested-KVM test host (issues 3 to 8). Each test host run prints its wall time.
+# them in the nested-KVM test host (issues 3 to 8), plus the unit tests that need a KVM which
+# boots guests (tests/host/tests/kvm_unit.rs: one boot, about 15 s). Each test host run prints
+# its wall time.
 #
 # Cost: about 11 minutes of test host runs once the kernel is cached (the end-to-end test,
 # two boots with debug binaries under TCG, takes about 7 of them); a cold cache adds the guest
@@ -18,6 +20,9 @@ start=$(date +%s)
 # The broker tests and the end-to-end test run these inside the test host; the end-to-end
 # test also links a C program against the library's cdylib.
 cargo build --manifest-path "$root/Cargo.toml" -p krun-kbs -p krun-sev-cli -p krun-sev
+# The independent measurement oracle on the real bundle (no test host needed, only the bundle).
+KRUN_SEV_BUNDLE_DIR=$bundle cargo test --manifest-path "$root/Cargo.toml" -p krun-sev-cli \
+    --test measure_oracle -- --ignored --nocapture
 KRUN_SEV_BUNDLE_DIR=$bundle cargo test --manifest-path "$root/Cargo.toml" -p krun-testhost \
-    --test testhost --test vmm_boot --test luks_boot --test tee_model --test e2e -- --ignored --test-threads=1 --nocapture
+    --test testhost --test kvm_unit --test vmm_boot --test luks_boot --test tee_model --test e2e -- --ignored --test-threads=1 --nocapture
 echo "[testhost-tests] done in $(($(date +%s) - start)) s" >&2

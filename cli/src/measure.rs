@@ -41,6 +41,10 @@ pub struct MeasureArgs {
     /// Print JSON instead of the bare hex digest.
     #[arg(long)]
     json: bool,
+    /// Also write the launch commands with the bytes they measured to FILE (JSON lines, for
+    /// an independent oracle: tests/oracle/measure_oracle.py; docs/measurement.md).
+    #[arg(long, value_name = "FILE")]
+    dump_updates: Option<PathBuf>,
 }
 
 fn parse_mode(s: &str) -> Result<TeeMode, String> {
@@ -60,6 +64,9 @@ pub enum MeasureCliError {
     /// The library could not compute it.
     #[error("cannot compute the measurement")]
     Launch(#[source] launch::LaunchError),
+    /// The launch updates cannot be written.
+    #[error("cannot write the launch updates")]
+    Dump(#[source] krun_sev::tee::dump::DumpError),
 }
 
 /// The JSON document of `--json`.
@@ -132,7 +139,15 @@ fn read_tee_config(
 /// Runs the command.
 pub fn measure(args: &MeasureArgs) -> Result<ExitCode, MeasureCliError> {
     let req = request(args)?;
-    let m = launch::expected_measurement(&req).map_err(MeasureCliError::Launch)?;
+    let m = match &args.dump_updates {
+        Some(path) => {
+            let (m, dump) =
+                launch::expected_measurement_dump(&req).map_err(MeasureCliError::Launch)?;
+            dump.write(path).map_err(MeasureCliError::Dump)?;
+            m
+        }
+        None => launch::expected_measurement(&req).map_err(MeasureCliError::Launch)?,
+    };
     if args.json {
         println!("{}", to_json(&req, &m));
     } else {

@@ -596,6 +596,10 @@ pub(crate) mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(krun_oracles),
+        ignore = "needs the Python oracles (KRUN_SEV_PYTHON): make test runs it"
+    )]
     fn every_page_type_matches_sev_snp_measure() {
         let firmware = pattern(2 * PAGE_SIZE, 3);
         let kernel = pattern(5 * PAGE_SIZE, 7);
@@ -614,6 +618,10 @@ pub(crate) mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(krun_oracles),
+        ignore = "needs the Python oracles (KRUN_SEV_PYTHON): make test runs it"
+    )]
     fn random_launch_sequences_match_sev_snp_measure() {
         let mut ops = Vec::new();
         let mut seed = [0u8; 64];

@@ -1,8 +1,9 @@
 //! Test-only bridge to the sev-snp-measure oracle (`oracles/snp_gctx.py`).
 //!
-//! The tests that use it fail, rather than skip, when the oracle is not set up: CI must run
-//! them. Setup: `python3 -m venv VENV && VENV/bin/pip install sev-snp-measure`, then
-//! `export KRUN_SEV_PYTHON=VENV/bin/python`.
+//! The tests that use it are ignored unless `KRUN_SEV_PYTHON` is set or
+//! `KRUN_TEST_REQUIRE_ORACLES=1` (`make test`, see build.rs); once they run, a missing or
+//! broken oracle fails them. Setup: `python3 -m venv VENV && VENV/bin/pip install
+//! sev-snp-measure`, then `export KRUN_SEV_PYTHON=VENV/bin/python`.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -15,7 +16,9 @@ const SETUP: &str = "the SNP digest oracle needs sev-snp-measure: run \
 
 /// Runs the oracle script with one JSON request and returns its JSON answer.
 pub fn gctx(request: &Value) -> Value {
-    let python = std::env::var_os("KRUN_SEV_PYTHON").unwrap_or_else(|| panic!("{SETUP}"));
+    let python = std::env::var_os("KRUN_SEV_PYTHON")
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| panic!("{SETUP}"));
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/oracles/snp_gctx.py");
     let mut child = Command::new(&python)
         .arg(script)

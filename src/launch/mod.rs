@@ -14,7 +14,7 @@ use std::convert::Infallible;
 use crate::resources::{DiskConfig, MachineConfig, VmResources};
 use crate::tee::TeeError;
 
-pub use sequence::{expected_measurement, MeasureRequest};
+pub use sequence::{expected_measurement, expected_measurement_dump, MeasureRequest};
 
 /// Errors before the guest starts.
 #[derive(Debug, thiserror::Error)]

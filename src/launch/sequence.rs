@@ -15,7 +15,8 @@ use kvm_ioctls::VmFd;
 
 use super::{guest, LaunchError, LaunchPlan};
 use crate::resources::{PortMap as ResPortMap, VmResources};
-use crate::tee::backend::{LaunchBackend, OwnerBlobs, StartParams};
+use crate::tee::backend::{LaunchBackend, OwnerBlobs, Recorder, StartParams};
+use crate::tee::dump::{self, LaunchDump, Update};
 use crate::tee::hardware::platform::FirmwareBuild;
 use crate::tee::hardware::vendor_chain::AuthChain;
 use crate::tee::hardware::{self, convert::MemoryConverter};
@@ -98,6 +99,35 @@ pub fn expected_measurement_with(
     id: &Arc<ModelIdentity>,
     req: &MeasureRequest,
 ) -> Result<Measurement, LaunchError> {
+    measure_on(&mut ModelBackend::new(id.clone(), req.mode), req)
+}
+
+/// [`expected_measurement`] and the launch updates it issued with their bytes, for oracles
+/// that do not share this code (`krun-sev measure --dump-updates`, `tee::dump`).
+pub fn expected_measurement_dump(
+    req: &MeasureRequest,
+) -> Result<(Measurement, LaunchDump), LaunchError> {
+    let id = model::load_or_ephemeral(&model::identity_dir()).map_err(LaunchError::Tee)?;
+    let mut recorder = Recorder::with_updates(ModelBackend::new(id, req.mode));
+    let m = measure_on(&mut recorder, req)?;
+    let updates = recorder
+        .updates
+        .map(|u| std::mem::take(&mut *u.lock().unwrap_or_else(|e| e.into_inner())))
+        .unwrap_or_default();
+    Ok((
+        m,
+        LaunchDump {
+            mode: req.mode,
+            updates,
+        },
+    ))
+}
+
+/// The measurement of `req` computed on `psp` (the model, or a recorder around it).
+fn measure_on(
+    psp: &mut dyn LaunchBackend,
+    req: &MeasureRequest,
+) -> Result<Measurement, LaunchError> {
     let bundle = Bundle::load(&req.bundle_dir).map_err(LaunchError::Bundle)?;
     let seg = guest::launch_segment(&VmResources::default(), req.mode, req.binding.as_ref())
         .map_err(LaunchError::Segment)?;
@@ -109,8 +139,8 @@ pub fn expected_measurement_with(
         TeeMode::Snp => Some(cpuid_page::build(&[]).map_err(LaunchError::Tee)?),
         _ => None,
     };
-    measure::calculate(
-        id,
+    measure::calculate_with(
+        psp,
         &MeasureInputs {
             mode: req.mode,
             vcpus: req.vcpus,
@@ -123,6 +153,7 @@ pub fn expected_measurement_with(
             cpuid_page: cpuid.as_deref(),
         },
     )
+    .map(|(m, _)| m)
     .map_err(LaunchError::Measure)
 }
 
@@ -156,6 +187,13 @@ pub(crate) struct Sequence {
     pub snp: SnpLaunchParams,
     /// The regions the memory updates covered.
     regions: Vec<regions::MeasuredRegion>,
+    /// SNP: a fixed CPUID page instead of the one built from this host's KVM. The digest does
+    /// not depend on the page's contents (docs/measurement.md), so tests of the sequence
+    /// need no `/dev/kvm`.
+    pub cpuid_page: Option<Box<[u8; cpuid_page::PAGE_LEN]>>,
+    /// With `KRUN_SEV_DUMP_UPDATES`: where the launch updates go after FINISH, and the
+    /// recorder's list of them.
+    pub dump: Option<(PathBuf, Arc<Mutex<Vec<Update>>>)>,
 }
 
 impl Sequence {
@@ -182,6 +220,8 @@ impl Sequence {
             session: None,
             snp: SnpLaunchParams::default(),
             regions: Vec::new(),
+            cpuid_page: None,
+            dump: None,
         }
     }
 
@@ -214,8 +254,9 @@ impl Sequence {
         mem: &GuestMemory,
         loaded: &LoadedGuest,
     ) -> Result<(), TeeError> {
-        let cpuid = match self.mode {
-            TeeMode::Snp => Some(cpuid_page::from_kvm(self.vcpus, self.vcpu_sig)?),
+        let cpuid = match (self.mode, self.cpuid_page.take()) {
+            (TeeMode::Snp, Some(page)) => Some(page),
+            (TeeMode::Snp, None) => Some(cpuid_page::from_kvm(self.vcpus, self.vcpu_sig)?),
             _ => None,
         };
         self.session = match (&self.broker, self.mode) {
@@ -322,6 +363,18 @@ impl Sequence {
         phases.time(Phase::Finish, || {
             backend.finish(&finish_params).map(|()| ((), 0))
         })?;
+        if let Some((path, updates)) = &self.dump {
+            let dump = LaunchDump {
+                mode: self.mode,
+                updates: std::mem::take(&mut *updates.lock().unwrap_or_else(|e| e.into_inner())),
+            };
+            dump.write(path).map_err(TeeError::Dump)?;
+            log::info!(
+                "launch updates written to {} ({})",
+                path.display(),
+                dump::DUMP_ENV
+            );
+        }
         if let Some(g) = self.backend.as_model().and_then(ModelBackend::take_snp) {
             // A second launch in one process cannot happen (start consumes the context).
             let _ = self.snp_slot.set(g);
@@ -516,6 +569,21 @@ pub(crate) fn run(plan: LaunchPlan) -> Result<u8, LaunchError> {
             (Box::new(ModelBackend::new(id.clone(), mode)), Some(id))
         }
     };
+    // KRUN_SEV_DUMP_UPDATES: the launch updates with their bytes go to that file (tee::dump).
+    let dump_path = std::env::var_os(dump::DUMP_ENV)
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from);
+    let (backend, dump) = match dump_path {
+        Some(path) => {
+            let recorder = Recorder::with_updates(backend);
+            let updates = recorder.updates.clone().unwrap_or_default();
+            (
+                Box::new(recorder) as Box<dyn LaunchBackend>,
+                Some((path, updates)),
+            )
+        }
+        None => (backend, None),
+    };
     let secret_gpa = seg.secret_offset.map(|off| {
         crate::arch::layout::INITRD_START
             + (crate::vmm::memory::launch_segment_offset(bundle.initrd.len()) + off) as u64
@@ -529,6 +597,7 @@ pub(crate) fn run(plan: LaunchPlan) -> Result<u8, LaunchError> {
         identity.clone(),
     );
     sequence.snp_slot = report.slot();
+    sequence.dump = dump;
     sequence.broker = broker;
     sequence.auth_chain = auth_chain;
     sequence.secret_gpa = secret_gpa;
@@ -611,9 +680,11 @@ mod tests {
     };
     use vmm_sys_util::tempdir::TempDir;
 
+    /// `KRUN_SEV_PSP_MODEL_DIR`'s identity when there is one (the test host gets one made
+    /// outside: RSA key generation under TCG takes minutes), else a fresh one.
     fn identity() -> Arc<ModelIdentity> {
         static ID: OnceLock<Arc<ModelIdentity>> = OnceLock::new();
-        ID.get_or_init(|| Arc::new(ModelIdentity::generate().unwrap()))
+        ID.get_or_init(|| model::load_or_ephemeral(&model::identity_dir()).unwrap())
             .clone()
     }
 
@@ -695,6 +766,7 @@ mod tests {
             Box::new(ModelBackend::new(identity(), mode)),
             Some(identity()),
         );
+        seq.cpuid_page = fixed_cpuid_page(mode);
         drive(&mut seq, &mem, &loaded);
         if mode == TeeMode::Snp {
             assert!(
@@ -723,19 +795,16 @@ mod tests {
         m
     }
 
-    fn kvm_available() -> bool {
-        std::fs::File::open("/dev/kvm").is_ok()
+    /// SNP: the CPUID page `krun-sev measure` uses (no host's KVM asked); the launch would
+    /// build it from `/dev/kvm`, which only changes the page, not the digest.
+    fn fixed_cpuid_page(mode: TeeMode) -> Option<Box<[u8; cpuid_page::PAGE_LEN]>> {
+        (mode == TeeMode::Snp).then(|| cpuid_page::build(&[]).unwrap())
     }
 
     #[test]
     fn measure_equals_what_the_launch_measures() {
         let bundle = fake_bundle();
-        let mut modes = vec![TeeMode::Sev, TeeMode::SevEs];
-        if kvm_available() {
-            modes.push(TeeMode::Snp);
-        } else {
-            eprintln!("SKIP snp part of measure_equals_what_the_launch_measures: no /dev/kvm");
-        }
+        let modes = [TeeMode::Sev, TeeMode::SevEs, TeeMode::Snp];
         let machine = MachineConfig {
             vcpus: 2,
             ram_mib: 256,
@@ -897,15 +966,8 @@ mod tests {
         c
     }
 
-    fn modes() -> Vec<TeeMode> {
-        let mut modes = vec![TeeMode::Sev, TeeMode::SevEs];
-        // The SNP CPUID page comes from KVM_GET_SUPPORTED_CPUID.
-        if kvm_available() {
-            modes.push(TeeMode::Snp);
-        } else {
-            eprintln!("SKIP snp part: no /dev/kvm");
-        }
-        modes
+    fn modes() -> [TeeMode; 3] {
+        [TeeMode::Sev, TeeMode::SevEs, TeeMode::Snp]
     }
 
     /// Runs one launch on `backend` behind a recorder; returns the commands and the memory.
@@ -928,6 +990,7 @@ mod tests {
             Box::new(recorder),
             Some(identity()),
         );
+        seq.cpuid_page = fixed_cpuid_page(mode);
         drive(&mut seq, &mem, &loaded);
         let c = commands.lock().unwrap().clone();
         (c, mem, loaded)
@@ -1009,11 +1072,10 @@ mod tests {
     /// updates after the load, VMSAs and FINISH after the vCPU registers), and the commands
     /// a real `Vmm::run` issues are the documented order.
     #[test]
+    #[ignore = "needs a KVM that boots guests: runs in the test host"]
     fn vmm_drives_the_sequence_in_the_documented_order() {
         use crate::vmm::memory::tests::{temp_file, tempfile_lite::TempPath};
-        if !kvm_available() {
-            return;
-        }
+        crate::vmm::test_utils::require_kvm();
         let bundle_dir = fake_bundle();
         let bundle = Bundle::load(bundle_dir.as_path()).unwrap();
         let machine = MachineConfig {
@@ -1088,12 +1150,71 @@ mod tests {
         }
     }
 
+    /// KRUN_SEV_DUMP_UPDATES: after FINISH the launch writes the updates it issued with
+    /// their bytes; they are `krun-sev measure`'s, and for SEV-ES the SHA-256 over their data
+    /// and VMSAs is the launch digest.
+    #[test]
+    fn a_launch_dumps_the_updates_measure_dumps() {
+        let bundle = fake_bundle();
+        let machine = MachineConfig {
+            vcpus: 2,
+            ram_mib: 256,
+        };
+        for mode in modes() {
+            let (mem, loaded) = load(
+                bundle.as_path(),
+                &VmResources::default(),
+                mode,
+                machine,
+                None,
+            );
+            let recorder = Recorder::with_updates(ModelBackend::new(identity(), mode));
+            let updates = recorder.updates.clone().unwrap();
+            let dir = TempDir::new().unwrap();
+            let path = dir.as_path().join("updates.jsonl");
+            let mut seq = Sequence::new(
+                mode,
+                machine.vcpus,
+                VcpuModel::default().signature(),
+                Box::new(recorder),
+                Some(identity()),
+            );
+            seq.cpuid_page = fixed_cpuid_page(mode);
+            seq.dump = Some((path.clone(), updates));
+            drive(&mut seq, &mem, &loaded);
+            let launched = seq.recorded.lock().unwrap().clone().unwrap();
+            let written = std::fs::read_to_string(&path).unwrap();
+
+            let (measured, dump) = expected_measurement_dump(&MeasureRequest {
+                mode,
+                vcpus: machine.vcpus,
+                ram_mib: machine.ram_mib,
+                bundle_dir: bundle.as_path().to_path_buf(),
+                data_disk: false,
+                vcpu_model: VcpuModel::default(),
+                binding: None,
+            })
+            .unwrap();
+            assert_eq!(measured.digest, launched.digest, "{mode:?}");
+            // The launch also issues FINISH, the calculator stops before it.
+            let mut with_finish = dump.clone();
+            with_finish.updates.push(Update::Finish);
+            assert_eq!(written, with_finish.to_json_lines(), "{mode:?}");
+            if mode == TeeMode::SevEs {
+                let mut h = openssl::sha::Sha256::new();
+                for u in &dump.updates {
+                    if let Update::Data { bytes, .. } | Update::Vmsa { bytes } = u {
+                        h.update(bytes);
+                    }
+                }
+                assert_eq!(h.finish().to_vec(), launched.digest);
+            }
+        }
+    }
+
     /// The TEE config's SNP policy, HOST_DATA and ID block reach SNP_LAUNCH_START/FINISH.
     #[test]
     fn snp_parameters_reach_launch_start_and_finish() {
-        if !kvm_available() {
-            return;
-        }
         let bundle = fake_bundle();
         let machine = MachineConfig {
             vcpus: 1,
@@ -1113,6 +1234,7 @@ mod tests {
         ));
         let commands = recorder.commands.clone();
         let mut seq = Sequence::new(TeeMode::Snp, 1, 0xa00f11, Box::new(recorder), None);
+        seq.cpuid_page = fixed_cpuid_page(TeeMode::Snp);
         let policy: u64 = 0x30000 | 1 << 19;
         // ID block: VERSION 1 at 0x50, POLICY at 0x58 (the rest is the PSP's to check).
         let mut block = vec![0u8; 96];

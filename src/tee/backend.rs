@@ -6,8 +6,11 @@
 //! attributes). Implementations: the PSP model (`super::measure::ModelBackend`), the
 //! hardware (`super::hardware::HardwareBackend`), and [`Recorder`], which records every
 //! command with its arguments and forwards it, so tests can compare what two code paths
-//! issue. The order is decided once, in `super::measure` and `crate::launch::sequence`.
+//! issue, and optionally the bytes each measures (`super::dump`). The order is decided once, in `super::measure` and `crate::launch::sequence`.
 
+use std::sync::{Arc, Mutex};
+
+use super::dump::Update;
 use super::measure::ModelBackend;
 use super::vmsa::VMSA_SIZE;
 use super::{TeeError, TeeMode};
@@ -87,7 +90,7 @@ pub trait LaunchBackend: Send + std::fmt::Debug {
     /// guest_memfd slots); otherwise the VMM registers plain slots first.
     fn creates_memory_slots(&self, mode: TeeMode) -> bool;
     /// Gives the backend the VM it works on (hardware); not a launch command.
-    fn attach_vm(&mut self, _vm: std::sync::Arc<kvm_ioctls::VmFd>) {}
+    fn attach_vm(&mut self, _vm: Arc<kvm_ioctls::VmFd>) {}
     /// KVM_SEV_INIT2 for the VM type of `mode`, before any vCPU exists.
     fn sev_init(&mut self, mode: TeeMode) -> Result<(), TeeError>;
     /// Registers guest RAM: KVM_MEMORY_ENCRYPT_REG_REGION (SEV/SEV-ES) or guest_memfd slots
@@ -126,9 +129,7 @@ pub trait LaunchBackend: Send + std::fmt::Debug {
     /// LAUNCH_FINISH / SNP_LAUNCH_FINISH.
     fn finish(&mut self, params: &FinishParams<'_>) -> Result<(), TeeError>;
     /// Applies the guest's runtime private/shared conversions (SNP on hardware).
-    fn memory_converter(
-        &self,
-    ) -> Option<std::sync::Arc<dyn super::hardware::convert::MemoryConverter>> {
+    fn memory_converter(&self) -> Option<Arc<dyn super::hardware::convert::MemoryConverter>> {
         None
     }
     /// The PSP model behind this backend, if any (launch digest, SNP report context).
@@ -209,7 +210,10 @@ pub struct Recorder<B> {
     /// The backend doing the work.
     pub inner: B,
     /// What was issued, in order.
-    pub commands: std::sync::Arc<std::sync::Mutex<Vec<Command>>>,
+    pub commands: Arc<Mutex<Vec<Command>>>,
+    /// With [`Recorder::with_updates`]: the measured commands with their bytes, read from
+    /// guest memory just before the command reaches `inner`.
+    pub updates: Option<Arc<Mutex<Vec<Update>>>>,
 }
 
 impl<B> Recorder<B> {
@@ -218,6 +222,15 @@ impl<B> Recorder<B> {
         Recorder {
             inner,
             commands: Default::default(),
+            updates: None,
+        }
+    }
+
+    /// Wraps `inner`, recording the launch updates' bytes too (`super::dump`).
+    pub fn with_updates(inner: B) -> Self {
+        Recorder {
+            updates: Some(Default::default()),
+            ..Recorder::new(inner)
         }
     }
 
@@ -226,6 +239,15 @@ impl<B> Recorder<B> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(c);
+    }
+
+    /// Records `make()`'s update when updates are recorded.
+    fn push_update(&self, make: impl FnOnce() -> Result<Update, TeeError>) -> Result<(), TeeError> {
+        if let Some(updates) = &self.updates {
+            let u = make()?;
+            updates.lock().unwrap_or_else(|e| e.into_inner()).push(u);
+        }
+        Ok(())
     }
 
     /// A copy of the record.
@@ -244,7 +266,7 @@ impl<B: LaunchBackend> LaunchBackend for Recorder<B> {
     fn creates_memory_slots(&self, mode: TeeMode) -> bool {
         self.inner.creates_memory_slots(mode)
     }
-    fn attach_vm(&mut self, vm: std::sync::Arc<kvm_ioctls::VmFd>) {
+    fn attach_vm(&mut self, vm: Arc<kvm_ioctls::VmFd>) {
         self.inner.attach_vm(vm)
     }
     fn sev_init(&mut self, mode: TeeMode) -> Result<(), TeeError> {
@@ -271,10 +293,21 @@ impl<B: LaunchBackend> LaunchBackend for Recorder<B> {
             policy: start.policy,
             owner: start.owner.is_some(),
         });
+        self.push_update(|| {
+            Ok(Update::LaunchStart {
+                policy: start.policy,
+            })
+        })?;
         self.inner.launch_start(start)
     }
     fn update_data(&mut self, mem: &GuestMemory, gpa: u64, len: u64) -> Result<(), TeeError> {
         self.push(Command::UpdateData { gpa, len });
+        self.push_update(|| {
+            Ok(Update::Data {
+                gpa,
+                bytes: read_guest(mem, gpa, len)?,
+            })
+        })?;
         self.inner.update_data(mem, gpa, len)
     }
     fn snp_update(
@@ -285,14 +318,35 @@ impl<B: LaunchBackend> LaunchBackend for Recorder<B> {
         ty: SnpPageType,
     ) -> Result<(), TeeError> {
         self.push(Command::SnpUpdate { gpa, len, ty });
+        self.push_update(|| {
+            // The secrets page is filled by the AMD-SP: never dumped.
+            let bytes = match ty {
+                SnpPageType::Normal | SnpPageType::Cpuid => Some(read_guest(mem, gpa, len)?),
+                SnpPageType::Zero | SnpPageType::Unmeasured | SnpPageType::Secrets => None,
+            };
+            Ok(Update::Snp {
+                gpa,
+                len,
+                ty,
+                bytes,
+            })
+        })?;
         self.inner.snp_update(mem, gpa, len, ty)
     }
     fn update_vmsas(&mut self, vmsas: &[Box<[u8; VMSA_SIZE]>]) -> Result<(), TeeError> {
         self.push(Command::UpdateVmsas(vmsas.len()));
+        for page in vmsas {
+            self.push_update(|| {
+                Ok(Update::Vmsa {
+                    bytes: page.to_vec(),
+                })
+            })?;
+        }
         self.inner.update_vmsas(vmsas)
     }
     fn measure(&mut self) -> Result<LaunchMeasure, TeeError> {
         self.push(Command::Measure);
+        self.push_update(|| Ok(Update::Measure))?;
         self.inner.measure()
     }
     fn secret(
@@ -313,16 +367,25 @@ impl<B: LaunchBackend> LaunchBackend for Recorder<B> {
             id_block: params.id_block.is_some(),
             host_data: params.host_data,
         });
+        self.push_update(|| Ok(Update::Finish))?;
         self.inner.finish(params)
     }
-    fn memory_converter(
-        &self,
-    ) -> Option<std::sync::Arc<dyn super::hardware::convert::MemoryConverter>> {
+    fn memory_converter(&self) -> Option<Arc<dyn super::hardware::convert::MemoryConverter>> {
         self.inner.memory_converter()
     }
     fn as_model(&mut self) -> Option<&mut ModelBackend> {
         self.inner.as_model()
     }
+}
+
+/// `len` bytes of `mem` from `gpa`.
+fn read_guest(mem: &GuestMemory, gpa: u64, len: u64) -> Result<Vec<u8>, TeeError> {
+    use vm_memory::{Bytes, GuestAddress};
+    let len = usize::try_from(len).map_err(|_| TeeError::Layout)?;
+    let mut buf = vec![0u8; len];
+    mem.read_slice(&mut buf, GuestAddress(gpa))
+        .map_err(TeeError::Memory)?;
+    Ok(buf)
 }
 
 impl LaunchBackend for Box<dyn LaunchBackend> {
@@ -332,7 +395,7 @@ impl LaunchBackend for Box<dyn LaunchBackend> {
     fn creates_memory_slots(&self, mode: TeeMode) -> bool {
         (**self).creates_memory_slots(mode)
     }
-    fn attach_vm(&mut self, vm: std::sync::Arc<kvm_ioctls::VmFd>) {
+    fn attach_vm(&mut self, vm: Arc<kvm_ioctls::VmFd>) {
         (**self).attach_vm(vm)
     }
     fn sev_init(&mut self, mode: TeeMode) -> Result<(), TeeError> {
@@ -377,9 +440,7 @@ impl LaunchBackend for Box<dyn LaunchBackend> {
     fn finish(&mut self, params: &FinishParams<'_>) -> Result<(), TeeError> {
         (**self).finish(params)
     }
-    fn memory_converter(
-        &self,
-    ) -> Option<std::sync::Arc<dyn super::hardware::convert::MemoryConverter>> {
+    fn memory_converter(&self) -> Option<Arc<dyn super::hardware::convert::MemoryConverter>> {
         (**self).memory_converter()
     }
     fn as_model(&mut self) -> Option<&mut ModelBackend> {

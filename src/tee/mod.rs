@@ -6,6 +6,7 @@
 //! | `vmsa` | the initial VMSA of each vCPU (SEV-ES, SNP) |
 //! | `cpuid_page` | the SNP CPUID page from KVM's supported CPUID |
 //! | `backend` | the AMD-SP command interface (`LaunchBackend`) and the recording backend |
+//! | `dump` | the launch updates with their bytes, for oracles outside this code |
 //! | `measure` | the launch-update sequence over guest memory, shared by the launch and `krun-sev measure`; the PSP model backend |
 //! | `hardware` | the hardware backend: KVM SEV ioctls, /dev/sev, prerequisites |
 //! | `phases` | wall time and bytes of each launch phase |
@@ -17,6 +18,7 @@
 
 pub mod backend;
 pub mod cpuid_page;
+pub mod dump;
 pub mod hardware;
 pub mod measure;
 pub mod model;
@@ -96,6 +98,9 @@ pub enum TeeError {
     /// Too many CPUID entries for one CPUID page.
     #[error("KVM reports more CPUID leaves than the SNP CPUID page holds")]
     CpuidTooLarge,
+    /// The launch updates could not be written to `KRUN_SEV_DUMP_UPDATES`.
+    #[error("cannot write the launch updates")]
+    Dump(#[source] dump::DumpError),
 }
 
 /// The launch type after resolving the TEE config's `tee` value.

@@ -358,7 +358,7 @@ mod tests {
     use crate::devices::virtio::vsock::HostServices;
     use crate::vmm::config::{ConsoleConfig, DiskConfig};
     use crate::vmm::memory::tests::{temp_file, tempfile_lite::TempPath, tiny_elf};
-    use crate::vmm::test_utils::kvm_available;
+    use crate::vmm::test_utils::require_kvm;
     use std::fs::File;
 
     #[test]
@@ -451,10 +451,9 @@ mod tests {
     /// The whole builder on real KVM: devices appear at their slots in order (root disk,
     /// data disk, console, vsock) and the reported status comes back.
     #[test]
+    #[ignore = "needs a KVM that boots guests: runs in the test host"]
     fn run_reports_guest_status_and_device_layout() {
-        if !kvm_available() {
-            return;
-        }
+        require_kvm();
         let kernel = probe_kernel(true);
         let root = temp_file(&[0u8; 4096]);
         let data = temp_file(&[0u8; 4096]);
@@ -473,10 +472,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs a KVM that boots guests: runs in the test host"]
     fn run_without_status_is_an_error() {
-        if !kvm_available() {
-            return;
-        }
+        require_kvm();
         let kernel = probe_kernel(false);
         let root = temp_file(&[0u8; 4096]);
         let out = TempPath::new();
@@ -496,9 +494,16 @@ mod tests {
         let mut c = config(&kernel, &root, None, &out);
         c.vcpus = 0;
         assert!(matches!(Vmm::run(c), Err(VmmError::VcpuCount)));
-        if !kvm_available() {
-            return;
-        }
+    }
+
+    /// A missing disk is found once the VM exists, before any vCPU runs.
+    #[test]
+    #[ignore = "needs a KVM that boots guests: runs in the test host"]
+    fn missing_disk_fails_before_the_guest_starts() {
+        require_kvm();
+        let kernel = probe_kernel(true);
+        let root = temp_file(&[0u8; 4096]);
+        let out = TempPath::new();
         let mut c = config(&kernel, &root, None, &out);
         c.root_disk.path = "/nonexistent/disk.img".into();
         assert!(matches!(Vmm::run(c), Err(VmmError::Disk(_))));
@@ -509,10 +514,9 @@ mod tests {
     /// DRIVER_OK, notifies, spins until the used index moves, and reports the first byte of
     /// the sector it read plus the request status on port 0xf4.
     #[test]
+    #[ignore = "needs a KVM that boots guests: runs in the test host"]
     fn tiny_guest_driver_reads_the_root_disk() {
-        if !kvm_available() {
-            return;
-        }
+        require_kvm();
         let k = KERNEL_START;
         let (desc, avail, used) = (k + 0x1000, k + 0x2000, k + 0x3000);
         let (hdr, data, status) = (k + 0x4000, k + 0x5000, k + 0x6000);

@@ -348,7 +348,7 @@ mod tests {
         self,
         tests::{temp_file, tiny_elf},
     };
-    use crate::vmm::test_utils::kvm_available;
+    use crate::vmm::test_utils::require_kvm;
     use crate::vmm::vstate::vm::Vm;
 
     /// Records MMIO writes and answers reads with a fixed value.
@@ -367,10 +367,9 @@ mod tests {
     /// Boots a tiny 64-bit "kernel" through the real boot path (ELF load, zero page, page
     /// tables, long-mode registers) and checks what it reports through port 0xf4 and MMIO.
     #[test]
+    #[ignore = "needs a KVM that boots guests: runs in the test host"]
     fn tiny_guest_boots_in_long_mode_and_reports_status() {
-        if !kvm_available() {
-            return;
-        }
+        require_kvm();
         #[rustfmt::skip]
         let code: Vec<u8> = vec![
             0x89, 0xf0,                         // mov eax, esi      (zero page address)
@@ -537,10 +536,9 @@ mod tests {
     /// signature whatever this host's CPU is. Checked on this host's KVM; on SEV hardware the
     /// same registers are what `sev_es_sync_vmsa` copies.
     #[test]
+    #[ignore = "needs a KVM that boots guests: runs in the test host"]
     fn reset_vector_registers_match_the_modelled_vmsa() {
-        if !kvm_available() {
-            return;
-        }
+        require_kvm();
         let vm = Vm::new().unwrap();
         let supported = vm.supported_cpuid().unwrap();
         let vcpu_sig = crate::tee::vcpu_model::VcpuModel::Genoa.signature();
@@ -581,10 +579,9 @@ mod tests {
 
     /// A vCPU parked in `hlt` (in-kernel LAPIC) is kicked out and joined on a host stop.
     #[test]
+    #[ignore = "needs a KVM that boots guests: runs in the test host"]
     fn halted_vcpu_is_kicked_on_stop() {
-        if !kvm_available() {
-            return;
-        }
+        require_kvm();
         let code = [0xb0, 42, 0xe6, 0xf4, 0xfa, 0xf4, 0xeb, 0xfd]; // out 42; cli; hlt; jmp
         let mem = memory::create_guest_memory(memory::MIN_RAM_BYTES).unwrap();
         let elf = temp_file(&tiny_elf(&code, KERNEL_START, 0));
@@ -618,10 +615,9 @@ mod tests {
     /// 0xf4 and resets the VM through the keyboard controller while the boot vCPU spins (and
     /// must be kicked out of KVM_RUN).
     #[test]
+    #[ignore = "needs a KVM that boots guests: runs in the test host"]
     fn boot_vcpu_starts_an_application_processor() {
-        if !kvm_available() {
-            return;
-        }
+        require_kvm();
         #[rustfmt::skip]
         let bsp: Vec<u8> = vec![
             0xbb, 0x00, 0x00, 0xe0, 0xfe,                         // mov ebx, 0xfee00000

@@ -9,7 +9,7 @@ use std::fs;
 use std::process::Command;
 use std::time::Duration;
 
-use krun_sev::launch::{expected_measurement, MeasureRequest};
+use krun_sev::launch::{expected_measurement, expected_measurement_dump, MeasureRequest};
 use krun_sev::resources::TeeConfig;
 use krun_sev::tee::TeeMode;
 use krun_testhost::{busybox_rootfs, krun_kbs_bin, krun_sev_bin, test_bundle, TestHost};
@@ -22,6 +22,70 @@ fn build_machine_digest(bundle: &std::path::Path, image_dir: &std::path::Path) -
     )
     .unwrap()
     .digest_hex()
+}
+
+/// The measured updates of a dump (memory updates and VMSAs; the CPUID page's contents,
+/// which depend on the host's KVM and are not measured, left out), as the test host's
+/// `grep -e '"cmd":"update_' -e '"cmd":"snp_update"' | grep -v '"page_type":"cpuid"' |
+/// sha256sum` prints them.
+fn measured_updates_sha256(dump_json_lines: &str) -> String {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    for line in dump_json_lines.lines().filter(|l| {
+        (l.contains(r#""cmd":"update_"#) || l.contains(r#""cmd":"snp_update""#))
+            && !l.contains(r#""page_type":"cpuid""#)
+    }) {
+        h.update(line.as_bytes());
+        h.update(b"\n");
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The digest the independent oracle (`tests/oracle/measure_oracle.py`) computes from the
+/// launch updates of `krun-sev measure --tee-config` (the library's dump) for the image in
+/// `image_dir`, checked against the bundle files and sev-snp-measure's VMSAs; with the
+/// measured updates' SHA-256 ([`measured_updates_sha256`]).
+fn oracle_digest(
+    bundle: &std::path::Path,
+    image_dir: &std::path::Path,
+    workload: &str,
+) -> (String, String) {
+    let config = TeeConfig::parse(&fs::read(image_dir.join("krun-sev.json")).unwrap()).unwrap();
+    let req = MeasureRequest::from_tee_config(&config, bundle.to_path_buf(), false).unwrap();
+    let (m, dump) = expected_measurement_dump(&req).unwrap();
+    let path = image_dir.join("updates.jsonl");
+    dump.write(&path).unwrap();
+    let python = std::env::var("KRUN_SEV_PYTHON")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .expect("KRUN_SEV_PYTHON (the oracles' venv; make test sets it)");
+    let out = Command::new(python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../oracle/measure_oracle.py"
+        ))
+        .arg("--dump")
+        .arg(&path)
+        .arg("--bundle")
+        .arg(bundle)
+        .args(["--tee", req.mode.host_json_name(), "--vcpus"])
+        .arg(req.vcpus.to_string())
+        .arg("--ram-mib")
+        .arg(req.ram_mib.to_string())
+        // mkcw writes no tee_data.gen: the default model, QEMU's EPYC-Milan.
+        .args(["--vcpu-type", "EPYC-Milan", "--workload-id", workload])
+        .args(["--expect-digest", &m.digest_hex()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the oracle disagrees with krun-sev measure: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let digest = answer["digest"].as_str().unwrap().to_owned();
+    (digest, measured_updates_sha256(&dump.to_json_lines()))
 }
 
 /// What follows `key` on each output line containing it (log lines carry a prefix, so
@@ -262,17 +326,22 @@ fn snp_launch_attests_from_the_guest_through_the_model() {
         .status()
         .unwrap();
     assert!(status.success());
+    // The broker is given the digest the independent oracle computed here: the guest's own
+    // report (model-signed, from inside the guest) must carry it, or no key is released.
+    let (oracle, updates_sha) = oracle_digest(&bundle, &image, "snp-e2e");
+    fs::write(out.join("oracle-digest"), &oracle).unwrap();
 
     let script = r#"
 export KRUN_SEV_BACKEND=model KRUN_SEV_BUNDLE_DIR=/bundle KRUN_SEV_PSP_MODEL_DIR=/psp
 M=$(/bin/krun-sev measure --tee-config /w/krun-sev.json)
 echo "MEASURED=$M"
 echo "snp broker passphrase" > /tmp/pp
-/bin/krun-kbs --db /tmp/kbs.db workload add --id snp-e2e --tee snp --measurement "$M" --passphrase-file /tmp/pp
+/bin/krun-kbs --db /tmp/kbs.db workload add --id snp-e2e --tee snp --measurement "$(cat /w/oracle-digest)" --passphrase-file /tmp/pp
 /bin/krun-kbs --listen 127.0.0.1:8123 --db /tmp/kbs.db --trust-root /roots.pem --vcek-dir /vcek > /tmp/kbs.log 2>&1 &
 for i in $(seq 50); do grep -q listening /tmp/kbs.log && break; sleep 0.2; done
-/bin/krun-sev run --disk /w/disk.img --tee-config /w/krun-sev.json --log-level 3 </dev/null
+KRUN_SEV_DUMP_UPDATES=/tmp/updates.jsonl /bin/krun-sev run --disk /w/disk.img --tee-config /w/krun-sev.json --log-level 3 </dev/null
 echo "STATUS=$?"
+echo "UPDATES_SHA256=$(grep -e '"cmd":"update_' -e '"cmd":"snp_update"' /tmp/updates.jsonl | grep -v '"page_type":"cpuid"' | sha256sum | cut -d' ' -f1)"
 cat /tmp/kbs.log
 "#;
     let outcome = TestHost::new()
@@ -284,6 +353,7 @@ cat /tmp/kbs.log
         .file(trust.join("vcek"), "/vcek")
         .file(out.join("disk.img"), "/w/disk.img")
         .file(out.join("krun-sev.json"), "/w/krun-sev.json")
+        .file(out.join("oracle-digest"), "/w/oracle-digest")
         .mem_mib(2048)
         .timeout(Duration::from_secs(400))
         .run(&["sh", "-c", script])
@@ -295,6 +365,18 @@ cat /tmp/kbs.log
     assert_eq!(
         measured[0].trim(),
         build_machine_digest(&bundle, &image),
+        "{ctx}"
+    );
+    assert_eq!(
+        measured[0].trim(),
+        oracle,
+        "measure in the test host vs the oracle; {ctx}"
+    );
+    // The launch (real nested KVM, the guest ran) issued exactly the measured updates the
+    // oracle checked.
+    assert_eq!(
+        marker(out, "UPDATES_SHA256="),
+        [updates_sha.as_str()],
         "{ctx}"
     );
     let logged = marker(out, "launch measurement (snp, 2 vCPUs, vcpu_sig ");
