@@ -9,9 +9,10 @@
 //! bundle is built.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
 use base64::Engine;
 
@@ -29,21 +30,6 @@ fn python() -> String {
         .ok()
         .filter(|p| !p.is_empty())
         .unwrap_or_else(|| panic!("KRUN_SEV_PYTHON is not set (make test-deps makes the venv)"))
-}
-
-/// One PSP model identity for every `measure` run (generating one takes seconds; the digest
-/// does not depend on it).
-fn model_dir() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        krun_psp_model::ModelIdentity::generate()
-            .unwrap()
-            .save(&dir.path().join("psp"))
-            .unwrap();
-        dir
-    })
-    .path()
 }
 
 /// A kernel with two PT_LOAD segments: a gap between them and bss after each, so the
@@ -128,7 +114,10 @@ fn measure(dir: &Path, bundle: &Path, tee: &str) -> (String, PathBuf) {
         .arg(bundle)
         .arg("--dump-updates")
         .arg(&dump)
-        .env("KRUN_SEV_PSP_MODEL_DIR", model_dir().join("psp"))
+        .env(
+            "KRUN_SEV_PSP_MODEL_DIR",
+            support::psp_model_dir().join("psp"),
+        )
         .output()
         .unwrap();
     assert!(

@@ -3,11 +3,12 @@
 //! token and an unreachable broker are clear errors.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
 
 const TOKEN: &str = "cli-test-admin-token";
 
@@ -133,26 +134,14 @@ fn rootfs(dir: &Path) -> PathBuf {
     root
 }
 
-/// One PSP model identity for every run (RSA key generation is slow in debug builds; without
-/// one, each measurement generates a throwaway identity).
-fn psp_model_dir() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        krun_psp_model::ModelIdentity::generate()
-            .unwrap()
-            .save(&dir.path().join("psp"))
-            .unwrap();
-        dir
-    })
-    .path()
-}
-
 fn krun_sev(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_krun-sev"))
         .args(args)
         .env("KRUN_SEV_BACKEND", "model")
-        .env("KRUN_SEV_PSP_MODEL_DIR", psp_model_dir().join("psp"))
+        .env(
+            "KRUN_SEV_PSP_MODEL_DIR",
+            support::psp_model_dir().join("psp"),
+        )
         .output()
         .unwrap()
 }
@@ -344,7 +333,7 @@ fn model_trust_roots_configure_krun_kbs() {
     let trust = dir.path().join("trust");
     let out = krun_sev(&["model-trust", trust.to_str().unwrap()]);
     assert!(out.status.success(), "{out:?}");
-    let id = krun_psp_model::ModelIdentity::load(&psp_model_dir().join("psp")).unwrap();
+    let id = krun_psp_model::ModelIdentity::load(&support::psp_model_dir().join("psp")).unwrap();
     assert_eq!(
         fs::read(trust.join("roots.pem")).unwrap(),
         [id.snp_ark_pem().unwrap(), id.snp_ask_pem().unwrap()].concat()

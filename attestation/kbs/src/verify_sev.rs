@@ -281,15 +281,20 @@ mod tests {
 
     const ES_POLICY: u32 = 0x3f; // buildah's SEV-ES bits 63
 
-    #[test]
-    fn real_amd_chain_from_kbs_types_is_accepted_with_builtin_roots() {
+    /// The SEV `/auth` request with a real AMD (Milan) chain, from kbs-types' test data.
+    fn amd_milan_request() -> SevRequest {
         let text = std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../testdata/sev_request.json"
         ))
         .unwrap();
         let req: Request = serde_json::from_str(&text).unwrap();
-        let sev: SevRequest = serde_json::from_str(&req.extra_params).unwrap();
+        serde_json::from_str(&req.extra_params).unwrap()
+    }
+
+    #[test]
+    fn real_amd_chain_from_kbs_types_is_accepted_with_builtin_roots() {
+        let sev = amd_milan_request();
         let (_, start) = start(&sev.chain, ES_POLICY, &SevTrust::new(vec![], &[])).unwrap();
         start.validate().unwrap();
         // A corrupted PEK signature makes the crate's chain check fail.
@@ -301,13 +306,7 @@ mod tests {
     #[test]
     fn naples_and_rome_roots_need_allowing() {
         use sev::certs::sev::builtin::{milan, naples, rome};
-        let text = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../testdata/sev_request.json"
-        ))
-        .unwrap();
-        let req: Request = serde_json::from_str(&text).unwrap();
-        let sev: SevRequest = serde_json::from_str(&req.extra_params).unwrap();
+        let sev = amd_milan_request();
         assert_eq!(sev.chain.ca.ark, milan::ARK, "the test chain is Milan's");
         for (generation, ark, ask) in [
             (LegacySevGeneration::Naples, naples::ARK, naples::ASK),

@@ -273,7 +273,7 @@ fn session_ids_and_secrets_stay_out_of_info_logs() {
     );
     assert_eq!(kbs.get("/kbs/v0/key/w1", Some(&a.cookie)).status, 200);
     // RCAR: the token is the session id.
-    let token = rcar_attested_token(&kbs, &ev);
+    let token = rcar_attest(&kbs, &ev, "{}").token;
     assert_eq!(
         kbs.get(
             "/kbs/v0/resource/default/key/w1",
@@ -295,14 +295,22 @@ fn session_ids_and_secrets_stay_out_of_info_logs() {
     }
 }
 
-/// An attested RCAR session for `w1`; its token.
-fn rcar_attested_token(kbs: &Kbs, ev: &SnpEvidence) -> String {
+/// An RCAR session attested for `w1` with the `/auth` extra-params `extra_params`.
+struct RcarSession {
+    /// The guest key the resources are encrypted to.
+    key: TeeKey,
+    /// `kbs-session-id=…`.
+    cookie: String,
+    /// The `/attest` body that succeeded.
+    attest_body: String,
+    /// The attestation token (also the session id).
+    token: String,
+}
+
+fn rcar_attest(kbs: &Kbs, ev: &SnpEvidence, extra_params: &str) -> RcarSession {
     let key = TeeKey::generate_ec();
-    let r = kbs.post_json(
-        "/kbs/v0/auth",
-        None,
-        br#"{"version":"0.4.0","tee":"snp","extra-params":{}}"#,
-    );
+    let auth = format!(r#"{{"version":"0.4.0","tee":"snp","extra-params":{extra_params}}}"#);
+    let r = kbs.post_json("/kbs/v0/auth", None, auth.as_bytes());
     assert_eq!(r.status, 200);
     let cookie = format!("kbs-session-id={}", r.cookie("kbs-session-id").unwrap());
     let ch: krun_attestation::rcar::Challenge = serde_json::from_slice(&r.body).unwrap();
@@ -318,41 +326,28 @@ fn rcar_attested_token(kbs: &Kbs, ev: &SnpEvidence) -> String {
         "runtime-data": {"nonce": ch.nonce, "tee-pubkey": pk},
         "tee-evidence": {"primary_evidence": evidence, "additional_evidence": ""},
     });
-    let r = kbs.post_json("/kbs/v0/attest", Some(&cookie), att.to_string().as_bytes());
+    let attest_body = att.to_string();
+    let r = kbs.post_json("/kbs/v0/attest", Some(&cookie), attest_body.as_bytes());
     assert_eq!(r.status, 200, "{}", r.message());
     let token: krun_attestation::rcar::AttestationToken = serde_json::from_slice(&r.body).unwrap();
-    token.token
+    RcarSession {
+        key,
+        cookie,
+        attest_body,
+        token: token.token,
+    }
 }
 
 #[test]
 fn rcar_resources_are_released_once_and_only_for_the_attested_workload() {
     let ev = SnpEvidence::new();
     let kbs = broker(&ev);
-    let key = TeeKey::generate_ec();
-    let r = kbs.post_json(
-        "/kbs/v0/auth",
-        None,
-        br#"{"version":"0.4.0","tee":"snp","extra-params":{"supported-hash-algorithms":["sha384"]}}"#,
-    );
-    assert_eq!(r.status, 200);
-    let cookie = format!("kbs-session-id={}", r.cookie("kbs-session-id").unwrap());
-    let ch: krun_attestation::rcar::Challenge = serde_json::from_slice(&r.body).unwrap();
-    let pk = key.rcar_pubkey();
-    let rd = krun_attestation::keys::rcar_report_data(&ch.nonce, &pk, "").unwrap();
-    let report = sev::parser::ByteParser::from_bytes(&ev.report(rd, M1, LIBKRUN_POLICY)).unwrap();
-    let evidence = krun_attestation::rcar::SnpEvidence {
-        attestation_report: report,
-        cert_chain: Some(ev.cert_table()),
-    };
-    let att = serde_json::json!({
-        "init-data": null,
-        "runtime-data": {"nonce": ch.nonce, "tee-pubkey": pk},
-        "tee-evidence": {"primary_evidence": evidence, "additional_evidence": ""},
-    });
-    let body = att.to_string();
-    let r = kbs.post_json("/kbs/v0/attest", Some(&cookie), body.as_bytes());
-    assert_eq!(r.status, 200, "{}", r.message());
-    let token: krun_attestation::rcar::AttestationToken = serde_json::from_slice(&r.body).unwrap();
+    let RcarSession {
+        key,
+        cookie,
+        attest_body: body,
+        token,
+    } = rcar_attest(&kbs, &ev, r#"{"supported-hash-algorithms":["sha384"]}"#);
     assert_eq!(
         kbs.post_json("/kbs/v0/attest", Some(&cookie), body.as_bytes())
             .status,
@@ -365,7 +360,7 @@ fn rcar_resources_are_released_once_and_only_for_the_attested_workload() {
         403
     );
     // Bearer token works like the cookie; the resource comes once.
-    let auth = format!("Bearer {}", token.token);
+    let auth = format!("Bearer {token}");
     let r = kbs.request(
         "GET",
         "/kbs/v0/resource/default/key/w1",
@@ -382,7 +377,9 @@ fn rcar_resources_are_released_once_and_only_for_the_attested_workload() {
     );
 
     // Another session's nonce (or a short one) in runtime-data is refused.
-    for nonce in [ch.nonce.as_str(), "short"] {
+    let att: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let first_nonce = att["runtime-data"]["nonce"].as_str().unwrap().to_owned();
+    for nonce in [first_nonce.as_str(), "short"] {
         let r = kbs.post_json(
             "/kbs/v0/auth",
             None,

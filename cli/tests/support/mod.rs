@@ -1,0 +1,20 @@
+//! Shared by the cli integration tests.
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+/// One PSP model identity (in `psp/` below the returned directory) for every run in a test
+/// binary: generating one takes seconds, and without one each `krun-sev` invocation
+/// generates a throwaway identity. No digest depends on it.
+pub fn psp_model_dir() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        krun_psp_model::ModelIdentity::generate()
+            .unwrap()
+            .save(&dir.path().join("psp"))
+            .unwrap();
+        dir
+    })
+    .path()
+}
