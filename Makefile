@@ -1,7 +1,9 @@
 # libkrun-sev: build, install and test.
 #
 #   make                 build the library (release)
-#   make install         install library, header and pkg-config file under $(DESTDIR)$(PREFIX)
+#   make install         install the library, header, pkg-config file, guest bundle (also as
+#                        libkrunfw-sev.so.4), krun-sev, krunfw_measurement and krun-kbs under
+#                        $(DESTDIR)$(PREFIX)
 #   make test            every test: format, lints, unit and integration tests, C API test,
 #                        the guest bundle against its pins, fuzz smoke, the test host's KVM
 #                        and guest-boot tests; ends with a summary
@@ -40,7 +42,7 @@ BUILD_DIR := build
 # Test logs `make test` summarizes (ci/test-summary.sh).
 TEST_LOGS := $(BUILD_DIR)/test-logs
 
-.PHONY: all lib bundle bundle-pins pin-bundle install install-lib install-bundle install-bin test test-packages test-deps check unit-tests c-api-test fuzz-smoke testhost-tests demo clean
+.PHONY: all lib bundle bundle-pins pin-bundle krunfw install install-lib install-bundle install-krunfw install-bin test test-packages test-deps check unit-tests c-api-test fuzz-smoke testhost-tests demo clean
 
 all: lib
 
@@ -67,14 +69,28 @@ install-bundle: bundle
 	install -m 0644 $(BUILD_DIR)/bundle/vmlinux $(BUILD_DIR)/bundle/initrd.cpio.gz \
 	    $(BUILD_DIR)/bundle/manifest.json $(DESTDIR)$(BUNDLE_INSTALL_DIR)/
 
-# The krun-sev command and the krun-kbs key broker, with the same default bundle directory
-# as the library (krun-sev measure and mkcw --register compute over it).
+# The guest bundle as a library, libkrunfw-sev.so.4: buildah mkcw looks for it by that name
+# and passes its path to krunfw_measurement (docs/compatibility.md).
+KRUNFW_FILE := libkrunfw-sev.so.4
+krunfw: bundle
+	$(CC) -O2 -fPIC -shared -Wall -Wextra -Werror -Wa,-I,$(BUILD_DIR)/bundle \
+	    -Wl,-soname,$(KRUNFW_FILE) -Wl,-z,noexecstack \
+	    -o $(BUILD_DIR)/$(KRUNFW_FILE) firmware/krunfw/krunfw.c
+
+install-krunfw: krunfw
+	install -d $(DESTDIR)$(LIBDIR)
+	install -m 0644 $(BUILD_DIR)/$(KRUNFW_FILE) $(DESTDIR)$(LIBDIR)/$(KRUNFW_FILE)
+
+# The krun-sev command, buildah's krunfw_measurement and the krun-kbs key broker, with the
+# same default bundle directory as the library (krun-sev measure and mkcw --register
+# compute over it).
 install-bin:
 	KRUN_SEV_BUNDLE_DEFAULT=$(BUNDLE_INSTALL_DIR) $(CARGO) build --release -p krun-sev-cli -p krun-kbs
 	install -d $(DESTDIR)$(PREFIX)/bin
-	install -m 0755 target/release/krun-sev target/release/krun-kbs $(DESTDIR)$(PREFIX)/bin/
+	install -m 0755 target/release/krun-sev target/release/krunfw_measurement \
+	    target/release/krun-kbs $(DESTDIR)$(PREFIX)/bin/
 
-install: install-lib install-bundle install-bin
+install: install-lib install-bundle install-krunfw install-bin
 
 check:
 	$(CARGO) fmt --all --check

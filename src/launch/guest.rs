@@ -7,12 +7,9 @@ use std::sync::{Mutex, PoisonError};
 use krun_bundle::{Bundle, BundleError, BundleFiles};
 
 use super::bundle_map::MappedBundle;
-use krun_footer::Binding;
 
 use crate::arch::layout::{virtio_mmio_slot, VIRTIO_IRQ_BASE};
-use crate::launch::host_json;
 use crate::launch::segment::{self, Segment, SegmentError};
-use crate::resources::VmResources;
 use crate::tee::TeeMode;
 use crate::vmm::device_manager::cmdline_entry;
 
@@ -80,14 +77,9 @@ pub fn full_cmdline(devices: u32) -> Result<Vec<u8>, crate::vmm::VmmError> {
     crate::vmm::builder::full_cmdline(BASE_CMDLINE, &entries)
 }
 
-/// The launch segment for `resources` in `mode` (secret slot for SEV and SEV-ES).
-pub fn launch_segment(
-    resources: &VmResources,
-    mode: TeeMode,
-    binding: Option<&Binding>,
-) -> Result<Segment, SegmentError> {
-    let json = host_json::build(resources, mode, binding);
-    segment::build_with_secret(&json, mode != TeeMode::Snp)
+/// The launch segment holding `host_json` for `mode` (secret slot for SEV and SEV-ES).
+pub fn launch_segment(host_json: &[u8], mode: TeeMode) -> Result<Segment, SegmentError> {
+    segment::build_with_secret(host_json, mode != TeeMode::Snp)
 }
 
 #[cfg(test)]

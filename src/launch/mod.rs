@@ -14,7 +14,9 @@ use std::convert::Infallible;
 use crate::resources::{DiskConfig, MachineConfig, VmResources};
 use crate::tee::TeeError;
 
-pub use sequence::{expected_measurement, expected_measurement_dump, MeasureRequest};
+pub use sequence::{
+    expected_measurement, expected_measurement_dump, measurement_of_host_json, MeasureRequest,
+};
 
 /// Errors before the guest starts.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +54,9 @@ pub enum LaunchError {
     /// The TEE config cannot describe a launch (checked again at launch).
     #[error("invalid TEE config")]
     TeeConfig(#[source] krun_footer::TeeConfigError),
+    /// A measured host.json does not describe a launch.
+    #[error("host.json does not describe a launch")]
+    HostJson(#[source] host_json::HostJsonError),
     /// The attestation URL has no usable host and port.
     #[error("attestation_url has no resolvable host:port")]
     AttestationUrl,
@@ -75,7 +80,10 @@ impl LaunchError {
             LaunchError::DiskType(_) => libc::EINVAL,
             LaunchError::VmmUnavailable => libc::ENOSYS,
             LaunchError::Bundle(_) => libc::ENOENT,
-            LaunchError::Segment(_) | LaunchError::AttestationUrl | LaunchError::TeeConfig(_) => {
+            LaunchError::Segment(_)
+            | LaunchError::AttestationUrl
+            | LaunchError::TeeConfig(_)
+            | LaunchError::HostJson(_) => {
                 libc::EINVAL
             }
             // A missing host prerequisite (no SEV, no /dev/sev access, old kernel).

@@ -13,6 +13,7 @@ use krun_bundle::Bundle;
 use krun_psp_model::{ModelIdentity, SnpGuest};
 use kvm_ioctls::VmFd;
 
+use super::host_json::{self, LaunchShape};
 use super::{guest, LaunchError, LaunchPlan};
 use crate::resources::{PortMap as ResPortMap, VmResources};
 use crate::tee::backend::{LaunchBackend, OwnerBlobs, Recorder, StartParams};
@@ -59,6 +60,27 @@ pub struct MeasureRequest {
 }
 
 impl MeasureRequest {
+    /// vCPUs, RAM, vCPU model and data disk of the launch.
+    pub fn shape(&self) -> LaunchShape {
+        LaunchShape {
+            vcpus: self.vcpus,
+            ram_mib: self.ram_mib,
+            vcpu_model: self.vcpu_model,
+            data_disk: self.data_disk,
+        }
+    }
+
+    /// The measured host.json of the launch: what crun's launch of an image writes (no
+    /// exec, environment or port map from the caller).
+    pub fn host_json(&self) -> Vec<u8> {
+        host_json::build(
+            &VmResources::default(),
+            self.mode,
+            &self.shape(),
+            self.binding.as_ref(),
+        )
+    }
+
     /// The request for the launch `cfg` describes (its TEE, vCPUs, RAM, `tee_data.gen` and
     /// binding).
     pub fn from_tee_config(
@@ -129,27 +151,51 @@ fn measure_on(
     req: &MeasureRequest,
 ) -> Result<Measurement, LaunchError> {
     let bundle = Bundle::load(&req.bundle_dir).map_err(LaunchError::Bundle)?;
-    let seg = guest::launch_segment(&VmResources::default(), req.mode, req.binding.as_ref())
-        .map_err(LaunchError::Segment)?;
+    measure_host_json_on(psp, &bundle, &req.host_json())
+}
+
+/// The measurement of the launch of `bundle` whose measured host.json is `host_json`: the
+/// file names the TEE, vCPUs, RAM, vCPU model, data disk and binding, so nothing else is
+/// needed. A broker holding the bundle uses it to recompute the digest a launch reports
+/// and, with [`host_json::unbound`], the digest `krunfw_measurement` printed for it.
+pub fn measurement_of_host_json(
+    id: &Arc<ModelIdentity>,
+    bundle: &Bundle,
+    host_json: &[u8],
+) -> Result<Measurement, LaunchError> {
+    let mode = host_json::describe(host_json)
+        .map_err(LaunchError::HostJson)?
+        .mode;
+    measure_host_json_on(&mut ModelBackend::new(id.clone(), mode), bundle, host_json)
+}
+
+fn measure_host_json_on(
+    psp: &mut dyn LaunchBackend,
+    bundle: &Bundle,
+    host_json: &[u8],
+) -> Result<Measurement, LaunchError> {
+    let launch = host_json::describe(host_json).map_err(LaunchError::HostJson)?;
+    let shape = launch.shape;
+    let seg = guest::launch_segment(host_json, launch.mode).map_err(LaunchError::Segment)?;
     let cmdline =
-        guest::full_cmdline(guest::device_count(req.data_disk)).map_err(LaunchError::Vmm)?;
+        guest::full_cmdline(guest::device_count(shape.data_disk)).map_err(LaunchError::Vmm)?;
     // The AMD-SP does not hash a CPUID page's contents into the digest, so no host's KVM
     // is asked here: the digest can be computed on any machine.
-    let cpuid = match req.mode {
+    let cpuid = match launch.mode {
         TeeMode::Snp => Some(cpuid_page::build(&[]).map_err(LaunchError::Tee)?),
         _ => None,
     };
     measure::calculate_with(
         psp,
         &MeasureInputs {
-            mode: req.mode,
-            vcpus: req.vcpus,
-            ram_mib: req.ram_mib,
+            mode: launch.mode,
+            vcpus: shape.vcpus,
+            ram_mib: shape.ram_mib,
             kernel: &bundle.kernel,
-            initrd: bundle.initrd,
+            initrd: bundle.initrd.clone(),
             segment: &seg.bytes,
             cmdline: &cmdline,
-            vcpu_sig: req.vcpu_model.signature(),
+            vcpu_sig: shape.vcpu_model.signature(),
             cpuid_page: cpuid.as_deref(),
         },
     )
@@ -560,8 +606,14 @@ pub(crate) fn run(plan: LaunchPlan) -> Result<u8, LaunchError> {
         _ => None,
     };
     let bundle = guest::load_bundle().map_err(LaunchError::Bundle)?;
-    let seg = guest::launch_segment(&plan.resources, mode, binding.as_ref())
-        .map_err(LaunchError::Segment)?;
+    let shape = LaunchShape {
+        vcpus: plan.machine.vcpus,
+        ram_mib: plan.machine.ram_mib,
+        vcpu_model,
+        data_disk: plan.resources.data_disk.is_some(),
+    };
+    let host_json = host_json::build(&plan.resources, mode, &shape, binding.as_ref());
+    let seg = guest::launch_segment(&host_json, mode).map_err(LaunchError::Segment)?;
     let (backend, identity): (Box<dyn LaunchBackend>, _) = match hardware {
         Some(hw) => (Box::new(hw), None),
         None => {
@@ -716,7 +768,14 @@ mod tests {
         binding: Option<&Binding>,
     ) -> (GuestMemory, LoadedGuest) {
         let bundle = Bundle::load(bundle_dir).unwrap();
-        let seg = guest::launch_segment(resources, mode, binding).unwrap();
+        let shape = LaunchShape {
+            vcpus: machine.vcpus,
+            ram_mib: machine.ram_mib,
+            vcpu_model: VcpuModel::default(),
+            data_disk: resources.data_disk.is_some(),
+        };
+        let json = host_json::build(resources, mode, &shape, binding);
+        let seg = guest::launch_segment(&json, mode).unwrap();
         let cmdline =
             guest::full_cmdline(guest::device_count(resources.data_disk.is_some())).unwrap();
         let ram_bytes = u64::from(machine.ram_mib) << 20;
@@ -889,12 +948,56 @@ mod tests {
                 ),
             ] {
                 let m = expected_measurement_with(&identity(), &other).unwrap();
-                let differs = m.digest != expected.digest;
-                // Plain SEV has no VMSA, so the vCPU model cannot show in its digest.
-                let expect_differs = what != "vcpu model" || mode.has_vmsa();
-                assert_eq!(differs, expect_differs, "{mode:?} {what}");
+                // Plain SEV has no VMSA; the vCPU model shows in its digest through host.json.
+                assert_ne!(m.digest, expected.digest, "{mode:?} {what}");
             }
         }
+    }
+
+    /// A broker holding the bundle recomputes a launch's digest from its measured host.json
+    /// alone, and the unbound form of that host.json gives the digest of the same launch
+    /// made without a binding (what `krunfw_measurement` prints).
+    #[test]
+    fn the_digest_is_recomputed_from_host_json() {
+        let dir = fake_bundle();
+        let bundle = Bundle::load(dir.as_path()).unwrap();
+        for mode in modes() {
+            let req = MeasureRequest {
+                mode,
+                vcpus: 3,
+                ram_mib: 384,
+                bundle_dir: dir.as_path().to_path_buf(),
+                data_disk: true,
+                vcpu_model: VcpuModel::Genoa,
+                binding: Some(Binding {
+                    workload_id: "w".into(),
+                    attestation_url: "http://kbs:8000".into(),
+                    kbs_protocol: krun_footer::KbsProtocol::Rcar,
+                    broker_pin: None,
+                }),
+            };
+            let bound = expected_measurement_with(&identity(), &req).unwrap();
+            let json = req.host_json();
+            let again = measurement_of_host_json(&identity(), &bundle, &json).unwrap();
+            assert_eq!(again.digest, bound.digest, "{mode:?}");
+            let unbound_req = MeasureRequest {
+                binding: None,
+                ..req.clone()
+            };
+            let unbound = expected_measurement_with(&identity(), &unbound_req).unwrap();
+            let from_unbound_json = measurement_of_host_json(
+                &identity(),
+                &bundle,
+                &host_json::unbound(&json).unwrap(),
+            )
+            .unwrap();
+            assert_eq!(from_unbound_json.digest, unbound.digest, "{mode:?}");
+            assert_ne!(unbound.digest, bound.digest, "{mode:?}");
+        }
+        assert!(matches!(
+            measurement_of_host_json(&identity(), &bundle, br#"{"tee":"snp"}"#),
+            Err(LaunchError::HostJson(_))
+        ));
     }
 
     /// The command order docs/measurement.md documents, for a launch of `mem`/`loaded`.
@@ -1083,7 +1186,14 @@ mod tests {
             ram_mib: 256,
         };
         for mode in modes() {
-            let seg = guest::launch_segment(&VmResources::default(), mode, None).unwrap();
+            let shape = LaunchShape {
+                vcpus: machine.vcpus,
+                ram_mib: machine.ram_mib,
+                vcpu_model: VcpuModel::default(),
+                data_disk: false,
+            };
+            let json = host_json::build(&VmResources::default(), mode, &shape, None);
+            let seg = guest::launch_segment(&json, mode).unwrap();
             let recorder = Recorder::new(ModelBackend::new(identity(), mode));
             let commands = recorder.commands.clone();
             let hooks = Arc::new(Mutex::new(Vec::new()));
