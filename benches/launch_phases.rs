@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use krun_psp_model::ModelIdentity;
 use krun_sev::launch::guest;
+use krun_sev::launch::host_json::{self, LaunchShape};
 use krun_sev::resources::VmResources;
 use krun_sev::tee::backend::{FinishParams, LaunchBackend};
 use krun_sev::tee::measure::{calculate_with, MeasureInputs, ModelBackend};
@@ -99,8 +100,6 @@ fn main() {
     let vcpus = 2u8;
     println!("launch phases on the PSP model: {source}, {vcpus} vCPUs, median of {runs} runs");
     for mode in [TeeMode::Sev, TeeMode::SevEs, TeeMode::Snp] {
-        let seg = guest::launch_segment(&VmResources::default(), mode, None)
-            .unwrap_or_else(|e| panic!("{e}"));
         let cpuid = match mode {
             TeeMode::Snp => Some(
                 cpuid_page::from_kvm(vcpus, VcpuModel::default().signature())
@@ -111,6 +110,14 @@ fn main() {
         };
         let mut per_size = Vec::new();
         for ram_mib in [512u32, 4096] {
+            let shape = LaunchShape {
+                vcpus,
+                ram_mib,
+                vcpu_model: VcpuModel::default(),
+                data_disk: false,
+            };
+            let json = host_json::build(&VmResources::default(), mode, &shape, None);
+            let seg = guest::launch_segment(&json, mode).unwrap_or_else(|e| panic!("{e}"));
             let inputs = MeasureInputs {
                 mode,
                 vcpus,

@@ -6,14 +6,9 @@
 //! (`libkrunfw-sev.so.4`, what buildah finds by default). The digests are those of the launch
 //! crun makes of an image with that many vCPUs and MiB of RAM, the default vCPU model and no
 //! binding: the "unbound" digests, which a broker given the bundle accepts for a launch
-//! bound to it (docs/measurement.md, "Unbound digests"). Output, as libkrunfw's tool:
-//!
-//! ```text
-//! Measurements for 2 vCPU(s) and 512 MB of RAM
-//! SEV:	<hex>
-//! SEV-ES:	<hex>
-//! SNP:	<hex>
-//! ```
+//! bound to it (docs/measurement.md, "Unbound digests"). Output, as libkrunfw's tool: a
+//! heading `Measurements for 2 vCPU(s) and 512 MB of RAM`, then `SEV:`, `SEV-ES:` and `SNP:`
+//! lines, each a tab and the hex digest.
 
 use std::ffi::{c_char, c_int, CStr, CString};
 use std::path::{Path, PathBuf};

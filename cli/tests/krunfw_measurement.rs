@@ -2,6 +2,7 @@
 //! (`internal/mkcw/attest.go`): `-c CPUS -m MIB LIB`, then the first stdout line starting
 //! with `SNP:`, `SEV-ES:` or `SEV:`, trimmed. Its digests must be `krun-sev measure`'s for the
 //! same unbound launch, from the bundle directory and from the bundle as a library.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 
@@ -26,7 +27,16 @@ fn buildah_digest(stdout: &str, prefix: &str) -> Option<String> {
 
 fn measure(bundle: &Path, tee: &str, cpus: &str, mib: &str) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_krun-sev"))
-        .args(["measure", "--tee", tee, "--cpus", cpus, "--ram-mib", mib, "--bundle"])
+        .args([
+            "measure",
+            "--tee",
+            tee,
+            "--cpus",
+            cpus,
+            "--ram-mib",
+            mib,
+            "--bundle",
+        ])
         .arg(bundle)
         .env(
             "KRUN_SEV_PSP_MODEL_DIR",
@@ -97,14 +107,23 @@ fn anything_but_a_bundle_is_refused_with_a_reason() {
         .spawn()
         .and_then(|mut c| {
             use std::io::Write;
-            c.stdin.take().unwrap().write_all(b"int krunfw_get_version(void){return 4;}\n")?;
+            c.stdin
+                .take()
+                .unwrap()
+                .write_all(b"int krunfw_get_version(void){return 4;}\n")?;
             c.wait()
         })
         .unwrap();
     assert!(other.success());
     let cases = [
-        (dir.path().join("libother.so"), "not libkrun-sev's guest bundle library"),
-        (dir.path().join("missing.so"), "no such bundle directory or library"),
+        (
+            dir.path().join("libother.so"),
+            "not libkrun-sev's guest bundle library",
+        ),
+        (
+            dir.path().join("missing.so"),
+            "no such bundle directory or library",
+        ),
         (dir.path().to_path_buf(), "cannot read bundle file"),
     ];
     for (path, reason) in cases {

@@ -83,9 +83,7 @@ impl LaunchError {
             LaunchError::Segment(_)
             | LaunchError::AttestationUrl
             | LaunchError::TeeConfig(_)
-            | LaunchError::HostJson(_) => {
-                libc::EINVAL
-            }
+            | LaunchError::HostJson(_) => libc::EINVAL,
             // A missing host prerequisite (no SEV, no /dev/sev access, old kernel).
             LaunchError::Tee(TeeError::Prerequisite(p)) => p.errno(),
             LaunchError::Tee(_) | LaunchError::Measure(_) => libc::EIO,

@@ -985,12 +985,9 @@ mod tests {
                 ..req.clone()
             };
             let unbound = expected_measurement_with(&identity(), &unbound_req).unwrap();
-            let from_unbound_json = measurement_of_host_json(
-                &identity(),
-                &bundle,
-                &host_json::unbound(&json).unwrap(),
-            )
-            .unwrap();
+            let from_unbound_json =
+                measurement_of_host_json(&identity(), &bundle, &host_json::unbound(&json).unwrap())
+                    .unwrap();
             assert_eq!(from_unbound_json.digest, unbound.digest, "{mode:?}");
             assert_ne!(unbound.digest, bound.digest, "{mode:?}");
         }
