@@ -46,12 +46,24 @@ pub enum RcarError {
     Key(#[source] crate::keys::KeysError),
 }
 
-/// The `/auth` request an RCAR client sends (SHA-384 is the SNP default).
-pub fn auth_request(tee: Tee) -> Request {
+/// Key of `extra-params` carrying the launch's measured host.json (standard base64; an
+/// extension Trustee ignores): see [`crate::reference::SnpRequest::host_json`].
+pub const HOST_JSON_PARAM: &str = "krun-host-json";
+
+/// The `/auth` request an RCAR client sends (SHA-384 is the SNP default), with the launch's
+/// measured host.json when given.
+pub fn auth_request(tee: Tee, host_json: Option<&[u8]>) -> Request {
+    let mut extra = serde_json::json!({"supported-hash-algorithms": ["sha384"]});
+    if let (Some(json), Some(map)) = (host_json, extra.as_object_mut()) {
+        map.insert(
+            HOST_JSON_PARAM.into(),
+            crate::reference::encode_host_json(json).into(),
+        );
+    }
     Request {
         version: PROTOCOL_VERSION.to_string(),
         tee,
-        extra_params: serde_json::json!({"supported-hash-algorithms": ["sha384"]}),
+        extra_params: extra,
     }
 }
 
@@ -253,7 +265,7 @@ mod tests {
 
     #[test]
     fn auth_request_has_trustee_shape() {
-        let text = serde_json::to_string(&auth_request(Tee::Snp)).unwrap();
+        let text = serde_json::to_string(&auth_request(Tee::Snp, None)).unwrap();
         assert_eq!(
             text,
             r#"{"version":"0.4.0","tee":"snp","extra-params":{"supported-hash-algorithms":["sha384"]}}"#

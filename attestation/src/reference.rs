@@ -99,6 +99,12 @@ pub struct ErrorInformation {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct SnpRequest {
     pub workload_id: String,
+    /// Standard base64 of the launch's measured `/krun/host.json` (an extension: other
+    /// brokers ignore it). A broker holding the guest bundle recomputes the launch digest
+    /// from it, which lets it accept launches of workloads registered with unbound digests
+    /// (buildah's `krunfw_measurement`; docs/measurement.md, "Unbound digests").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_json: Option<String>,
 }
 
 /// SNP `tee-evidence`: the raw 1184-byte report in hex (either case).
@@ -119,6 +125,30 @@ pub struct RegisterWorkload {
     pub passphrase: String,
     /// JSON text of a [`SevPolicy`].
     pub tee_config: String,
+    /// What `launch_measurement` is (an extension): absent (buildah, whose digest comes from
+    /// `krunfw_measurement`) means the digest of the launch without its binding; `bound`
+    /// (`krun-sev mkcw --register`) means the digest of the launch itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measurement_kind: Option<MeasurementKind>,
+}
+
+/// Whether a registered digest covers the launch's binding (docs/measurement.md).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum MeasurementKind {
+    /// The digest of the launch as it runs, binding included: matched directly.
+    #[default]
+    Bound,
+    /// The digest of the launch with its binding removed (`krunfw_measurement`, buildah):
+    /// never matched directly; a broker holding the bundle recomputes it from the launch's
+    /// host.json.
+    Unbound,
+}
+
+/// Encodes measured host.json bytes for the `host_json` request fields.
+pub fn encode_host_json(json: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(json)
 }
 
 /// A bitflags value in sev 1.x serde form (`{"bits":N}`), also accepting a bare `N`.
@@ -297,6 +327,9 @@ pub struct SevRequest {
     pub build: SevBuild,
     pub chain: SevCertChain,
     pub workload_id: String,
+    /// As [`SnpRequest::host_json`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_json: Option<String>,
 }
 
 /// The LAUNCH_START session blob (sev `launch::sev::Session`).

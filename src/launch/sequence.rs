@@ -471,6 +471,8 @@ pub(crate) struct Broker {
     pub url: String,
     /// `workload_id`.
     pub workload_id: String,
+    /// The measured host.json, sent with `/auth` (docs/measurement.md, "Unbound digests").
+    pub host_json: Vec<u8>,
 }
 
 /// How long one broker request may take.
@@ -512,7 +514,14 @@ fn broker_auth(auth: &AuthChain, broker: &Broker) -> Result<SevAttestation, TeeE
         },
         build: auth.build.build,
     };
-    SevAttestation::auth(&cfg, &broker.workload_id, build, chain).map_err(broker_err)
+    SevAttestation::auth(
+        &cfg,
+        &broker.workload_id,
+        build,
+        chain,
+        Some(&broker.host_json),
+    )
+    .map_err(broker_err)
 }
 
 /// The broker's SEV policy for LAUNCH_START: its ENCRYPTED_STATE bit must agree with the
@@ -590,11 +599,12 @@ pub(crate) fn run(plan: LaunchPlan) -> Result<u8, LaunchError> {
         ("", _) | (_, TeeMode::Sev | TeeMode::SevEs) => None,
         (url, TeeMode::Snp) => Some(attestation_target(url)?),
     };
-    let broker = match (tee.attestation_url.as_str(), mode) {
+    let mut broker = match (tee.attestation_url.as_str(), mode) {
         ("", _) | (_, TeeMode::Snp) => None,
         (url, _) => Some(Broker {
             url: url.to_owned(),
             workload_id: tee.workload_id.clone(),
+            host_json: Vec::new(),
         }),
     };
     // The chain is checked before the guest is loaded: a wrong file fails fast.
@@ -614,6 +624,9 @@ pub(crate) fn run(plan: LaunchPlan) -> Result<u8, LaunchError> {
     };
     let host_json = host_json::build(&plan.resources, mode, &shape, binding.as_ref());
     let seg = guest::launch_segment(&host_json, mode).map_err(LaunchError::Segment)?;
+    if let Some(b) = &mut broker {
+        b.host_json.clone_from(&host_json);
+    }
     let (backend, identity): (Box<dyn LaunchBackend>, _) = match hardware {
         Some(hw) => (Box::new(hw), None),
         None => {
@@ -1638,6 +1651,7 @@ mod tests {
             seq.broker = Some(Broker {
                 url,
                 workload_id: "w1".into(),
+                host_json: b"{}".to_vec(),
             });
             seq.auth_chain = Some(auth.clone());
             seq.secret_gpa = Some(secret_gpa);
@@ -1739,6 +1753,7 @@ mod tests {
         seq.broker = Some(Broker {
             url: "http://127.0.0.1:9".into(),
             workload_id: "w1".into(),
+            host_json: b"{}".to_vec(),
         });
         seq.vm_setup(&mem).unwrap();
         assert!(matches!(

@@ -55,6 +55,7 @@ fn run(
                         protocol,
                         generation: "milan",
                         resource_path: None,
+                        host_json: None,
                     };
                     let t = Instant::now();
                     match snp::attest(&cfg, &req, &mut report) {

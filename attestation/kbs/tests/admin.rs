@@ -154,6 +154,7 @@ fn unauthenticated_registration_cannot_replace_an_existing_workload() {
             protocol: KbsProtocol::Reference,
             generation: "milan",
             resource_path: None,
+            host_json: None,
         };
         snp::attest(&kbs.client(), &req, &mut report).map(|s| s.to_vec())
     };
@@ -308,6 +309,7 @@ fn admin_api_and_cli_manage_workloads_and_secrets() {
         protocol: KbsProtocol::Rcar,
         generation: "milan",
         resource_path: None,
+        host_json: None,
     };
     assert_eq!(
         snp::attest(&kbs.client(), &req, &mut report)
@@ -436,6 +438,7 @@ fn https_broker_with_a_custom_ca() {
             protocol,
             generation: "milan",
             resource_path: None,
+            host_json: None,
         };
         assert_eq!(
             snp::attest(&cfg, &req, &mut report).unwrap().as_slice(),
@@ -450,6 +453,7 @@ fn https_broker_with_a_custom_ca() {
         protocol: KbsProtocol::Rcar,
         generation: "milan",
         resource_path: None,
+        host_json: None,
     };
     let err = snp::attest(&cfg, &req, &mut report).unwrap_err();
     assert!(err.to_string().starts_with("auth: "), "{err}");

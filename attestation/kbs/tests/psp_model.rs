@@ -81,6 +81,7 @@ fn snp_guest_of_the_model_attests_with_both_protocols() {
             protocol,
             generation: "milan",
             resource_path: None,
+            host_json: None,
         };
         let mut report =
             |rd: [u8; 64]| -> Result<Vec<u8>, Box<dyn std::error::Error + Send + Sync>> {
@@ -143,7 +144,7 @@ fn sev_es_guest_of_the_model_gets_its_launch_secret() {
     );
 
     let launch = |contents: &[u8]| -> Result<Vec<u8>, ClientError> {
-        let session = SevAttestation::auth(&kbs.client(), "sev-model", build, chain.clone())?;
+        let session = SevAttestation::auth(&kbs.client(), "sev-model", build, chain.clone(), None)?;
         let owner = OwnerSession {
             godh_cert: &session.start.cert,
             session: &session.start.session.to_bytes(),

@@ -35,8 +35,13 @@ fn launch(
     data: &[u8],
 ) -> Result<Vec<u8>, ClientError> {
     let cfg = kbs.client();
-    let session =
-        SevAttestation::auth(&cfg, wid, platform.fake.build, platform.fake.chain.clone())?;
+    let session = SevAttestation::auth(
+        &cfg,
+        wid,
+        platform.fake.build,
+        platform.fake.chain.clone(),
+        None,
+    )?;
     assert_eq!(session.start.policy.to_u32(), 63, "the registered policy");
     let mut guest = platform.fake.launch_start(&session.start).unwrap();
     guest.update(data);
@@ -80,6 +85,7 @@ fn sev_key_of_another_workload_and_replayed_measurement_are_refused() {
         "sev-w1",
         platform.fake.build,
         platform.fake.chain.clone(),
+        None,
     )
     .unwrap();
     let mut guest = platform.fake.launch_start(&session.start).unwrap();
@@ -95,6 +101,7 @@ fn sev_key_of_another_workload_and_replayed_measurement_are_refused() {
         "sev-w1",
         platform.fake.build,
         platform.fake.chain.clone(),
+        None,
     )
     .unwrap();
     assert_eq!(status(&other.attest(&m).unwrap_err()), (Step::Attest, 401));
@@ -115,6 +122,7 @@ fn session_cookie(kbs: &Kbs, platform: &SevPlatform) -> String {
         build: platform.fake.build,
         chain: platform.fake.chain.clone(),
         workload_id: "sev-w1".into(),
+        host_json: None,
     };
     let req = serde_json::json!({
         "version": "0.0.0", "tee": "sev", "extra-params": serde_json::to_string(&sev).unwrap()
@@ -239,6 +247,7 @@ fn sev_firmware_minimum_from_the_server_or_the_workload() {
         "sev-w1",
         claimed,
         platform.fake.chain.clone(),
+        None,
     )
     .unwrap();
     let mut guest = platform.fake.launch_start(&session.start).unwrap();

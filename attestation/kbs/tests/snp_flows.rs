@@ -22,6 +22,7 @@ fn request(wid: &str, protocol: KbsProtocol) -> SnpRequest<'_> {
         protocol,
         generation: "milan",
         resource_path: None,
+        host_json: None,
     }
 }
 

@@ -20,18 +20,21 @@ pub struct SevAttestation {
 }
 
 impl SevAttestation {
-    /// `/auth` with the platform's firmware build and certificate chain.
+    /// `/auth` with the platform's firmware build and certificate chain, and the launch's
+    /// measured host.json when given (see [`reference::SnpRequest::host_json`]).
     pub fn auth(
         cfg: &ClientConfig,
         workload_id: &str,
         build: SevBuild,
         chain: SevCertChain,
+        host_json: Option<&[u8]>,
     ) -> Result<Self, ClientError> {
         let step = Step::Auth;
         let sev = SevRequest {
             build,
             chain,
             workload_id: workload_id.to_string(),
+            host_json: host_json.map(reference::encode_host_json),
         };
         let req = Request {
             version: reference::PROTOCOL_VERSION.into(),

@@ -18,6 +18,9 @@ pub struct SnpRequest<'a> {
     pub generation: &'a str,
     /// RCAR: resource path of the secret; default `default/key/<workload_id>`.
     pub resource_path: Option<&'a str>,
+    /// The launch's measured host.json, sent so a broker holding the bundle can accept a
+    /// workload registered with its unbound digest.
+    pub host_json: Option<&'a [u8]>,
 }
 
 /// Certificates from an extended report (VCEK, ASK), sent with the evidence so the broker
@@ -83,6 +86,7 @@ pub fn attest_reference(
 ) -> Result<Zeroizing<Vec<u8>>, ClientError> {
     let extra = serde_json::to_string(&reference::SnpRequest {
         workload_id: req.workload_id.into(),
+        host_json: req.host_json.map(reference::encode_host_json),
     })
     .map_err(|e| ClientError::answer(Step::Auth, e))?;
     let auth = reference::Request {
@@ -143,7 +147,7 @@ pub fn attest_rcar(
     certs: &CertTable,
     get_report: &mut ReportFn<'_>,
 ) -> Result<Zeroizing<Vec<u8>>, ClientError> {
-    let auth = rcar::auth_request(rcar::Tee::Snp);
+    let auth = rcar::auth_request(rcar::Tee::Snp, req.host_json);
     let (cookie, challenge): (String, rcar::Challenge) = cfg.auth(&auth, rcar::SESSION_COOKIE)?;
 
     let key = TeeKey::generate_ec();

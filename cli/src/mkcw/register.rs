@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use krun_attestation::http::{self, HttpRequest};
-use krun_attestation::reference::{PolicyFlags, RegisterWorkload, SevPolicy, SevVersion};
+use krun_attestation::reference::{
+    MeasurementKind, PolicyFlags, RegisterWorkload, SevPolicy, SevVersion,
+};
 use krun_attestation::transport::{BrokerUrl, Connector, Stream, TcpConnector, UrlError};
 use krun_sev::launch::{self, MeasureRequest};
 use krun_sev::resources::TeeConfig;
@@ -205,6 +207,8 @@ pub fn register(
             .map_err(|_| RegisterError::PassphraseNotText)?
             .to_owned(),
         tee_config: policy_json(launch.mode)?,
+        // `krun-sev measure`'s digest covers the binding: the broker matches it directly.
+        measurement_kind: Some(MeasurementKind::Bound),
     };
     let json = serde_json::to_vec(&body).map(Zeroizing::new);
     body.passphrase.zeroize();

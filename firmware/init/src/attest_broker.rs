@@ -73,6 +73,7 @@ impl KeyBroker for AttestationClient {
             protocol,
             generation: req.generation,
             resource_path: None,
+            host_json: (!req.host_json.is_empty()).then_some(req.host_json),
         };
         let evidence = req.evidence;
         let mut get_report =
@@ -98,6 +99,8 @@ mod tests {
             Err(SnpReportError::Size)
         }
     }
+
+    const HOST_JSON: &[u8] = br#"{"format":1,"tee":"snp"}"#;
 
     /// A config through the shared parser, as the init gets it from the footer.
     fn tee(url: &str, protocol: Option<&str>) -> TeeConfig {
@@ -158,11 +161,21 @@ mod tests {
                 binding: &binding(&cfg),
                 generation: "genoa",
                 evidence: &mut NoReports,
+                host_json: HOST_JSON,
             })
             .unwrap_err();
         let (line, body) = server.join().unwrap();
         assert_eq!(line, "POST /kbs/v0/auth HTTP/1.1\r\n");
         assert!(body.contains("wl-123"), "{body}");
+        // The measured host.json travels with the request, for a broker that recomputes
+        // the launch digest.
+        let req: krun_attestation::reference::Request = serde_json::from_str(&body).unwrap();
+        let snp: krun_attestation::reference::SnpRequest =
+            serde_json::from_str(&req.extra_params).unwrap();
+        assert_eq!(
+            snp.host_json.as_deref(),
+            Some(krun_attestation::reference::encode_host_json(HOST_JSON).as_str())
+        );
         let client_err = err.downcast_ref::<krun_attestation::ClientError>().unwrap();
         assert_eq!(client_err.status(), Some(401));
     }
@@ -176,10 +189,16 @@ mod tests {
                 binding: &binding(&cfg),
                 generation: "genoa",
                 evidence: &mut NoReports,
+                host_json: HOST_JSON,
             })
             .unwrap_err();
         let (line, body) = server.join().unwrap();
         assert_eq!(line, "POST /kbs/v0/auth HTTP/1.1\r\n");
+        let req: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            req["extra-params"][krun_attestation::rcar::HOST_JSON_PARAM].as_str(),
+            Some(krun_attestation::reference::encode_host_json(HOST_JSON).as_str())
+        );
         // RCAR's auth request names the protocol version and the TEE, not the workload.
         assert!(
             body.contains("\"version\"") && body.contains("snp"),

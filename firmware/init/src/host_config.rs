@@ -166,6 +166,10 @@ pub struct HostConfig {
     pub port_map: PortMapMode,
     /// Development-only passphrase (tee "none" only).
     pub dev_passphrase: Option<Zeroizing<String>>,
+    /// The file's bytes as measured, sent to the broker so one holding the bundle can
+    /// recompute the launch digest (docs/measurement.md, "Unbound digests"). Empty for
+    /// the defaults. Holds no secret in a confidential launch (dev_passphrase is refused).
+    pub text: Vec<u8>,
 }
 
 impl Default for HostConfig {
@@ -180,6 +184,7 @@ impl Default for HostConfig {
             hostname: None,
             port_map: PortMapMode::AllListening,
             dev_passphrase: None,
+            text: Vec::new(),
         }
     }
 }
@@ -228,6 +233,12 @@ impl HostConfig {
             rlimits,
             hostname: raw.hostname,
             port_map,
+            // Kept only where it holds no secret.
+            text: if raw.dev_passphrase.is_none() {
+                json.to_vec()
+            } else {
+                Vec::new()
+            },
             dev_passphrase: raw.dev_passphrase,
         })
     }
@@ -288,7 +299,13 @@ mod tests {
     #[test]
     fn empty_document_is_a_plain_launch_exposing_all_ports() {
         let cfg = HostConfig::parse(b"{}").unwrap();
-        assert_eq!(cfg, HostConfig::default());
+        assert_eq!(
+            cfg,
+            HostConfig {
+                text: b"{}".to_vec(),
+                ..HostConfig::default()
+            }
+        );
         let null_map = HostConfig::parse(br#"{"port_map":null}"#).unwrap();
         assert_eq!(null_map.port_map, PortMapMode::AllListening);
         let empty_map = HostConfig::parse(br#"{"port_map":[]}"#).unwrap();
@@ -302,6 +319,8 @@ mod tests {
             cfg.dev_passphrase.as_deref().map(String::as_str),
             Some("pw")
         );
+        // The text goes to a broker: never the one holding a passphrase.
+        assert!(cfg.text.is_empty());
         for tee in ["sev", "sev-es", "snp"] {
             let json = format!(r#"{{"tee":"{tee}","dev_passphrase":"pw"}}"#);
             assert!(matches!(

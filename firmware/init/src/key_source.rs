@@ -37,6 +37,8 @@ pub struct BrokerRequest<'a> {
     pub generation: &'a str,
     /// Produces SNP reports over the client's REPORT_DATA.
     pub evidence: &'a mut dyn ReportSource,
+    /// The measured host.json, for a broker that recomputes the launch digest.
+    pub host_json: &'a [u8],
 }
 
 impl std::fmt::Debug for BrokerRequest<'_> {
@@ -206,6 +208,7 @@ pub fn obtain(
                     binding,
                     generation,
                     evidence: &mut *attestation.evidence,
+                    host_json: &host.text,
                 })
                 .map_err(KeySourceError::Broker)?
         }
