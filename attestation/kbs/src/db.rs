@@ -295,30 +295,66 @@ pub struct Workload {
     pub sev: SevRequirements,
     /// Allowed launch digests, lowercase hex.
     pub measurements: Vec<String>,
+    /// What the digests are: `bound` (matched directly) or `unbound` (buildah's
+    /// `krunfw_measurement`; checked through the launch's host.json, src/unbound.rs).
+    #[serde(default)]
+    pub measurement_kind: MeasurementKind,
+}
+
+pub use krun_attestation::reference::MeasurementKind;
+
+fn kind_str(kind: MeasurementKind) -> &'static str {
+    match kind {
+        MeasurementKind::Bound => "bound",
+        MeasurementKind::Unbound => "unbound",
+    }
+}
+
+fn parse_kind(s: &str) -> Option<MeasurementKind> {
+    match s {
+        "bound" => Some(MeasurementKind::Bound),
+        "unbound" => Some(MeasurementKind::Unbound),
+        _ => None,
+    }
 }
 
 /// Brings a database written by an older broker up to [`SCHEMA`]: adds the `sev` column
-/// (`{}`: no SEV requirements of its own). Checked and altered in one write transaction, so
+/// (`{}`: no SEV requirements of its own) and the `measurement_kind` column (`bound`: older
+/// brokers matched every digest directly). Checked and altered in one write transaction, so
 /// a broker and an admin command opening the same old database do not both alter it.
 fn migrate(conn: &mut Connection) -> Result<(), rusqlite::Error> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let has_sev = tx
-        .prepare("SELECT 1 FROM pragma_table_info('workloads') WHERE name = 'sev'")?
-        .exists([])?;
-    if !has_sev {
+    let has = |column: &str| -> Result<bool, rusqlite::Error> {
+        tx.prepare("SELECT 1 FROM pragma_table_info('workloads') WHERE name = ?1")?
+            .exists(params![column])
+    };
+    if !has("sev")? {
         tx.execute_batch("ALTER TABLE workloads ADD COLUMN sev TEXT NOT NULL DEFAULT '{}'")?;
+    }
+    if !has("measurement_kind")? {
+        tx.execute_batch(
+            "ALTER TABLE workloads ADD COLUMN measurement_kind TEXT NOT NULL DEFAULT 'bound'",
+        )?;
     }
     tx.commit()
 }
 
 /// The `workloads` columns [`read_row`] reads, in its order.
-const WORKLOAD_COLUMNS: &str = "id, tee, sev_policy, snp, sev";
+const WORKLOAD_COLUMNS: &str = "id, tee, sev_policy, snp, sev, measurement_kind";
 
-/// One `workloads` row: id, tee, SEV policy, SNP and SEV requirements (JSON).
-type Row = (String, String, u32, String, String);
+/// One `workloads` row: id, tee, SEV policy, SNP and SEV requirements (JSON), measurement
+/// kind.
+type Row = (String, String, u32, String, String, String);
 
 fn read_row(r: &rusqlite::Row<'_>) -> Result<Row, rusqlite::Error> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+    ))
 }
 
 /// Whether [`Store::register`] may replace an existing workload.
@@ -343,7 +379,8 @@ CREATE TABLE IF NOT EXISTS workloads (
     tee TEXT NOT NULL,
     sev_policy INTEGER NOT NULL,
     snp TEXT NOT NULL,
-    sev TEXT NOT NULL DEFAULT '{}'
+    sev TEXT NOT NULL DEFAULT '{}',
+    measurement_kind TEXT NOT NULL DEFAULT 'bound'
 );
 CREATE TABLE IF NOT EXISTS measurements (
     workload_id TEXT NOT NULL REFERENCES workloads(id) ON DELETE CASCADE,
@@ -404,22 +441,24 @@ impl Store {
     ) -> Result<bool, DbError> {
         let snp = serde_json::to_string(&w.snp).map_err(DbError::StoredPolicy)?;
         let sev = serde_json::to_string(&w.sev).map_err(DbError::StoredPolicy)?;
+        let kind = kind_str(w.measurement_kind);
         self.with(|c| {
             let tx = c.transaction()?;
             let written = match mode {
                 PutMode::Replace => tx.execute(
-                    "INSERT INTO workloads (id, tee, sev_policy, snp, sev)
-                     VALUES (?1, ?2, ?3, ?4, ?5)
-                     ON CONFLICT(id) DO UPDATE SET tee = ?2, sev_policy = ?3, snp = ?4, sev = ?5",
-                    params![w.id, w.tee.as_str(), w.sev_policy, snp, sev],
+                    "INSERT INTO workloads (id, tee, sev_policy, snp, sev, measurement_kind)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT(id) DO UPDATE SET tee = ?2, sev_policy = ?3, snp = ?4, sev = ?5,
+                         measurement_kind = ?6",
+                    params![w.id, w.tee.as_str(), w.sev_policy, snp, sev, kind],
                 )?,
                 // The check and the insert are one statement inside the write transaction:
                 // two concurrent registrations of a new id cannot both create it.
                 PutMode::CreateOnly => tx.execute(
-                    "INSERT INTO workloads (id, tee, sev_policy, snp, sev)
-                     VALUES (?1, ?2, ?3, ?4, ?5)
+                    "INSERT INTO workloads (id, tee, sev_policy, snp, sev, measurement_kind)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                      ON CONFLICT(id) DO NOTHING",
-                    params![w.id, w.tee.as_str(), w.sev_policy, snp, sev],
+                    params![w.id, w.tee.as_str(), w.sev_policy, snp, sev, kind],
                 )?,
             };
             if written == 0 {
@@ -454,8 +493,8 @@ impl Store {
     }
 
     fn row_to_workload(c: &Connection, row: Row) -> Result<Option<Workload>, rusqlite::Error> {
-        let (id, tee, sev_policy, snp, sev) = row;
-        let Some(tee) = TeeKind::parse(&tee) else {
+        let (id, tee, sev_policy, snp, sev, kind) = row;
+        let (Some(tee), Some(measurement_kind)) = (TeeKind::parse(&tee), parse_kind(&kind)) else {
             return Ok(None);
         };
         let (Ok(snp), Ok(sev)) = (serde_json::from_str(&snp), serde_json::from_str(&sev)) else {
@@ -475,6 +514,7 @@ impl Store {
             snp,
             sev,
             measurements,
+            measurement_kind,
         }))
     }
 
@@ -514,7 +554,8 @@ impl Store {
         })
     }
 
-    /// Ids of the workloads of kind `tee` that allow launch digest `digest`.
+    /// Ids of the workloads of kind `tee` that allow launch digest `digest` directly (bound
+    /// digests only: an unbound digest is never matched as it stands).
     pub fn workloads_with_measurement(
         &self,
         tee: TeeKind,
@@ -523,7 +564,8 @@ impl Store {
         self.with(|c| {
             let mut stmt = c.prepare_cached(
                 "SELECT w.id FROM workloads w JOIN measurements m ON m.workload_id = w.id
-                 WHERE m.digest = ?1 AND w.tee = ?2 ORDER BY w.id",
+                 WHERE m.digest = ?1 AND w.tee = ?2 AND w.measurement_kind = 'bound'
+                 ORDER BY w.id",
             )?;
             let ids = stmt
                 .query_map(params![digest, tee.as_str()], |r| r.get(0))?
@@ -607,6 +649,7 @@ mod tests {
             snp: Default::default(),
             sev: Default::default(),
             measurements: vec![],
+            measurement_kind: MeasurementKind::Bound,
         }
     }
 

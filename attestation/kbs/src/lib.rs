@@ -11,6 +11,7 @@ pub mod refusal;
 pub mod serve;
 pub mod sessions;
 pub mod testkit;
+pub mod unbound;
 pub mod verify_sev;
 pub mod verify_snp;
 

@@ -14,7 +14,8 @@ use krun_kbs::config::{
     BrokerConfig, DEFAULT_BODY_LIMIT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_SESSIONS,
 };
 use krun_kbs::db::{
-    HostData, MinTcb, PutMode, SevFirmware, SevRequirements, SnpRequirements, Store, TeeKind,
+    HostData, MeasurementKind, MinTcb, PutMode, SevFirmware, SevRequirements, SnpRequirements,
+    Store, TeeKind,
 };
 use krun_kbs::error_chain;
 use krun_kbs::verify_sev::{LegacySevGeneration, SevTrust};
@@ -87,6 +88,17 @@ struct Cli {
     /// own) for SNP workloads without their own minimum; 0:0:0:0 is no minimum.
     #[arg(long, value_name = "BL:TEE:SNP:UCODE", default_value_t = MinTcb::default())]
     min_tcb: MinTcb,
+    /// Guest bundle directory (libkrun-sev's `$(LIBDIR)/krun-sev`) of the launches this broker
+    /// serves. Repeatable. With it the broker accepts launches of workloads registered with
+    /// unbound digests (buildah's `krunfw_measurement`): it recomputes their digest from the
+    /// launch's host.json (docs/measurement.md, "Unbound digests"). Needs --public-url.
+    #[arg(long = "bundle", value_name = "DIR", requires = "public_urls")]
+    bundles: Vec<PathBuf>,
+    /// A URL launches name this broker by (their TEE config's `attestation_url`, e.g.
+    /// http://10.0.0.5:8000). Repeatable. Launches of unbound-registered workloads must be
+    /// bound to one of them.
+    #[arg(long = "public-url", value_name = "URL")]
+    public_urls: Vec<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -138,6 +150,10 @@ enum WorkloadCmd {
         /// tee_data.host_data).
         #[arg(long)]
         host_data: Option<HostData>,
+        /// The digests leave out the launch's binding (`krunfw_measurement`'s output): the
+        /// serving broker needs --bundle to check such launches.
+        #[arg(long)]
+        unbound: bool,
     },
     /// List workloads as JSON.
     List,
@@ -199,6 +215,23 @@ enum MainError {
     Runtime(#[source] std::io::Error),
     #[error("invalid input")]
     Usage(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("cannot load the guest bundle {0}")]
+    Bundle(String, #[source] krun_bundle::BundleError),
+    #[error("cannot check unbound digests")]
+    Unbound(#[from] krun_kbs::unbound::UnboundSetupError),
+}
+
+/// SHA-256 of the SubjectPublicKeyInfo of the first certificate in `pem` (what a launch's
+/// `broker_pin` holds).
+fn own_pin(pem_path: &std::path::Path) -> Result<[u8; 32], MainError> {
+    let pem = read(pem_path)?;
+    let cert = openssl::x509::X509::from_pem(&pem)
+        .and_then(|c| c.to_der())
+        .map_err(|e| MainError::Usage(format!("{}: {e}", pem_path.display()).into()))?;
+    let spki = krun_attestation::tls_pin::subject_public_key_info(&cert).ok_or_else(|| {
+        MainError::Usage(format!("{}: no public key in the certificate", pem_path.display()).into())
+    })?;
+    Ok(openssl::sha::sha256(spki))
 }
 
 fn read(path: &std::path::Path) -> Result<Vec<u8>, MainError> {
@@ -226,6 +259,7 @@ fn admin(cli: &Cli, cmd: &Command) -> Result<(), MainError> {
             min_tcb,
             min_sev_fw,
             host_data,
+            unbound,
         }) => {
             let digests = krun_kbs::api::decode_measurements(*tee, measurements)
                 .map_err(|r| MainError::Usage(r.detail.into()))?;
@@ -245,6 +279,11 @@ fn admin(cli: &Cli, cmd: &Command) -> Result<(), MainError> {
                     min_fw: *min_sev_fw,
                 },
                 measurements: vec![],
+                measurement_kind: if *unbound {
+                    MeasurementKind::Unbound
+                } else {
+                    MeasurementKind::Bound
+                },
             };
             let passphrase = passphrase_file.as_deref().map(read).transpose()?;
             let passphrase = passphrase.map(Zeroizing::new);
@@ -293,6 +332,11 @@ fn admin(cli: &Cli, cmd: &Command) -> Result<(), MainError> {
 }
 
 fn serve(cli: &Cli, listen: SocketAddr) -> Result<(), MainError> {
+    if cli.bundles.is_empty() && !cli.public_urls.is_empty() {
+        return Err(MainError::Usage(
+            "--public-url is only used with --bundle".into(),
+        ));
+    }
     let store = Store::open(&cli.db)?;
     let admin_token = match &cli.admin_token_file {
         Some(f) => {
@@ -336,12 +380,27 @@ fn serve(cli: &Cli, listen: SocketAddr) -> Result<(), MainError> {
             "legacy SEV chains rooted in this older AMD generation are trusted"
         );
     }
-    let broker = Arc::new(Broker::new(
+    let mut broker = Broker::new(
         config,
         store,
         SnpVerifier::new(roots, cli.vcek_dir.clone()),
         SevTrust::new(sev_arks, &cli.allow_sev_generations),
-    ));
+    );
+    if !cli.bundles.is_empty() {
+        let bundles = cli
+            .bundles
+            .iter()
+            .map(|d| {
+                krun_bundle::Bundle::load(d)
+                    .map_err(|e| MainError::Bundle(d.display().to_string(), e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let pin = cli.tls_cert.as_deref().map(own_pin).transpose()?;
+        let verifier = krun_kbs::unbound::UnboundVerifier::new(bundles, &cli.public_urls, pin)?;
+        tracing::info!(bundles = cli.bundles.len(), public_urls = ?cli.public_urls, "launches of workloads registered with unbound digests are checked against the bundle");
+        broker = broker.with_unbound(verifier);
+    }
+    let broker = Arc::new(broker);
     let tls = match (&cli.tls_cert, &cli.tls_key) {
         (Some(c), Some(k)) => Some(krun_kbs::serve::tls_config(c, k)?),
         _ => None,

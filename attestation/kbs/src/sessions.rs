@@ -34,11 +34,18 @@ pub enum Stage {
         session: sev::session::Session<sev::session::Initialized>,
         build: sev::firmware::host::Build,
         workload_id: String,
+        /// The launch's host.json, if sent (src/unbound.rs).
+        host_json: Option<Vec<u8>>,
     },
     /// SNP reference protocol: the workload the guest claimed at `/auth`.
-    SnpPending { workload_id: String },
-    /// RCAR: the workload is found from the measurement.
-    RcarPending,
+    SnpPending {
+        workload_id: String,
+        /// The launch's host.json, if sent (src/unbound.rs).
+        host_json: Option<Vec<u8>>,
+    },
+    /// RCAR: the workload is found from the measurement (or from the binding in the
+    /// launch's host.json, if sent: src/unbound.rs).
+    RcarPending { host_json: Option<Vec<u8>> },
     /// SEV attested: the verified owner session packages the secret.
     SevAttested {
         session: sev::session::Session<sev::session::Verified>,
@@ -70,7 +77,7 @@ impl std::fmt::Debug for Stage {
         f.write_str(match self {
             Stage::SevPending { .. } => "SevPending",
             Stage::SnpPending { .. } => "SnpPending",
-            Stage::RcarPending => "RcarPending",
+            Stage::RcarPending { .. } => "RcarPending",
             Stage::SevAttested { .. } => "SevAttested",
             Stage::SnpAttested { .. } => "SnpAttested",
             Stage::Failed => "Failed",
@@ -315,17 +322,29 @@ mod tests {
     fn sessions_expire_and_are_collected() {
         let s = Sessions::new(Duration::from_millis(50), 2);
         let a = s
-            .insert(Protocol::Rcar, "n".into(), Stage::RcarPending)
+            .insert(
+                Protocol::Rcar,
+                "n".into(),
+                Stage::RcarPending { host_json: None },
+            )
             .unwrap();
         assert_eq!(a.len(), 32);
         assert!(s.get(&a, Protocol::Rcar).is_ok());
         let wrong = s.get(&a, Protocol::Reference).err().unwrap();
         assert_eq!(wrong.kind, "InvalidSession");
         let _b = s
-            .insert(Protocol::Rcar, "n".into(), Stage::RcarPending)
+            .insert(
+                Protocol::Rcar,
+                "n".into(),
+                Stage::RcarPending { host_json: None },
+            )
             .unwrap();
         let full = s
-            .insert(Protocol::Rcar, "n".into(), Stage::RcarPending)
+            .insert(
+                Protocol::Rcar,
+                "n".into(),
+                Stage::RcarPending { host_json: None },
+            )
             .err()
             .unwrap();
         assert_eq!(full.status, 503);
@@ -337,7 +356,11 @@ mod tests {
         assert_eq!(s.collect_garbage(), 0);
         // Room again once the expired ones are gone.
         assert!(s
-            .insert(Protocol::Rcar, "n".into(), Stage::RcarPending)
+            .insert(
+                Protocol::Rcar,
+                "n".into(),
+                Stage::RcarPending { host_json: None }
+            )
             .is_ok());
         assert_eq!(
             s.get("nope", Protocol::Rcar).err().unwrap().kind,

@@ -35,6 +35,7 @@ fn registration_needs_the_token_or_the_insecure_flag() {
 
     let token = Kbs::start(KbsOptions {
         admin_token: true,
+        unbound: true,
         ..Default::default()
     });
     assert_eq!(register_status(&token, None), 401);
@@ -49,9 +50,15 @@ fn registration_needs_the_token_or_the_insecure_flag() {
 
     let open = Kbs::start(KbsOptions {
         insecure_registration: true,
+        unbound: true,
         ..Default::default()
     });
     assert_eq!(register_status(&open, None), 200);
+    // buildah's digest leaves out the binding: stored as such.
+    let listed = open.cli(&["workload", "list"]).stdout;
+    let listed: serde_json::Value = serde_json::from_slice(&listed).unwrap();
+    assert_eq!(listed[0]["measurement_kind"], "unbound", "{listed}");
+    assert_eq!(listed[0]["measurements"][0], hex::encode(M), "{listed}");
     // Bad bodies: wrong measurement length, SEV policy that is not JSON.
     let bad = buildah_body("w", "abcd", "pw", 15);
     assert_eq!(
@@ -92,6 +99,7 @@ fn unauthenticated_registration_cannot_replace_an_existing_workload() {
     let kbs = Kbs::start(ev.trusted_by(KbsOptions {
         admin_token: true,
         insecure_registration: true,
+        unbound: true,
         ..Default::default()
     }));
     let auth = format!("Bearer {ADMIN_TOKEN}");
@@ -177,6 +185,52 @@ fn unauthenticated_registration_cannot_replace_an_existing_workload() {
     // The admin replaces through the same endpoint.
     kbs.register("x", &hex::encode(evil), "replaced by the admin", 15);
     assert_eq!(attest(evil).unwrap(), b"replaced by the admin");
+}
+
+#[test]
+fn an_unbound_digest_needs_a_broker_that_can_check_it() {
+    // Without --bundle, buildah's registration (an unbound digest) is refused with the
+    // reason, as long as the caller may register at all; the same digest said to be bound
+    // is stored.
+    let kbs = Kbs::start(KbsOptions {
+        admin_token: true,
+        insecure_registration: true,
+        ..Default::default()
+    });
+    let r = kbs.post_json(
+        "/kbs/v0/register_workload",
+        None,
+        buildah_body("w", &hex::encode(M), "pw", 15).as_bytes(),
+    );
+    assert_eq!(r.status, 400, "{}", r.message());
+    assert!(r.message().contains("--bundle"), "{}", r.message());
+    kbs.register("w", &hex::encode(M), "pw", 15);
+    let listed: serde_json::Value =
+        serde_json::from_slice(&kbs.cli(&["workload", "list"]).stdout).unwrap();
+    assert_eq!(listed[0]["measurement_kind"], "bound", "{listed}");
+    // --public-url alone is a usage error; --bundle without it too.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_krun-kbs"))
+        .args(["--db", "/nonexistent/x.db", "--listen", "127.0.0.1:0"])
+        .args(["--public-url", PUBLIC_URL])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--bundle"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_krun-kbs"))
+        .args(["--db", "/nonexistent/x.db", "--listen", "127.0.0.1:0"])
+        .args(["--bundle", "/nonexistent"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--public-url"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn mode(path: &std::path::Path) -> u32 {

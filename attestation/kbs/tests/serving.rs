@@ -80,7 +80,7 @@ fn a_slow_database_does_not_stall_other_requests() {
     holder.execute_batch("BEGIN IMMEDIATE").unwrap();
     let addr = kbs.addr.clone();
     let writer = std::thread::spawn(move || {
-        let body = buildah_body("slow", &hex::encode([7u8; 48]), "pw", 15);
+        let body = mkcw_body("slow", &hex::encode([7u8; 48]), "pw", 15);
         let auth = format!("Bearer {ADMIN_TOKEN}");
         let mut s = TcpStream::connect(&addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();

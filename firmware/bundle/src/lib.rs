@@ -6,11 +6,13 @@
 //! - `initrd`: the initrd layout and deterministic gzip.
 //! - `manifest`: `manifest.json`.
 //! - `bundle`: load-and-verify (`Bundle::load`) and `write_bundle`.
+//! - `minimal`: a minimal valid bundle for tests of the tools that measure bundles.
 
 pub mod bundle;
 pub mod cpio;
 pub mod initrd;
 pub mod manifest;
+pub mod minimal;
 
 pub use bundle::{
     bundle_dir, write_bundle, Bundle, BundleContents, BundleError, BundleFiles, BUNDLE_DIR_ENV,
@@ -19,3 +21,4 @@ pub use bundle::{
 pub use cpio::{CpioArchive, CpioError};
 pub use initrd::{build_initrd, gzip, InitrdError};
 pub use manifest::{FileDigest, Manifest, ManifestError, MANIFEST_FORMAT};
+pub use minimal::write_minimal_bundle;

@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 use krun_attestation::reference::{RegisterWorkload, SevPolicy};
 
 use super::{bearer, blocking, json_response, parse_json_quiet, Broker};
-use crate::db::{PutMode, SevRequirements, SnpRequirements, TeeKind, Workload};
+use crate::db::{MeasurementKind, PutMode, SevRequirements, SnpRequirements, TeeKind, Workload};
 use crate::refusal::Refusal;
 
 /// Whether `given` is the admin token. Both are hashed with SHA-256 and the digests compared
@@ -137,6 +137,15 @@ fn register_inner(b: &Broker, headers: &HeaderMap, body: &[u8]) -> Result<Respon
             "empty workload id or passphrase",
         ));
     }
+    // buildah's digest comes from `krunfw_measurement`, which cannot know the binding:
+    // absent means unbound. `krun-sev mkcw --register` says `bound`.
+    let measurement_kind = reg.measurement_kind.unwrap_or(MeasurementKind::Unbound);
+    if measurement_kind == MeasurementKind::Unbound && b.unbound.is_none() {
+        return Err(Refusal::bad_request(
+            "UnboundDigest",
+            "this digest leaves out the launch's binding (buildah's krunfw_measurement); the broker can only check such launches when started with --bundle and --public-url",
+        ));
+    }
     let w = Workload {
         id: reg.workload_id.clone(),
         tee,
@@ -144,6 +153,7 @@ fn register_inner(b: &Broker, headers: &HeaderMap, body: &[u8]) -> Result<Respon
         snp: b.config.default_snp,
         sev: SevRequirements::default(),
         measurements: vec![],
+        measurement_kind,
     };
     // Unauthenticated callers never replace a workload, even with identical contents: a
     // 200 for "same as stored" would let anyone test guesses of a registered passphrase.
@@ -163,7 +173,7 @@ fn register_inner(b: &Broker, headers: &HeaderMap, body: &[u8]) -> Result<Respon
         PutMode::Replace => "admin",
         PutMode::CreateOnly => "unauthenticated",
     };
-    tracing::info!(workload = %w.id, tee = ?tee, by, "workload registered");
+    tracing::info!(workload = %w.id, tee = ?tee, by, kind = ?measurement_kind, "workload registered");
     Ok(StatusCode::OK.into_response())
 }
 
@@ -186,6 +196,10 @@ pub struct WorkloadSpec {
     /// The LUKS passphrase (`key` secret), if set now.
     #[serde(default)]
     pub passphrase: Option<String>,
+    /// Whether `measurements` cover the launch's binding (default) or leave it out
+    /// (`krunfw_measurement`'s digests; docs/measurement.md, "Unbound digests").
+    #[serde(default)]
+    pub measurement_kind: MeasurementKind,
 }
 
 /// SEV-ES with no debug, no key sharing, no send, domain-bound (buildah's default).
@@ -204,6 +218,7 @@ impl WorkloadSpec {
             snp: self.snp.unwrap_or(b.config.default_snp),
             sev: self.sev.unwrap_or_default(),
             measurements: vec![],
+            measurement_kind: self.measurement_kind,
         };
         let key = self.passphrase.as_deref().map(str::as_bytes);
         b.store.register(&w, &digests, key, PutMode::Replace)?;

@@ -18,9 +18,10 @@ use serde::de::DeserializeOwned;
 use zeroize::Zeroizing;
 
 use crate::config::BrokerConfig;
-use crate::db::Store;
+use crate::db::{MeasurementKind, Store, Workload};
 use crate::refusal::Refusal;
 use crate::sessions::{Ended, Protocol, Sessions, Stage};
+use crate::unbound::{Channel, UnboundVerifier};
 use crate::verify_sev::SevTrust;
 use crate::verify_snp::SnpVerifier;
 
@@ -31,12 +32,15 @@ pub struct Broker {
     pub sessions: Sessions,
     pub snp: SnpVerifier,
     pub sev: SevTrust,
+    /// Checks launches of workloads registered with unbound digests (`--bundle`).
+    pub unbound: Option<UnboundVerifier>,
 }
 
 impl std::fmt::Debug for Broker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Broker")
             .field("config", &self.config)
+            .field("unbound", &self.unbound)
             .finish()
     }
 }
@@ -50,7 +54,14 @@ impl Broker {
             sessions,
             snp,
             sev,
+            unbound: None,
         }
+    }
+
+    /// The broker, also accepting launches of workloads registered with unbound digests.
+    pub fn with_unbound(mut self, verifier: UnboundVerifier) -> Self {
+        self.unbound = Some(verifier);
+        self
     }
 }
 
@@ -234,6 +245,38 @@ fn attest_inner(b: &Broker, headers: &HeaderMap, body: &[u8]) -> Result<Response
         b.sessions.end(&id, Ended::AttestationFailed);
     }
     result
+}
+
+/// The launch digests `w` accepts: its registered ones when they are bound; for unbound
+/// ones, the digests recomputed from the launch's host.json (src/unbound.rs).
+pub(crate) fn allowed_digests(
+    b: &Broker,
+    w: &Workload,
+    channel: Channel,
+    host_json: Option<&[u8]>,
+) -> Result<Vec<Vec<u8>>, Refusal> {
+    match w.measurement_kind {
+        MeasurementKind::Bound => w
+            .measurements
+            .iter()
+            .map(|m| hex::decode(m).map_err(|_| Refusal::internal("stored measurement is not hex")))
+            .collect(),
+        MeasurementKind::Unbound => {
+            let verifier = b.unbound.as_ref().ok_or_else(|| {
+                Refusal::unauthorized(
+                    "UnboundDigest",
+                    "workload is registered with an unbound digest and this broker has no --bundle to check it",
+                )
+            })?;
+            let host_json = host_json.ok_or_else(|| {
+                Refusal::unauthorized(
+                    "UnboundDigest",
+                    "workload is registered with an unbound digest and the launch sent no host.json",
+                )
+            })?;
+            verifier.allowed_digests(w, channel, host_json)
+        }
+    }
 }
 
 /// Path parameters that name a workload.

@@ -12,14 +12,17 @@ use rand::RngCore;
 
 use krun_attestation::keys::rcar_report_data;
 use krun_attestation::rcar::{
-    Attestation, AttestationToken, Challenge, Request, SnpEvidence, Tee, PROTOCOL_VERSION,
-    SESSION_COOKIE, VERSION_MISMATCH,
+    Attestation, AttestationToken, Challenge, Request, SnpEvidence, Tee, HOST_JSON_PARAM,
+    PROTOCOL_VERSION, SESSION_COOKIE, VERSION_MISMATCH,
 };
 
-use super::{bearer, blocking, cookie, json_response, parse_json, set_cookie, Broker};
-use crate::db::{TeeKind, KEY_SECRET};
+use super::{
+    allowed_digests, bearer, blocking, cookie, json_response, parse_json, set_cookie, Broker,
+};
+use crate::db::{MeasurementKind, TeeKind, KEY_SECRET};
 use crate::refusal::Refusal;
 use crate::sessions::{log_tag, Protocol, Stage};
+use crate::unbound::{decode_host_json, Channel, UnboundVerifier};
 use crate::verify_snp::check_requirements;
 
 pub(super) fn auth(b: &Broker, body: &[u8]) -> Result<Response, Refusal> {
@@ -36,9 +39,17 @@ pub(super) fn auth(b: &Broker, body: &[u8]) -> Result<Response, Refusal> {
     let mut raw = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut raw);
     let nonce = STANDARD.encode(raw);
-    let id = b
-        .sessions
-        .insert(Protocol::Rcar, nonce.clone(), Stage::RcarPending)?;
+    let host_json = req
+        .extra_params
+        .get(HOST_JSON_PARAM)
+        .and_then(serde_json::Value::as_str)
+        .map(decode_host_json)
+        .transpose()?;
+    let id = b.sessions.insert(
+        Protocol::Rcar,
+        nonce.clone(),
+        Stage::RcarPending { host_json },
+    )?;
     tracing::info!(protocol = "rcar", session = %log_tag(&id), "session opened");
     let challenge = Challenge {
         nonce,
@@ -62,14 +73,18 @@ pub(super) fn attest(
     let mut session = s
         .lock()
         .map_err(|_| Refusal::internal("session poisoned"))?;
-    if !matches!(session.stage, Stage::RcarPending) {
+    // An attested session stays as it is: a second /attest is refused without ending it.
+    if !matches!(session.stage, Stage::RcarPending { .. }) {
         return Err(Refusal::unauthorized(
             "NonceUsed",
             "session already attested or failed",
         ));
     }
     // The nonce is single-use: whatever the outcome, this session cannot attest again.
-    session.stage = Stage::Failed;
+    let Stage::RcarPending { host_json } = std::mem::replace(&mut session.stage, Stage::Failed)
+    else {
+        return Err(Refusal::internal("session changed"));
+    };
     // Length first: memcmp::eq requires equal lengths.
     if att.runtime_data.nonce.len() != session.nonce.len()
         || !openssl::memcmp::eq(att.runtime_data.nonce.as_bytes(), session.nonce.as_bytes())
@@ -95,17 +110,25 @@ pub(super) fn attest(
     let report = &evidence.attestation_report;
     let certs = evidence.cert_chain.as_deref().unwrap_or_default();
     b.snp.verify_report(report, certs, &expected)?;
-    let candidates = b
+    let mut candidates = b
         .store
         .workloads_with_measurement(TeeKind::Snp, &report.measurement)?;
+    let mut last_refusal = None;
+    // A workload registered unbound is found from the binding in the launch's host.json;
+    // its recomputed digest must be the one the report carries.
+    if let Some(json) = &host_json {
+        match unbound_candidate(b, json, &report.measurement) {
+            Ok(Some(id)) if !candidates.contains(&id) => candidates.push(id),
+            Ok(_) => {}
+            Err(r) => last_refusal = Some(r),
+        }
+    }
     if candidates.is_empty() {
-        return Err(Refusal::unauthorized(
-            "SnpMeasurement",
-            "launch measurement is not allowed",
-        ));
+        return Err(last_refusal.unwrap_or_else(|| {
+            Refusal::unauthorized("SnpMeasurement", "launch measurement is not allowed")
+        }));
     }
     let mut workloads = Vec::new();
-    let mut last_refusal = None;
     for id in candidates {
         let Some(w) = b.store.workload(&id)? else {
             continue;
@@ -126,6 +149,33 @@ pub(super) fn attest(
     json_response(&AttestationToken {
         token: session.id.clone(),
     })
+}
+
+/// The unbound-registered SNP workload the binding in `host_json` names, when the launch
+/// digest recomputed from it is `measurement`.
+fn unbound_candidate(
+    b: &Broker,
+    host_json: &[u8],
+    measurement: &[u8],
+) -> Result<Option<String>, Refusal> {
+    let Some(id) = UnboundVerifier::bound_workload(host_json) else {
+        return Ok(None);
+    };
+    let Some(w) = b.store.workload(&id)? else {
+        return Ok(None);
+    };
+    if w.tee != TeeKind::Snp || w.measurement_kind != MeasurementKind::Unbound {
+        return Ok(None);
+    }
+    let allowed = allowed_digests(b, &w, Channel::Rcar, Some(host_json))?;
+    if allowed.iter().any(|d| d.as_slice() == measurement) {
+        Ok(Some(id))
+    } else {
+        Err(Refusal::unauthorized(
+            "SnpMeasurement",
+            "launch measurement is not the one of the host.json sent",
+        ))
+    }
 }
 
 pub(super) async fn resource(

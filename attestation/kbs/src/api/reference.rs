@@ -17,11 +17,13 @@ use krun_attestation::reference::{
 use krun_attestation::secret_table;
 
 use super::{
-    blocking, cookie, json_response, parse_json, parse_json_str, set_cookie, Broker, IdPath,
+    allowed_digests, blocking, cookie, json_response, parse_json, parse_json_str, set_cookie,
+    Broker, IdPath,
 };
 use crate::db::{TeeKind, Workload, KEY_SECRET};
 use crate::refusal::Refusal;
 use crate::sessions::{log_tag, random_id, Protocol, RecipientKey, SessionRef, Stage};
+use crate::unbound::{decode_host_json, Channel};
 use crate::verify_sev;
 use crate::verify_snp::check_requirements;
 
@@ -49,6 +51,7 @@ pub(super) fn auth(b: &Broker, body: &[u8]) -> Result<Response, Refusal> {
             (
                 Stage::SnpPending {
                     workload_id: snp.workload_id.clone(),
+                    host_json: snp.host_json.as_deref().map(decode_host_json).transpose()?,
                 },
                 String::new(),
                 snp.workload_id,
@@ -70,6 +73,7 @@ pub(super) fn auth(b: &Broker, body: &[u8]) -> Result<Response, Refusal> {
                 session,
                 build,
                 workload_id: sev.workload_id.clone(),
+                host_json: sev.host_json.as_deref().map(decode_host_json).transpose()?,
             };
             (stage, text, sev.workload_id)
         }
@@ -104,15 +108,19 @@ pub(super) fn attest(b: &Broker, s: &SessionRef, body: &[u8]) -> Result<Response
     // The nonce is single-use: whatever the outcome, this session cannot attest again.
     let stage = std::mem::replace(&mut session.stage, Stage::Failed);
     let attested = match stage {
-        Stage::SnpPending { workload_id } => attest_snp(b, &session.nonce, &workload_id, &att)?,
+        Stage::SnpPending {
+            workload_id,
+            host_json,
+        } => attest_snp(b, &session.nonce, &workload_id, host_json.as_deref(), &att)?,
         Stage::SevPending {
             session: owner,
             build,
             workload_id,
+            host_json,
         } => {
             let m: SevMeasurement = parse_json_str(&att.tee_evidence, "SEV evidence")?;
             let w = workload_of(b, &workload_id, TeeKind::Sev)?;
-            let digests = digests(&w)?;
+            let digests = allowed_digests(b, &w, Channel::SevHost, host_json.as_deref())?;
             let verified = verify_sev::attest(owner, build, w.sev_policy, &m, &digests)?;
             Stage::SevAttested {
                 session: verified,
@@ -131,17 +139,11 @@ pub(super) fn attest(b: &Broker, s: &SessionRef, body: &[u8]) -> Result<Response
     Ok(StatusCode::OK.into_response())
 }
 
-fn digests(w: &Workload) -> Result<Vec<Vec<u8>>, Refusal> {
-    w.measurements
-        .iter()
-        .map(|m| hex::decode(m).map_err(|_| Refusal::internal("stored measurement is not hex")))
-        .collect()
-}
-
 fn attest_snp(
     b: &Broker,
     nonce: &str,
     workload_id: &str,
+    host_json: Option<&[u8]>,
     att: &Attestation,
 ) -> Result<Stage, Refusal> {
     let ev: SnpAttestation = parse_json_str(&att.tee_evidence, "SNP evidence")?;
@@ -155,7 +157,11 @@ fn attest_snp(
     let expected = reference_report_data(nonce, &att.tee_pubkey);
     b.snp.verify_report(&report, &certs, &expected)?;
     let w = workload_of(b, workload_id, TeeKind::Snp)?;
-    if !w.measurements.contains(&hex::encode(report.measurement)) {
+    let allowed = allowed_digests(b, &w, Channel::Reference, host_json)?;
+    if !allowed
+        .iter()
+        .any(|d| d.as_slice() == report.measurement.as_slice())
+    {
         return Err(Refusal::unauthorized(
             "SnpMeasurement",
             "launch measurement is not allowed",

@@ -25,6 +25,8 @@ pub const LIBKRUN_POLICY: u64 = 0x30000;
 /// A running broker.
 pub struct Kbs {
     child: Option<Child>,
+    /// The bundle given with `--bundle` ([`KbsOptions::unbound`]).
+    pub bundle: Option<PathBuf>,
     pub dir: tempfile::TempDir,
     pub url: String,
     pub addr: String,
@@ -53,7 +55,13 @@ pub struct KbsOptions {
     pub env: Vec<(String, String)>,
     /// Log at debug level into [`Kbs::log`] instead of warnings to the test's stderr.
     pub capture_log: bool,
+    /// Check unbound registrations: `--bundle` with a minimal bundle (its path in
+    /// [`Kbs::bundle`]) and `--public-url` [`PUBLIC_URL`].
+    pub unbound: bool,
 }
+
+/// The URL launches name a broker started with [`KbsOptions::unbound`] by.
+pub const PUBLIC_URL: &str = "http://kbs.test:8000";
 
 impl Kbs {
     pub fn start(opts: KbsOptions) -> Kbs {
@@ -102,9 +110,20 @@ impl Kbs {
         if let Some(v) = &opts.vcek_dir {
             args.extend(["--vcek-dir".into(), v.display().to_string()]);
         }
+        let bundle = opts.unbound.then(|| {
+            let b = krun_bundle::write_minimal_bundle(dir.path()).unwrap();
+            args.extend([
+                "--bundle".into(),
+                b.display().to_string(),
+                "--public-url".into(),
+                PUBLIC_URL.into(),
+            ]);
+            b
+        });
         args.extend(opts.extra_args.iter().cloned());
         let mut kbs = Kbs {
             child: None,
+            bundle,
             dir,
             url: String::new(),
             addr: String::new(),
@@ -229,7 +248,7 @@ impl Kbs {
         self.request("GET", path, &h, None)
     }
 
-    /// buildah's registration body, with the admin token.
+    /// `krun-sev mkcw --register`'s body (a bound digest), with the admin token.
     pub fn register(
         &self,
         workload_id: &str,
@@ -237,7 +256,7 @@ impl Kbs {
         passphrase: &str,
         policy_bits: u32,
     ) {
-        let body = buildah_body(workload_id, measurement_hex, passphrase, policy_bits);
+        let body = mkcw_body(workload_id, measurement_hex, passphrase, policy_bits);
         let auth = format!("Bearer {ADMIN_TOKEN}");
         let r = self.request(
             "POST",
@@ -282,6 +301,19 @@ impl Drop for Kbs {
 }
 
 /// The body `buildah mkcw` posts, field order and tee_config string as Go writes them.
+/// `krun-sev mkcw --register`'s body: buildah's, saying the digest is bound.
+pub fn mkcw_body(workload_id: &str, measurement_hex: &str, passphrase: &str, bits: u32) -> String {
+    let mut v: serde_json::Value = serde_json::from_str(&buildah_body(
+        workload_id,
+        measurement_hex,
+        passphrase,
+        bits,
+    ))
+    .unwrap();
+    v["measurement_kind"] = "bound".into();
+    v.to_string()
+}
+
 pub fn buildah_body(
     workload_id: &str,
     measurement_hex: &str,
