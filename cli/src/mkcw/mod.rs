@@ -5,6 +5,7 @@
 
 mod ext4;
 mod image_config;
+mod oci;
 mod register;
 mod rootfs;
 
@@ -142,6 +143,17 @@ pub struct MkcwArgs {
     /// the install location).
     #[arg(long, requires = "register")]
     bundle: Option<PathBuf>,
+    /// Also write the workload as an OCI image archive (an image-spec image layout in a
+    /// tar) that `podman load -i FILE` takes: one layer with buildah mkcw's root file system
+    /// (/entrypoint, /krun-sev.json, /disk.img, /tmp), Entrypoint ["/entrypoint"].
+    #[arg(long, value_name = "FILE")]
+    oci_archive: Option<PathBuf>,
+    /// Also write the same image as an OCI image layout directory (absent or empty).
+    #[arg(long, value_name = "DIR")]
+    oci: Option<PathBuf>,
+    /// Image name recorded for --oci-archive and --oci (org.opencontainers.image.ref.name).
+    #[arg(long, value_name = "NAME[:TAG]", default_value = oci::DEFAULT_TAG)]
+    tag: String,
 }
 
 /// Errors of `krun-sev mkcw`.
@@ -177,6 +189,9 @@ pub enum MkcwError {
     /// Registration with the key broker failed.
     #[error("cannot register the workload with the key broker")]
     Register(#[source] RegisterError),
+    /// The OCI image could not be written.
+    #[error("cannot write the OCI image")]
+    Oci(#[source] oci::OciError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> MkcwError + '_ {
@@ -325,6 +340,7 @@ pub fn mkcw(args: &MkcwArgs) -> Result<TeeConfig, MkcwError> {
         user: args.user.clone(),
     };
     let krun_config = process.to_image_config().map_err(MkcwError::Process)?;
+    let oci_targets = oci_targets(args)?;
     fs::create_dir_all(&args.out_dir).map_err(io_err(&args.out_dir))?;
     let workload_id = match &args.workload_id {
         Some(id) => id.clone(),
@@ -438,7 +454,38 @@ pub fn mkcw(args: &MkcwArgs) -> Result<TeeConfig, MkcwError> {
     let cfg_path = args.out_dir.join("krun-sev.json");
     fs::write(&cfg_path, json.as_bytes()).map_err(io_err(&cfg_path))?;
     eprintln!("mkcw: wrote {}", cfg_path.display());
+    for target in &oci_targets {
+        let workload = oci::Workload {
+            krun_sev_json: json.as_bytes(),
+            disk: &disk,
+        };
+        let manifest = oci::write(target, &args.tag, &workload).map_err(MkcwError::Oci)?;
+        let (what, path) = match target {
+            oci::Target::Archive(p) => ("OCI archive", p),
+            oci::Target::Dir(p) => ("OCI layout", p),
+        };
+        eprintln!(
+            "mkcw: wrote {what} {} (image {}, manifest {manifest})",
+            path.display(),
+            oci::normalize_tag(&args.tag).map_err(MkcwError::Oci)?
+        );
+    }
     Ok(config)
+}
+
+/// The OCI outputs asked for; the image name is checked before the slow steps.
+fn oci_targets(args: &MkcwArgs) -> Result<Vec<oci::Target>, MkcwError> {
+    let mut targets = Vec::new();
+    if let Some(file) = &args.oci_archive {
+        targets.push(oci::Target::Archive(file.clone()));
+    }
+    if let Some(dir) = &args.oci {
+        targets.push(oci::Target::Dir(dir.clone()));
+    }
+    if !targets.is_empty() {
+        oci::normalize_tag(&args.tag).map_err(MkcwError::Oci)?;
+    }
+    Ok(targets)
 }
 
 /// The registration settings, when `--register` is given.
