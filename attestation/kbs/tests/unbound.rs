@@ -2,7 +2,7 @@
 //! real `krun-kbs` binary started with `--bundle` and `--public-url`: a launch bound to the
 //! workload and this broker gets the key with either SNP protocol; an unbound launch, a
 //! launch bound elsewhere, a host.json that is not the launch's own and a launch that sends
-//! none get nothing.
+//! none get nothing. The same for an SEV-ES launch replayed on the PSP model.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -10,13 +10,16 @@ mod support;
 
 use std::sync::{Arc, OnceLock};
 
+use krun_attestation::client::sev::SevAttestation;
 use krun_attestation::client::snp::{self, SnpRequest};
-use krun_attestation::{ClientError, KbsProtocol};
+use krun_attestation::reference::{SevBuild, SevCertChain, SevMeasurement, SevVersion};
+use krun_attestation::{secret_table, ClientError, KbsProtocol, Step};
 use krun_footer::Binding;
-use krun_psp_model::ModelIdentity;
+use krun_psp_model::{ModelIdentity, OwnerSession, SevGuest, SevMode};
 use krun_sev::launch::host_json::{self, LaunchShape};
-use krun_sev::launch::measurement_of_host_json;
+use krun_sev::launch::{expected_measurement_dump, measurement_of_host_json, MeasureRequest};
 use krun_sev::resources::VmResources;
+use krun_sev::tee::dump::Update;
 use krun_sev::tee::vcpu_model::VcpuModel;
 use krun_sev::tee::TeeMode;
 use support::*;
@@ -225,4 +228,119 @@ fn a_bound_launch_of_an_unbound_registration_gets_the_key_and_nothing_else_does(
     )
     .is_err());
     assert!(attest(&kbs, &ev, "u1", KbsProtocol::Rcar, d_rcar, None).is_err());
+}
+
+/// An SEV-ES launch of `req`, replayed on the PSP model with the broker's owner session,
+/// sending `host_json` with `/auth`: the launch secret's passphrase, or the refusal.
+fn sev_launch(
+    kbs: &Kbs,
+    req: &MeasureRequest,
+    host_json: Option<&[u8]>,
+) -> Result<Vec<u8>, ClientError> {
+    let id = identity();
+    let chain = SevCertChain::from_bytes(id.sev_chain_bytes()).unwrap();
+    let b = id.sev_version().build();
+    let build = SevBuild {
+        version: SevVersion {
+            major: b.version.major,
+            minor: b.version.minor,
+        },
+        build: b.build,
+    };
+    let session = SevAttestation::auth(&kbs.client(), "s1", build, chain, host_json)?;
+    let owner = OwnerSession {
+        godh_cert: &session.start.cert,
+        session: &session.start.session.to_bytes(),
+    };
+    let mut guest = SevGuest::launch_start(
+        id,
+        SevMode::SevEs,
+        session.start.policy.to_u32(),
+        Some(owner),
+    )
+    .unwrap();
+    // The launch's own updates, as the VMM issues them.
+    let (_, dump) = expected_measurement_dump(req).unwrap();
+    for u in &dump.updates {
+        match u {
+            Update::Data { bytes, .. } => guest.launch_update_data(bytes).unwrap(),
+            Update::Vmsa { bytes } => guest.launch_update_vmsa(bytes).unwrap(),
+            _ => {}
+        }
+    }
+    let m = guest.launch_measure().unwrap();
+    session.attest(&SevMeasurement::from_bytes(&m.to_bytes()).unwrap())?;
+    let packet = session.key()?;
+    let plain = guest
+        .launch_secret(
+            &packet.header_bytes(),
+            packet.ciphertext.len(),
+            &packet.ciphertext,
+        )
+        .unwrap();
+    Ok(secret_table::passphrase(&plain).unwrap().to_vec())
+}
+
+#[test]
+fn an_sev_es_launch_bound_to_an_unbound_registration_gets_its_launch_secret() {
+    let chain = SevCertChain::from_bytes(identity().sev_chain_bytes()).unwrap();
+    let kbs = Kbs::start(KbsOptions {
+        insecure_registration: true,
+        unbound: true,
+        sev_ark: Some(chain.ca.ark.clone()),
+        ..Default::default()
+    });
+    let req = |binding: Option<Binding>| MeasureRequest {
+        mode: TeeMode::SevEs,
+        vcpus: 1,
+        ram_mib: 512,
+        bundle_dir: kbs.bundle.clone().unwrap(),
+        data_disk: false,
+        vcpu_model: VcpuModel::default(),
+        binding,
+    };
+    let binding = |url: &str| Binding {
+        workload_id: "s1".into(),
+        attestation_url: url.into(),
+        kbs_protocol: krun_footer::KbsProtocol::Reference,
+        broker_pin: None,
+    };
+    let unbound = req(None);
+    let d_unbound = expected_measurement_dump(&unbound).unwrap().0.digest;
+    // buildah --type sev registers krunfw_measurement's SEV-ES digest with policy 0x3f.
+    let r = kbs.post_json(
+        "/kbs/v0/register_workload",
+        None,
+        buildah_body("s1", &hex::encode(&d_unbound), "sev pw", 0x3f).as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.message());
+
+    let bound = req(Some(binding(PUBLIC_URL)));
+    let json = bound.host_json();
+    assert_eq!(sev_launch(&kbs, &bound, Some(&json)).unwrap(), b"sev pw");
+    // The unbound launch itself, with or without its host.json; the bound one without.
+    let attest_refused = |r: Result<Vec<u8>, ClientError>, why: &str| match r {
+        Err(ClientError::Status {
+            step: Step::Attest,
+            status: 401,
+            ..
+        }) => {}
+        other => panic!("{why}: {other:?}"),
+    };
+    attest_refused(sev_launch(&kbs, &unbound, None), "unbound, no host.json");
+    attest_refused(
+        sev_launch(&kbs, &unbound, Some(&unbound.host_json())),
+        "unbound with its host.json",
+    );
+    attest_refused(sev_launch(&kbs, &bound, None), "bound, no host.json");
+    // Bound elsewhere; and a host.json that is not the launch's.
+    let elsewhere = req(Some(binding("http://evil.test:8000")));
+    attest_refused(
+        sev_launch(&kbs, &elsewhere, Some(&elsewhere.host_json())),
+        "other broker",
+    );
+    attest_refused(
+        sev_launch(&kbs, &elsewhere, Some(&json)),
+        "another launch's host.json",
+    );
 }
