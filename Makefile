@@ -42,7 +42,7 @@ BUILD_DIR := build
 # Test logs `make test` summarizes (ci/test-summary.sh).
 TEST_LOGS := $(BUILD_DIR)/test-logs
 
-.PHONY: all lib bundle bundle-pins pin-bundle krunfw install install-lib install-bundle install-krunfw install-bin test test-packages test-deps check unit-tests c-api-test fuzz-smoke testhost-tests demo clean
+.PHONY: all lib bundle bundle-pins pin-bundle krunfw krunfw-from-bundle install install-lib install-bundle install-krunfw install-bin test test-packages test-deps check unit-tests c-api-test fuzz-smoke testhost-tests demo clean
 
 all: lib
 
@@ -72,8 +72,14 @@ install-bundle: bundle
 # The guest bundle as a library, libkrunfw-sev.so.4: buildah mkcw looks for it by that name
 # and passes its path to krunfw_measurement (docs/compatibility.md).
 KRUNFW_FILE := libkrunfw-sev.so.4
+KRUNFW_BUNDLE ?= $(BUILD_DIR)/bundle
 krunfw: bundle
-	$(CC) -O2 -fPIC -shared -Wall -Wextra -Werror -Wa,-I,$(BUILD_DIR)/bundle \
+	$(MAKE) --no-print-directory krunfw-from-bundle
+
+# The library from an already built bundle in $(KRUNFW_BUNDLE) (ci/testhost-tests.sh).
+krunfw-from-bundle:
+	@mkdir -p $(BUILD_DIR)
+	$(CC) -O2 -fPIC -shared -Wall -Wextra -Werror -Wa,-I,$(KRUNFW_BUNDLE) \
 	    -Wl,-soname,$(KRUNFW_FILE) -Wl,-z,noexecstack \
 	    -o $(BUILD_DIR)/$(KRUNFW_FILE) firmware/krunfw/krunfw.c
 

@@ -20,6 +20,9 @@ start=$(date +%s)
 # The broker tests and the end-to-end test run these inside the test host; the end-to-end
 # test also links a C program against the library's cdylib.
 cargo build --manifest-path "$root/Cargo.toml" -p krun-kbs -p krun-sev-cli -p krun-sev
+# The bundle as buildah's libkrunfw-sev.so.4, for krunfw_measurement (tee_model.rs).
+make -C "$root" --no-print-directory krunfw-from-bundle KRUNFW_BUNDLE="$bundle" >/dev/null
+export KRUN_SEV_KRUNFW="$root/build/libkrunfw-sev.so.4"
 # The independent measurement oracle on the real bundle (no test host needed, only the bundle).
 KRUN_SEV_BUNDLE_DIR=$bundle cargo test --manifest-path "$root/Cargo.toml" -p krun-sev-cli \
     --test measure_oracle -- --ignored --nocapture
