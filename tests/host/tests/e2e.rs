@@ -480,6 +480,7 @@ fn real_crun_runs_the_confidential_container() {
     );
     drop(lib_bytes);
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    // crun selects its krun handler when run as `krun` (`podman run --runtime krun`).
     let mut host = s.host().file(&library, "/usr/lib/libkrun-sev.so.1");
     for v in CRUN_VERSIONS {
         let out = Command::new(repo.join("ci/build-crun.sh"))
@@ -488,7 +489,7 @@ fn real_crun_runs_the_confidential_container() {
             .unwrap();
         assert!(out.status.success(), "ci/build-crun.sh {v}: {out:?}");
         let crun = String::from_utf8(out.stdout).unwrap();
-        host = host.file(crun.trim(), &format!("/usr/bin/crun-{v}"));
+        host = host.file(crun.trim(), &format!("/opt/crun-{v}/krun"));
     }
     // The OCI runtime config, runtime-spec 1.0.2 (crun 1.8.1 refuses 1.2.0). No network
     // namespace: the guest reaches the broker on the test host's 127.0.0.1. The PSP model's
@@ -532,6 +533,10 @@ fn real_crun_runs_the_confidential_container() {
         },
     });
     fs::write(s.path("config.json"), config.to_string()).unwrap();
+    // crun before 1.15 refuses runtime-spec 1.1 and later.
+    let mut config12 = config.clone();
+    config12["ociVersion"] = "1.2.0".into();
+    fs::write(s.path("config12.json"), config12.to_string()).unwrap();
 
     let versions = CRUN_VERSIONS.join(" ");
     let script = format!(
@@ -546,19 +551,23 @@ mk snp crun-three /tmp/three pass-three 'echo CRUN_WORKLOAD_THREE; exit 3'
 for img in ok three; do
   mkdir -p /oci-$img/rootfs
   cp /config.json /oci-$img/config.json
-  cp /tmp/$img/disk.img /tmp/$img/krun-sev.json /oci-$img/rootfs/
+  mv /tmp/$img/disk.img /tmp/$img/krun-sev.json /oci-$img/rootfs/
   printf '#!/bin/sh\necho "This image is designed to be run as a confidential workload."\n' > /oci-$img/rootfs/entrypoint
   chmod 0755 /oci-$img/rootfs/entrypoint
 done
+mkdir -p /oci-12/rootfs && cp /config12.json /oci-12/config.json && cp /oci-ok/rootfs/krun-sev.json /oci-12/rootfs/
+/opt/crun-1.8.1/krun --cgroup-manager=cgroupfs run --no-pivot --bundle /oci-12 c-12 </dev/null >/dev/null 2>/tmp/err
+echo "STATUS_SPEC12=$?"
+sed "s/^/STDERR_SPEC12: /" /tmp/err
 for v in {versions}; do
-  crun-$v --version | sed "s/^/VERSION_$v: /"
+  /opt/crun-$v/krun --version | sed "s/^/VERSION_$v: /"
   for img in ok three; do
-    env -u KRUN_SEV_BUNDLE_DIR crun-$v --cgroup-manager=cgroupfs run --no-pivot --bundle /oci-$img c-$img </dev/null \
-      >/tmp/out 2>/tmp/err
+    (unset KRUN_SEV_BUNDLE_DIR; /opt/crun-$v/krun --cgroup-manager=cgroupfs run --no-pivot --bundle /oci-$img c-$img \
+      </dev/null >/tmp/out 2>/tmp/err)
     echo "STATUS_${{v}}_$img=$?"
     sed "s/^/STDOUT_${{v}}_$img: /" /tmp/out
     sed "s/^/STDERR_${{v}}_$img: /" /tmp/err
-    crun-$v delete -f c-$img 2>/dev/null
+    /opt/crun-$v/krun delete -f c-$img 2>/dev/null
   done
 done
 cat /tmp/kbs.log
@@ -566,6 +575,7 @@ cat /tmp/kbs.log
     );
     let outcome = host
         .file(s.path("config.json"), "/config.json")
+        .file(s.path("config12.json"), "/config12.json")
         .run(&["sh", "-c", &script])
         .unwrap();
     let out = &outcome.output;
@@ -600,6 +610,14 @@ cat /tmp/kbs.log
             );
         }
     }
+    let spec12 = marker_values(out, "STATUS_SPEC12=");
+    assert!(spec12.len() == 1 && spec12[0] != "0", "{ctx}");
+    assert!(
+        marker_values(out, "STDERR_SPEC12: ")
+            .iter()
+            .any(|l| l.contains("unknown version specified")),
+        "{ctx}"
+    );
     // One key per launch: each workload ran under both crun versions.
     assert_eq!(
         out.matches("key released").count(),
