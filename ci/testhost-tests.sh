@@ -4,9 +4,10 @@
 # boots guests (tests/host/tests/kvm_unit.rs: one boot, about 15 s). Each test host run prints
 # its wall time.
 #
-# Cost: about 11 minutes of test host runs once the kernel is cached (the end-to-end test,
-# two boots with debug binaries under TCG, takes about 7 of them); a cold cache adds the guest
-# kernel build (about 8 minutes on 2 cores) and ~190 MB of Debian package downloads.
+# Cost: about 11 minutes of test host runs once the kernel is cached (the end-to-end test's
+# boots with debug binaries under TCG take most of them; its real-crun boot about 1.5 minutes);
+# a cold cache adds the guest kernel build (about 8 minutes on 2 cores), the two crun builds
+# (about a minute each) and ~190 MB of Debian package downloads.
 # Needs: qemu-system-x86 (the outer and inner VMM), cpio, e2fsprogs (mkfs.ext4 and debugfs,
 # also copied into the test host for mkcw), gcc and tar (the end-to-end test), crun's build
 # dependencies (ci/build-crun.sh), cryptsetup-bin

@@ -559,6 +559,8 @@ mkdir -p /oci-12/rootfs && cp /config12.json /oci-12/config.json && cp /oci-ok/r
 /opt/crun-1.8.1/krun --cgroup-manager=cgroupfs run --no-pivot --bundle /oci-12 c-12 </dev/null >/dev/null 2>/tmp/err
 echo "STATUS_SPEC12=$?"
 sed "s/^/STDERR_SPEC12: /" /tmp/err
+# crun's own environment has KRUN_SEV_BACKEND and KRUN_SEV_PSP_MODEL_DIR (PRELUDE), not
+# KRUN_SEV_BUNDLE_DIR; the launch reads the first two from the config's process.env today.
 for v in {versions}; do
   /opt/crun-$v/krun --version | sed "s/^/VERSION_$v: /"
   for img in ok three; do
