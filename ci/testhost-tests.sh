@@ -4,11 +4,13 @@
 # boots guests (tests/host/tests/kvm_unit.rs: one boot, about 15 s). Each test host run prints
 # its wall time.
 #
-# Cost: about 11 minutes of test host runs once the kernel is cached (the end-to-end test,
-# two boots with debug binaries under TCG, takes about 7 of them); a cold cache adds the guest
-# kernel build (about 8 minutes on 2 cores) and ~190 MB of Debian package downloads.
+# Cost: about 11 minutes of test host runs once the kernel is cached (the end-to-end test's
+# boots with debug binaries under TCG take most of them; its real-crun boot about 1.5 minutes);
+# a cold cache adds the guest kernel build (about 8 minutes on 2 cores), the two crun builds
+# (about a minute each) and ~190 MB of Debian package downloads.
 # Needs: qemu-system-x86 (the outer and inner VMM), cpio, e2fsprogs (mkfs.ext4 and debugfs,
-# also copied into the test host for mkcw), gcc and tar (the end-to-end test), cryptsetup-bin
+# also copied into the test host for mkcw), gcc and tar (the end-to-end test), crun's build
+# dependencies (ci/build-crun.sh), cryptsetup-bin
 # (the LUKS oracle run inside the test host), plus the kernel build
 # dependencies listed in firmware/build-kernel.sh.
 set -euo pipefail
@@ -23,6 +25,10 @@ cargo build --manifest-path "$root/Cargo.toml" -p krun-kbs -p krun-sev-cli -p kr
 # The bundle as buildah's libkrunfw-sev.so.4, for krunfw_measurement (tee_model.rs).
 make -C "$root" --no-print-directory krunfw-from-bundle KRUNFW_BUNDLE="$bundle" >/dev/null
 export KRUN_SEV_KRUNFW="$root/build/libkrunfw-sev.so.4"
+# Real crun --with-libkrun for the end-to-end test's crun boot (cached; about a minute each
+# on a cold cache): Debian 12's 1.8.1 and the 1.21 tarball Debian 13 builds from.
+"$root/ci/build-crun.sh" 1.8.1 >/dev/null
+"$root/ci/build-crun.sh" 1.21 >/dev/null
 # The independent measurement oracle on the real bundle (no test host needed, only the bundle).
 KRUN_SEV_BUNDLE_DIR=$bundle cargo test --manifest-path "$root/Cargo.toml" -p krun-sev-cli \
     --test measure_oracle -- --ignored --nocapture

@@ -33,7 +33,8 @@ extern "C" {
  * Sets the log level of the library.
  *
  * Arguments:
- *  "level" - 0: off, 1: error, 2: warn (the default), 3: info, 4: debug, 5: trace.
+ *  "level" - KRUN_LOG_LEVEL_OFF (0), _ERROR (1), _WARN (2, the default), _INFO (3),
+ *            _DEBUG (4) or _TRACE (5).
  *
  * When the environment variable RUST_LOG is set (env_logger syntax, e.g. "debug" or
  * "krun_sev::vmm=trace"), it takes precedence over "level". May be called any number of times.
@@ -42,6 +43,59 @@ extern "C" {
  *  Zero on success, -EINVAL for a level above 5.
  */
 int32_t krun_set_log_level(uint32_t level);
+
+/*
+ * Constants of upstream libkrun's header (containers/libkrun include/libkrun.h), with its
+ * values, so that programs written against that header compile here. crun's krun handler
+ * uses KRUN_LOG_LEVEL_* (1.27 and later), VIRGLRENDERER_* (1.23 and later) and
+ * COMPAT_NET_FEATURES (1.28 and later); docs/crun-podman.md lists which names each crun
+ * version uses.
+ *
+ * The log levels are the values krun_set_log_level accepts.
+ */
+#define KRUN_LOG_LEVEL_OFF 0
+#define KRUN_LOG_LEVEL_ERROR 1
+#define KRUN_LOG_LEVEL_WARN 2
+#define KRUN_LOG_LEVEL_INFO 3
+#define KRUN_LOG_LEVEL_DEBUG 4
+#define KRUN_LOG_LEVEL_TRACE 5
+
+/*
+ * virglrenderer flags of upstream's krun_set_gpu_options. libkrun-sev has no GPU and does not
+ * export krun_set_gpu_options (crun skips the GPU when that symbol is missing); the flags are
+ * defined for source compatibility only.
+ */
+#define VIRGLRENDERER_USE_EGL (1 << 0)
+#define VIRGLRENDERER_THREAD_SYNC (1 << 1)
+#define VIRGLRENDERER_USE_GLX (1 << 2)
+#define VIRGLRENDERER_USE_SURFACELESS (1 << 3)
+#define VIRGLRENDERER_USE_GLES (1 << 4)
+#define VIRGLRENDERER_USE_EXTERNAL_BLOB (1 << 5)
+#define VIRGLRENDERER_VENUS (1 << 6)
+#define VIRGLRENDERER_NO_VIRGL (1 << 7)
+#define VIRGLRENDERER_USE_ASYNC_FENCE_CB (1 << 8)
+#define VIRGLRENDERER_RENDER_SERVER (1 << 9)
+#define VIRGLRENDERER_DRM (1 << 10)
+
+/*
+ * virtio-net flags and features of upstream's krun_add_net_unixstream (the feature bits are
+ * those of Linux's uapi/linux/virtio_net.h). libkrun-sev has no virtio-net device and does
+ * not export krun_add_net_unixstream (crun aborts when a container asks for passt
+ * networking); the names are defined for source compatibility only.
+ */
+#define NET_FLAG_VFKIT (1 << 0)
+#define NET_FLAG_DHCP_CLIENT (1 << 1)
+#define NET_FEATURE_CSUM (1 << 0)
+#define NET_FEATURE_GUEST_CSUM (1 << 1)
+#define NET_FEATURE_GUEST_TSO4 (1 << 7)
+#define NET_FEATURE_GUEST_TSO6 (1 << 8)
+#define NET_FEATURE_GUEST_UFO (1 << 10)
+#define NET_FEATURE_HOST_TSO4 (1 << 11)
+#define NET_FEATURE_HOST_TSO6 (1 << 12)
+#define NET_FEATURE_HOST_UFO (1 << 14)
+#define COMPAT_NET_FEATURES                                                                 \
+    (NET_FEATURE_CSUM | NET_FEATURE_GUEST_CSUM | NET_FEATURE_GUEST_TSO4 |                   \
+     NET_FEATURE_GUEST_UFO | NET_FEATURE_HOST_TSO4 | NET_FEATURE_HOST_UFO)
 
 /*
  * Creates a configuration context.

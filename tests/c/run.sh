@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the library into a temporary prefix, checks the installed files (SONAME, symlinks,
-# exported symbols), then compiles tests/c/api_test.c against the installed header and
-# library through pkg-config and runs it.
+# exported symbols), then compiles tests/c/api_test.c and tests/c/crun_names.c against the
+# installed header and library through pkg-config and runs them.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 work=$(mktemp -d)
@@ -40,6 +40,12 @@ gcc -std=c11 -Wall -Wextra -Werror -o "$work/api_test" "$repo/tests/c/api_test.c
     $(pkg-config --cflags --libs libkrun-sev) -ldl
 head -c 4096 /dev/zero >"$work/disk.img"
 LD_LIBRARY_PATH="$libdir" "$work/api_test" "$repo/tee-configs" "$work/disk.img"
+# The libkrun.h names crun's krun handler uses (1.8.1 to HEAD), against the installed header.
+# shellcheck disable=SC2046
+gcc -std=c11 -Wall -Wextra -Werror -o "$work/crun_names" "$repo/tests/c/crun_names.c" \
+    $(pkg-config --cflags --libs libkrun-sev)
+[ "$(LD_LIBRARY_PATH="$libdir" "$work/crun_names")" = CRUN_NAMES_OK ] || fail "crun_names"
+echo "the libkrun.h names crun uses compile and have upstream's values"
 # crun 1.6-1.20 (Debian 12's 1.8.1) make every call after pivot_root into the container: the
 # bundle must come from the mapping made when the library was loaded on the host.
 gcc -std=c11 -Wall -Wextra -Werror -o "$work/crun_chroot_order" "$repo/tests/c/crun_chroot_order.c" -ldl

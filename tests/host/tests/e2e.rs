@@ -2,8 +2,9 @@
 //! with the PSP model. `krun-sev mkcw --register` builds images and registers them with a
 //! `krun-kbs` running in the test host; `krun-sev run` (and a C program calling the API in
 //! crun's order) runs them; the broker releases the disk key only for the registered
-//! measurement. Two test-host boots, each running many launches. Ignored by a plain
-//! `cargo test`; `ci/testhost-tests.sh` runs it.
+//! measurement. Real crun (1.8.1 and 1.21, built by `ci/build-crun.sh`) runs a buildah-layout
+//! container. Four test-host boots, each running many launches. Ignored by a plain `cargo
+//! test`; `ci/testhost-tests.sh` runs it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
@@ -450,6 +451,183 @@ echo "== broker B"; cat /tmp/kbs-b.log
     assert_eq!(released(broker_a, "bind-y"), 1, "{ctx}");
 }
 
+/// crun versions run by [`real_crun_runs_the_confidential_container`]: Debian 12's source
+/// package (every call after `pivot_root`, `krun_create_ctx` included) and the upstream
+/// release Debian 13 ships (`krun_create_ctx` on the host when the handler loads).
+const CRUN_VERSIONS: &[&str] = &["1.8.1", "1.21"];
+
+/// Boot 4 (issues 13 and 22): real crun, built `--with-libkrun` by `ci/build-crun.sh`
+/// (cached), runs a confidential container whose rootfs is the `buildah mkcw` layout
+/// (`/entrypoint`, `/krun-sev.json`, `/disk.img` from `krun-sev mkcw --register`) with the
+/// library at `/usr/lib/libkrun-sev.so.1` and the guest bundle only at the library's built-in
+/// default directory. For each crun, a workload that exits 0 and one that exits 3: the
+/// workload's output is on crun's stdout and crun's exit status is the workload's.
+#[test]
+#[ignore = "boots the test host"]
+fn real_crun_runs_the_confidential_container() {
+    let s = Setup::new();
+    let default_dir = krun_sev::launch::guest::DEFAULT_BUNDLE_DIR;
+    let library = built_library();
+    // The test and the cdylib are built by the same cargo invocation, so the library's
+    // default bundle directory is this one; checked, since crun has no other way to find it.
+    let lib_bytes = fs::read(&library).unwrap();
+    assert!(
+        lib_bytes
+            .windows(default_dir.len())
+            .any(|w| w == default_dir.as_bytes()),
+        "{} does not contain its default bundle directory {default_dir}",
+        library.display()
+    );
+    drop(lib_bytes);
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    // crun selects its krun handler when run as `krun` (`podman run --runtime krun`).
+    let mut host = s.host().file(&library, "/usr/lib/libkrun-sev.so.1");
+    for v in CRUN_VERSIONS {
+        let out = Command::new(repo.join("ci/build-crun.sh"))
+            .arg(v)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "ci/build-crun.sh {v}: {out:?}");
+        let crun = String::from_utf8(out.stdout).unwrap();
+        host = host.file(crun.trim(), &format!("/opt/crun-{v}/krun"));
+    }
+    // The OCI runtime config, runtime-spec 1.0.2 (crun 1.8.1 refuses 1.2.0). No network
+    // namespace: the guest reaches the broker on the test host's 127.0.0.1. The PSP model's
+    // identity is bind-mounted, since the model reads it at launch, inside the container.
+    // KRUN_SEV_BACKEND and KRUN_SEV_PSP_MODEL_DIR are also in process.env: crun replaces the
+    // environment with it before the handler runs, and the library reads them at launch.
+    let caps = [
+        "CAP_CHOWN",
+        "CAP_DAC_OVERRIDE",
+        "CAP_FOWNER",
+        "CAP_FSETID",
+        "CAP_KILL",
+        "CAP_NET_BIND_SERVICE",
+        "CAP_SETFCAP",
+        "CAP_SETGID",
+        "CAP_SETPCAP",
+        "CAP_SETUID",
+        "CAP_SYS_CHROOT",
+    ];
+    let config = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {"uid": 0, "gid": 0},
+            "args": ["/entrypoint"],
+            "env": ["PATH=/usr/bin:/bin", "KRUN_SEV_BACKEND=model", "KRUN_SEV_PSP_MODEL_DIR=/psp"],
+            "cwd": "/",
+            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+            "noNewPrivileges": true,
+        },
+        "root": {"path": "rootfs", "readonly": false},
+        "hostname": "crun-sev",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/psp", "type": "bind", "source": "/psp", "options": ["rbind", "ro"]},
+        ],
+        "linux": {
+            "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
+        },
+    });
+    fs::write(s.path("config.json"), config.to_string()).unwrap();
+    // crun before 1.15 refuses runtime-spec 1.1 and later.
+    let mut config12 = config.clone();
+    config12["ociVersion"] = "1.2.0".into();
+    fs::write(s.path("config12.json"), config12.to_string()).unwrap();
+
+    let versions = CRUN_VERSIONS.join(" ");
+    let script = format!(
+        r#"{PRELUDE}
+# The bundle only where the library looks by default; mkcw measures it there too.
+mkdir -p "$(dirname {default_dir})" && mv /bundle {default_dir}
+export KRUN_SEV_BUNDLE_DIR={default_dir}
+mkdir -p /run /sys/fs/cgroup && mount -t cgroup2 cgroup2 /sys/fs/cgroup
+start_kbs
+mk snp crun-ok /tmp/ok pass-ok 'echo CRUN_WORKLOAD_OK; exit 0'
+mk snp crun-three /tmp/three pass-three 'echo CRUN_WORKLOAD_THREE; exit 3'
+for img in ok three; do
+  mkdir -p /oci-$img/rootfs
+  cp /config.json /oci-$img/config.json
+  mv /tmp/$img/disk.img /tmp/$img/krun-sev.json /oci-$img/rootfs/
+  printf '#!/bin/sh\necho "This image is designed to be run as a confidential workload."\n' > /oci-$img/rootfs/entrypoint
+  chmod 0755 /oci-$img/rootfs/entrypoint
+done
+mkdir -p /oci-12/rootfs && cp /config12.json /oci-12/config.json && cp /oci-ok/rootfs/krun-sev.json /oci-12/rootfs/
+/opt/crun-1.8.1/krun --cgroup-manager=cgroupfs run --no-pivot --bundle /oci-12 c-12 </dev/null >/dev/null 2>/tmp/err
+echo "STATUS_SPEC12=$?"
+sed "s/^/STDERR_SPEC12: /" /tmp/err
+# crun's own environment has KRUN_SEV_BACKEND and KRUN_SEV_PSP_MODEL_DIR (PRELUDE), not
+# KRUN_SEV_BUNDLE_DIR; the launch reads the first two from the config's process.env today.
+for v in {versions}; do
+  /opt/crun-$v/krun --version | sed "s/^/VERSION_$v: /"
+  for img in ok three; do
+    (unset KRUN_SEV_BUNDLE_DIR; /opt/crun-$v/krun --cgroup-manager=cgroupfs run --no-pivot --bundle /oci-$img c-$img \
+      </dev/null >/tmp/out 2>/tmp/err)
+    echo "STATUS_${{v}}_$img=$?"
+    sed "s/^/STDOUT_${{v}}_$img: /" /tmp/out
+    sed "s/^/STDERR_${{v}}_$img: /" /tmp/err
+    /opt/crun-$v/krun delete -f c-$img 2>/dev/null
+  done
+done
+cat /tmp/kbs.log
+"#
+    );
+    let outcome = host
+        .file(s.path("config.json"), "/config.json")
+        .file(s.path("config12.json"), "/config12.json")
+        .run(&["sh", "-c", &script])
+        .unwrap();
+    let out = &outcome.output;
+    let ctx = format!("output:\n{out}");
+
+    assert_eq!(marker_values(out, "MKCW_crun-ok="), ["0"], "{ctx}");
+    assert_eq!(marker_values(out, "MKCW_crun-three="), ["0"], "{ctx}");
+    for v in CRUN_VERSIONS {
+        let version = marker_values(out, &format!("VERSION_{v}: "));
+        assert!(
+            version.contains(&format!("crun version {v}").as_str())
+                && version.iter().any(|l| l.contains("+LIBKRUN")),
+            "{v}: {version:?}; {ctx}"
+        );
+        for (img, line, status) in [
+            ("ok", "CRUN_WORKLOAD_OK", "0"),
+            ("three", "CRUN_WORKLOAD_THREE", "3"),
+        ] {
+            assert_eq!(
+                marker_values(out, &format!("STATUS_{v}_{img}=")),
+                [status],
+                "crun {v}, workload {img}; {ctx}"
+            );
+            let stdout = marker_values(out, &format!("STDOUT_{v}_{img}: "));
+            assert!(
+                stdout.contains(&line),
+                "crun {v}: {line} not on crun's stdout ({stdout:?}); {ctx}"
+            );
+            assert!(
+                !marker_values(out, &format!("STDERR_{v}_{img}: ")).contains(&line),
+                "{ctx}"
+            );
+        }
+    }
+    let spec12 = marker_values(out, "STATUS_SPEC12=");
+    assert!(spec12.len() == 1 && spec12[0] != "0", "{ctx}");
+    assert!(
+        marker_values(out, "STDERR_SPEC12: ")
+            .iter()
+            .any(|l| l.contains("unknown version specified")),
+        "{ctx}"
+    );
+    // One key per launch: each workload ran under both crun versions.
+    assert_eq!(
+        out.matches("key released").count(),
+        2 * CRUN_VERSIONS.len(),
+        "{ctx}"
+    );
+}
+
 /// Compiles tests/c/attest_probe.c statically (it runs in the busybox guest root).
 fn attest_probe_program(s: &Setup) -> PathBuf {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -551,10 +729,9 @@ fn buildah_image(s: &Setup, dir: &Path) -> Vec<u8> {
     plain
 }
 
-/// Compiles tests/c/crun_order.c against include/libkrun.h and the built library
-/// (target/<profile>/libkrun_sev.so under its SONAME; `cargo build -p krun-sev`).
-fn crun_order_program(s: &Setup) -> PathBuf {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+/// The library's cdylib of this profile (target/<profile>/libkrun_sev.so; `cargo build -p
+/// krun-sev`).
+fn built_library() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let built = exe
         .parent()
@@ -567,6 +744,14 @@ fn crun_order_program(s: &Setup) -> PathBuf {
         "{} missing: run cargo build -p krun-sev",
         built.display()
     );
+    built
+}
+
+/// Compiles tests/c/crun_order.c against include/libkrun.h and the built library
+/// (under its SONAME).
+fn crun_order_program(s: &Setup) -> PathBuf {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let built = built_library();
     let lib = s.path("lib");
     fs::create_dir_all(&lib).unwrap();
     fs::copy(&built, lib.join("libkrun-sev.so.1")).unwrap();
