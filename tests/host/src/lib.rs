@@ -27,7 +27,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use console::ConsoleResult;
 pub use initramfs::{FileSpec, InitramfsError, KVM_AMD_PARAMS};
-pub use rootfs::{busybox_rootfs, ext4_image, krun_kbs_bin, krun_sev_bin, workspace_bin, RootfsError};
+pub use rootfs::{
+    busybox_rootfs, ext4_image, krun_kbs_bin, krun_sev_bin, workspace_bin, RootfsError,
+};
 
 /// Overrides the asset directory (otherwise `prepare.sh` provides it).
 pub const ASSETS_ENV: &str = "KRUN_TESTHOST_ASSETS";
