@@ -11,7 +11,8 @@
 //! at a `krun-kbs --insecure-registration --bundle --public-url` on this machine. In one
 //! test-host boot the broker serves the same database on the same port and URL; `krun-sev
 //! run` (PSP model) runs both images, and a launch of the SEV image with another vCPU count
-//! than registered gets no key. Needs root (chroot, mounts), debootstrap on first use and
+//! than registered gets no key. Launches without a broker there have the SEV, SEV-ES and SNP
+//! digests the installed `krunfw_measurement -c 2 -m 512` printed in the chroot. Needs root (chroot, mounts), debootstrap on first use and
 //! `make krunfw`; `ci/testhost-tests.sh` runs it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -209,7 +210,8 @@ fn real_buildah_mkcw_images_registered_by_buildah_run() {
 
     let mut script = String::from(
         "set -eu\nexport BUILDAH_ISOLATION=chroot\n\
-         krunfw_measurement -c 1 -m 512 /usr/local/lib/libkrunfw-sev.so.4 > /work/krunfw.txt\n",
+         krunfw_measurement -c 1 -m 512 /usr/local/lib/libkrunfw-sev.so.4 > /work/krunfw.txt\n\
+         krunfw_measurement -c 2 -m 512 /usr/local/lib/libkrunfw-sev.so.4 > /work/krunfw-2.txt\n",
     );
     for i in &IMAGES {
         script.push_str(&format!(
@@ -344,6 +346,11 @@ run /img/sev; echo "STATUS_sev=$?"
 sed 's/"cpus": *1/"cpus":2/' /img/sev/krun-sev.json > /tmp/sev-2.json
 grep -q '"cpus":2' /tmp/sev-2.json && echo TAMPERED_CONFIG=ok
 run --disk /img/sev/disk.img --tee-config /tmp/sev-2.json; echo "STATUS_cpus2=$?"
+# Launches without a broker (unbound), 2 vCPUs: what krunfw_measurement -c 2 -m 512 describes.
+for t in sev_no_es sev-es snp; do
+  printf '{{"tee":"%s","tee_data":"{{}}","cpus":2,"ram_mib":512,"workload_id":"","attestation_url":""}}' $t > /tmp/unbound-$t.json
+  run --disk /img/snp/disk.img --tee-config /tmp/unbound-$t.json; echo "STATUS_UNBOUND_$t=$?"
+done
 cat /tmp/kbs.log
 "#
     );
@@ -381,4 +388,29 @@ cat /tmp/kbs.log
     assert!(out.contains("has no registered digest"), "{ctx}");
     assert_eq!(marker_values(out, "BUILDAH_SEV_RAN ").len(), 1, "{ctx}");
     assert_eq!(out.matches("key released").count(), 2, "{ctx}");
+    // One digest on every machine: the installed krunfw_measurement's lines, printed on the
+    // build machine for the library, are the digests the unbound launches in the test host
+    // had, for SEV, SEV-ES and SNP.
+    let krunfw_2 = fs::read_to_string(upper.join("work/krunfw-2.txt")).unwrap();
+    assert!(
+        krunfw_2.starts_with("Measurements for 2 vCPU(s) and 512 MB of RAM\n"),
+        "{krunfw_2}"
+    );
+    for (label, mode, tee) in [
+        ("SEV", "sev", "sev_no_es"),
+        ("SEV-ES", "sev-es", "sev-es"),
+        ("SNP", "snp", "snp"),
+    ] {
+        assert_eq!(
+            marker_values(out, &format!("STATUS_UNBOUND_{tee}=")).len(),
+            1,
+            "{ctx}"
+        );
+        let want = krunfw_line(&krunfw_2, label);
+        let launched: Vec<_> = launch_measurements(out, mode)
+            .into_iter()
+            .filter(|m| *m == want)
+            .collect();
+        assert_eq!(launched.len(), 1, "{label} {want} not launched; {ctx}");
+    }
 }
