@@ -10,8 +10,8 @@
 # (about a minute each) and ~190 MB of Debian package downloads.
 # Needs: qemu-system-x86 (the outer and inner VMM), cpio, e2fsprogs (mkfs.ext4 and debugfs,
 # also copied into the test host for mkcw), gcc and tar (the end-to-end test), crun's build
-# dependencies (ci/build-crun.sh), cryptsetup-bin
-# (the LUKS oracle run inside the test host), plus the kernel build
+# dependencies (ci/build-crun.sh), cryptsetup-bin (the LUKS oracle run inside the test host),
+# debootstrap and root (the real-buildah test's Debian 13 chroot), plus the kernel build
 # dependencies listed in firmware/build-kernel.sh.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -19,12 +19,13 @@ bundle=${KRUN_SEV_BUNDLE_DIR:-$root/build/bundle}
 start=$(date +%s)
 "$root/tests/host/prepare.sh" >/dev/null
 "$root/firmware/build-bundle.sh" "$bundle" >/dev/null
+# The real-buildah test (tests/host/tests/buildah.rs): a Debian 13 chroot with buildah 1.39
+# (debootstrap once, cached) and the bundle as libkrunfw-sev.so.4 (in build/).
+"$root/ci/trixie-chroot.sh" >/dev/null
+make -C "$root" --no-print-directory krunfw-from-bundle KRUNFW_BUNDLE="$bundle" >/dev/null
 # The broker tests and the end-to-end test run these inside the test host; the end-to-end
 # test also links a C program against the library's cdylib.
 cargo build --manifest-path "$root/Cargo.toml" -p krun-kbs -p krun-sev-cli -p krun-sev
-# The bundle as buildah's libkrunfw-sev.so.4, for krunfw_measurement (tee_model.rs).
-make -C "$root" --no-print-directory krunfw-from-bundle KRUNFW_BUNDLE="$bundle" >/dev/null
-export KRUN_SEV_KRUNFW="$root/build/libkrunfw-sev.so.4"
 # Real crun --with-libkrun for the end-to-end test's crun boot (cached; about a minute each
 # on a cold cache): Debian 12's 1.8.1 and the 1.21 tarball Debian 13 builds from.
 "$root/ci/build-crun.sh" 1.8.1 >/dev/null
@@ -33,5 +34,5 @@ export KRUN_SEV_KRUNFW="$root/build/libkrunfw-sev.so.4"
 KRUN_SEV_BUNDLE_DIR=$bundle cargo test --manifest-path "$root/Cargo.toml" -p krun-sev-cli \
     --test measure_oracle -- --ignored --nocapture
 KRUN_SEV_BUNDLE_DIR=$bundle cargo test --manifest-path "$root/Cargo.toml" -p krun-testhost \
-    --test testhost --test kvm_unit --test vmm_boot --test luks_boot --test tee_model --test e2e -- --ignored --test-threads=1 --nocapture
+    --test testhost --test kvm_unit --test vmm_boot --test luks_boot --test tee_model --test e2e --test buildah -- --ignored --test-threads=1 --nocapture
 echo "[testhost-tests] done in $(($(date +%s) - start)) s" >&2

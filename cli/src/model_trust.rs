@@ -1,7 +1,9 @@
 //! `krun-sev model-trust OUT_DIR`: writes what a key broker needs to trust the PSP model's
 //! evidence (testing only): the model identity at `KRUN_SEV_PSP_MODEL_DIR` (created there if
 //! missing) supplies `ark.cert` (its SEV ARK, for `krun-kbs --sev-trust-root`), `roots.pem`
-//! (its SNP ARK and ASK, for `--trust-root`) and `vcek/<chip id>.pem` (for `--vcek-dir`).
+//! (its SNP ARK and ASK, for `--trust-root`), `vcek/<chip id>.pem` (for `--vcek-dir`) and
+//! `sev.chain` (its SEV platform chain as `sevctl export --full` writes it, for the sevctl
+//! stand-in `ci/sevctl-model` that `buildah mkcw --type sev` calls; docs/compatibility.md).
 //! The model never shares trust roots with AMD hardware (ARCHITECTURE.md §5).
 
 use std::path::PathBuf;
@@ -12,7 +14,7 @@ use krun_sev::tee::model;
 /// Arguments of `krun-sev model-trust`.
 #[derive(Debug, clap::Args)]
 pub struct ModelTrustArgs {
-    /// Directory to write ark.cert, roots.pem and vcek/ into.
+    /// Directory to write ark.cert, roots.pem, vcek/ and sev.chain into.
     out_dir: PathBuf,
 }
 

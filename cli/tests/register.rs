@@ -299,6 +299,11 @@ fn model_trust_roots_configure_krun_kbs() {
     );
     let vceks: Vec<_> = fs::read_dir(trust.join("vcek")).unwrap().collect();
     assert_eq!(vceks.len(), 1);
+    // The SEV chain as `sevctl export --full` writes it (the sevctl stand-in's output).
+    assert_eq!(
+        fs::read(trust.join("sev.chain")).unwrap(),
+        id.sev_chain_bytes()
+    );
     // The broker accepts all three as trust configuration.
     let mut child = Command::new(krun_kbs_bin())
         .args(["--listen", "127.0.0.1:0", "--db"])

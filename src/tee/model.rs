@@ -64,8 +64,11 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<(), TrustRootsError> {
 
 /// Writes what a key broker needs to trust `id`'s evidence (testing only) into `out`:
 /// `ark.cert` (the SEV ARK, for `krun-kbs --sev-trust-root`), `roots.pem` (the SNP ARK and
-/// ASK, for `--trust-root`) and `vcek/<hex chip id>.pem` (for `--vcek-dir`). The model never
-/// shares trust roots with AMD hardware (ARCHITECTURE.md §5).
+/// ASK, for `--trust-root`), `vcek/<hex chip id>.pem` (for `--vcek-dir`) and `sev.chain`
+/// (the model's SEV platform chain PDH ‖ PEK ‖ OCA ‖ CEK ‖ ASK ‖ ARK, the format of `sevctl
+/// export --full`: what stands in for sevctl when `buildah mkcw --type sev` exports it,
+/// docs/compatibility.md). The model never shares trust roots with AMD hardware
+/// (ARCHITECTURE.md §5).
 pub fn write_trust_roots(id: &ModelIdentity, out: &Path) -> Result<(), TrustRootsError> {
     let encode = |e: krun_psp_model::IdentityError| TrustRootsError::Encode(Box::new(e));
     let chain = krun_attestation::reference::SevCertChain::from_bytes(id.sev_chain_bytes())
@@ -83,6 +86,7 @@ pub fn write_trust_roots(id: &ModelIdentity, out: &Path) -> Result<(), TrustRoot
         .collect();
     write_file(&out.join("ark.cert"), &chain.ca.ark)?;
     write_file(&out.join("roots.pem"), &roots)?;
+    write_file(&out.join("sev.chain"), id.sev_chain_bytes())?;
     write_file(
         &out.join("vcek").join(format!("{chip}.pem")),
         &id.vcek_pem().map_err(encode)?,

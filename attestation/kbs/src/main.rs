@@ -92,6 +92,8 @@ struct Cli {
     /// serves. Repeatable. With it the broker accepts launches of workloads registered with
     /// unbound digests (buildah's `krunfw_measurement`): it recomputes their digest from the
     /// launch's host.json (docs/measurement.md, "Unbound digests"). Needs --public-url.
+    /// The recomputation uses the PSP model identity in $KRUN_SEV_PSP_MODEL_DIR when set (no
+    /// digest depends on it), else generates a throw-away one at start.
     #[arg(long = "bundle", value_name = "DIR", requires = "public_urls")]
     bundles: Vec<PathBuf>,
     /// A URL launches name this broker by (their TEE config's `attestation_url`, e.g.
@@ -219,6 +221,8 @@ enum MainError {
     Bundle(String, #[source] krun_bundle::BundleError),
     #[error("cannot check unbound digests")]
     Unbound(#[from] krun_kbs::unbound::UnboundSetupError),
+    #[error("cannot load the PSP model identity named by KRUN_SEV_PSP_MODEL_DIR")]
+    ModelIdentity(#[source] krun_sev::tee::TeeError),
 }
 
 /// SHA-256 of the SubjectPublicKeyInfo of the first certificate in `pem` (what a launch's
@@ -396,7 +400,22 @@ fn serve(cli: &Cli, listen: SocketAddr) -> Result<(), MainError> {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let pin = cli.tls_cert.as_deref().map(own_pin).transpose()?;
-        let verifier = krun_kbs::unbound::UnboundVerifier::new(bundles, &cli.public_urls, pin)?;
+        // No digest depends on the model identity the verifier computes with; a persisted
+        // one named by KRUN_SEV_PSP_MODEL_DIR saves generating one (RSA-4096: minutes on a
+        // slow or emulated CPU).
+        let verifier = match std::env::var_os(krun_sev::tee::model::MODEL_DIR_ENV) {
+            Some(dir) if !dir.is_empty() => {
+                let identity = krun_sev::tee::model::load_or_ephemeral(std::path::Path::new(&dir))
+                    .map_err(MainError::ModelIdentity)?;
+                krun_kbs::unbound::UnboundVerifier::with_identity(
+                    bundles,
+                    &cli.public_urls,
+                    pin,
+                    identity,
+                )?
+            }
+            _ => krun_kbs::unbound::UnboundVerifier::new(bundles, &cli.public_urls, pin)?,
+        };
         tracing::info!(bundles = cli.bundles.len(), public_urls = ?cli.public_urls, "launches of workloads registered with unbound digests are checked against the bundle");
         broker = broker.with_unbound(verifier);
     }

@@ -252,6 +252,25 @@ pub fn marker_values<'a>(output: &'a str, key: &str) -> Vec<&'a str> {
         .collect()
 }
 
+/// What follows `key` on each output line containing it (log lines carry a prefix), with
+/// carriage returns from the console removed.
+pub fn after<'a>(output: &'a str, key: &str) -> Vec<&'a str> {
+    output
+        .lines()
+        .filter_map(|l| l.trim_end_matches('\r').split_once(key).map(|(_, v)| v))
+        .collect()
+}
+
+/// The hex digests the launches in `output` logged for `mode` (`sev`, `sev-es`, `snp`): the
+/// VMM's `launch measurement (MODE, ..., vcpu_sig ...): HEX` lines.
+pub fn launch_measurements<'a>(output: &'a str, mode: &str) -> Vec<&'a str> {
+    after(output, &format!("launch measurement ({mode}, "))
+        .into_iter()
+        .filter(|l| l.contains("vcpu_sig"))
+        .filter_map(|l| l.rsplit_once("): ").map(|(_, m)| m.trim()))
+        .collect()
+}
+
 /// The asset directory: `$KRUN_TESTHOST_ASSETS`, or what `prepare.sh` prints (it downloads
 /// and caches the Debian packages on first use).
 pub fn assets_dir() -> Result<PathBuf, TestHostError> {

@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use krun_luks::format::{format_luks1, write_encrypted, Luks1Options};
 use krun_testhost::{
-    busybox_rootfs, ext4_image, krun_kbs_bin, krun_sev_bin, marker_values, test_bundle, TestHost,
+    after, busybox_rootfs, ext4_image, krun_kbs_bin, krun_sev_bin, launch_measurements,
+    marker_values, test_bundle, TestHost,
 };
 
 const APPLETS: &[&str] = &["sh", "echo", "nproc", "cat", "pwd"];
@@ -647,22 +648,6 @@ fn registered_measurement<'a>(out: &'a str, mode: &str) -> Vec<&'a str> {
     after(out, &format!("mkcw: launch measurement ({mode}, "))
         .into_iter()
         .filter_map(|l| l.rsplit_once("): ").map(|(_, m)| m.trim()))
-        .collect()
-}
-
-/// The hex digests the launches logged for `mode`.
-fn launch_measurements<'a>(out: &'a str, mode: &str) -> Vec<&'a str> {
-    after(out, &format!("launch measurement ({mode}, "))
-        .into_iter()
-        .filter(|l| l.contains("vcpu_sig"))
-        .filter_map(|l| l.rsplit_once("): ").map(|(_, m)| m.trim()))
-        .collect()
-}
-
-/// What follows `key` on each output line containing it (log lines carry a prefix).
-fn after<'a>(out: &'a str, key: &str) -> Vec<&'a str> {
-    out.lines()
-        .filter_map(|l| l.trim_end_matches('\r').split_once(key).map(|(_, v)| v))
         .collect()
 }
 
