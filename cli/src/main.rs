@@ -1,5 +1,6 @@
 //! `krun-sev`: the command-line front end of libkrun-sev.
 
+mod broker_check;
 mod measure;
 mod mkcw;
 mod model_trust;
@@ -25,6 +26,8 @@ enum Command {
     Run(run::RunArgs),
     /// Print the launch measurement a key broker registers (docs/measurement.md).
     Measure(measure::MeasureArgs),
+    /// Check that a key broker releases to genuine PSP-model evidence and refuses bad evidence.
+    BrokerCheck(broker_check::BrokerCheckArgs),
     /// Write the PSP model's trust roots for a key broker (testing without SEV hardware).
     ModelTrust(model_trust::ModelTrustArgs),
 }
@@ -34,20 +37,22 @@ pub const EXIT_NOT_RUN: u8 = 125;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Mkcw(args) => mkcw::mkcw(&args)
-            .map(|_| ExitCode::SUCCESS)
-            .map_err(|e| Box::new(e) as Box<dyn std::error::Error>),
-        Command::Run(args) => {
-            run::run(&args).map_err(|e| Box::new(e) as Box<dyn std::error::Error>)
-        }
-        Command::Measure(args) => {
-            measure::measure(&args).map_err(|e| Box::new(e) as Box<dyn std::error::Error>)
-        }
-        Command::ModelTrust(args) => {
-            model_trust::model_trust(&args).map_err(|e| Box::new(e) as Box<dyn std::error::Error>)
-        }
-    };
+    let result =
+        match cli.command {
+            Command::Mkcw(args) => mkcw::mkcw(&args)
+                .map(|_| ExitCode::SUCCESS)
+                .map_err(|e| Box::new(e) as Box<dyn std::error::Error>),
+            Command::Run(args) => {
+                run::run(&args).map_err(|e| Box::new(e) as Box<dyn std::error::Error>)
+            }
+            Command::Measure(args) => {
+                measure::measure(&args).map_err(|e| Box::new(e) as Box<dyn std::error::Error>)
+            }
+            Command::BrokerCheck(args) => broker_check::broker_check(&args)
+                .map_err(|e| Box::new(e) as Box<dyn std::error::Error>),
+            Command::ModelTrust(args) => model_trust::model_trust(&args)
+                .map_err(|e| Box::new(e) as Box<dyn std::error::Error>),
+        };
     match result {
         Ok(code) => code,
         Err(err) => {

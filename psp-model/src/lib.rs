@@ -22,4 +22,4 @@ pub use sev_launch::{
     LaunchMeasurement, OwnerSession, SevGuest, SevGuestState, SevLaunchError, SevMode,
 };
 pub use snp_launch::{SnpGuest, SnpGuestState, SnpLaunchError, SnpLaunchFinish, SnpPageType};
-pub use snp_report::SnpReportError;
+pub use snp_report::{SnpReportError, SnpReportFields};

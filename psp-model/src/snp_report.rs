@@ -6,6 +6,7 @@
 //! signature, so any non-zero reserved byte would break verification.
 
 use crate::crypto::{self, CryptoError};
+use crate::identity::ModelIdentity;
 use crate::snp_launch::{SnpGuest, SnpGuestState, PLATFORM_INFO};
 
 /// Bytes of an attestation report.
@@ -60,6 +61,113 @@ fn put(report: &mut [u8], offset: usize, bytes: &[u8]) {
     report[offset..offset + bytes.len()].copy_from_slice(bytes);
 }
 
+/// Every field of an attestation report the model signs. [`SnpGuest::report`] fills it from
+/// the launch; tests and `krun-sev broker-check` change single fields to make evidence a
+/// broker must refuse (a debug policy, a VMPL above 0, an old report version, ...), signed
+/// exactly like genuine reports by the identity's VCEK.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnpReportFields {
+    /// VERSION (the model emits 3).
+    pub version: u32,
+    pub guest_svn: u32,
+    pub policy: u64,
+    pub family_id: [u8; 16],
+    pub image_id: [u8; 16],
+    pub vmpl: u32,
+    /// CURRENT_TCB, REPORTED_TCB, COMMITTED_TCB and LAUNCH_TCB (all equal in the model).
+    pub tcb: [u8; 8],
+    pub platform_info: u64,
+    pub key_info: u32,
+    pub report_data: [u8; REPORT_DATA_LEN],
+    /// MEASUREMENT (the launch digest).
+    pub measurement: [u8; 48],
+    pub host_data: [u8; 32],
+    pub id_key_digest: [u8; 48],
+    pub author_key_digest: [u8; 48],
+    pub report_id: [u8; 32],
+    pub report_id_ma: [u8; 32],
+    pub chip_id: [u8; 64],
+}
+
+impl SnpReportFields {
+    /// The fields of a VMPL-0 report on `identity`'s platform for a guest launched with
+    /// `measurement` and `policy`, without an ID block or migration agent.
+    pub fn new(
+        identity: &ModelIdentity,
+        report_data: [u8; REPORT_DATA_LEN],
+        measurement: [u8; 48],
+        policy: u64,
+    ) -> Self {
+        let platform = identity.snp_platform();
+        SnpReportFields {
+            version: REPORT_VERSION,
+            guest_svn: 0,
+            policy,
+            family_id: [0; 16],
+            image_id: [0; 16],
+            vmpl: 0,
+            tcb: platform.tcb.to_bytes(),
+            platform_info: PLATFORM_INFO,
+            key_info: 0,
+            report_data,
+            measurement,
+            host_data: [0; 32],
+            id_key_digest: [0; 48],
+            author_key_digest: [0; 48],
+            report_id: [0; 32],
+            report_id_ma: [0xFF; 32], // no migration agent
+            chip_id: platform.chip_id,
+        }
+    }
+}
+
+impl ModelIdentity {
+    /// The report with `fields`, signed by this identity's VCEK (layout:
+    /// `research/psp-model.md` §5). Nothing is checked: the caller chooses every field.
+    pub fn sign_snp_report(
+        &self,
+        f: &SnpReportFields,
+    ) -> Result<Box<[u8; REPORT_LEN]>, SnpReportError> {
+        let platform = self.snp_platform();
+        let fw = platform.firmware;
+        let mut r = Box::new([0u8; REPORT_LEN]);
+        put(&mut r[..], 0x000, &f.version.to_le_bytes());
+        put(&mut r[..], 0x004, &f.guest_svn.to_le_bytes());
+        put(&mut r[..], 0x008, &f.policy.to_le_bytes());
+        put(&mut r[..], 0x010, &f.family_id);
+        put(&mut r[..], 0x020, &f.image_id);
+        put(&mut r[..], 0x030, &f.vmpl.to_le_bytes());
+        put(&mut r[..], 0x034, &SIG_ALGO_ECDSA_P384_SHA384.to_le_bytes());
+        put(&mut r[..], 0x038, &f.tcb); // CURRENT_TCB
+        put(&mut r[..], 0x040, &f.platform_info.to_le_bytes());
+        put(&mut r[..], 0x048, &f.key_info.to_le_bytes());
+        put(&mut r[..], 0x050, &f.report_data);
+        put(&mut r[..], 0x090, &f.measurement);
+        put(&mut r[..], 0x0C0, &f.host_data);
+        put(&mut r[..], 0x0E0, &f.id_key_digest);
+        put(&mut r[..], 0x110, &f.author_key_digest);
+        put(&mut r[..], 0x140, &f.report_id);
+        put(&mut r[..], 0x160, &f.report_id_ma);
+        put(&mut r[..], 0x180, &f.tcb); // REPORTED_TCB
+        put(
+            &mut r[..],
+            0x188,
+            &[platform.family, platform.model, platform.stepping],
+        );
+        put(&mut r[..], 0x1A0, &f.chip_id);
+        put(&mut r[..], 0x1E0, &f.tcb); // COMMITTED_TCB
+        put(&mut r[..], 0x1E8, &[fw.build, fw.minor, fw.major]); // CURRENT
+        put(&mut r[..], 0x1EC, &[fw.build, fw.minor, fw.major]); // COMMITTED
+        put(&mut r[..], 0x1F0, &f.tcb); // LAUNCH_TCB
+
+        let digest = crypto::sha384(&r[..SIGNED_LEN]);
+        let (sig_r, sig_s) = crypto::ecdsa_sign_le(self.vcek_key(), &digest)?;
+        put(&mut r[..], 0x2A0, &sig_r);
+        put(&mut r[..], 0x2E8, &sig_s);
+        Ok(r)
+    }
+}
+
 impl SnpGuest {
     /// MSG_REPORT_REQ: an attestation report for `report_data` at `vmpl`, signed by the
     /// model's VCEK.
@@ -74,46 +182,17 @@ impl SnpGuest {
         if vmpl > MAX_VMPL {
             return Err(SnpReportError::InvalidVmpl);
         }
-        let platform = self.identity.snp_platform();
-        let tcb = platform.tcb.to_bytes();
-        let fw = platform.firmware;
-        let key_info = u32::from(self.id.author_key_en); // bit 0; signing key 0 = VCEK
-
-        let mut r = Box::new([0u8; REPORT_LEN]);
-        put(&mut r[..], 0x000, &REPORT_VERSION.to_le_bytes());
-        put(&mut r[..], 0x004, &self.id.guest_svn.to_le_bytes());
-        put(&mut r[..], 0x008, &self.policy.to_le_bytes());
-        put(&mut r[..], 0x010, &self.id.family_id);
-        put(&mut r[..], 0x020, &self.id.image_id);
-        put(&mut r[..], 0x030, &vmpl.to_le_bytes());
-        put(&mut r[..], 0x034, &SIG_ALGO_ECDSA_P384_SHA384.to_le_bytes());
-        put(&mut r[..], 0x038, &tcb); // CURRENT_TCB
-        put(&mut r[..], 0x040, &PLATFORM_INFO.to_le_bytes());
-        put(&mut r[..], 0x048, &key_info.to_le_bytes());
-        put(&mut r[..], 0x050, report_data);
-        put(&mut r[..], 0x090, &self.ld);
-        put(&mut r[..], 0x0C0, &self.host_data);
-        put(&mut r[..], 0x0E0, &self.id.id_key_digest);
-        put(&mut r[..], 0x110, &self.id.author_key_digest);
-        put(&mut r[..], 0x140, &self.report_id);
-        put(&mut r[..], 0x160, &[0xFF; 32]); // REPORT_ID_MA: no migration agent
-        put(&mut r[..], 0x180, &tcb); // REPORTED_TCB
-        put(
-            &mut r[..],
-            0x188,
-            &[platform.family, platform.model, platform.stepping],
-        );
-        put(&mut r[..], 0x1A0, &platform.chip_id);
-        put(&mut r[..], 0x1E0, &tcb); // COMMITTED_TCB
-        put(&mut r[..], 0x1E8, &[fw.build, fw.minor, fw.major]); // CURRENT
-        put(&mut r[..], 0x1EC, &[fw.build, fw.minor, fw.major]); // COMMITTED
-        put(&mut r[..], 0x1F0, &tcb); // LAUNCH_TCB
-
-        let digest = crypto::sha384(&r[..SIGNED_LEN]);
-        let (sig_r, sig_s) = crypto::ecdsa_sign_le(self.identity.vcek_key(), &digest)?;
-        put(&mut r[..], 0x2A0, &sig_r);
-        put(&mut r[..], 0x2E8, &sig_s);
-        Ok(r)
+        let mut f = SnpReportFields::new(&self.identity, *report_data, self.ld, self.policy);
+        f.guest_svn = self.id.guest_svn;
+        f.family_id = self.id.family_id;
+        f.image_id = self.id.image_id;
+        f.vmpl = vmpl;
+        f.key_info = u32::from(self.id.author_key_en); // bit 0; signing key 0 = VCEK
+        f.host_data = self.host_data;
+        f.id_key_digest = self.id.id_key_digest;
+        f.author_key_digest = self.id.author_key_digest;
+        f.report_id = self.report_id;
+        self.identity.sign_snp_report(&f)
     }
 
     /// Serves one request of the model's report service (vsock port 1026,

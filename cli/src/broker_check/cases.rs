@@ -1,0 +1,329 @@
+//! The cases of `krun-sev broker-check`, documented in one place: what each changes, why a
+//! broker must refuse it, and which field or rule it rests on. Report fields and offsets:
+//! AMD SEV-SNP ABI specification (56860) Table 22 (ATTESTATION_REPORT) and §4.3 (guest
+//! policy); protocols: virtee/reference-kbs and Trustee's KBS protocol (RCAR 0.4.0).
+//! Keep docs/broker-check.md in step with this table.
+
+use super::{Ctx, Evidence, Expect, Observed};
+
+/// Guest policy bit 19: DEBUG (ABI 56860 §4.3).
+const POLICY_DEBUG: u64 = 1 << 19;
+/// Guest policy bit 18: MIGRATE_MA (ABI 56860 §4.3).
+const POLICY_MIGRATE_MA: u64 = 1 << 18;
+
+/// One case.
+pub struct Case {
+    pub name: &'static str,
+    /// What the case changes relative to the genuine flow.
+    pub changes: &'static str,
+    /// Why a broker must refuse it.
+    pub why: &'static str,
+    /// The field, rule or spec it rests on.
+    pub rests_on: &'static str,
+    pub expect: Expect,
+    /// A closed connection counts as a refusal (oversized bodies).
+    pub closed_ok: bool,
+    pub run: fn(&Ctx) -> Observed,
+}
+
+/// Every case, the genuine flow first.
+pub const CASES: &[Case] = &[
+    Case {
+        name: "genuine",
+        changes: "nothing: the registered measurement, libkrun's policy 0x30000, VMPL 0, \
+                  REPORT_DATA bound to the nonce and TEE key",
+        why: "the baseline: a broker that refuses this releases nothing to anyone, and every \
+              refusal below would prove nothing",
+        rests_on: "the protocol's happy path",
+        expect: Expect::Released,
+        closed_ok: false,
+        run: |c| c.flow(|_| {}),
+    },
+    Case {
+        name: "wrong-measurement",
+        changes: "MEASUREMENT differs from the registered digest in its first byte",
+        why: "another launch (other firmware, kernel, initrd or command line) is another workload",
+        rests_on: "ATTESTATION_REPORT.MEASUREMENT (0x090)",
+        expect: Expect::Refused,
+        closed_ok: false,
+        run: |c| c.flow(|f| f.measurement[0] ^= 0xff),
+    },
+    Case {
+        name: "debug-policy",
+        changes: "POLICY has DEBUG (bit 19) set",
+        why:
+            "the host can read and change a debuggable guest's memory with SNP_DBG_DECRYPT/ENCRYPT",
+        rests_on: "ATTESTATION_REPORT.POLICY (0x008) bit 19",
+        expect: Expect::Refused,
+        closed_ok: false,
+        run: |c| c.flow(|f| f.policy |= POLICY_DEBUG),
+    },
+    Case {
+        name: "migrate-ma-policy",
+        changes: "POLICY has MIGRATE_MA (bit 18) set",
+        why: "a migration agent chosen by the host could move the guest's state elsewhere",
+        rests_on: "ATTESTATION_REPORT.POLICY (0x008) bit 18",
+        expect: Expect::Refused,
+        closed_ok: false,
+        run: |c| c.flow(|f| f.policy |= POLICY_MIGRATE_MA),
+    },
+    Case {
+        name: "vmpl-1",
+        changes: "VMPL is 1",
+        why: "a report requested at VMPL 1..3 may come from software other than the guest kernel \
+              (an SVSM's guest or a less privileged level), not the launched workload",
+        rests_on: "ATTESTATION_REPORT.VMPL (0x030)",
+        expect: Expect::Refused,
+        closed_ok: false,
+        run: |c| c.flow(|f| f.vmpl = 1),
+    },
+    Case {
+        name: "report-version-1",
+        changes: "VERSION is 1",
+        why: "version 1 reports predate fields the checks rely on (reported TCB semantics); \
+              brokers require at least 2 (krun-kbs --min-report-version)",
+        rests_on:
+            "ATTESTATION_REPORT.VERSION (0x000); RCAR: the sev crate parses no version below \
+                   2, so the evidence JSON says 1 over a report parsed as 3",
+        expect: Expect::Refused,
+        closed_ok: false,
+        run: |c| c.flow(|f| f.version = 1),
+    },
+    Case {
+        name: "report-data-other-key",
+        changes: "REPORT_DATA binds the nonce to another TEE key than the one sent",
+        why: "the key would be wrapped for a key the attested guest never held",
+        rests_on: "ATTESTATION_REPORT.REPORT_DATA (0x050): reference SHA-512(nonce‖k_mod‖k_exp), \
+                   RCAR SHA-384 of the JCS runtime data",
+        expect: Expect::Refused,
+        closed_ok: false,
+        run: report_data_other_key,
+    },
+    Case {
+        name: "replay-new-session",
+        changes: "evidence accepted in session A is sent again in a fresh session B",
+        why: "recorded evidence must not buy a key later: B's nonce is not in the report",
+        rests_on: "the /auth nonce bound in REPORT_DATA",
+        expect: Expect::Refused,
+        closed_ok: false,
+        run: replay_new_session,
+    },
+    Case {
+        name: "replay-same-session",
+        changes: "evidence accepted in a session is sent to /attest of that session again",
+        why: "a nonce is good for one attestation",
+        rests_on: "the /auth nonce; krun-kbs attests a session once",
+        expect: Expect::Refused,
+        closed_ok: false,
+        run: replay_same_session,
+    },
+    Case {
+        name: "key-twice",
+        changes: "the key is asked for twice in one attested session",
+        why: "a session releases its key once; a second copy can only go to a replayer",
+        rests_on: "reference-kbs releases on the first /key; krun-kbs releases each RCAR \
+                   resource once per session (Trustee may release again until the token expires)",
+        expect: Expect::Refused,
+        closed_ok: false,
+        run: key_twice,
+    },
+    Case {
+        name: "key-without-attestation",
+        changes: "/auth, then the key without /attest",
+        why: "no evidence, no key",
+        rests_on: "the session state machine",
+        expect: Expect::Refused,
+        closed_ok: false,
+        run: key_without_attestation,
+    },
+    Case {
+        name: "key-other-workload",
+        changes: "a session attested as the workload asks for another workload's key",
+        why: "evidence for one measurement says nothing about another workload",
+        rests_on: "reference /key/<id>; RCAR resource default/key/<id>",
+        expect: Expect::Refused,
+        closed_ok: false,
+        run: key_other_workload,
+    },
+    Case {
+        name: "unknown-ark",
+        changes: "the report is signed by a second, fresh PSP model identity whose VCEK, ASK and \
+                  ARK are sent with the evidence",
+        why: "only a chain rooted in a trusted ARK proves the report came from a genuine PSP",
+        rests_on: "VCEK → ASK → ARK chain (AMD KDS); report SIGNATURE (0x2A0)",
+        expect: Expect::Refused,
+        closed_ok: false,
+        run: unknown_ark,
+    },
+    Case {
+        name: "truncated-report",
+        changes: "the report ends before its signature (reference: 0x2A0 of 0x4A0 bytes; RCAR: \
+                  the signature field removed)",
+        why: "an unsigned report proves nothing",
+        rests_on: "ATTESTATION_REPORT size 0x4A0, SIGNATURE at 0x2A0",
+        expect: Expect::Refused,
+        closed_ok: false,
+        run: truncated_report,
+    },
+    Case {
+        name: "garbage-auth",
+        changes: "/auth with a body that is not JSON",
+        why: "malformed input must be refused, not crash or open a session",
+        rests_on: "robustness",
+        expect: Expect::Refused,
+        closed_ok: false,
+        run: |c| match c.send_ok("auth", "POST", "auth", None, Some(GARBAGE)) {
+            Ok(_) => Observed::BadAnswer {
+                step: "auth",
+                error: "garbage accepted".into(),
+            },
+            Err(o) => o,
+        },
+    },
+    Case {
+        name: "garbage-attest",
+        changes: "/attest in a fresh session with a body that is not JSON",
+        why: "malformed evidence must be refused",
+        rests_on: "robustness",
+        expect: Expect::Refused,
+        closed_ok: false,
+        run: |c| {
+            c.auth()
+                .and_then(|s| c.attest(&s, GARBAGE))
+                .map(|_| Observed::BadAnswer {
+                    step: "attest",
+                    error: "garbage accepted".into(),
+                })
+                .unwrap_or_else(|o| o)
+        },
+    },
+    Case {
+        name: "oversized-attest",
+        changes: "/attest with a 16 MiB body",
+        why: "unbounded bodies exhaust the broker's memory",
+        rests_on: "robustness (krun-kbs --body-limit)",
+        expect: Expect::Refused,
+        closed_ok: true,
+        run: |c| {
+            let mut body = b"{\"tee-pubkey\":\"".to_vec();
+            body.resize(16 << 20, b'A');
+            c.auth()
+                .and_then(|s| c.attest(&s, &body))
+                .map(|_| Observed::BadAnswer {
+                    step: "attest",
+                    error: "oversized body accepted".into(),
+                })
+                .unwrap_or_else(|o| o)
+        },
+    },
+];
+
+const GARBAGE: &[u8] = b"\x00\xffnot json {{{";
+
+fn report_data_other_key(c: &Ctx) -> Observed {
+    c.flow_with_body(|s| {
+        let (key, _) = c.key_and_binding(&s.nonce)?;
+        let (_, other_binding) = c.key_and_binding(&s.nonce)?;
+        let report = c.sign(&c.identity, &c.fields(other_binding))?;
+        let body = c.attest_body(&key, &s.nonce, &report, &[])?;
+        Ok(Evidence { key, body })
+    })
+}
+
+fn replay_new_session(c: &Ctx) -> Observed {
+    let run = || {
+        let a = c.auth()?;
+        let ev = c.evidence(&a, |_| {})?;
+        c.attest(&a, &ev.body)?;
+        let b = c.auth()?;
+        c.attest(&b, &ev.body)?;
+        Ok(c.key(&b, &c.workload_id, &ev.key))
+    };
+    run().unwrap_or_else(|o| o)
+}
+
+fn replay_same_session(c: &Ctx) -> Observed {
+    let run = || {
+        let a = c.auth()?;
+        let ev = c.evidence(&a, |_| {})?;
+        c.attest(&a, &ev.body)?;
+        c.attest(&a, &ev.body)?;
+        Ok(c.key(&a, &c.workload_id, &ev.key))
+    };
+    run().unwrap_or_else(|o| o)
+}
+
+fn key_twice(c: &Ctx) -> Observed {
+    let run = || {
+        let a = c.auth()?;
+        let ev = c.evidence(&a, |_| {})?;
+        c.attest(&a, &ev.body)?;
+        match c.key(&a, &c.workload_id, &ev.key) {
+            Observed::Released => {}
+            other => {
+                return Err(Observed::Skipped(format!(
+                    "the first key request was not released ({})",
+                    other.text()
+                )))
+            }
+        }
+        Ok(c.key(&a, &c.workload_id, &ev.key))
+    };
+    run().unwrap_or_else(|o| o)
+}
+
+fn key_without_attestation(c: &Ctx) -> Observed {
+    let run = || {
+        let a = c.auth()?;
+        let (key, _) = c.key_and_binding(&a.nonce)?;
+        Ok(c.key(&a, &c.workload_id, &key))
+    };
+    run().unwrap_or_else(|o| o)
+}
+
+fn key_other_workload(c: &Ctx) -> Observed {
+    let run = || {
+        let a = c.auth()?;
+        let ev = c.evidence(&a, |_| {})?;
+        c.attest(&a, &ev.body)?;
+        Ok(c.key(&a, &c.other_workload_id, &ev.key))
+    };
+    run().unwrap_or_else(|o| o)
+}
+
+fn unknown_ark(c: &Ctx) -> Observed {
+    c.flow_with_body(|s| {
+        let other = c.other_identity()?;
+        let (key, data) = c.key_and_binding(&s.nonce)?;
+        let fields =
+            krun_psp_model::SnpReportFields::new(other, data, c.measurement, super::LIBKRUN_POLICY);
+        let report = c.sign(other, &fields)?;
+        let certs = c.cert_table(other)?;
+        let body = c.attest_body(&key, &s.nonce, &report, &certs)?;
+        Ok(Evidence { key, body })
+    })
+}
+
+fn truncated_report(c: &Ctx) -> Observed {
+    c.flow_with_body(|s| {
+        let (key, data) = c.key_and_binding(&s.nonce)?;
+        let report = c.sign(&c.identity, &c.fields(data))?;
+        let body = match c.protocol {
+            krun_attestation::KbsProtocol::Reference => {
+                c.attest_body(&key, &s.nonce, &report[..0x2A0], &[])?
+            }
+            krun_attestation::KbsProtocol::Rcar => {
+                let full = c.attest_body(&key, &s.nonce, &report, &[])?;
+                let mut v: serde_json::Value =
+                    serde_json::from_slice(&full).map_err(|e| Observed::Skipped(e.to_string()))?;
+                let primary = v
+                    .pointer_mut("/tee-evidence/primary_evidence/attestation_report")
+                    .and_then(|r| r.as_object_mut())
+                    .ok_or_else(|| Observed::Skipped("evidence layout changed".into()))?;
+                primary.remove("signature");
+                serde_json::to_vec(&v).map_err(|e| Observed::Skipped(e.to_string()))?
+            }
+        };
+        Ok(Evidence { key, body })
+    })
+}

@@ -1,0 +1,607 @@
+//! `krun-sev broker-check`: drives a key broker with evidence made by the PSP model, the
+//! genuine flow once (the key must be released) and then each case of [`cases::CASES`]
+//! (each must be refused), over raw HTTP so any broker speaking the reference-kbs protocol
+//! or Trustee's RCAR can be checked. Prints case / expected / observed / verdict; exits 1
+//! when any verdict is wrong. See docs/broker-check.md.
+
+mod cases;
+
+use std::io::Write as _;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use krun_attestation::http::{self, HttpRequest, HttpResponse};
+use krun_attestation::keys::{rcar_report_data, reference_report_data, TeeKey};
+use krun_attestation::transport::{tls, BrokerUrl, Connector, Stream, TcpConnector};
+use krun_attestation::{rcar, reference, KbsProtocol};
+use krun_psp_model::{ModelIdentity, SnpReportFields};
+use krun_sev::tee::model;
+use sev::firmware::host::{CertTableEntry, CertType};
+use sev::parser::ByteParser;
+
+/// libkrun's SNP guest policy: SMT allowed plus the must-be-one bit 17.
+pub const LIBKRUN_POLICY: u64 = 0x30000;
+
+/// The TEE whose evidence is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TeeArg {
+    /// SEV-SNP (the only one implemented so far; SEV/SEV-ES cases are missing).
+    Snp,
+}
+
+/// The broker protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProtocolArg {
+    /// virtee/reference-kbs (krun-kbs, reference-kbs).
+    Reference,
+    /// Trustee RCAR 0.4.0 (krun-kbs, Trustee's KBS).
+    Rcar,
+}
+
+/// Arguments of `krun-sev broker-check`.
+#[derive(Debug, clap::Args)]
+pub struct BrokerCheckArgs {
+    /// The broker, http://host:port[/prefix] (https:// uses the system's CAs).
+    #[arg(long)]
+    broker: String,
+    #[arg(long, value_enum)]
+    protocol: ProtocolArg,
+    #[arg(long, value_enum, default_value = "snp")]
+    tee: TeeArg,
+    /// A workload registered with --measurement (bound), a key, and default requirements.
+    #[arg(long)]
+    workload_id: String,
+    /// The workload's registered SNP launch digest (96 hex digits).
+    #[arg(long)]
+    measurement: String,
+    /// Another workload's id, asked for from a session attested as --workload-id (default
+    /// "<workload-id>-other"; it need not exist, a broker must refuse either way).
+    #[arg(long)]
+    other_workload_id: Option<String>,
+    /// Under each table row, say what the case changes, why it must be refused and what it
+    /// rests on (always in the JSON).
+    #[arg(long)]
+    explain: bool,
+    /// Print the results as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Seconds per connect, read and write.
+    #[arg(long, default_value_t = 30)]
+    timeout: u64,
+}
+
+/// Errors that stop the check before any case runs.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerCheckError {
+    #[error("invalid broker URL")]
+    Url(#[source] krun_attestation::transport::UrlError),
+    #[error("TLS setup failed")]
+    Tls(#[source] tls::TlsError),
+    #[error("--measurement must be 96 hex digits")]
+    Measurement,
+    #[error("cannot load or create the PSP model identity in {0}")]
+    Identity(String, #[source] krun_sev::tee::TeeError),
+    #[error("cannot write the results")]
+    Output(#[source] std::io::Error),
+}
+
+/// What a case expects of the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// The key is released (and decrypts with the TEE key).
+    Released,
+    /// Some request of the case is refused with a 4xx status and no key is released.
+    Refused,
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observed {
+    /// The key was released and decrypted.
+    Released,
+    /// A request got a non-200 answer.
+    Status {
+        step: &'static str,
+        status: u16,
+        message: String,
+    },
+    /// The connection failed or the answer was not HTTP.
+    Transport { step: &'static str, error: String },
+    /// The broker answered 200 but the answer is unusable (for example the key does not
+    /// decrypt).
+    BadAnswer { step: &'static str, error: String },
+    /// The case cannot run here (reason).
+    Skipped(String),
+}
+
+impl Observed {
+    fn text(&self) -> String {
+        match self {
+            Observed::Released => "released".into(),
+            Observed::Status {
+                step,
+                status,
+                message,
+            } => format!("{step}: HTTP {status} {message}"),
+            Observed::Transport { step, error } => format!("{step}: {error}"),
+            Observed::BadAnswer { step, error } => format!("{step}: bad answer: {error}"),
+            Observed::Skipped(why) => format!("skipped: {why}"),
+        }
+    }
+}
+
+/// Verdict: "ok", "WRONG" or "skipped".
+fn verdict(expect: Expect, observed: &Observed, closed_ok: bool) -> &'static str {
+    match (expect, observed) {
+        (_, Observed::Skipped(_)) => "skipped",
+        (Expect::Released, Observed::Released) => "ok",
+        (Expect::Refused, Observed::Status { status, .. }) if (400..500).contains(status) => "ok",
+        // Closing the connection on an oversized body is a refusal too.
+        (Expect::Refused, Observed::Transport { .. }) if closed_ok => "ok",
+        _ => "WRONG",
+    }
+}
+
+/// Everything the cases share.
+pub struct Ctx {
+    url: BrokerUrl,
+    connector: Arc<dyn Connector>,
+    pub protocol: KbsProtocol,
+    pub workload_id: String,
+    pub other_workload_id: String,
+    pub measurement: [u8; 48],
+    pub identity: Arc<ModelIdentity>,
+    /// A second identity whose ARK no broker trusts; made on first use.
+    other: std::sync::OnceLock<Result<ModelIdentity, String>>,
+}
+
+/// A session opened by `/auth`.
+pub struct Session {
+    /// `name=value` for the Cookie header.
+    pub cookie: String,
+    pub nonce: String,
+}
+
+/// The evidence a case sends: the TEE key and the `/attest` body.
+pub struct Evidence {
+    pub key: TeeKey,
+    pub body: Vec<u8>,
+}
+
+/// A step's failure, as a case's observation.
+type Step<T> = Result<T, Observed>;
+
+impl Ctx {
+    /// One raw request to `/kbs/v0/<path>`.
+    pub fn send(
+        &self,
+        step: &'static str,
+        method: &str,
+        path: &str,
+        cookie: Option<&str>,
+        body: Option<&[u8]>,
+    ) -> Step<HttpResponse> {
+        let full = format!("{}/kbs/v0/{path}", self.url.prefix);
+        let host = self.url.host_header();
+        let mut headers: Vec<(&str, &str)> = vec![("Accept", "application/json")];
+        if body.is_some() {
+            headers.push(("Content-Type", "application/json"));
+        }
+        if let Some(c) = cookie {
+            headers.push(("Cookie", c));
+        }
+        let req = HttpRequest {
+            method,
+            host: &host,
+            path: &full,
+            headers: &headers,
+            body,
+        };
+        let transport = |error: String| Observed::Transport { step, error };
+        let mut stream = self
+            .connector
+            .connect()
+            .map_err(|e| transport(format!("cannot connect: {e}")))?;
+        http::exchange(&mut stream, &req, http::DEFAULT_MAX_BODY)
+            .map_err(|e| transport(error_chain(&e)))
+    }
+
+    /// [`Ctx::send`] that turns a non-200 answer into the observation.
+    pub fn send_ok(
+        &self,
+        step: &'static str,
+        method: &str,
+        path: &str,
+        cookie: Option<&str>,
+        body: Option<&[u8]>,
+    ) -> Step<HttpResponse> {
+        let resp = self.send(step, method, path, cookie, body)?;
+        if resp.status == 200 {
+            Ok(resp)
+        } else {
+            Err(Observed::Status {
+                step,
+                status: resp.status,
+                message: resp.message(),
+            })
+        }
+    }
+
+    /// The `/auth` body of this protocol for an SNP guest.
+    pub fn auth_body(&self) -> Vec<u8> {
+        let v = match self.protocol {
+            KbsProtocol::Reference => {
+                let extra = serde_json::json!({ "workload_id": self.workload_id }).to_string();
+                serde_json::to_value(reference::Request {
+                    version: reference::PROTOCOL_VERSION.into(),
+                    tee: reference::Tee::Snp,
+                    extra_params: extra,
+                })
+            }
+            KbsProtocol::Rcar => serde_json::to_value(rcar::auth_request(rcar::Tee::Snp, None)),
+        };
+        v.map(|v| v.to_string().into_bytes()).unwrap_or_default()
+    }
+
+    fn cookie_name(&self) -> &'static str {
+        match self.protocol {
+            KbsProtocol::Reference => reference::SESSION_COOKIE,
+            KbsProtocol::Rcar => rcar::SESSION_COOKIE,
+        }
+    }
+
+    /// `/auth`: a new session and its nonce.
+    pub fn auth(&self) -> Step<Session> {
+        let resp = self.send_ok("auth", "POST", "auth", None, Some(&self.auth_body()))?;
+        let bad = |error: String| Observed::BadAnswer {
+            step: "auth",
+            error,
+        };
+        let value = resp
+            .cookie(self.cookie_name())
+            .ok_or_else(|| bad(format!("no {} cookie", self.cookie_name())))?;
+        let nonce = match self.protocol {
+            KbsProtocol::Reference => serde_json::from_slice::<reference::Challenge>(&resp.body)
+                .map(|c| c.nonce)
+                .map_err(|e| bad(e.to_string()))?,
+            KbsProtocol::Rcar => serde_json::from_slice::<rcar::Challenge>(&resp.body)
+                .map(|c| c.nonce)
+                .map_err(|e| bad(e.to_string()))?,
+        };
+        Ok(Session {
+            cookie: format!("{}={value}", self.cookie_name()),
+            nonce,
+        })
+    }
+
+    /// A fresh TEE key of this protocol and the REPORT_DATA binding it to `nonce`.
+    pub fn key_and_binding(&self, nonce: &str) -> Step<(TeeKey, [u8; 64])> {
+        let failed = |error: String| Observed::Skipped(format!("TEE key: {error}"));
+        match self.protocol {
+            KbsProtocol::Reference => {
+                let key = TeeKey::generate_rsa().map_err(|e| failed(e.to_string()))?;
+                let pk = key.reference_pubkey().map_err(|e| failed(e.to_string()))?;
+                Ok((key, reference_report_data(nonce, &pk)))
+            }
+            KbsProtocol::Rcar => {
+                let key = TeeKey::generate_ec();
+                let data = rcar_report_data(nonce, &key.rcar_pubkey(), "")
+                    .map_err(|e| failed(e.to_string()))?;
+                Ok((key, data))
+            }
+        }
+    }
+
+    /// The genuine report fields for REPORT_DATA `data`.
+    pub fn fields(&self, data: [u8; 64]) -> SnpReportFields {
+        SnpReportFields::new(&self.identity, data, self.measurement, LIBKRUN_POLICY)
+    }
+
+    /// `fields` signed by `identity`.
+    pub fn sign(&self, identity: &ModelIdentity, fields: &SnpReportFields) -> Step<Vec<u8>> {
+        identity
+            .sign_snp_report(fields)
+            .map(|r| r.to_vec())
+            .map_err(|e| Observed::Skipped(format!("cannot sign the report: {e}")))
+    }
+
+    /// The untrusted second identity.
+    pub fn other_identity(&self) -> Step<&ModelIdentity> {
+        self.other
+            .get_or_init(|| ModelIdentity::generate().map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| Observed::Skipped(format!("cannot generate an identity: {e}")))
+    }
+
+    /// The `/attest` body carrying `report` (raw bytes) for `key` and `nonce`, with the
+    /// certificates `certs` (empty: the broker uses its own VCEK).
+    pub fn attest_body(
+        &self,
+        key: &TeeKey,
+        nonce: &str,
+        report: &[u8],
+        certs: &[CertTableEntry],
+    ) -> Step<Vec<u8>> {
+        let bad = |error: String| Observed::Skipped(format!("cannot encode the evidence: {error}"));
+        match self.protocol {
+            KbsProtocol::Reference => {
+                let evidence = reference::SnpAttestation {
+                    gen: "milan".into(),
+                    report: hex::encode(report),
+                    cert_chain: serde_json::to_string(certs).map_err(|e| bad(e.to_string()))?,
+                };
+                let att = reference::Attestation {
+                    tee_pubkey: key.reference_pubkey().map_err(|e| bad(e.to_string()))?,
+                    tee_evidence: serde_json::to_string(&evidence)
+                        .map_err(|e| bad(e.to_string()))?,
+                };
+                serde_json::to_vec(&att).map_err(|e| bad(e.to_string()))
+            }
+            KbsProtocol::Rcar => {
+                let parsed = parse_report(report).map_err(bad)?;
+                let evidence = rcar::SnpEvidence {
+                    attestation_report: parsed,
+                    cert_chain: (!certs.is_empty()).then(|| certs.to_vec()),
+                };
+                let value = serde_json::to_value(&evidence).map_err(|e| bad(e.to_string()))?;
+                self.rcar_attest_body(key, nonce, value)
+            }
+        }
+    }
+
+    /// An RCAR `/attest` body with `primary_evidence` as given.
+    pub fn rcar_attest_body(
+        &self,
+        key: &TeeKey,
+        nonce: &str,
+        primary_evidence: serde_json::Value,
+    ) -> Step<Vec<u8>> {
+        let att = rcar::Attestation {
+            init_data: None,
+            runtime_data: rcar::RuntimeData {
+                nonce: nonce.to_string(),
+                tee_pubkey: key.rcar_pubkey(),
+            },
+            tee_evidence: rcar::CompositeEvidence {
+                primary_evidence,
+                additional_evidence: String::new(),
+            },
+        };
+        serde_json::to_vec(&att)
+            .map_err(|e| Observed::Skipped(format!("cannot encode the evidence: {e}")))
+    }
+
+    /// Genuine evidence for `session`, with `change` applied to the report fields.
+    pub fn evidence(
+        &self,
+        session: &Session,
+        change: impl FnOnce(&mut SnpReportFields),
+    ) -> Step<Evidence> {
+        let (key, data) = self.key_and_binding(&session.nonce)?;
+        let mut fields = self.fields(data);
+        change(&mut fields);
+        let report = self.sign(&self.identity, &fields)?;
+        let body = self.attest_body(&key, &session.nonce, &report, &[])?;
+        Ok(Evidence { key, body })
+    }
+
+    /// `/attest` with `body` in `session`.
+    pub fn attest(&self, session: &Session, body: &[u8]) -> Step<HttpResponse> {
+        self.send_ok(
+            "attest",
+            "POST",
+            "attest",
+            Some(&session.cookie),
+            Some(body),
+        )
+    }
+
+    /// The key path of `workload` in this protocol.
+    pub fn key_path(&self, workload: &str) -> String {
+        match self.protocol {
+            KbsProtocol::Reference => format!("key/{workload}"),
+            KbsProtocol::Rcar => format!("resource/default/key/{workload}"),
+        }
+    }
+
+    /// Asks for `workload`'s key in `session`; released only when it decrypts with `key`
+    /// into a non-empty secret (never printed).
+    pub fn key(&self, session: &Session, workload: &str, key: &TeeKey) -> Observed {
+        let resp = match self.send_ok(
+            "key",
+            "GET",
+            &self.key_path(workload),
+            Some(&session.cookie),
+            None,
+        ) {
+            Ok(r) => r,
+            Err(o) => return o,
+        };
+        let bad = |error: String| Observed::BadAnswer { step: "key", error };
+        let secret = match self.protocol {
+            KbsProtocol::Reference => serde_json::from_slice::<String>(&resp.body)
+                .map_err(|e| e.to_string())
+                .and_then(|h| hex::decode(h.trim()).map_err(|e| e.to_string()))
+                .and_then(|ct| key.decrypt_pkcs1(&ct).map_err(|e| e.to_string())),
+            KbsProtocol::Rcar => rcar::decrypt_jwe(&resp.body, key).map_err(|e| error_chain(&e)),
+        };
+        match secret {
+            Ok(s) if !s.is_empty() => Observed::Released,
+            Ok(_) => bad("the released secret is empty".into()),
+            Err(e) => bad(format!("released, but does not decrypt: {e}")),
+        }
+    }
+
+    /// The whole flow with evidence changed by `change`: auth, attest, key.
+    pub fn flow(&self, change: impl FnOnce(&mut SnpReportFields)) -> Observed {
+        let run = || -> Step<Observed> {
+            let session = self.auth()?;
+            let ev = self.evidence(&session, change)?;
+            self.attest(&session, &ev.body)?;
+            Ok(self.key(&session, &self.workload_id, &ev.key))
+        };
+        run().unwrap_or_else(|o| o)
+    }
+
+    /// Auth, then attest with `body` made from the session, then the key.
+    pub fn flow_with_body(&self, make: impl FnOnce(&Session) -> Step<Evidence>) -> Observed {
+        let run = || -> Step<Observed> {
+            let session = self.auth()?;
+            let ev = make(&session)?;
+            self.attest(&session, &ev.body)?;
+            Ok(self.key(&session, &self.workload_id, &ev.key))
+        };
+        run().unwrap_or_else(|o| o)
+    }
+
+    /// A certificate table carrying `identity`'s VCEK and ASK (DER).
+    pub fn cert_table(&self, identity: &ModelIdentity) -> Step<Vec<CertTableEntry>> {
+        let chain = identity.snp_chain();
+        let der = |c: &sev::certs::snp::Certificate| {
+            c.to_der()
+                .map_err(|e| Observed::Skipped(format!("cannot encode a certificate: {e}")))
+        };
+        Ok(vec![
+            CertTableEntry::new(CertType::VCEK, der(&chain.vek)?),
+            CertTableEntry::new(CertType::ASK, der(&chain.ca.ask)?),
+            CertTableEntry::new(CertType::ARK, der(&chain.ca.ark)?),
+        ])
+    }
+}
+
+/// Parses a raw report for RCAR evidence; a version below 2 (which the `sev` crate refuses
+/// to parse) is parsed as version 3 (the model's layout) and the version put back afterwards.
+fn parse_report(raw: &[u8]) -> Result<sev::firmware::guest::AttestationReport, String> {
+    let version = raw
+        .get(..4)
+        .map(|v| u32::from_le_bytes([v[0], v[1], v[2], v[3]]))
+        .ok_or("report is too short")?;
+    let mut bytes = raw.to_vec();
+    if version < 2 {
+        bytes[..4].copy_from_slice(&3u32.to_le_bytes());
+    }
+    let mut parsed = sev::firmware::guest::AttestationReport::from_bytes(&bytes)
+        .map_err(|e| format!("cannot parse the report: {e}"))?;
+    parsed.version = version;
+    Ok(parsed)
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// One result row.
+#[derive(Debug, serde::Serialize)]
+struct Row {
+    case: &'static str,
+    expected: &'static str,
+    observed: String,
+    verdict: &'static str,
+    changes: &'static str,
+    why: &'static str,
+    rests_on: &'static str,
+}
+
+/// Runs the command.
+pub fn broker_check(args: &BrokerCheckArgs) -> Result<ExitCode, BrokerCheckError> {
+    let url = BrokerUrl::parse(&args.broker).map_err(BrokerCheckError::Url)?;
+    let mut measurement = [0u8; 48];
+    hex::decode_to_slice(args.measurement.trim(), &mut measurement)
+        .map_err(|_| BrokerCheckError::Measurement)?;
+    let dir = model::identity_dir();
+    let identity = model::load_or_create(&dir)
+        .map_err(|e| BrokerCheckError::Identity(dir.display().to_string(), e))?;
+    let timeout = Duration::from_secs(args.timeout);
+    let tcp = TcpConnector {
+        addr: url.socket_addr(),
+        timeout,
+    };
+    let connector: Arc<dyn Connector> = if url.tls {
+        let config = tls::client_config(None).map_err(BrokerCheckError::Tls)?;
+        let host = url.host.clone();
+        Arc::new(move || -> std::io::Result<Box<dyn Stream>> {
+            tls::wrap(&config, &host, tcp.connect()?)
+        })
+    } else {
+        Arc::new(tcp)
+    };
+    let TeeArg::Snp = args.tee;
+    let ctx = Ctx {
+        connector,
+        url,
+        protocol: match args.protocol {
+            ProtocolArg::Reference => KbsProtocol::Reference,
+            ProtocolArg::Rcar => KbsProtocol::Rcar,
+        },
+        workload_id: args.workload_id.clone(),
+        other_workload_id: args
+            .other_workload_id
+            .clone()
+            .unwrap_or_else(|| format!("{}-other", args.workload_id)),
+        measurement,
+        identity,
+        other: std::sync::OnceLock::new(),
+    };
+
+    let mut rows = Vec::new();
+    for case in cases::CASES {
+        let observed = (case.run)(&ctx);
+        let verdict = verdict(case.expect, &observed, case.closed_ok);
+        rows.push(Row {
+            case: case.name,
+            expected: match case.expect {
+                Expect::Released => "released",
+                Expect::Refused => "refused",
+            },
+            observed: observed.text(),
+            verdict,
+            changes: case.changes,
+            why: case.why,
+            rests_on: case.rests_on,
+        });
+    }
+    let wrong = rows.iter().filter(|r| r.verdict == "WRONG").count();
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let v = serde_json::json!({ "cases": rows, "wrong": wrong });
+        writeln!(out, "{v}").map_err(BrokerCheckError::Output)?;
+    } else {
+        let width = rows.iter().map(|r| r.case.len()).max().unwrap_or(4);
+        writeln!(
+            out,
+            "{:width$}  {:8}  {:7}  observed",
+            "case", "expected", "verdict"
+        )
+        .map_err(BrokerCheckError::Output)?;
+        for r in &rows {
+            writeln!(
+                out,
+                "{:width$}  {:8}  {:7}  {}",
+                r.case, r.expected, r.verdict, r.observed
+            )
+            .map_err(BrokerCheckError::Output)?;
+            if args.explain {
+                writeln!(
+                    out,
+                    "    changes: {}\n    why: {}\n    rests on: {}",
+                    r.changes, r.why, r.rests_on
+                )
+                .map_err(BrokerCheckError::Output)?;
+            }
+        }
+        writeln!(out, "{wrong} wrong of {} cases", rows.len()).map_err(BrokerCheckError::Output)?;
+    }
+    Ok(if wrong == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,200 @@
+//! `krun-sev broker-check` against the real `krun-kbs` configured with the PSP model's trust
+//! roots (`krun-sev model-trust`): every verdict is "ok" for both protocols and the command
+//! exits 0. Against the same broker with the workload registered `--allow-debug` (a
+//! deliberately weakened registration) it fails on exactly the debug-policy case.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+/// The launch digest the workload is registered with; the model signs reports carrying it.
+const MEASUREMENT: [u8; 48] = [0x5c; 48];
+
+/// The `krun-kbs` binary of this workspace, built on demand.
+fn krun_kbs_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("krun-kbs");
+    if !bin.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-q", "-p", "krun-kbs", "--manifest-path"])
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml"))
+            .status()
+            .unwrap();
+        assert!(status.success(), "cargo build -p krun-kbs failed");
+    }
+    bin
+}
+
+fn krun_sev(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_krun-sev"))
+        .args(args)
+        .env(
+            "KRUN_SEV_PSP_MODEL_DIR",
+            support::psp_model_dir().join("psp"),
+        )
+        .output()
+        .unwrap()
+}
+
+/// A broker trusting the model, with workload `w` registered for [`MEASUREMENT`]
+/// (`extra`: more `workload add` options); killed on drop.
+struct Kbs {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Kbs {
+    fn start(extra: &[&str]) -> Kbs {
+        let dir = tempfile::tempdir().unwrap();
+        let trust = dir.path().join("trust");
+        let out = krun_sev(&["model-trust", trust.to_str().unwrap()]);
+        assert!(out.status.success(), "{out:?}");
+        let db = dir.path().join("kbs.db");
+        let pass = dir.path().join("passphrase");
+        std::fs::write(&pass, "broker-check passphrase").unwrap();
+        let add = Command::new(krun_kbs_bin())
+            .arg("--db")
+            .arg(&db)
+            .args([
+                "workload",
+                "add",
+                "--id",
+                "w",
+                "--tee",
+                "snp",
+                "--measurement",
+            ])
+            .arg(hex::encode(MEASUREMENT))
+            .arg("--passphrase-file")
+            .arg(&pass)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(add.status.success(), "{add:?}");
+        let mut child = Command::new(krun_kbs_bin())
+            .args(["--listen", "127.0.0.1:0", "--db"])
+            .arg(&db)
+            .arg("--trust-root")
+            .arg(trust.join("roots.pem"))
+            .arg("--vcek-dir")
+            .arg(trust.join("vcek"))
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("krun-kbs listening on ")
+            .unwrap_or_else(|| panic!("unexpected broker output {line:?}"))
+            .to_owned();
+        Kbs {
+            child,
+            url,
+            _dir: dir,
+        }
+    }
+
+    /// `krun-sev broker-check --json` against this broker; the exit code and the cases.
+    fn check(&self, protocol: &str) -> (Option<i32>, Vec<serde_json::Value>) {
+        let measurement = hex::encode(MEASUREMENT);
+        let out = krun_sev(&[
+            "broker-check",
+            "--broker",
+            &self.url,
+            "--protocol",
+            protocol,
+            "--tee",
+            "snp",
+            "--workload-id",
+            "w",
+            "--measurement",
+            &measurement,
+            "--json",
+        ]);
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+        (out.status.code(), v["cases"].as_array().unwrap().clone())
+    }
+}
+
+impl Drop for Kbs {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn verdicts(cases: &[serde_json::Value], verdict: &str) -> Vec<String> {
+    cases
+        .iter()
+        .filter(|c| c["verdict"] == verdict)
+        .map(|c| c["case"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn krun_kbs_passes_every_case_with_both_protocols() {
+    let kbs = Kbs::start(&[]);
+    for protocol in ["reference", "rcar"] {
+        let (code, cases) = kbs.check(protocol);
+        assert!(cases.len() >= 17, "{protocol}: {cases:?}");
+        let not_ok: Vec<_> = cases.iter().filter(|c| c["verdict"] != "ok").collect();
+        assert!(not_ok.is_empty(), "{protocol}: {not_ok:#?}");
+        assert_eq!(code, Some(0), "{protocol}");
+        let genuine = &cases[0];
+        assert_eq!(genuine["case"], "genuine");
+        assert_eq!(genuine["observed"], "released");
+        // Each refusal is an HTTP 4xx answer (or, for the oversized body, a closed
+        // connection), and each case says why.
+        for c in &cases[1..] {
+            let observed = c["observed"].as_str().unwrap();
+            assert!(
+                observed.contains(": HTTP 4") || c["case"] == "oversized-attest",
+                "{protocol}: {c}"
+            );
+            assert!(!c["why"].as_str().unwrap().is_empty());
+        }
+    }
+}
+
+#[test]
+fn a_broker_that_accepts_a_debug_policy_fails_exactly_that_case() {
+    let kbs = Kbs::start(&["--allow-debug"]);
+    for protocol in ["reference", "rcar"] {
+        let (code, cases) = kbs.check(protocol);
+        assert_eq!(verdicts(&cases, "WRONG"), ["debug-policy"], "{protocol}");
+        assert_eq!(verdicts(&cases, "skipped"), Vec::<String>::new());
+        assert_eq!(code, Some(1), "{protocol}");
+    }
+}
+
+#[test]
+fn a_broker_without_the_workload_fails_the_genuine_case() {
+    let kbs = Kbs::start(&[]);
+    let out = krun_sev(&[
+        "broker-check",
+        "--broker",
+        &kbs.url,
+        "--protocol",
+        "reference",
+        "--workload-id",
+        "not-registered",
+        "--measurement",
+        &hex::encode(MEASUREMENT),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let table = String::from_utf8(out.stdout).unwrap();
+    let genuine = table.lines().nth(1).unwrap();
+    assert!(
+        genuine.starts_with("genuine") && genuine.contains("WRONG"),
+        "{table}"
+    );
+}
