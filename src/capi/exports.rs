@@ -10,8 +10,9 @@ use crate::resources::{
     inherited_env, validate_env, DiskConfig, ExecConfig, MachineConfig, PortMap, Rlimit,
 };
 
-/// Sets the log level: 0 off, 1 error, 2 warn, 3 info, 4 debug, 5 trace. `RUST_LOG`, when
-/// set, takes precedence.
+/// Sets the log level: 0 off, 1 error (errors are shown at every level), 2 warn, 3 info,
+/// 4 debug, 5 trace. The host's log filter (`RUST_LOG` when the library was loaded, or
+/// `log_level` in the host configuration file), when set, takes precedence.
 #[no_mangle]
 pub extern "C" fn krun_set_log_level(level: u32) -> i32 {
     guarded("krun_set_log_level", || {
@@ -26,10 +27,13 @@ pub extern "C" fn krun_set_log_level(level: u32) -> i32 {
 pub extern "C" fn krun_create_ctx() -> i32 {
     guarded("krun_create_ctx", || {
         let id = context::create()?;
+        log::info!("{}", crate::settings::host().summary());
         // Map the guest bundle while the host's filesystem is visible (crun enters the
-        // container before krun_start_enter), if KRUN_SEV_BUNDLE_DIR changed since the
-        // library was loaded; a missing bundle is reported at launch.
+        // container before krun_start_enter), if it was not mapped when the library was
+        // loaded; a missing bundle is reported at launch. The same for the PSP model's
+        // identity.
         crate::launch::guest::map_bundle();
+        crate::tee::model::prepare();
         i32::try_from(id).map_err(|_| CapiError::TooManyContexts)
     })
 }
