@@ -4,7 +4,7 @@ use std::ffi::c_char;
 use std::path::PathBuf;
 
 use super::strings::{str_arg, str_array};
-use super::{context, guarded, logger, CapiError};
+use super::{context, error_chain, guarded, logger, CapiError};
 use crate::launch;
 use crate::resources::{
     inherited_env, validate_env, DiskConfig, ExecConfig, MachineConfig, PortMap, Rlimit,
@@ -294,8 +294,11 @@ pub unsafe extern "C" fn krun_set_tee_config_file(ctx_id: u32, filepath: *const 
     })
 }
 
-/// Starts the microVM. Returns only on failure before the guest starts; otherwise the
-/// process exits with the workload's status when the guest shuts down.
+/// Starts the microVM. Returns (a negative errno) only when the context cannot launch: an
+/// unknown context, no TEE config, a missing or unusable disk; the context is kept. Once the
+/// launch has begun the process ends: with the workload's status when it ran, else with
+/// [`launch::LAUNCH_FAILURE_STATUS`] (125) and the reason on one line of stderr (backend,
+/// bundle, attestation, VM failures), the same under crun, podman and `krun-sev run`.
 #[no_mangle]
 pub extern "C" fn krun_start_enter(ctx_id: u32) -> i32 {
     guarded("krun_start_enter", || {
@@ -304,7 +307,10 @@ pub extern "C" fn krun_start_enter(ctx_id: u32) -> i32 {
         context::take(ctx_id)?;
         match launch::start(plan) {
             Ok(never) => match never {},
-            Err(e) => Err(CapiError::Launch(e)),
+            Err(e) => {
+                logger::launch_failed(&error_chain(&CapiError::Launch(e)));
+                std::process::exit(i32::from(launch::LAUNCH_FAILURE_STATUS));
+            }
         }
     })
 }

@@ -81,6 +81,16 @@ pub(crate) fn always_warn(lines: &[&str]) {
     }
 }
 
+/// The one line on stderr that says why the launch failed, whatever the level and whichever
+/// logger is installed, before the process exits with the launch-failure status.
+pub(crate) fn launch_failed(reason: &str) {
+    write_line(
+        log::Level::Error,
+        "krun_sev::capi",
+        &format!("krun_start_enter: {reason}"),
+    );
+}
+
 static LOGGER: OnceLock<KrunLogger> = OnceLock::new();
 
 fn logger() -> &'static KrunLogger {

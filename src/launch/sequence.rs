@@ -708,8 +708,11 @@ pub(crate) fn run(plan: LaunchPlan) -> Result<u8, LaunchError> {
     match Vmm::run(config) {
         Ok(status) => Ok(status.0),
         Err(VmmError::NoExitStatus { reason }) => {
-            log::error!("guest stopped without an exit status ({reason:?}); exiting with 1");
-            Ok(1)
+            log::error!(
+                "guest stopped without an exit status ({reason:?}); exiting with {}",
+                super::LAUNCH_FAILURE_STATUS
+            );
+            Ok(super::LAUNCH_FAILURE_STATUS)
         }
         Err(e) => Err(LaunchError::Vmm(e)),
     }

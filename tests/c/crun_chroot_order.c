@@ -8,8 +8,9 @@
  * arguments after ROOT, none if there are none.
  *
  * Usage: crun_chroot_order ROOT [NAME=VALUE...]. Prints START_ENTER=<negative errno> when
- * krun_start_enter returns (it does not return on success), or CALL_FAILED=<name> for an
- * earlier failure.
+ * krun_start_enter returns (only for a context that cannot launch: once the launch begins
+ * the process ends with the workload's status, or 125 when the launch fails), or
+ * CALL_FAILED=<name> for an earlier failure.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>

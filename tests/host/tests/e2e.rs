@@ -220,8 +220,8 @@ cat /tmp/kbs.log
     // unnoticed, but it cannot be turned into chosen plaintext without the key.
     assert!(!out.contains("TAMPERED_RAN"), "{ctx}");
     assert_eq!(marker_values(out, "E2E_RAN_es ").len(), 1, "{ctx}");
-    assert_eq!(marker_values(out, "STATUS_HDR="), ["1"], "{ctx}");
-    assert_eq!(marker_values(out, "STATUS_FLIP="), ["1"], "{ctx}");
+    assert_eq!(marker_values(out, "STATUS_HDR="), ["125"], "{ctx}");
+    assert_eq!(marker_values(out, "STATUS_FLIP="), ["125"], "{ctx}");
     assert_eq!(
         out.matches("krun-init: mounting the root file system failed")
             .count(),
@@ -260,7 +260,9 @@ CPUS=1 ROOT=/tmp/tiny mk sev-es e2e-x /tmp/decoy1 pass-x 'true'
 CPUS=1 ROOT=/tmp/tiny mk snp e2e-y /tmp/decoy2 pass-y 'true'
 echo "SHA_BEFORE_X=$(sha /tmp/x/disk.img)"
 echo "SHA_BEFORE_Y=$(sha /tmp/y/disk.img)"
-run /tmp/x; echo "STATUS_WM_ES=$?"
+run /tmp/x 2>/tmp/wm_es.err; echo "STATUS_WM_ES=$?"
+echo "WM_ES_REASON_LINES=$(grep -c 'krun_start_enter: cannot start the microVM' /tmp/wm_es.err)"
+cat /tmp/wm_es.err
 run /tmp/y; echo "STATUS_WM_SNP=$?"
 echo "SHA_AFTER_WM_X=$(sha /tmp/x/disk.img)"
 echo "SHA_AFTER_WM_Y=$(sha /tmp/y/disk.img)"
@@ -304,17 +306,20 @@ cat /tmp/kbs.log
     // (b) wrong measurement: no key, a clear error, the workload never ran, disk unchanged.
     // SEV-ES: the host-side attestation is refused and the VM never starts.
     assert!(!out.contains("X_RAN") && !out.contains("Y_RAN"), "{ctx}");
+    // The launch-failure status, with exactly one line on stderr saying why.
     assert_eq!(marker_values(out, "STATUS_WM_ES="), ["125"], "{ctx}");
+    assert_eq!(marker_values(out, "WM_ES_REASON_LINES="), ["1"], "{ctx}");
     assert!(
         out.contains("SEV attestation with the key broker failed: attest: key broker answered HTTP 401: launch measurement is not an allowed one"),
         "{ctx}"
     );
-    // SNP: the guest's attestation is refused; the init stops with status 1.
+    // SNP: the guest's attestation is refused; the init stops with the launch-failure
+    // status, 125, like the host side.
     assert!(
         out.contains("krun-init: obtaining the disk key failed: attestation with the key broker failed: attest: key broker answered HTTP 401"),
         "{ctx}"
     );
-    assert_eq!(marker_values(out, "STATUS_WM_SNP="), ["1"], "{ctx}");
+    assert_eq!(marker_values(out, "STATUS_WM_SNP="), ["125"], "{ctx}");
     // The broker released the key exactly three times: the buildah image twice and the
     // wrong-passphrase run once.
     assert_eq!(out.matches("key released").count(), 3, "{ctx}");
@@ -330,7 +335,7 @@ cat /tmp/kbs.log
             && out.contains("no keyslot matches the passphrase"),
         "{ctx}"
     );
-    assert_eq!(marker_values(out, "STATUS_WP="), ["1"], "{ctx}");
+    assert_eq!(marker_values(out, "STATUS_WP="), ["125"], "{ctx}");
     assert_eq!(marker_values(out, "SHA_AFTER_WP_X="), x, "{ctx}");
 }
 
@@ -438,7 +443,7 @@ echo "== broker B"; cat /tmp/kbs-b.log
         out.contains("the root disk footer names workload \"bind-x\" at http://127.0.0.1:8123, but this launch was measured for workload \"bind-x\" at http://127.0.0.1:8124"),
         "{ctx}"
     );
-    assert_eq!(marker_values(out, "STATUS_XB="), ["1"], "{ctx}");
+    assert_eq!(marker_values(out, "STATUS_XB="), ["125"], "{ctx}");
     assert_eq!(
         marker_values(out, "BIND_X_RAN"),
         [""],
