@@ -5,6 +5,7 @@
 #                        libkrunfw-sev.so.4), krun-sev, krunfw_measurement and krun-kbs under
 #                        $(DESTDIR)$(PREFIX)
 #   make test            every test: format, lints, unit and integration tests, C API test,
+#                        the install test (make install PREFIX=/usr into a DESTDIR),
 #                        the guest bundle against its pins, fuzz smoke, the test host's KVM
 #                        and guest-boot tests; ends with a summary
 #   make demo            run a confidential workload end to end (TEE=snp|sev-es|sev,
@@ -19,6 +20,11 @@ LIBDIR ?= $(PREFIX)/lib
 INCLUDEDIR ?= $(PREFIX)/include
 PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
 DESTDIR ?=
+# Where the guest bundle is installed, and the built-in default of the library and of every
+# binary that reads the bundle (krun-sev measure, mkcw --register, run): decided here only,
+# exported to every cargo build this Makefile runs (build.rs bakes it in).
+BUNDLE_INSTALL_DIR := $(LIBDIR)/krun-sev
+export KRUN_SEV_BUNDLE_DEFAULT := $(BUNDLE_INSTALL_DIR)
 CARGO ?= cargo
 # Python test oracles (ci/test-requirements.txt: sev-snp-measure, pyca/cryptography, unicorn) live in
 # a virtualenv outside the checkout.
@@ -42,14 +48,12 @@ BUILD_DIR := build
 # Test logs `make test` summarizes (ci/test-summary.sh).
 TEST_LOGS := $(BUILD_DIR)/test-logs
 
-.PHONY: all lib bundle bundle-pins pin-bundle krunfw krunfw-from-bundle install install-lib install-bundle install-krunfw install-bin test test-packages test-deps check unit-tests c-api-test fuzz-smoke testhost-tests demo clean
+.PHONY: all lib bundle bundle-pins pin-bundle krunfw krunfw-from-bundle install install-lib install-bundle install-krunfw install-bin install-test test test-packages test-deps check unit-tests c-api-test fuzz-smoke testhost-tests demo clean
 
 all: lib
 
-BUNDLE_INSTALL_DIR := $(LIBDIR)/krun-sev
-
 lib:
-	KRUN_SEV_BUNDLE_DEFAULT=$(BUNDLE_INSTALL_DIR) $(CARGO) build --release -p krun-sev
+	$(CARGO) build --release -p krun-sev
 	mkdir -p $(BUILD_DIR)
 	cp target/release/libkrun_sev.so $(BUILD_DIR)/$(LIB_FILE)
 
@@ -87,11 +91,11 @@ install-krunfw: krunfw
 	install -d $(DESTDIR)$(LIBDIR)
 	install -m 0644 $(BUILD_DIR)/$(KRUNFW_FILE) $(DESTDIR)$(LIBDIR)/$(KRUNFW_FILE)
 
-# The krun-sev command, buildah's krunfw_measurement and the krun-kbs key broker, with the
-# same default bundle directory as the library (krun-sev measure and mkcw --register
-# compute over it).
+# The krun-sev command, buildah's krunfw_measurement and the krun-kbs key broker, built with
+# the library's default bundle directory (KRUN_SEV_BUNDLE_DEFAULT above; krun-sev measure
+# and mkcw --register compute over it).
 install-bin:
-	KRUN_SEV_BUNDLE_DEFAULT=$(BUNDLE_INSTALL_DIR) $(CARGO) build --release -p krun-sev-cli -p krun-kbs
+	$(CARGO) build --release -p krun-sev-cli -p krun-kbs
 	install -d $(DESTDIR)$(PREFIX)/bin
 	install -m 0755 target/release/krun-sev target/release/krunfw_measurement \
 	    target/release/krun-kbs $(DESTDIR)$(PREFIX)/bin/
@@ -121,6 +125,12 @@ unit-tests: test-deps
 c-api-test:
 	tests/c/run.sh
 
+# make install PREFIX=/usr into a DESTDIR; the installed binaries and library, in a chroot of
+# it, find the bundle at their one built-in default (ci/install-test.sh; writes only there).
+install-test:
+	@mkdir -p $(TEST_LOGS)
+	ci/install-test.sh 2>&1 | tee $(TEST_LOGS)/install-test.log
+
 # Guest bundle: the cached guest kernel, the static init and the manifest (build/bundle).
 bundle:
 	firmware/build-bundle.sh $(BUILD_DIR)/bundle
@@ -148,7 +158,7 @@ fuzz-smoke:
 # the bundle pins before the long tests, so a changed bundle fails within minutes. Ends with a
 # summary: tests run outside and inside the test host, and a check that every test a plain
 # `cargo test` ignores passed in the test host (nothing skipped).
-test: test-packages check bundle-pins unit-tests c-api-test fuzz-smoke testhost-tests
+test: test-packages check bundle-pins unit-tests c-api-test install-test fuzz-smoke testhost-tests
 	@ci/test-summary.sh $(TEST_LOGS)
 
 # The main job (README.md): key broker, encrypted image, registration, confidential launch.

@@ -322,18 +322,7 @@ fn start_enter_checks_before_consuming() {
     let disk = cs(disk.to_str().unwrap());
     assert_eq!(unsafe { krun_set_root_disk(c, disk.as_ptr()) }, 0);
     assert_eq!(krun_set_vm_config(c, 4, 2048), 0);
-    // Everything checks out; the default (hardware) backend then finds this host without
-    // SEV and says which prerequisite is missing (no kvm_amd/SEV: ENODEV; a kernel without
-    // KVM_SEV_INIT2: ENOSYS; no access to /dev/kvm or /dev/sev: EACCES).
-    assert!(
-        !std::path::Path::new("/dev/sev").exists(),
-        "test assumes no SEV"
-    );
-    let r = krun_start_enter(c);
-    assert!(
-        [-libc::ENODEV, -libc::ENOSYS, -libc::EACCES].contains(&r),
-        "{r}"
-    );
-    // The launch consumed the context.
-    assert_eq!(krun_free_ctx(c), ENOENT);
+    // Everything checks out: the launch would begin, and a launch failure ends the process
+    // with status 125 (tests/host_settings.rs checks that in a child process).
+    assert_eq!(krun_free_ctx(c), 0);
 }

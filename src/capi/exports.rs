@@ -4,14 +4,15 @@ use std::ffi::c_char;
 use std::path::PathBuf;
 
 use super::strings::{str_arg, str_array};
-use super::{context, guarded, logger, CapiError};
+use super::{context, error_chain, guarded, logger, CapiError};
 use crate::launch;
 use crate::resources::{
     inherited_env, validate_env, DiskConfig, ExecConfig, MachineConfig, PortMap, Rlimit,
 };
 
-/// Sets the log level: 0 off, 1 error, 2 warn, 3 info, 4 debug, 5 trace. `RUST_LOG`, when
-/// set, takes precedence.
+/// Sets the log level: 0 off, 1 error (errors are shown at every level), 2 warn, 3 info,
+/// 4 debug, 5 trace. The host's log filter (`RUST_LOG` when the library was loaded, or
+/// `log_level` in the host configuration file), when set, takes precedence.
 #[no_mangle]
 pub extern "C" fn krun_set_log_level(level: u32) -> i32 {
     guarded("krun_set_log_level", || {
@@ -26,10 +27,13 @@ pub extern "C" fn krun_set_log_level(level: u32) -> i32 {
 pub extern "C" fn krun_create_ctx() -> i32 {
     guarded("krun_create_ctx", || {
         let id = context::create()?;
+        log::info!("{}", crate::settings::host().summary());
         // Map the guest bundle while the host's filesystem is visible (crun enters the
-        // container before krun_start_enter), if KRUN_SEV_BUNDLE_DIR changed since the
-        // library was loaded; a missing bundle is reported at launch.
+        // container before krun_start_enter), if it was not mapped when the library was
+        // loaded; a missing bundle is reported at launch. The same for the PSP model's
+        // identity.
         crate::launch::guest::map_bundle();
+        crate::tee::model::prepare();
         i32::try_from(id).map_err(|_| CapiError::TooManyContexts)
     })
 }
@@ -290,8 +294,11 @@ pub unsafe extern "C" fn krun_set_tee_config_file(ctx_id: u32, filepath: *const 
     })
 }
 
-/// Starts the microVM. Returns only on failure before the guest starts; otherwise the
-/// process exits with the workload's status when the guest shuts down.
+/// Starts the microVM. Returns (a negative errno) only when the context cannot launch: an
+/// unknown context, no TEE config, a missing or unusable disk; the context is kept. Once the
+/// launch has begun the process ends: with the workload's status when it ran, else with
+/// [`launch::LAUNCH_FAILURE_STATUS`] (125) and the reason on one line of stderr (backend,
+/// bundle, attestation, VM failures), the same under crun, podman and `krun-sev run`.
 #[no_mangle]
 pub extern "C" fn krun_start_enter(ctx_id: u32) -> i32 {
     guarded("krun_start_enter", || {
@@ -300,7 +307,10 @@ pub extern "C" fn krun_start_enter(ctx_id: u32) -> i32 {
         context::take(ctx_id)?;
         match launch::start(plan) {
             Ok(never) => match never {},
-            Err(e) => Err(CapiError::Launch(e)),
+            Err(e) => {
+                logger::launch_failed(&error_chain(&CapiError::Launch(e)));
+                std::process::exit(i32::from(launch::LAUNCH_FAILURE_STATUS));
+            }
         }
     })
 }

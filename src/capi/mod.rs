@@ -12,6 +12,7 @@ mod strings;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 pub use exports::*;
+pub(crate) use logger::always_warn;
 
 use crate::launch::LaunchError;
 use crate::resources::{PortMapError, ResourcesError, RlimitError, TeeConfigError};

@@ -1,7 +1,6 @@
 //! What a confidential launch puts into guest memory besides the bundle, shared by the launch
 //! and the measurement calculator (`krun-sev measure`) so both measure the same bytes.
 
-use std::path::Path;
 use std::sync::{Mutex, PoisonError};
 
 use krun_bundle::{Bundle, BundleError, BundleFiles};
@@ -20,26 +19,24 @@ pub const SECRET_SLOT_LEN: usize = segment::SECRET_LEN;
 /// entries. Measured.
 pub const BASE_CMDLINE: &str = "console=hvc0 quiet reboot=t panic=-1 acpi=off";
 
-/// Install location of the guest bundle: `$(LIBDIR)/krun-sev` as the Makefile passes it in
-/// `KRUN_SEV_BUNDLE_DEFAULT` at build time, else the default prefix's. `KRUN_SEV_BUNDLE_DIR`
-/// overrides it at run time.
-pub const DEFAULT_BUNDLE_DIR: &str = match option_env!("KRUN_SEV_BUNDLE_DEFAULT") {
-    Some(dir) => dir,
-    None => "/usr/local/lib/krun-sev",
-};
+/// Install location of the guest bundle: `$(LIBDIR)/krun-sev` as the Makefile exports it in
+/// `KRUN_SEV_BUNDLE_DEFAULT` to every build, else the default prefix's (`build.rs`). The
+/// host's settings (`crate::settings`) override it.
+pub const DEFAULT_BUNDLE_DIR: &str = env!("KRUN_SEV_BUNDLE_DEFAULT_DIR");
 
-/// The bundle directory in effect.
+/// The bundle directory in effect: the host's setting (`KRUN_SEV_BUNDLE_DIR` when the library
+/// was loaded, else `bundle_dir` of the host configuration file, else [`DEFAULT_BUNDLE_DIR`]).
 pub fn bundle_dir() -> std::path::PathBuf {
-    krun_bundle::bundle_dir(Path::new(DEFAULT_BUNDLE_DIR))
+    crate::settings::host().bundle_dir.value.clone()
 }
 
 /// The bundle mapped when the library was loaded or a context created
 /// ([`super::bundle_map`]).
 static MAPPED: Mutex<Option<MappedBundle>> = Mutex::new(None);
 
-/// Maps the bundle in effect now, unless it is mapped already. Runs when the library is
-/// loaded (crun dlopens it on the host) and again at `krun_create_ctx` in case
-/// `KRUN_SEV_BUNDLE_DIR` changed in between. Cheap: no file is read.
+/// Maps the bundle, unless it is mapped already. Runs when the library is loaded (crun
+/// dlopens it on the host) and again at `krun_create_ctx` in case the bundle was installed
+/// in between. Cheap: no file is read.
 pub fn map_bundle() {
     let dir = bundle_dir();
     let mut slot = MAPPED.lock().unwrap_or_else(PoisonError::into_inner);
@@ -52,8 +49,8 @@ pub fn map_bundle() {
     *slot = Some(MappedBundle::map(&dir));
 }
 
-/// The bundle for a launch, checked against its manifest: from the mapping when it is of
-/// the directory in effect, else read from the directory now.
+/// The bundle for a launch, checked against its manifest: from the mapping, else read from
+/// the directory now.
 pub fn load_bundle() -> Result<Bundle, BundleError> {
     let dir = bundle_dir();
     let slot = MAPPED.lock().unwrap_or_else(PoisonError::into_inner);

@@ -148,6 +148,13 @@ fn check_disk(disk: &DiskConfig) -> Result<(), LaunchError> {
     Ok(())
 }
 
+/// Exit status of a process whose microVM could not start or attest, so the workload never
+/// ran: podman's convention for a failure of the runtime itself (126 and 127 mean the
+/// command could not be run, anything else may be the workload's own status). The guest init
+/// reports the same status for its own failures (firmware/init/src/exit.rs), and `krun-sev
+/// run` exits with it when the library returns.
+pub const LAUNCH_FAILURE_STATUS: u8 = 125;
+
 /// Boots the planned VM and never returns on success: the process exits with the
 /// workload's status.
 pub fn start(plan: LaunchPlan) -> Result<Infallible, LaunchError> {

@@ -578,7 +578,7 @@ pub(crate) fn run(plan: LaunchPlan) -> Result<u8, LaunchError> {
     };
     let mode = TeeMode::from_kind(tee.tee);
     let (vcpu_model, binding) = declared(tee)?;
-    let backend_kind = Backend::from_env().map_err(LaunchError::Tee)?;
+    let backend_kind = Backend::configured().map_err(LaunchError::Tee)?;
     // The hardware prerequisites are checked before anything else happens.
     let hardware = match backend_kind {
         Backend::Hardware => {
@@ -630,14 +630,12 @@ pub(crate) fn run(plan: LaunchPlan) -> Result<u8, LaunchError> {
     let (backend, identity): (Box<dyn LaunchBackend>, _) = match hardware {
         Some(hw) => (Box::new(hw), None),
         None => {
-            let id = model::load_or_create(&model::identity_dir()).map_err(LaunchError::Tee)?;
+            let id = model::launch_identity().map_err(LaunchError::Tee)?;
             (Box::new(ModelBackend::new(id.clone(), mode)), Some(id))
         }
     };
     // KRUN_SEV_DUMP_UPDATES: the launch updates with their bytes go to that file (tee::dump).
-    let dump_path = std::env::var_os(dump::DUMP_ENV)
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from);
+    let dump_path = crate::settings::host().dump_updates.clone();
     let (backend, dump) = match dump_path {
         Some(path) => {
             let recorder = Recorder::with_updates(backend);
@@ -723,8 +721,11 @@ pub(crate) fn run(plan: LaunchPlan) -> Result<u8, LaunchError> {
     match Vmm::run(config) {
         Ok(status) => Ok(status.0),
         Err(VmmError::NoExitStatus { reason }) => {
-            log::error!("guest stopped without an exit status ({reason:?}); exiting with 1");
-            Ok(1)
+            log::error!(
+                "guest stopped without an exit status ({reason:?}); exiting with {}",
+                super::LAUNCH_FAILURE_STATUS
+            );
+            Ok(super::LAUNCH_FAILURE_STATUS)
         }
         Err(e) => Err(LaunchError::Vmm(e)),
     }

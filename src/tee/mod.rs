@@ -31,15 +31,21 @@ pub mod vmsa;
 
 use crate::resources::TeeKind;
 
-/// Environment variable selecting the backend (`docs/interfaces.md`).
-pub const BACKEND_ENV: &str = "KRUN_SEV_BACKEND";
+/// Environment variable selecting the backend (`docs/interfaces.md`), read when the library
+/// is loaded (`crate::settings`).
+pub const BACKEND_ENV: &str = crate::settings::BACKEND_ENV;
 
 /// Errors of the TEE layer.
 #[derive(Debug, thiserror::Error)]
 pub enum TeeError {
-    /// `KRUN_SEV_BACKEND` has an unknown value.
-    #[error("KRUN_SEV_BACKEND must be \"hardware\" or \"model\"")]
-    BadBackend,
+    /// The backend setting has an unknown value.
+    #[error("the backend {value:?} (from the {origin}) must be \"hardware\" or \"model\" (KRUN_SEV_BACKEND or backend in the host configuration file)")]
+    BadBackend {
+        /// The value.
+        value: String,
+        /// Where it was set.
+        origin: crate::settings::Source,
+    },
     /// A host prerequisite of the hardware backend is missing.
     #[error("SEV hardware backend unavailable")]
     Prerequisite(#[source] hardware::probe::MissingPrerequisite),
@@ -171,16 +177,23 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// From `KRUN_SEV_BACKEND` (default `hardware`); never falls back.
-    pub fn from_env() -> Result<Self, TeeError> {
-        Self::parse(std::env::var(BACKEND_ENV).ok().as_deref())
+    /// The host's setting (`KRUN_SEV_BACKEND` when the library was loaded, else `backend` of
+    /// the host configuration file, else `hardware`); never falls back.
+    pub fn configured() -> Result<Self, TeeError> {
+        Self::from_setting(&crate::settings::host().backend)
     }
 
-    fn parse(value: Option<&str>) -> Result<Self, TeeError> {
-        match value {
-            None | Some("") | Some("hardware") => Ok(Backend::Hardware),
-            Some("model") => Ok(Backend::Model),
-            Some(_) => Err(TeeError::BadBackend),
+    fn from_setting(
+        setting: &crate::settings::Setting<crate::settings::BackendChoice>,
+    ) -> Result<Self, TeeError> {
+        use crate::settings::BackendChoice;
+        match &setting.value {
+            BackendChoice::Hardware => Ok(Backend::Hardware),
+            BackendChoice::Model => Ok(Backend::Model),
+            BackendChoice::Invalid(value) => Err(TeeError::BadBackend {
+                value: value.clone(),
+                origin: setting.source,
+            }),
         }
     }
 }
@@ -191,12 +204,25 @@ mod tests {
 
     #[test]
     fn backend_selection_is_explicit() {
-        assert_eq!(Backend::parse(None).unwrap(), Backend::Hardware);
-        assert_eq!(Backend::parse(Some("model")).unwrap(), Backend::Model);
-        assert!(matches!(
-            Backend::parse(Some("Model")),
-            Err(TeeError::BadBackend)
-        ));
+        use crate::settings::{BackendChoice, Setting, Source};
+        let set = |value, source| Setting { value, source };
+        assert_eq!(
+            Backend::from_setting(&set(BackendChoice::Hardware, Source::Default)).unwrap(),
+            Backend::Hardware
+        );
+        assert_eq!(
+            Backend::from_setting(&set(BackendChoice::Model, Source::ConfigFile)).unwrap(),
+            Backend::Model
+        );
+        let err = Backend::from_setting(&set(
+            BackendChoice::Invalid("Model".into()),
+            Source::Environment,
+        ))
+        .unwrap_err();
+        assert!(matches!(err, TeeError::BadBackend { .. }));
+        assert!(err
+            .to_string()
+            .starts_with("the backend \"Model\" (from the environment at load) must be"));
     }
 
     #[test]

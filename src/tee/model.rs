@@ -1,24 +1,74 @@
-//! The PSP model backend: where its identity lives and the warning every model launch logs.
+//! The PSP model backend: where its identity lives and the warning every model launch shows.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use krun_psp_model::ModelIdentity;
 
 use super::TeeError;
+use crate::settings::{self, BackendChoice};
 
 /// Directory of the model's persisted identity (ARK/ASK/CEK/PEK/PDH, VCEK); overrides
-/// [`DEFAULT_MODEL_DIR`].
-pub const MODEL_DIR_ENV: &str = "KRUN_SEV_PSP_MODEL_DIR";
+/// [`DEFAULT_MODEL_DIR`] when set in the environment of the process loading the library.
+pub const MODEL_DIR_ENV: &str = settings::MODEL_DIR_ENV;
 /// Default identity directory.
-pub const DEFAULT_MODEL_DIR: &str = "/var/lib/krun-sev/psp-model";
+pub const DEFAULT_MODEL_DIR: &str = settings::DEFAULT_MODEL_DIR;
 
-/// The identity directory in effect.
+/// The identity directory in effect: the host's setting (`crate::settings`).
 pub fn identity_dir() -> PathBuf {
-    match std::env::var_os(MODEL_DIR_ENV) {
-        Some(d) if !d.is_empty() => PathBuf::from(d),
-        _ => PathBuf::from(DEFAULT_MODEL_DIR),
+    settings::host().model_dir.value.clone()
+}
+
+/// The identity read on the host side of the launch: crun closes every descriptor and
+/// `pivot_root`s into the container before `krun_start_enter`, where the host's identity
+/// directory is not visible.
+static HELD: Mutex<Option<Arc<ModelIdentity>>> = Mutex::new(None);
+
+fn held() -> std::sync::MutexGuard<'static, Option<Arc<ModelIdentity>>> {
+    HELD.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// When the library is loaded with the model backend: reads the identity into memory if
+/// [`identity_dir`] holds one (small files, no descriptor kept). A missing or unreadable one
+/// is left to [`prepare`] and the launch, which report it.
+pub fn preload() {
+    if settings::host().backend.value != BackendChoice::Model {
+        return;
     }
+    let dir = identity_dir();
+    let present = std::fs::read_dir(&dir).is_ok_and(|mut e| e.next().is_some());
+    if present {
+        if let Ok(id) = ModelIdentity::load(&dir) {
+            *held() = Some(Arc::new(id));
+        }
+    }
+}
+
+/// At `krun_create_ctx` (on the host for crun 1.21 and later) with the model backend: the
+/// identity is loaded, or created in [`identity_dir`] if there is none, unless it is held
+/// already. Failures are reported again by the launch.
+pub fn prepare() {
+    if settings::host().backend.value != BackendChoice::Model || held().is_some() {
+        return;
+    }
+    match load_or_create(&identity_dir()) {
+        Ok(id) => *held() = Some(id),
+        Err(e) => log::debug!(
+            "PSP model identity not ready at context creation: {}",
+            crate::capi::error_chain(&e)
+        ),
+    }
+}
+
+/// The identity for a model launch: the one held since load or context creation, else
+/// loaded (or created) from [`identity_dir`] now.
+pub fn launch_identity() -> Result<Arc<ModelIdentity>, TeeError> {
+    if let Some(id) = held().as_ref() {
+        return Ok(id.clone());
+    }
+    let id = load_or_create(&identity_dir())?;
+    *held() = Some(id.clone());
+    Ok(id)
 }
 
 /// Loads the identity from `dir`, or generates and saves one when `dir` does not exist or
@@ -93,12 +143,14 @@ pub fn write_trust_roots(id: &ModelIdentity, out: &Path) -> Result<(), TrustRoot
     )
 }
 
-/// Logged at every model launch.
+/// Shown on stderr at every model launch, whatever the log level.
 pub fn warn_unencrypted() {
-    log::warn!("**********************************************************************");
-    log::warn!("KRUN_SEV_BACKEND=model: the PSP model stands in for the AMD Secure Processor.");
-    log::warn!("Guest memory is NOT encrypted and NOT protected from this host. Testing only.");
-    log::warn!("**********************************************************************");
+    crate::capi::always_warn(&[
+        "**********************************************************************",
+        "backend model: the PSP model stands in for the AMD Secure Processor.",
+        "Guest memory is NOT encrypted and NOT protected from this host. Testing only.",
+        "**********************************************************************",
+    ]);
 }
 
 /// For the calculator: the persisted identity when there is one, else a throw-away one (the

@@ -3,15 +3,20 @@
  * dlopened on the host, then, inside the container after pivot_root, krun_create_ctx,
  * krun_set_log_level(1), krun_set_root_disk("/disk.img"),
  * krun_set_tee_config_file("/krun-sev.json") and krun_start_enter. chroot(ROOT) stands in for
- * pivot_root: afterwards the host's bundle directory is out of sight.
+ * pivot_root: afterwards the host's bundle directory is out of sight. Like crun, it replaces
+ * the environment after dlopen with the container's (the OCI process.env): the NAME=VALUE
+ * arguments after ROOT, none if there are none.
  *
- * Usage: crun_chroot_order ROOT. Prints START_ENTER=<negative errno> when krun_start_enter
- * returns (it does not return on success), or CALL_FAILED=<name> for an earlier failure.
+ * Usage: crun_chroot_order ROOT [NAME=VALUE...]. Prints START_ENTER=<negative errno> when
+ * krun_start_enter returns (only for a context that cannot launch: once the launch begins
+ * the process ends with the workload's status, or 125 when the launch fails), or
+ * CALL_FAILED=<name> for an earlier failure.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <unistd.h>
 
 typedef int32_t (*create_fn)(void);
@@ -21,8 +26,8 @@ typedef int32_t (*start_fn)(uint32_t);
 
 int main(int argc, char **argv)
 {
-    if (argc != 2) {
-        fprintf(stderr, "usage: %s ROOT\n", argv[0]);
+    if (argc < 2) {
+        fprintf(stderr, "usage: %s ROOT [NAME=VALUE...]\n", argv[0]);
         return 2;
     }
     void *lib = dlopen("libkrun-sev.so.1", RTLD_NOW);
@@ -38,6 +43,16 @@ int main(int argc, char **argv)
     if (!create || !level || !root_disk || !tee_config || !start) {
         fprintf(stderr, "missing symbol\n");
         return 2;
+    }
+    if (clearenv() != 0) {
+        perror("clearenv");
+        return 2;
+    }
+    for (int i = 2; i < argc; i++) {
+        if (putenv(argv[i]) != 0) {
+            perror("putenv");
+            return 2;
+        }
     }
     if (chroot(argv[1]) != 0 || chdir("/") != 0) {
         perror("chroot");

@@ -59,22 +59,75 @@ printf '{"format":1,"kernel_version":"6.12-test","nr_cpus":8,"files":{%s,%s}}' \
 head -c 4096 /dev/zero >"$work/root/disk.img"
 printf '%s' '{"tee":"snp","tee_data":"","workload_id":"w","cpus":1,"ram_mib":64,"attestation_url":""}' \
     >"$work/root/krun-sev.json"
+# chroot needs CAP_SYS_CHROOT: root, or a user namespace mapping us to root.
+as_root=()
+[ "$(id -u)" = 0 ] || as_root=(unshare --user --map-root-user)
+# A launch that begins and fails ends the process with 125 and one line saying why
+# (docs/crun-podman.md, "Exit status"); krun_start_enter does not return.
+launch_failed() { # launch_failed STATUS OUT WHAT: checks the status, the output, the one line
+    [ "$1" = 125 ] && [ -z "$2" ] && [ "$(grep -c 'krun_start_enter: cannot start the microVM' "$work/stderr")" = 1 ] \
+        || fail "$3: status $1, stdout '$2', stderr: $(cat "$work/stderr")"
+}
 chroot_run() {
-    # chroot needs CAP_SYS_CHROOT: root, or a user namespace mapping us to root.
-    local as_root=()
-    [ "$(id -u)" = 0 ] || as_root=(unshare --user --map-root-user)
     LD_LIBRARY_PATH="$libdir" KRUN_SEV_BACKEND=model KRUN_SEV_PSP_MODEL_DIR=/psp \
         KRUN_SEV_BUNDLE_DIR="$1" "${as_root[@]}" "$work/crun_chroot_order" "$work/root" 2>"$work/stderr"
 }
-out=$(chroot_run "$bundle")
-grep -q '^START_ENTER=-' <<<"$out" || fail "crun 1.8.1 order: $out $(cat "$work/stderr")"
+rc=0; out=$(chroot_run "$bundle") || rc=$?
+launch_failed "$rc" "$out" "crun 1.8.1 order"
 if grep -q 'guest bundle' "$work/stderr"; then
     fail "crun 1.8.1 order: the bundle mapped at load was not used after chroot: $(cat "$work/stderr")"
 fi
 # The control: no bundle where the library looked when it was loaded.
-out=$(chroot_run "$work/no-bundle")
-[ "$out" = "START_ENTER=-2" ] && grep -q 'cannot load the guest bundle' "$work/stderr" \
-    || fail "crun 1.8.1 order without a bundle: $out $(cat "$work/stderr")"
+rc=0; out=$(chroot_run "$work/no-bundle") || rc=$?
+launch_failed "$rc" "$out" "crun 1.8.1 order without a bundle"
+grep -q 'cannot load the guest bundle' "$work/stderr" \
+    || fail "crun 1.8.1 order without a bundle: $(cat "$work/stderr")"
 echo "crun 1.8.1 call order (dlopen on the host, every call after chroot) reaches past the bundle"
+
+# The host decides the settings, never the container (docs/crun-podman.md, "Host settings"):
+# they are taken when the library is loaded, from the loading process's environment and the
+# host configuration file (KRUN_SEV_CONFIG names it here), and what crun's process.env says
+# afterwards changes nothing. Each run replaces the environment after dlopen as crun does.
+# Model launches show the "NOT encrypted" warning at crun's log level 1.
+settings_run() { # settings_run ENV_AT_LOAD... -- CONTAINER_ENV...
+    local load=()
+    while [ "$1" != -- ]; do load+=("$1"); shift; done
+    shift
+    env -u KRUN_SEV_BACKEND -u KRUN_SEV_BUNDLE_DIR -u KRUN_SEV_PSP_MODEL_DIR -u KRUN_SEV_CONFIG \
+        -u RUST_LOG LD_LIBRARY_PATH="$libdir" "${load[@]}" \
+        "${as_root[@]}" "$work/crun_chroot_order" "$work/root" "$@" 2>"$work/stderr"
+}
+container_env=(KRUN_SEV_BACKEND=hardware "KRUN_SEV_BUNDLE_DIR=$work/no-bundle" KRUN_SEV_CONFIG=/no.conf RUST_LOG=trace)
+printf 'backend = model\nbundle_dir = %s\nmodel_dir = /psp\nlog_level = info\n' "$bundle" >"$work/krun-sev.conf"
+# 1. Everything from the host configuration file; the container asks for other values.
+rc=0; out=$(settings_run KRUN_SEV_CONFIG="$work/krun-sev.conf" -- "${container_env[@]}") || rc=$?
+launch_failed "$rc" "$out" "settings from the file"
+grep -q "bundle directory $bundle (configuration file), backend model (configuration file), PSP model identity /psp (configuration file), log filter \"info\" (configuration file)" "$work/stderr" \
+    || fail "settings from the file not used: $(cat "$work/stderr")"
+grep -q 'Guest memory is NOT encrypted' "$work/stderr" || fail "no model warning: $(cat "$work/stderr")"
+if grep -q 'guest bundle\|SEV hardware backend' "$work/stderr"; then
+    fail "the container's environment was used: $(cat "$work/stderr")"
+fi
+# 2. The loading process's environment wins over the file.
+rc=0; out=$(settings_run KRUN_SEV_CONFIG="$work/krun-sev.conf" KRUN_SEV_BACKEND=hardware -- KRUN_SEV_BACKEND=model) || rc=$?
+launch_failed "$rc" "$out" "environment at load over the file"
+grep -q 'backend hardware (environment at load)' "$work/stderr" \
+    && grep -q 'SEV hardware backend unavailable' "$work/stderr" \
+    || fail "environment at load over the file: $out $(cat "$work/stderr")"
+if grep -q 'NOT encrypted' "$work/stderr"; then fail "model used: $(cat "$work/stderr")"; fi
+# 3. Nothing at load (no file, default backend): the container's KRUN_SEV_BACKEND=model and
+#    bundle are ignored; the log level is crun's 1, so only the launch error shows.
+rc=0; out=$(settings_run KRUN_SEV_CONFIG="$work/none.conf" -- KRUN_SEV_BACKEND=model "KRUN_SEV_BUNDLE_DIR=$bundle") || rc=$?
+launch_failed "$rc" "$out" "nothing at load"
+grep -q 'SEV hardware backend unavailable' "$work/stderr" || fail "container's backend used: $out $(cat "$work/stderr")"
+grep -q "host settings: cannot read $work/none.conf" "$work/stderr" || fail "missing config not reported: $(cat "$work/stderr")"
+# 4. A bad line in the file is reported with its line number; a bad backend fails the launch.
+printf 'bundle_dir = %s\nbackend = modle\n' "$bundle" >"$work/bad.conf"
+rc=0; out=$(settings_run KRUN_SEV_CONFIG="$work/bad.conf" -- KRUN_SEV_BACKEND=model) || rc=$?
+launch_failed "$rc" "$out" "bad backend in the file"
+grep -q "host settings: $work/bad.conf line 2: .backend. is \"modle\"" "$work/stderr" \
+    && grep -q 'the backend "modle" (from the configuration file) must be' "$work/stderr" \
+    || fail "bad backend in the file: $(cat "$work/stderr")"
+echo "host settings come from the loading process and /etc/krun-sev.conf, not the container's environment"
 
 echo "installed library checks passed (SONAME $soname, $(wc -l <<<"$exported") symbols)"

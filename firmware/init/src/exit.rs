@@ -1,8 +1,10 @@
 //! Leaving the VM: the status byte on I/O port 0xf4, sync, reboot.
 //!
 //! Convention (docs/interfaces.md "Guest → host exit status"): the workload's exit code, or
-//! 128+N when it was killed by signal N. The init's own failures report
-//! [`INIT_FAILURE_STATUS`]; a workload that cannot be started reports 127 when the program
+//! 128+N when it was killed by signal N. The init's own failures (the disk key could not be
+//! obtained or attestation was refused, the disk does not unlock or mount, ...: the workload
+//! never ran) report [`INIT_FAILURE_STATUS`], 125, the status the host side uses for "the VM
+//! could not start or attest" (podman's convention for a runtime failure); a workload that cannot be started reports 127 when the program
 //! does not exist and 126 when it exists but cannot be executed (the POSIX shell and podman
 //! convention). The kernel is booted with `reboot=t`, so the reboot is a triple fault that
 //! ends the VM.
@@ -13,8 +15,9 @@ use crate::{log, sys};
 
 /// The I/O port the VMM reads the status byte from.
 pub const EXIT_STATUS_PORT: u16 = 0xf4;
-/// Status reported when the init itself fails.
-pub const INIT_FAILURE_STATUS: u8 = 1;
+/// Status reported when the init itself fails: the workload never ran (the same as the
+/// library's and `krun-sev run`'s launch failures).
+pub const INIT_FAILURE_STATUS: u8 = 125;
 /// Status reported when the workload's program exists but cannot be executed.
 pub const NOT_EXECUTABLE_STATUS: u8 = 126;
 /// Status reported when the workload's program does not exist.
@@ -104,6 +107,12 @@ mod tests {
     fn signals_map_to_128_plus_signal() {
         assert_eq!(status_from_wait(wait_status_of("kill -TERM $$")), 128 + 15);
         assert_eq!(status_from_wait(wait_status_of("kill -KILL $$")), 128 + 9);
+    }
+
+    #[test]
+    fn init_failures_are_the_launch_failure_status() {
+        // docs/interfaces.md: distinct from any usual workload status and from 126/127.
+        assert_eq!(INIT_FAILURE_STATUS, 125);
     }
 
     #[test]

@@ -222,8 +222,8 @@ cat /tmp/kbs.log
     // unnoticed, but it cannot be turned into chosen plaintext without the key.
     assert!(!out.contains("TAMPERED_RAN"), "{ctx}");
     assert_eq!(marker_values(out, "E2E_RAN_es ").len(), 1, "{ctx}");
-    assert_eq!(marker_values(out, "STATUS_HDR="), ["1"], "{ctx}");
-    assert_eq!(marker_values(out, "STATUS_FLIP="), ["1"], "{ctx}");
+    assert_eq!(marker_values(out, "STATUS_HDR="), ["125"], "{ctx}");
+    assert_eq!(marker_values(out, "STATUS_FLIP="), ["125"], "{ctx}");
     assert_eq!(
         out.matches("krun-init: mounting the root file system failed")
             .count(),
@@ -262,7 +262,9 @@ CPUS=1 ROOT=/tmp/tiny mk sev-es e2e-x /tmp/decoy1 pass-x 'true'
 CPUS=1 ROOT=/tmp/tiny mk snp e2e-y /tmp/decoy2 pass-y 'true'
 echo "SHA_BEFORE_X=$(sha /tmp/x/disk.img)"
 echo "SHA_BEFORE_Y=$(sha /tmp/y/disk.img)"
-run /tmp/x; echo "STATUS_WM_ES=$?"
+run /tmp/x 2>/tmp/wm_es.err; echo "STATUS_WM_ES=$?"
+echo "WM_ES_REASON_LINES=$(grep -c 'krun_start_enter: cannot start the microVM' /tmp/wm_es.err)"
+cat /tmp/wm_es.err
 run /tmp/y; echo "STATUS_WM_SNP=$?"
 echo "SHA_AFTER_WM_X=$(sha /tmp/x/disk.img)"
 echo "SHA_AFTER_WM_Y=$(sha /tmp/y/disk.img)"
@@ -306,17 +308,20 @@ cat /tmp/kbs.log
     // (b) wrong measurement: no key, a clear error, the workload never ran, disk unchanged.
     // SEV-ES: the host-side attestation is refused and the VM never starts.
     assert!(!out.contains("X_RAN") && !out.contains("Y_RAN"), "{ctx}");
+    // The launch-failure status, with exactly one line on stderr saying why.
     assert_eq!(marker_values(out, "STATUS_WM_ES="), ["125"], "{ctx}");
+    assert_eq!(marker_values(out, "WM_ES_REASON_LINES="), ["1"], "{ctx}");
     assert!(
         out.contains("SEV attestation with the key broker failed: attest: key broker answered HTTP 401: launch measurement is not an allowed one"),
         "{ctx}"
     );
-    // SNP: the guest's attestation is refused; the init stops with status 1.
+    // SNP: the guest's attestation is refused; the init stops with the launch-failure
+    // status, 125, like the host side.
     assert!(
         out.contains("krun-init: obtaining the disk key failed: attestation with the key broker failed: attest: key broker answered HTTP 401"),
         "{ctx}"
     );
-    assert_eq!(marker_values(out, "STATUS_WM_SNP="), ["1"], "{ctx}");
+    assert_eq!(marker_values(out, "STATUS_WM_SNP="), ["125"], "{ctx}");
     // The broker released the key exactly three times: the buildah image twice and the
     // wrong-passphrase run once.
     assert_eq!(out.matches("key released").count(), 3, "{ctx}");
@@ -332,7 +337,7 @@ cat /tmp/kbs.log
             && out.contains("no keyslot matches the passphrase"),
         "{ctx}"
     );
-    assert_eq!(marker_values(out, "STATUS_WP="), ["1"], "{ctx}");
+    assert_eq!(marker_values(out, "STATUS_WP="), ["125"], "{ctx}");
     assert_eq!(marker_values(out, "SHA_AFTER_WP_X="), x, "{ctx}");
 }
 
@@ -440,7 +445,7 @@ echo "== broker B"; cat /tmp/kbs-b.log
         out.contains("the root disk footer names workload \"bind-x\" at http://127.0.0.1:8123, but this launch was measured for workload \"bind-x\" at http://127.0.0.1:8124"),
         "{ctx}"
     );
-    assert_eq!(marker_values(out, "STATUS_XB="), ["1"], "{ctx}");
+    assert_eq!(marker_values(out, "STATUS_XB="), ["125"], "{ctx}");
     assert_eq!(
         marker_values(out, "BIND_X_RAN"),
         [""],
@@ -493,10 +498,11 @@ fn real_crun_runs_the_confidential_container() {
         host = host.file(crun.trim(), &format!("/opt/crun-{v}/krun"));
     }
     // The OCI runtime config, runtime-spec 1.0.2 (crun 1.8.1 refuses 1.2.0). No network
-    // namespace: the guest reaches the broker on the test host's 127.0.0.1. The PSP model's
-    // identity is bind-mounted, since the model reads it at launch, inside the container.
-    // KRUN_SEV_BACKEND and KRUN_SEV_PSP_MODEL_DIR are also in process.env: crun replaces the
-    // environment with it before the handler runs, and the library reads them at launch.
+    // namespace: the guest reaches the broker on the test host's 127.0.0.1. The host decides
+    // the settings: the library takes them from crun's environment when crun loads it, so
+    // the container's process.env (which crun puts in place before the handler runs) names a
+    // backend, bundle and model identity that would fail the launch, and must change nothing.
+    // The PSP model's identity stays on the host (read at load).
     let caps = [
         "CAP_CHOWN",
         "CAP_DAC_OVERRIDE",
@@ -516,7 +522,9 @@ fn real_crun_runs_the_confidential_container() {
             "terminal": false,
             "user": {"uid": 0, "gid": 0},
             "args": ["/entrypoint"],
-            "env": ["PATH=/usr/bin:/bin", "KRUN_SEV_BACKEND=model", "KRUN_SEV_PSP_MODEL_DIR=/psp"],
+            "env": ["PATH=/usr/bin:/bin", "KRUN_SEV_BACKEND=hardware",
+                    "KRUN_SEV_BUNDLE_DIR=/nonexistent", "KRUN_SEV_PSP_MODEL_DIR=/nonexistent",
+                    "KRUN_SEV_CONFIG=/nonexistent.conf"],
             "cwd": "/",
             "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
             "noNewPrivileges": true,
@@ -527,7 +535,6 @@ fn real_crun_runs_the_confidential_container() {
             {"destination": "/proc", "type": "proc", "source": "proc"},
             {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
              "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-            {"destination": "/psp", "type": "bind", "source": "/psp", "options": ["rbind", "ro"]},
         ],
         "linux": {
             "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
@@ -560,8 +567,8 @@ mkdir -p /oci-12/rootfs && cp /config12.json /oci-12/config.json && cp /oci-ok/r
 /opt/crun-1.8.1/krun --cgroup-manager=cgroupfs run --no-pivot --bundle /oci-12 c-12 </dev/null >/dev/null 2>/tmp/err
 echo "STATUS_SPEC12=$?"
 sed "s/^/STDERR_SPEC12: /" /tmp/err
-# crun's own environment has KRUN_SEV_BACKEND and KRUN_SEV_PSP_MODEL_DIR (PRELUDE), not
-# KRUN_SEV_BUNDLE_DIR; the launch reads the first two from the config's process.env today.
+# crun's own environment has KRUN_SEV_BACKEND=model and KRUN_SEV_PSP_MODEL_DIR (PRELUDE), not
+# KRUN_SEV_BUNDLE_DIR: the library reads them when crun loads it, on the host.
 for v in {versions}; do
   /opt/crun-$v/krun --version | sed "s/^/VERSION_$v: /"
   for img in ok three; do

@@ -255,13 +255,14 @@ boot --root /tmp/csluks2.img --host-json /cfg/good.json; echo "STATUS_CSLUKS2=$?
         "{ctx}"
     );
 
-    // Wrong passphrase: a clear unlock error, status 1, the disk untouched.
+    // Wrong passphrase: a clear unlock error, status 125 (the workload never ran), the disk
+    // untouched.
     assert!(
         out.contains("krun-init: unlocking the LUKS root disk failed")
             && out.contains("no keyslot matches the passphrase"),
         "{ctx}"
     );
-    assert_eq!(marker_values(out, "STATUS_BAD="), ["1"], "{ctx}");
+    assert_eq!(marker_values(out, "STATUS_BAD="), ["125"], "{ctx}");
     let before = marker_values(out, "SHA_BEFORE_BAD=");
     assert_eq!(before.len(), 1, "{ctx}");
     assert_eq!(marker_values(out, "SHA_AFTER_BAD="), before, "{ctx}");

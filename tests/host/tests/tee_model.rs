@@ -109,7 +109,7 @@ fn model_launches_reach_the_init() {
         .save(&psp)
         .unwrap();
     // An empty ext4 disk: the init reaches the key-source step and stops there (no LUKS
-    // image, no broker), reporting status 1 through the exit port.
+    // image, no broker), reporting the launch-failure status 125 through the exit port.
     let disk = dir.path().join("disk.img");
     fs::File::create(&disk).unwrap().set_len(16 << 20).unwrap();
     assert!(Command::new("mkfs.ext4")
@@ -160,8 +160,8 @@ KRUN_SEV_BACKEND= /bin/krun-capi-run /disks/disk.img /cfg/snp.json 3 </dev/null;
         ["SevEs, no key broker", "Snp, no key broker"],
         "{ctx}"
     );
-    assert_eq!(marker(out, "STATUS_sev-es="), ["1"], "{ctx}");
-    assert_eq!(marker(out, "STATUS_snp="), ["1"], "{ctx}");
+    assert_eq!(marker(out, "STATUS_sev-es="), ["125"], "{ctx}");
+    assert_eq!(marker(out, "STATUS_snp="), ["125"], "{ctx}");
     // The hardware backend refuses clearly instead of falling back.
     assert!(out.contains("SEV hardware backend unavailable"), "{ctx}");
     assert_eq!(marker(out, "STATUS_HW="), ["125"], "{ctx}");
