@@ -309,13 +309,18 @@ int32_t krun_set_tee_config_file(uint32_t ctx_id, const char *filepath);
  *  "ctx_id" - the configuration context ID.
  *
  * Returns:
- *  Only on failure before the guest starts, with a negative errno: -ENODEV, -EACCES or
- *  -ENOSYS when a host prerequisite of the SEV hardware backend is missing (no KVM or SEV,
- *  no access to /dev/kvm or /dev/sev, a kernel without KVM_SEV_INIT2/guest_memfd; the log
- *  names it), -ENOENT when the guest bundle cannot be read, -EIO when a launch step fails.
- *  KRUN_SEV_BACKEND=model selects the PSP model instead (no memory encryption). Otherwise the calling process exits when the guest shuts down, with
- *  the workload's exit status: 0-255, or 128+N when the workload was killed by signal N; 1
- *  when the guest stopped without reporting a status (the log says why).
+ *  Only when the context cannot launch, with a negative errno: -ENOENT for an unknown
+ *  context, -EINVAL for a missing TEE config or root disk, the open's errno for a disk that
+ *  cannot be opened; the context is kept. Once the launch has begun the calling process
+ *  exits and never returns: with the workload's exit status when it ran (0-255, or 128+N when
+ *  the workload was killed by signal N), and with 125 when the microVM could not start or
+ *  attest (a missing host prerequisite of the SEV hardware backend, an unreadable guest
+ *  bundle, a refused attestation, a failed launch step, or a guest that stopped without
+ *  reporting a status), after one line on stderr saying why, whatever the log level. The
+ *  backend, bundle, PSP model identity and log filter are the host settings captured when
+ *  the library was loaded (docs/crun-podman.md, "Host settings"): KRUN_SEV_BACKEND=model in
+ *  the loading process's environment or /etc/krun-sev.conf selects the PSP model (no memory
+ *  encryption).
  */
 int32_t krun_start_enter(uint32_t ctx_id);
 
