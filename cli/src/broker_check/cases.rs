@@ -78,6 +78,17 @@ pub const CASES: &[Case] = &[
         run: |c| c.flow(|f| f.vmpl = 1),
     },
     Case {
+        name: "other-chip-id",
+        changes: "CHIP_ID differs from the chip whose VCEK signs the report (first byte)",
+        why: "a report names the chip it comes from; a VCEK of another chip must not vouch for \
+              it, or evidence signed on one machine could claim to be from any other",
+        rests_on: "ATTESTATION_REPORT.CHIP_ID (0x1A0) against the VCEK's hwID extension \
+                   (1.3.6.1.4.1.3704.1.4)",
+        expect: Expect::Refused,
+        closed_ok: false,
+        run: |c| c.flow(|f| f.chip_id[0] ^= 0xff),
+    },
+    Case {
         name: "report-version-1",
         changes: "VERSION is 1",
         why: "version 1 reports predate fields the checks rely on (reported TCB semantics); \
