@@ -6,28 +6,12 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 
 /// The launch digest the workload is registered with; the model signs reports carrying it.
 const MEASUREMENT: [u8; 48] = [0x5c; 48];
 
 /// The `krun-kbs` binary of this workspace, built on demand.
-fn krun_kbs_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("krun-kbs");
-    if !bin.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-q", "-p", "krun-kbs", "--manifest-path"])
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml"))
-            .status()
-            .unwrap();
-        assert!(status.success(), "cargo build -p krun-kbs failed");
-    }
-    bin
-}
-
 fn krun_sev(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_krun-sev"))
         .args(args)
@@ -56,7 +40,7 @@ impl Kbs {
         let db = dir.path().join("kbs.db");
         let pass = dir.path().join("passphrase");
         std::fs::write(&pass, "broker-check passphrase").unwrap();
-        let add = Command::new(krun_kbs_bin())
+        let add = Command::new(support::krun_kbs_bin())
             .arg("--db")
             .arg(&db)
             .args([
@@ -75,26 +59,16 @@ impl Kbs {
             .output()
             .unwrap();
         assert!(add.status.success(), "{add:?}");
-        let mut child = Command::new(krun_kbs_bin())
-            .args(["--listen", "127.0.0.1:0", "--db"])
-            .arg(&db)
-            .arg("--trust-root")
-            .arg(trust.join("roots.pem"))
-            .arg("--vcek-dir")
-            .arg(trust.join("vcek"))
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("krun-kbs listening on ")
-            .unwrap_or_else(|| panic!("unexpected broker output {line:?}"))
-            .to_owned();
+        let (child, url) = support::spawn_kbs(
+            Command::new(support::krun_kbs_bin())
+                .args(["--listen", "127.0.0.1:0", "--db"])
+                .arg(&db)
+                .arg("--trust-root")
+                .arg(trust.join("roots.pem"))
+                .arg("--vcek-dir")
+                .arg(trust.join("vcek"))
+                .env("RUST_LOG", "error"),
+        );
         Kbs {
             child,
             url,

@@ -13,20 +13,6 @@ use std::process::{Child, Command, Output, Stdio};
 const TOKEN: &str = "cli-test-admin-token";
 
 /// The `krun-kbs` binary of this workspace, built on demand.
-fn krun_kbs_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("krun-kbs");
-    if !bin.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-q", "-p", "krun-kbs", "--manifest-path"])
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml"))
-            .status()
-            .unwrap();
-        assert!(status.success(), "cargo build -p krun-kbs failed");
-    }
-    bin
-}
-
 /// A running broker with an admin token; killed on drop.
 struct Kbs {
     child: Child,
@@ -40,24 +26,14 @@ impl Kbs {
         let token_file = dir.join("token");
         fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
         let db = dir.join("kbs.db");
-        let mut child = Command::new(krun_kbs_bin())
-            .args(["--listen", "127.0.0.1:0", "--db"])
-            .arg(&db)
-            .arg("--admin-token-file")
-            .arg(&token_file)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("krun-kbs listening on ")
-            .unwrap_or_else(|| panic!("unexpected broker output {line:?}"))
-            .to_owned();
+        let (child, url) = support::spawn_kbs(
+            Command::new(support::krun_kbs_bin())
+                .args(["--listen", "127.0.0.1:0", "--db"])
+                .arg(&db)
+                .arg("--admin-token-file")
+                .arg(&token_file)
+                .env("RUST_LOG", "warn"),
+        );
         Kbs {
             child,
             url,
@@ -68,7 +44,7 @@ impl Kbs {
 
     /// `krun-kbs workload list` as JSON.
     fn workloads(&self) -> serde_json::Value {
-        let out = Command::new(krun_kbs_bin())
+        let out = Command::new(support::krun_kbs_bin())
             .arg("--db")
             .arg(&self.db)
             .args(["workload", "list"])
@@ -305,7 +281,7 @@ fn model_trust_roots_configure_krun_kbs() {
         id.sev_chain_bytes()
     );
     // The broker accepts all three as trust configuration.
-    let mut child = Command::new(krun_kbs_bin())
+    let mut child = Command::new(support::krun_kbs_bin())
         .args(["--listen", "127.0.0.1:0", "--db"])
         .arg(dir.path().join("kbs.db"))
         .arg("--sev-trust-root")
