@@ -15,6 +15,16 @@ pub const DEFAULT_MAX_SESSIONS: usize = 10_000;
 /// Default cap on connections served at once; further clients wait in the listen backlog.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 
+/// Default number of request handlers running at once on the blocking pool: twice the
+/// CPUs (at least 4). Handlers are CPU-bound (signatures, key agreement) with short waits on
+/// SQLite and session locks; more threads than this only add memory and switching.
+pub fn default_blocking_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(2, std::num::NonZero::get)
+        .saturating_mul(2)
+        .clamp(4, 64)
+}
+
 /// How the broker behaves.
 #[derive(Clone)]
 pub struct BrokerConfig {
@@ -31,6 +41,9 @@ pub struct BrokerConfig {
     pub min_tcb: MinTcb,
     /// Minimum SEV firmware for workloads without one of their own (`--min-sev-fw`).
     pub min_sev_fw: SevFirmware,
+    /// Request handlers running at once on the blocking pool (`--blocking-threads`); further
+    /// requests wait their turn without holding a thread.
+    pub blocking_threads: usize,
 }
 
 impl std::fmt::Debug for BrokerConfig {
@@ -44,6 +57,7 @@ impl std::fmt::Debug for BrokerConfig {
             .field("default_snp", &self.default_snp)
             .field("min_tcb", &self.min_tcb)
             .field("min_sev_fw", &self.min_sev_fw)
+            .field("blocking_threads", &self.blocking_threads)
             .finish()
     }
 }
@@ -59,6 +73,7 @@ impl Default for BrokerConfig {
             default_snp: SnpRequirements::default(),
             min_tcb: MinTcb::default(),
             min_sev_fw: SevFirmware::default(),
+            blocking_threads: default_blocking_threads(),
         }
     }
 }

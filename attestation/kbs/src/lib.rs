@@ -12,6 +12,7 @@ pub mod serve;
 pub mod sessions;
 pub mod testkit;
 pub mod unbound;
+pub mod verified;
 pub mod verify_sev;
 pub mod verify_snp;
 

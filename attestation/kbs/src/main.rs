@@ -78,6 +78,10 @@ struct Cli {
     /// one ends (each connection lives at most 120 s and must send its headers within 10 s).
     #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = parse_positive)]
     max_connections: usize,
+    /// Request handlers running at once (signature checks, key agreement, database); further
+    /// requests wait their turn. Default: twice the CPUs, at least 4.
+    #[arg(long, value_parser = parse_positive)]
+    blocking_threads: Option<usize>,
     /// Largest request body in bytes.
     #[arg(long, default_value_t = DEFAULT_BODY_LIMIT)]
     body_limit: usize,
@@ -374,7 +378,11 @@ fn serve(cli: &Cli, listen: SocketAddr) -> Result<(), MainError> {
         },
         min_tcb: cli.min_tcb,
         min_sev_fw: cli.min_sev_fw,
+        blocking_threads: cli
+            .blocking_threads
+            .unwrap_or_else(krun_kbs::config::default_blocking_threads),
     };
+    let blocking_threads = config.blocking_threads;
     if config.insecure_registration {
         tracing::warn!("unauthenticated workload registration is enabled");
     }
@@ -426,6 +434,7 @@ fn serve(cli: &Cli, listen: SocketAddr) -> Result<(), MainError> {
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(blocking_threads)
         .build()
         .map_err(MainError::Runtime)?;
     rt.block_on(async move {

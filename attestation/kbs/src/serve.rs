@@ -97,7 +97,10 @@ pub async fn run(
             // Held until the connection ends.
             let _slot = slot;
             let mut http = hyper::server::conn::http1::Builder::new();
+            // Keep-alive: a client may send its /auth, /attest and key requests on one
+            // connection (each connection still ends after CONNECTION_TIMEOUT).
             http.timer(TokioTimer::new())
+                .keep_alive(true)
                 .header_read_timeout(HEADER_TIMEOUT);
             let served = match acceptor {
                 Some(acceptor) => {

@@ -1,10 +1,12 @@
 //! Legacy SEV/SEV-ES pre-attestation with the sev crate's owner `Session`: the LAUNCH_START
 //! parameters for `/auth`, the measurement check for `/attest`, the secret packet for `/key`.
 
+use std::sync::Arc;
+
 use openssl::hash::MessageDigest;
 use openssl::pkey::PKey;
 use openssl::sign::Signer;
-use sev::certs::sev::Chain;
+use sev::certs::sev::{sev::Certificate as SevCertificate, Chain, Verifiable};
 use sev::firmware::host::{Build, Version};
 use sev::launch::sev::{HeaderFlags, Measurement, Policy, PolicyFlags};
 use sev::parser::{Decoder, Encoder};
@@ -16,6 +18,7 @@ use krun_attestation::reference::{
 
 use crate::db::SevFirmware;
 use crate::refusal::Refusal;
+use crate::verified::{self, VerifiedCache};
 
 /// AMD processor generations whose legacy SEV ARK is trusted only when asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -59,12 +62,16 @@ struct TrustedArk {
 
 /// AMD SEV ARKs the broker trusts (the header and public key of each, without the
 /// signature): AMD's Milan, Genoa and Turin ARKs always, Naples and Rome only when allowed,
-/// and the ARKs given with `--sev-trust-root`.
+/// and the ARKs given with `--sev-trust-root`. Chains that verified are remembered by their
+/// bytes and these roots (their PDH, which owner sessions are started with).
 #[derive(Debug, Clone)]
 pub struct SevTrust {
     trusted: Vec<TrustedArk>,
     /// Known AMD roots that are not trusted here, to name them in the refusal.
     refused: Vec<(LegacySevGeneration, Vec<u8>)>,
+    /// SHA-256 over the trusted roots: part of every cache key.
+    fingerprint: verified::Key,
+    chains: Arc<VerifiedCache<SevCertificate>>,
 }
 
 /// The identity part of an AMD CA certificate: everything before the signature.
@@ -109,7 +116,43 @@ impl SevTrust {
         for (i, ark) in extra.iter().enumerate() {
             add(&format!("sev-trust-root #{}", i + 1), ark);
         }
-        SevTrust { trusted, refused }
+        let identities: Vec<&[u8]> = trusted.iter().map(|t| t.identity.as_slice()).collect();
+        SevTrust {
+            fingerprint: verified::key(&identities),
+            trusted,
+            refused,
+            chains: Arc::default(),
+        }
+    }
+
+    /// These roots, remembering verified chains in `other`'s cache (whose keys name the
+    /// roots they were verified under).
+    pub fn sharing_cache(mut self, other: &SevTrust) -> Self {
+        self.chains = other.chains.clone();
+        self
+    }
+
+    /// Number of verified chains remembered.
+    pub fn remembered(&self) -> usize {
+        self.chains.len()
+    }
+
+    /// The PDH of `chain` (raw bytes `bytes`) once the whole chain verifies: ARK self-signed,
+    /// ARK → ASK → CEK, OCA self-signed, OCA and CEK → PEK → PDH. Remembered per chain bytes
+    /// and trusted roots.
+    fn verified_pdh(&self, bytes: &[u8]) -> Result<SevCertificate, Refusal> {
+        let key = verified::key(&[&self.fingerprint, bytes]);
+        if let Some(pdh) = self.chains.get(&key) {
+            return Ok(pdh);
+        }
+        let chain = Chain::decode(&mut &bytes[..], ()).map_err(|_| {
+            Refusal::bad_request("SevCertChain", "certificate chain cannot be decoded")
+        })?;
+        let pdh = *(&chain)
+            .verify()
+            .map_err(|_| refuse("SevCertChain", "certificate chain does not verify"))?;
+        self.chains.insert(key, pdh);
+        Ok(pdh)
     }
 
     /// Which trusted root `ark` is, or why it is refused.
@@ -166,7 +209,9 @@ fn refuse(kind: &'static str, detail: &str) -> Refusal {
     Refusal::unauthorized(kind, detail)
 }
 
-/// `/auth`: checks the platform chain and creates the owner session for `policy_word`.
+/// `/auth`: checks the platform chain (its root every time, its signatures once per chain
+/// and set of roots) and creates the owner session for `policy_word`: a new owner DH key,
+/// transport keys and their wrapping keys for this session only.
 pub fn start(
     chain: &SevCertChain,
     policy_word: u32,
@@ -174,15 +219,13 @@ pub fn start(
 ) -> Result<(Session<Initialized>, SevStart), Refusal> {
     let root = trust.root_of(&chain.ca.ark)?;
     tracing::debug!(root, "SEV chain root");
-    let bytes = chain.to_bytes();
-    let chain = Chain::decode(&mut bytes.as_slice(), ())
-        .map_err(|_| Refusal::bad_request("SevCertChain", "certificate chain cannot be decoded"))?;
+    let pdh = trust.verified_pdh(&chain.to_bytes())?;
     let policy = policy_of(policy_word);
     let session = Session::try_from(policy)
         .map_err(|_| Refusal::internal("no hardware random numbers for the owner session"))?;
     let start = session
-        .start(chain)
-        .map_err(|_| refuse("SevCertChain", "certificate chain does not verify"))?;
+        .start_pdh(pdh)
+        .map_err(|_| refuse("SevCertChain", "platform DH key is not usable"))?;
     let mut cert = Vec::with_capacity(reference::SEV_CERT_LEN);
     start
         .cert
@@ -397,8 +440,13 @@ mod tests {
             b"0123456789abcdef"
         );
 
-        // A measurement of other contents is refused.
-        let (session, wire) = start(&platform.chain, ES_POLICY, &trust).unwrap();
+        // A measurement of other contents is refused (this session's chain came from the
+        // cache, its owner key and transport keys are new).
+        let (session, wire2) = start(&platform.chain, ES_POLICY, &trust).unwrap();
+        assert_eq!(trust.remembered(), 1);
+        assert_ne!(wire2.cert, wire.cert, "a new owner DH key per session");
+        assert_ne!(wire2.session.wrap_tk, wire.session.wrap_tk);
+        let wire = wire2;
         let mut guest = platform.launch_start(&wire).unwrap();
         guest.update(b"tampered");
         let msr = guest.measure().unwrap();
@@ -406,6 +454,38 @@ mod tests {
             .err()
             .unwrap();
         assert_eq!(err.kind, "SevMeasurement");
+    }
+
+    #[test]
+    fn remembered_chains_serve_only_the_same_bytes_under_the_same_roots() {
+        let platform = FakeSevPlatform::new().unwrap();
+        let trust = SevTrust::new(vec![platform.ark().to_vec()], &[]);
+        start(&platform.chain, ES_POLICY, &trust).unwrap();
+        start(&platform.chain, ES_POLICY, &trust).unwrap();
+        assert_eq!(trust.remembered(), 1);
+        // A changed chain (PEK key bits) with the good one remembered: verified, refused.
+        let mut bad = platform.chain.clone();
+        bad.sev.pek[0x20] ^= 1;
+        assert_eq!(start_err(&bad, &trust), "SevCertChain");
+        // A changed PDH: refused, not served as the remembered chain's PDH.
+        let mut bad = platform.chain.clone();
+        bad.sev.pdh[0x20] ^= 1;
+        assert_eq!(start_err(&bad, &trust), "SevCertChain");
+        assert_eq!(trust.remembered(), 1);
+        // The same cache under roots without this ARK: refused.
+        let amd_only = SevTrust::new(vec![], &[]).sharing_cache(&trust);
+        assert_eq!(start_err(&platform.chain, &amd_only), "SevCertChain");
+        // Under another set of roots that still trusts it, the chain is verified afresh
+        // (a new entry), not served from the other roots' entry.
+        let other = FakeSevPlatform::new().unwrap();
+        let more = SevTrust::new(vec![platform.ark().to_vec(), other.ark().to_vec()], &[])
+            .sharing_cache(&trust);
+        start(&platform.chain, ES_POLICY, &more).unwrap();
+        assert_eq!(trust.remembered(), 2);
+        // A chain whose CEK is signed by another ASK under the trusted ARK does not verify.
+        let mut mixed = platform.chain.clone();
+        mixed.ca.ask = other.chain.ca.ask.clone();
+        assert_eq!(start_err(&mixed, &trust), "SevCertChain");
     }
 
     fn good_digest() -> Vec<u8> {

@@ -2,6 +2,7 @@
 //! report-data binding, and the workload's policy requirements.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use openssl::x509::X509;
 use sev::certs::snp::Verifiable;
@@ -10,6 +11,7 @@ use sev::firmware::host::{CertTableEntry, CertType};
 
 use crate::db::{MinTcb, SnpRequirements};
 use crate::refusal::Refusal;
+use crate::verified::{self, VerifiedCache};
 
 /// Errors loading trust configuration.
 #[derive(Debug, thiserror::Error)]
@@ -86,11 +88,16 @@ impl TrustRoot {
     }
 }
 
-/// Verifies SNP reports against configured roots and a local VCEK directory.
+/// Verifies SNP reports against configured roots and a local VCEK directory. Certificate
+/// signatures that verified (ARK → ASK, ASK → VCEK) are remembered by the exact bytes of both
+/// certificates and the roots in effect; the report's own signature is checked every time.
 #[derive(Debug, Clone)]
 pub struct SnpVerifier {
     roots: Vec<TrustRoot>,
     vcek_dir: Option<PathBuf>,
+    /// SHA-256 over the roots' certificates: part of every cache key.
+    fingerprint: verified::Key,
+    edges: Arc<VerifiedCache<()>>,
 }
 
 fn cert_from_bytes(data: &[u8]) -> Option<X509> {
@@ -103,7 +110,46 @@ fn refuse(kind: &'static str, detail: impl Into<String>) -> Refusal {
 
 impl SnpVerifier {
     pub fn new(roots: Vec<TrustRoot>, vcek_dir: Option<PathBuf>) -> Self {
-        SnpVerifier { roots, vcek_dir }
+        let ders: Vec<Vec<u8>> = roots
+            .iter()
+            .flat_map(|r| std::iter::once(&r.ark).chain(r.ask.as_ref()))
+            .map(|c| c.to_der().unwrap_or_default())
+            .collect();
+        let parts: Vec<&[u8]> = ders.iter().map(Vec::as_slice).collect();
+        SnpVerifier {
+            fingerprint: verified::key(&parts),
+            roots,
+            vcek_dir,
+            edges: Arc::default(),
+        }
+    }
+
+    /// These roots, remembering verified signatures in `other`'s cache (whose keys name the
+    /// roots they were verified under).
+    pub fn sharing_cache(mut self, other: &SnpVerifier) -> Self {
+        self.edges = other.edges.clone();
+        self
+    }
+
+    /// Number of verified certificate signatures remembered.
+    pub fn remembered(&self) -> usize {
+        self.edges.len()
+    }
+
+    /// [`signed_by`], remembered when it holds.
+    fn signed_by_cached(&self, cert: &X509, signer: &X509) -> bool {
+        let (Ok(c), Ok(s)) = (cert.to_der(), signer.to_der()) else {
+            return false;
+        };
+        let key = verified::key(&[&self.fingerprint, &s, &c]);
+        if self.edges.get(&key).is_some() {
+            return true;
+        }
+        let ok = signed_by(cert, signer);
+        if ok {
+            self.edges.insert(key, ());
+        }
+        ok
     }
 
     /// VCEK files named by chip id: `<hex of 64-byte CHIP_ID>.{der,pem,crt}`, or for Turin
@@ -168,8 +214,8 @@ impl SnpVerifier {
         let mut chained = false;
         for root in &self.roots {
             let asks = root.ask.iter().chain(evidence_asks.iter());
-            for ask in asks.filter(|ask| signed_by(ask, &root.ark)) {
-                for vcek in vceks.iter().filter(|v| signed_by(v, ask)) {
+            for ask in asks.filter(|ask| self.signed_by_cached(ask, &root.ark)) {
+                for vcek in vceks.iter().filter(|v| self.signed_by_cached(v, ask)) {
                     chained = true;
                     let cert = sev::certs::snp::Certificate::from(vcek.clone());
                     if (&cert, report).verify().is_ok() {
@@ -294,6 +340,82 @@ mod tests {
         // No VCEK anywhere.
         assert_eq!(
             trusted.verify_report(&report, &[], &rd).unwrap_err().kind,
+            "SnpCertChain"
+        );
+    }
+
+    #[test]
+    fn remembered_signatures_serve_only_the_same_certificates_under_the_same_roots() {
+        let fake = FakeSnp::new().unwrap();
+        let other = FakeSnp::new().unwrap();
+        let rd = [7u8; 64];
+        let report = fake.report(rd, [1; 48], 0x30000).unwrap();
+        let certs = fake.cert_table();
+        let trusted = SnpVerifier::new(vec![fake.trust_root()], None);
+        trusted.verify_report(&report, &certs, &rd).unwrap();
+        // ARK -> ASK and ASK -> VCEK.
+        assert_eq!(trusted.remembered(), 2);
+        trusted.verify_report(&report, &certs, &rd).unwrap();
+        assert_eq!(
+            trusted.remembered(),
+            2,
+            "second report served from the cache"
+        );
+        // The report's own signature is still checked with everything remembered.
+        let mut bad = report;
+        bad.measurement[0] ^= 1;
+        assert_eq!(
+            trusted.verify_report(&bad, &certs, &rd).unwrap_err().kind,
+            "SnpSignature"
+        );
+        // Same cache, the root removed: refused.
+        let amd = SnpVerifier::new(TrustRoot::builtin().unwrap(), None).sharing_cache(&trusted);
+        assert_eq!(
+            amd.verify_report(&report, &certs, &rd).unwrap_err().kind,
+            "SnpCertChain"
+        );
+        // Same cache, the roots extended: the remembered results are not used, the chain is
+        // verified again under the new set (and holds).
+        let both = SnpVerifier::new(vec![fake.trust_root(), other.trust_root()], None)
+            .sharing_cache(&trusted);
+        let before = trusted.remembered();
+        both.verify_report(&report, &certs, &rd).unwrap();
+        assert_eq!(trusted.remembered(), before + 2);
+        // A changed chain: another platform's VCEK in place of this one's.
+        let swapped: Vec<CertTableEntry> = certs
+            .iter()
+            .map(|e| {
+                if e.cert_type == CertType::VCEK {
+                    CertTableEntry::new(CertType::VCEK, other.vcek_der())
+                } else {
+                    e.clone()
+                }
+            })
+            .collect();
+        assert_eq!(
+            trusted
+                .verify_report(&report, &swapped, &rd)
+                .unwrap_err()
+                .kind,
+            "SnpCertChain"
+        );
+        // A VCEK with one byte of its signature changed.
+        let tampered: Vec<CertTableEntry> = certs
+            .iter()
+            .map(|e| {
+                let mut data = e.data.clone();
+                if e.cert_type == CertType::VCEK {
+                    let n = data.len();
+                    data[n - 8] ^= 1;
+                }
+                CertTableEntry::new(e.cert_type.clone(), data)
+            })
+            .collect();
+        assert_eq!(
+            trusted
+                .verify_report(&report, &tampered, &rd)
+                .unwrap_err()
+                .kind,
             "SnpCertChain"
         );
     }

@@ -1,5 +1,5 @@
-//! How the server holds up: the cap on concurrent connections, and blocking work (SQLite,
-//! crypto) kept off the async runtime's worker threads.
+//! How the server holds up: the cap on concurrent connections, blocking work (SQLite,
+//! crypto) kept off the async runtime's worker threads and bounded, and keep-alive.
 
 // Helpers outside #[test] fns unwrap too: a failed step should fail the test loudly.
 #![allow(clippy::unwrap_used)]
@@ -112,4 +112,105 @@ fn a_slow_database_does_not_stall_other_requests() {
     );
     holder.execute_batch("ROLLBACK").unwrap();
     assert_eq!(writer.join().unwrap(), 200);
+}
+
+/// Reads one response (headers and a Content-Length body) from `s`; returns its status.
+fn read_response(s: &mut TcpStream) -> u16 {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).unwrap();
+    head[9..12].parse().unwrap()
+}
+
+#[test]
+fn several_requests_are_served_on_one_connection() {
+    let kbs = Kbs::start(KbsOptions {
+        admin_token: true,
+        ..Default::default()
+    });
+    let mut s = TcpStream::connect(&kbs.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    for _ in 0..3 {
+        // Handled on the blocking pool, like /auth, /attest and /key.
+        write!(
+            s,
+            "GET /kbs/v0/admin/stats HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\r\n",
+            kbs.addr
+        )
+        .unwrap();
+        assert_eq!(read_response(&mut s), 200);
+    }
+    write!(
+        s,
+        "GET /kbs/v0/nothing HTTP/1.1\r\nHost: {}\r\n\r\n",
+        kbs.addr
+    )
+    .unwrap();
+    assert_eq!(read_response(&mut s), 404);
+}
+
+#[test]
+fn handlers_beyond_the_blocking_pool_wait_their_turn() {
+    let kbs = Kbs::start(KbsOptions {
+        admin_token: true,
+        extra_args: vec!["--blocking-threads".into(), "1".into()],
+        ..Default::default()
+    });
+    // Another writer holds the database: a registration takes the pool's one slot and waits.
+    let holder = rusqlite::Connection::open(kbs.db()).unwrap();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let addr = kbs.addr.clone();
+    let writer = std::thread::spawn(move || {
+        let body = mkcw_body("slow", &hex::encode([7u8; 48]), "pw", 15);
+        let mut s = TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(
+            s,
+            "POST /kbs/v0/register_workload HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        read_response(&mut s)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let stats = format!(
+        "GET /kbs/v0/admin/stats HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nConnection: close\r\n\r\n",
+        kbs.addr
+    );
+    let mut s = TcpStream::connect(&kbs.addr).unwrap();
+    s.write_all(stats.as_bytes()).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    let mut buf = [0u8; 12];
+    let early = s.read_exact(&mut buf);
+    assert!(
+        early.is_err(),
+        "a second handler ran while the only slot was taken"
+    );
+    // Requests that need no handler are still answered.
+    let mut other = TcpStream::connect(&kbs.addr).unwrap();
+    assert!(index_answered_within(
+        &mut other,
+        &kbs.addr,
+        Duration::from_secs(3)
+    ));
+    holder.execute_batch("ROLLBACK").unwrap();
+    assert_eq!(writer.join().unwrap(), 200);
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.read_exact(&mut buf).unwrap();
+    assert!(buf.starts_with(b"HTTP/1.1 200"), "{buf:?}");
 }

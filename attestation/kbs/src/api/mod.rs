@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::Router;
 use serde::de::DeserializeOwned;
+use tokio::sync::Semaphore;
 use zeroize::Zeroizing;
 
 use crate::config::BrokerConfig;
@@ -34,6 +35,8 @@ pub struct Broker {
     pub sev: SevTrust,
     /// Checks launches of workloads registered with unbound digests (`--bundle`).
     pub unbound: Option<UnboundVerifier>,
+    /// Slots on the blocking pool (`config.blocking_threads`).
+    pool: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -48,7 +51,9 @@ impl std::fmt::Debug for Broker {
 impl Broker {
     pub fn new(config: BrokerConfig, store: Store, snp: SnpVerifier, sev: SevTrust) -> Self {
         let sessions = Sessions::new(config.session_ttl, config.max_sessions);
+        let pool = Arc::new(Semaphore::new(config.blocking_threads.max(1)));
         Broker {
+            pool,
             config,
             store,
             sessions,
@@ -115,18 +120,26 @@ fn finish(endpoint: &'static str, r: Result<Response, Refusal>) -> Response {
 /// Runs a handler's work on the runtime's blocking pool and logs a refusal. Everything
 /// behind a handler is blocking: SQLite calls, RSA/EC and certificate-chain verification,
 /// SNP report and SEV measurement checks, key wrapping, and waits on session locks; on the
-/// async worker threads one slow call would stall every connection.
+/// async worker threads one slow call would stall every connection. At most
+/// `config.blocking_threads` handlers run at once: the others wait here, as tasks, so a burst
+/// of clients neither starts a thread each nor grows the broker's memory.
 pub(crate) async fn blocking(
     endpoint: &'static str,
     b: Arc<Broker>,
     work: impl FnOnce(&Broker) -> Result<Response, Refusal> + Send + 'static,
 ) -> Response {
-    let result = tokio::task::spawn_blocking(move || work(&b))
-        .await
-        .unwrap_or_else(|e| {
-            tracing::error!(endpoint, error = %e, "request handler failed");
-            Err(Refusal::internal("request handler failed"))
-        });
+    let Ok(slot) = b.pool.clone().acquire_owned().await else {
+        return finish(endpoint, Err(Refusal::internal("request handler failed")));
+    };
+    let result = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        work(&b)
+    })
+    .await
+    .unwrap_or_else(|e| {
+        tracing::error!(endpoint, error = %e, "request handler failed");
+        Err(Refusal::internal("request handler failed"))
+    });
     finish(endpoint, result)
 }
 

@@ -204,6 +204,11 @@ impl Kbs {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
+    /// The broker's process id (for /proc figures).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap()
+    }
+
     pub fn db(&self) -> PathBuf {
         self.dir.path().join("kbs.db")
     }
