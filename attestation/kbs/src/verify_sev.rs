@@ -71,7 +71,38 @@ pub struct SevTrust {
     refused: Vec<(LegacySevGeneration, Vec<u8>)>,
     /// SHA-256 over the trusted roots: part of every cache key.
     fingerprint: verified::Key,
-    chains: Arc<VerifiedCache<SevCertificate>>,
+    chains: Arc<VerifiedCache<VerifiedPdh>>,
+}
+
+/// A PDH whose chain verified: the certificate, and its public point when it is on P-384
+/// (AMD's PDHs are), for the key agreement.
+#[derive(Clone)]
+struct VerifiedPdh {
+    cert: SevCertificate,
+    p384: Option<Arc<[u8]>>,
+}
+
+/// Offsets in a v1 SEV certificate (SEV API, appendix C): the public key starts at 0x10; an
+/// ECDH key is its curve (u32), QX and QY (72 bytes each, little-endian).
+const PUBKEY_CURVE: usize = 0x10;
+const PUBKEY_QX: usize = 0x14;
+const PUBKEY_QY: usize = 0x14 + 72;
+const CURVE_P384: u32 = 2;
+const P384_LEN: usize = 48;
+
+/// The uncompressed point (0x04 ‖ X ‖ Y, big-endian) of a v1 certificate's P-384 key.
+fn p384_point(cert: &[u8]) -> Option<Vec<u8>> {
+    let curve = u32::from_le_bytes(cert.get(PUBKEY_CURVE..PUBKEY_CURVE + 4)?.try_into().ok()?);
+    if curve != CURVE_P384 {
+        return None;
+    }
+    let qx = cert.get(PUBKEY_QX..PUBKEY_QX + P384_LEN)?;
+    let qy = cert.get(PUBKEY_QY..PUBKEY_QY + P384_LEN)?;
+    let mut point = Vec::with_capacity(1 + 2 * P384_LEN);
+    point.push(4);
+    point.extend(qx.iter().rev());
+    point.extend(qy.iter().rev());
+    Some(point)
 }
 
 /// The identity part of an AMD CA certificate: everything before the signature.
@@ -140,7 +171,7 @@ impl SevTrust {
     /// The PDH of `chain` (raw bytes `bytes`) once the whole chain verifies: ARK self-signed,
     /// ARK → ASK → CEK, OCA self-signed, OCA and CEK → PEK → PDH. Remembered per chain bytes
     /// and trusted roots.
-    fn verified_pdh(&self, bytes: &[u8]) -> Result<SevCertificate, Refusal> {
+    fn verified_pdh(&self, bytes: &[u8], pdh_bytes: &[u8]) -> Result<VerifiedPdh, Refusal> {
         let key = verified::key(&[&self.fingerprint, bytes]);
         if let Some(pdh) = self.chains.get(&key) {
             return Ok(pdh);
@@ -148,10 +179,24 @@ impl SevTrust {
         let chain = Chain::decode(&mut &bytes[..], ()).map_err(|_| {
             Refusal::bad_request("SevCertChain", "certificate chain cannot be decoded")
         })?;
-        let pdh = *(&chain)
+        let cert = *(&chain)
             .verify()
             .map_err(|_| refuse("SevCertChain", "certificate chain does not verify"))?;
-        self.chains.insert(key, pdh);
+        // The point must be a valid P-384 public key, checked once here (every agreement
+        // checks it is on the curve again).
+        let p384 = p384_point(pdh_bytes)
+            .filter(|p| {
+                openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::SECP384R1)
+                    .and_then(|g| {
+                        let mut ctx = openssl::bn::BigNumContext::new()?;
+                        let point = openssl::ec::EcPoint::from_bytes(&g, p, &mut ctx)?;
+                        openssl::ec::EcKey::from_public_key(&g, &point)?.check_key()
+                    })
+                    .is_ok()
+            })
+            .map(Arc::from);
+        let pdh = VerifiedPdh { cert, p384 };
+        self.chains.insert(key, pdh.clone());
         Ok(pdh)
     }
 
@@ -219,12 +264,17 @@ pub fn start(
 ) -> Result<(Session<Initialized>, SevStart), Refusal> {
     let root = trust.root_of(&chain.ca.ark)?;
     tracing::debug!(root, "SEV chain root");
-    let pdh = trust.verified_pdh(&chain.to_bytes())?;
+    let pdh = trust.verified_pdh(&chain.to_bytes(), &chain.sev.pdh)?;
     let policy = policy_of(policy_word);
     let session = Session::try_from(policy)
         .map_err(|_| Refusal::internal("no hardware random numbers for the owner session"))?;
+    if let Some(point) = &pdh.p384 {
+        let wire = owner_start_p384(&session, policy_word, point)?;
+        return Ok((session, wire));
+    }
+    // Another curve: the sev crate's own key agreement.
     let start = session
-        .start_pdh(pdh)
+        .start_pdh(pdh.cert)
         .map_err(|_| refuse("SevCertChain", "platform DH key is not usable"))?;
     let mut cert = Vec::with_capacity(reference::SEV_CERT_LEN);
     start
@@ -244,6 +294,104 @@ pub fn start(
         },
     };
     Ok((session, wire))
+}
+
+/// A v1 PDH certificate of the owner (GODH) with no key yet: version 1, usage PDH, algorithm
+/// ECDH-SHA256, curve P-384, no signatures. Made once by the sev crate.
+fn godh_template() -> Result<&'static [u8], Refusal> {
+    static TEMPLATE: std::sync::OnceLock<Option<Vec<u8>>> = std::sync::OnceLock::new();
+    TEMPLATE
+        .get_or_init(|| {
+            let (cert, _) = SevCertificate::generate(sev::certs::sev::sev::Usage::PDH).ok()?;
+            let mut out = Vec::with_capacity(reference::SEV_CERT_LEN);
+            cert.encode(&mut out, ()).ok()?;
+            let curve =
+                u32::from_le_bytes(out.get(PUBKEY_CURVE..PUBKEY_CURVE + 4)?.try_into().ok()?);
+            (out.len() == reference::SEV_CERT_LEN && curve == CURVE_P384).then_some(out)
+        })
+        .as_deref()
+        .ok_or_else(|| Refusal::internal("cannot make the owner certificate"))
+}
+
+/// NIST SP 800-108 KDF in counter mode with HMAC-SHA256, one block (`size` ≤ 32), as the
+/// SEV API defines it for the master secret, KEK and KIK.
+fn kdf(key: &[u8], size: usize, ctx: &[u8], label: &str) -> zeroize::Zeroizing<Vec<u8>> {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+    let mut m = ring::hmac::Context::with_key(&key);
+    m.update(&1u32.to_le_bytes());
+    m.update(label.as_bytes());
+    m.update(&[0]);
+    m.update(ctx);
+    m.update(&u32::try_from(size * 8).unwrap_or(0).to_le_bytes());
+    let tag = m.sign();
+    zeroize::Zeroizing::new(tag.as_ref()[..size].to_vec())
+}
+
+fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
+    let tag = ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key), data);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(tag.as_ref());
+    out
+}
+
+/// LAUNCH_START parameters for `session`'s transport keys under a platform PDH on P-384
+/// (`pdh`: its uncompressed point): a new owner DH key for this session, the shared secret,
+/// the master secret from it and a new nonce, KEK and KIK, TEK ‖ TIK wrapped with AES-128-CTR
+/// under the KEK and MACed with the KIK, and the policy MACed with the TIK.
+fn owner_start_p384(
+    session: &Session<Initialized>,
+    policy_word: u32,
+    pdh: &[u8],
+) -> Result<SevStart, Refusal> {
+    use ring::agreement::{agree_ephemeral, EphemeralPrivateKey, UnparsedPublicKey, ECDH_P384};
+    let unusable = || refuse("SevCertChain", "platform DH key is not usable");
+    let rng = ring::rand::SystemRandom::new();
+    let godh = EphemeralPrivateKey::generate(&ECDH_P384, &rng)
+        .map_err(|_| Refusal::internal("cannot make the owner DH key"))?;
+    let public = godh
+        .compute_public_key()
+        .map_err(|_| Refusal::internal("cannot make the owner DH key"))?;
+    let public = public.as_ref();
+    if public.len() != 1 + 2 * P384_LEN {
+        return Err(Refusal::internal("cannot make the owner DH key"));
+    }
+    let mut cert = godh_template()?.to_vec();
+    for (i, b) in public[1..=P384_LEN].iter().rev().enumerate() {
+        cert[PUBKEY_QX + i] = *b;
+    }
+    for (i, b) in public[1 + P384_LEN..].iter().rev().enumerate() {
+        cert[PUBKEY_QY + i] = *b;
+    }
+    let z = agree_ephemeral(godh, &UnparsedPublicKey::new(&ECDH_P384, pdh), |z| {
+        zeroize::Zeroizing::new(z.to_vec())
+    })
+    .map_err(|_| unusable())?;
+    let mut nonce = [0u8; 16];
+    let mut iv = [0u8; 16];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut iv);
+    let master = kdf(&z, 16, &nonce, "sev-master-secret");
+    let kek = kdf(&master, 16, &[], "sev-kek");
+    let kik = kdf(&master, 16, &[], "sev-kik");
+    let keys = zeroize::Zeroizing::new([&session.tek[..], &session.tik[..]].concat());
+    let wrapped =
+        openssl::symm::encrypt(openssl::symm::Cipher::aes_128_ctr(), &kek, Some(&iv), &keys)
+            .map_err(|_| Refusal::internal("cannot wrap the transport keys"))?;
+    let wrap_tk: [u8; 32] = wrapped
+        .as_slice()
+        .try_into()
+        .map_err(|_| Refusal::internal("cannot wrap the transport keys"))?;
+    Ok(SevStart {
+        policy: reference::SevPolicy::from_u32(policy_word),
+        cert,
+        session: reference::SevSession {
+            nonce,
+            wrap_tk,
+            wrap_iv: iv,
+            wrap_mac: hmac(&kik, &wrap_tk),
+            policy_mac: hmac(&session.tik, &policy_word.to_le_bytes()),
+        },
+    })
 }
 
 pub fn build_of(b: &SevBuild) -> Build {
@@ -486,6 +634,18 @@ mod tests {
         let mut mixed = platform.chain.clone();
         mixed.ca.ask = other.chain.ca.ask.clone();
         assert_eq!(start_err(&mixed, &trust), "SevCertChain");
+    }
+
+    #[test]
+    fn kdf_matches_the_sev_api_known_answer() {
+        // The sev crate's test vector for the master secret of a zero key and nonce.
+        assert_eq!(
+            kdf(&[0; 16], 16, &[0; 16], "sev-master-secret").as_slice(),
+            [
+                0xab, 0x4d, 0x26, 0x9f, 0xcc, 0x62, 0xbe, 0xdb, 0x45, 0x11, 0xd5, 0x6c, 0x38, 0x6c,
+                0xe7, 0x06
+            ]
+        );
     }
 
     fn good_digest() -> Vec<u8> {
