@@ -533,9 +533,20 @@ fn main() {
         }
     }
     if soak > 0 {
-        let f = run(&kbs, &platform, Kind::SevEs, 8, soak);
-        print("krun-kbs soak", Kind::SevEs, 8, &f);
-        errors += f.errors;
+        // In quarters, so a steady growth shows apart from the first allocations.
+        let first = rss_kb(kbs.pid());
+        for _ in 0..4 {
+            let f = run(&kbs, &platform, Kind::SevEs, 8, soak.div_ceil(4));
+            print("krun-kbs soak", Kind::SevEs, 8, &f);
+            errors += f.errors;
+        }
+        let last = rss_kb(kbs.pid());
+        println!(
+            "krun-kbs soak: RSS {:.1} -> {:.1} MB over {soak} SEV-ES flows ({:+.3} kB per flow)",
+            first as f64 / 1024.0,
+            last as f64 / 1024.0,
+            (last as f64 - first as f64) / soak as f64
+        );
     }
     // Reference-protocol sessions end at /key; RCAR ones when they expire (collected every
     // TTL/2).
