@@ -555,7 +555,7 @@ export KRUN_SEV_BUNDLE_DIR={default_dir}
 mkdir -p /run /sys/fs/cgroup && mount -t cgroup2 cgroup2 /sys/fs/cgroup
 start_kbs
 mk snp crun-ok /tmp/ok pass-ok 'echo CRUN_WORKLOAD_OK; exit 0'
-mk snp crun-three /tmp/three pass-three 'echo CRUN_WORKLOAD_THREE; exit 3'
+mk snp crun-three /tmp/three pass-three 'echo CRUN_WORKLOAD_THREE; echo CRUN_STDERR_THREE >&2; exit 3'
 for img in ok three; do
   mkdir -p /oci-$img/rootfs
   cp /config.json /oci-$img/config.json
@@ -563,6 +563,10 @@ for img in ok three; do
   printf '#!/bin/sh\necho "This image is designed to be run as a confidential workload."\n' > /oci-$img/rootfs/entrypoint
   chmod 0755 /oci-$img/rootfs/entrypoint
 done
+# The same image under a workload id the broker does not know: refused.
+mkdir -p /oci-refused && cp -a /oci-three/. /oci-refused/
+sed -i -E 's/("workload_id" *: *")crun-three"/\1crun-nobody"/' /oci-refused/rootfs/krun-sev.json
+grep -c crun-nobody /oci-refused/rootfs/krun-sev.json | sed "s/^/REFUSED_EDIT=/"
 mkdir -p /oci-12/rootfs && cp /config12.json /oci-12/config.json && cp /oci-ok/rootfs/krun-sev.json /oci-12/rootfs/
 /opt/crun-1.8.1/krun --cgroup-manager=cgroupfs run --no-pivot --bundle /oci-12 c-12 </dev/null >/dev/null 2>/tmp/err
 echo "STATUS_SPEC12=$?"
@@ -580,6 +584,11 @@ for v in {versions}; do
     /opt/crun-$v/krun delete -f c-$img 2>/dev/null
   done
 done
+(unset KRUN_SEV_BUNDLE_DIR; /opt/crun-1.21/krun --cgroup-manager=cgroupfs run --no-pivot --bundle /oci-refused c-refused \
+  </dev/null >/tmp/out 2>/tmp/err)
+echo "STATUS_REFUSED=$?"
+sed "s/^/STDOUT_REFUSED: /" /tmp/out
+sed "s/^/STDERR_REFUSED: /" /tmp/err
 cat /tmp/kbs.log
 "#
     );
@@ -609,17 +618,41 @@ cat /tmp/kbs.log
                 [status],
                 "crun {v}, workload {img}; {ctx}"
             );
-            let stdout = marker_values(out, &format!("STDOUT_{v}_{img}: "));
-            assert!(
-                stdout.contains(&line),
-                "crun {v}: {line} not on crun's stdout ({stdout:?}); {ctx}"
+            // stdout carries the workload's stdout and nothing else (no init marker or
+            // diagnostics, no stderr).
+            assert_eq!(
+                marker_values(out, &format!("STDOUT_{v}_{img}: ")),
+                [line],
+                "crun {v}: {line} alone on crun's stdout; {ctx}"
             );
+            let stderr = marker_values(out, &format!("STDERR_{v}_{img}: "));
+            assert!(!stderr.contains(&line), "{ctx}");
+            // crun asks for errors only: no init progress lines.
             assert!(
-                !marker_values(out, &format!("STDERR_{v}_{img}: ")).contains(&line),
-                "{ctx}"
+                !stderr
+                    .iter()
+                    .any(|l| l.contains("krun-init:") || l.contains("KRUN_INIT_STARTED")),
+                "crun {v}, workload {img}: {stderr:?}; {ctx}"
             );
         }
+        assert!(
+            marker_values(out, &format!("STDERR_{v}_three: ")).contains(&"CRUN_STDERR_THREE"),
+            "crun {v}: the workload's stderr is not on crun's stderr; {ctx}"
+        );
     }
+    // A broker refusal: the launch-failure status, nothing on stdout, one line saying why
+    // (besides the PSP model's banner, shown at every model launch).
+    assert_eq!(marker_values(out, "REFUSED_EDIT="), ["1"], "{ctx}");
+    assert_eq!(marker_values(out, "STATUS_REFUSED="), ["125"], "{ctx}");
+    assert!(marker_values(out, "STDOUT_REFUSED: ").is_empty(), "{ctx}");
+    let reasons: Vec<&str> = marker_values(out, "STDERR_REFUSED: ")
+        .into_iter()
+        .filter(|l| !is_model_banner(l))
+        .collect();
+    assert!(
+        reasons.len() == 1 && reasons[0].contains("key broker"),
+        "{reasons:?}; {ctx}"
+    );
     let spec12 = marker_values(out, "STATUS_SPEC12=");
     assert!(spec12.len() == 1 && spec12[0] != "0", "{ctx}");
     assert!(
@@ -634,6 +667,11 @@ cat /tmp/kbs.log
         2 * CRUN_VERSIONS.len(),
         "{ctx}"
     );
+}
+
+/// The PSP model's warning lines (`krun_sev::tee::model::warn_unencrypted`).
+fn is_model_banner(line: &str) -> bool {
+    line.contains("*****") || line.contains("backend model:") || line.contains("NOT encrypted")
 }
 
 /// Compiles tests/c/attest_probe.c statically (it runs in the busybox guest root).
