@@ -563,10 +563,6 @@ for img in ok three; do
   printf '#!/bin/sh\necho "This image is designed to be run as a confidential workload."\n' > /oci-$img/rootfs/entrypoint
   chmod 0755 /oci-$img/rootfs/entrypoint
 done
-# The same image under a workload id the broker does not know: refused.
-mkdir -p /oci-refused && cp -a /oci-three/. /oci-refused/
-sed -i -E 's/("workload_id" *: *")crun-three"/\1crun-nobody"/' /oci-refused/rootfs/krun-sev.json
-grep -c crun-nobody /oci-refused/rootfs/krun-sev.json | sed "s/^/REFUSED_EDIT=/"
 mkdir -p /oci-12/rootfs && cp /config12.json /oci-12/config.json && cp /oci-ok/rootfs/krun-sev.json /oci-12/rootfs/
 /opt/crun-1.8.1/krun --cgroup-manager=cgroupfs run --no-pivot --bundle /oci-12 c-12 </dev/null >/dev/null 2>/tmp/err
 echo "STATUS_SPEC12=$?"
@@ -584,7 +580,10 @@ for v in {versions}; do
     /opt/crun-$v/krun delete -f c-$img 2>/dev/null
   done
 done
-(unset KRUN_SEV_BUNDLE_DIR; /opt/crun-1.21/krun --cgroup-manager=cgroupfs run --no-pivot --bundle /oci-refused c-refused \
+# The broker now holds another measurement for crun-three (1 vCPU): the 2-vCPU launch of
+# the same image is refused.
+CPUS=1 mk snp crun-three /tmp/three-1cpu pass-three 'exit 0'
+(unset KRUN_SEV_BUNDLE_DIR; /opt/crun-1.21/krun --cgroup-manager=cgroupfs run --no-pivot --bundle /oci-three c-refused \
   </dev/null >/tmp/out 2>/tmp/err)
 echo "STATUS_REFUSED=$?"
 sed "s/^/STDOUT_REFUSED: /" /tmp/out
@@ -601,7 +600,6 @@ cat /tmp/kbs.log
     let ctx = format!("output:\n{out}");
 
     assert_eq!(marker_values(out, "MKCW_crun-ok="), ["0"], "{ctx}");
-    assert_eq!(marker_values(out, "MKCW_crun-three="), ["0"], "{ctx}");
     for v in CRUN_VERSIONS {
         let version = marker_values(out, &format!("VERSION_{v}: "));
         assert!(
@@ -642,7 +640,7 @@ cat /tmp/kbs.log
     }
     // A broker refusal: the launch-failure status, nothing on stdout, one line saying why
     // (besides the PSP model's banner, shown at every model launch).
-    assert_eq!(marker_values(out, "REFUSED_EDIT="), ["1"], "{ctx}");
+    assert_eq!(marker_values(out, "MKCW_crun-three="), ["0", "0"], "{ctx}");
     assert_eq!(marker_values(out, "STATUS_REFUSED="), ["125"], "{ctx}");
     assert!(marker_values(out, "STDOUT_REFUSED: ").is_empty(), "{ctx}");
     let reasons: Vec<&str> = marker_values(out, "STDERR_REFUSED: ")
@@ -650,7 +648,9 @@ cat /tmp/kbs.log
         .filter(|l| !is_model_banner(l))
         .collect();
     assert!(
-        reasons.len() == 1 && reasons[0].contains("key broker"),
+        reasons.len() == 1
+            && reasons[0].contains("key broker answered HTTP 401")
+            && reasons[0].contains("launch measurement is not allowed"),
         "{reasons:?}; {ctx}"
     );
     let spec12 = marker_values(out, "STATUS_SPEC12=");
