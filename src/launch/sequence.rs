@@ -709,6 +709,7 @@ pub(crate) fn run(plan: LaunchPlan) -> Result<u8, LaunchError> {
         console: ConsoleConfig {
             input: Some(dup_fd(0)?),
             output: dup_fd(1)?,
+            errors: dup_fd(2)?,
         },
         tee: Some(TeeBoot {
             kernel: bundle.kernel,
@@ -1232,10 +1233,7 @@ mod tests {
                 attestation_target: None,
                 port_map: PortMap::List(vec![]),
                 vsock_handlers: crate::devices::virtio::vsock::HostServices::new(),
-                console: ConsoleConfig {
-                    input: None,
-                    output: std::fs::File::create(&out.0).unwrap().into(),
-                },
+                console: crate::vmm::test_utils::console_to_file(&out.0),
                 tee: Some(TeeBoot {
                     kernel: bundle.kernel.clone(),
                     initrd: bundle.initrd.clone(),

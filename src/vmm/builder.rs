@@ -14,8 +14,8 @@ use crate::devices::virtio::block::{BlockError, VirtioBlock};
 use crate::devices::virtio::console::{ConsoleError, TerminalGuard, VirtioConsole};
 use crate::devices::virtio::vsock::muxer::Muxer;
 use crate::devices::virtio::vsock::{
-    ExposedPortsHandler, PortControl, TcpForward, VirtioVsock, VsockError, PORT_ATTESTATION,
-    PORT_CONTROL,
+    ExposedPortsHandler, GuestLogLevel, GuestStderr, PortControl, TcpForward, VirtioVsock,
+    VsockError, PORT_ATTESTATION, PORT_CONTROL, PORT_STDERR,
 };
 use crate::tee::phases::Phase;
 use crate::vmm::config::{PortMap, VmConfig};
@@ -303,6 +303,18 @@ fn config_devices(
     devices.push(Box::new(VirtioConsole::new(input, output)));
 
     let mut services = config.vsock_handlers.clone();
+    let errors = config
+        .console
+        .errors
+        .try_clone()
+        .map_err(|e| VmmError::Terminal(ConsoleError::Termios(e)))?;
+    services.insert(
+        PORT_STDERR,
+        Arc::new(GuestStderr::new(
+            errors.into(),
+            GuestLogLevel::from_host_logger(),
+        )),
+    );
     if let Some(target) = config.attestation_target {
         services.insert(
             PORT_ATTESTATION,
@@ -356,10 +368,9 @@ mod tests {
     use super::*;
     use crate::arch::layout::KERNEL_START;
     use crate::devices::virtio::vsock::HostServices;
-    use crate::vmm::config::{ConsoleConfig, DiskConfig};
+    use crate::vmm::config::DiskConfig;
     use crate::vmm::memory::tests::{temp_file, tempfile_lite::TempPath, tiny_elf};
     use crate::vmm::test_utils::require_kvm;
-    use std::fs::File;
 
     #[test]
     fn cmdline_gets_device_entries() {
@@ -440,10 +451,7 @@ mod tests {
             attestation_target: Some("127.0.0.1:9".parse().unwrap()),
             port_map: PortMap::List(vec![]),
             vsock_handlers: HostServices::new(),
-            console: ConsoleConfig {
-                input: None,
-                output: File::create(&out.0).unwrap().into(),
-            },
+            console: crate::vmm::test_utils::console_to_file(&out.0),
             tee: None,
         }
     }

@@ -43,8 +43,11 @@ pub enum PortMap {
 pub struct ConsoleConfig {
     /// Read end for guest input (usually stdin). `None` gives the guest no input.
     pub input: Option<OwnedFd>,
-    /// Write end for guest output (usually stdout).
+    /// Write end for guest output (usually stdout): the workload's stdout only.
     pub output: OwnedFd,
+    /// Write end for the guest's standard error (usually stderr): the workload's stderr and
+    /// the init's diagnostics, at the level the host's logger shows.
+    pub errors: OwnedFd,
 }
 
 /// Everything the VMM needs to boot one guest.

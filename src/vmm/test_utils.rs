@@ -30,3 +30,15 @@ pub fn require_kvm() {
         );
     }
 }
+
+/// A console without input whose stdout and stderr both go to one new file at `path`, in
+/// the order the guest writes them.
+#[allow(clippy::unwrap_used)]
+pub fn console_to_file(path: &std::path::Path) -> crate::vmm::config::ConsoleConfig {
+    let file = std::fs::File::create(path).unwrap();
+    crate::vmm::config::ConsoleConfig {
+        input: None,
+        errors: file.try_clone().unwrap().into(),
+        output: file.into(),
+    }
+}

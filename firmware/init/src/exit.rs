@@ -11,7 +11,7 @@
 
 use std::io;
 
-use crate::{log, sys};
+use crate::{log_error, sys};
 
 /// The I/O port the VMM reads the status byte from.
 pub const EXIT_STATUS_PORT: u16 = 0xf4;
@@ -66,8 +66,10 @@ pub fn report_status(status: u8) -> Result<(), ExitError> {
 
 /// Reports `status`, flushes file systems and ends the VM. Never returns.
 pub fn power_off(status: u8) -> ! {
+    // Everything written to stderr reaches the host before the status ends the VM.
+    crate::console::finish_stderr();
     if let Err(err) = report_status(status) {
-        log!("{}", crate::console::error_chain(&err));
+        log_error!("{}", crate::console::error_chain(&err));
     }
     sys::sync();
     // SAFETY: reboot with RB_AUTOBOOT takes no pointers; it returns only on failure.
@@ -78,7 +80,7 @@ pub fn power_off(status: u8) -> ! {
 
 /// Logs which step failed and why, then powers off with [`INIT_FAILURE_STATUS`].
 pub fn fatal(step: &str, err: &dyn std::error::Error) -> ! {
-    log!("{step} failed: {}", crate::console::error_chain(err));
+    log_error!("{step} failed: {}", crate::console::error_chain(err));
     power_off(INIT_FAILURE_STATUS)
 }
 

@@ -58,7 +58,7 @@ fn step<T, E: Into<Box<dyn std::error::Error + Send + Sync>>>(
 fn main() {
     console::announce_start();
     std::panic::set_hook(Box::new(|info| {
-        log!("internal error: {info}");
+        log_error!("internal error: {info}");
         exit::power_off(exit::INIT_FAILURE_STATUS);
     }));
     step("early mounts", mounts::mount_all(&mounts::early_mounts()));
@@ -89,7 +89,7 @@ fn main() {
         Ok(cfg) => cfg,
         Err(err) if host.tee.is_confidential() => exit::fatal("reading the root disk footer", &err),
         Err(err) => {
-            log!(
+            log_warn!(
                 "ignoring the root disk footer: {}",
                 console::error_chain(&err)
             );
@@ -97,7 +97,7 @@ fn main() {
         }
     };
     if tee_config.is_none() {
-        log!("the root disk has no KRUN footer");
+        log_warn!("the root disk has no KRUN footer");
     }
 
     let source = step(
@@ -116,7 +116,7 @@ fn main() {
                 &key_source::KeySourceError::NoKeySource,
             );
         }
-        log!("no TEE and no passphrase: mounting the unencrypted root disk");
+        log_warn!("no TEE and no passphrase: mounting the unencrypted root disk");
         root_disk.to_path_buf()
     } else {
         unlock_root(source, &mut host, tee_config.as_ref(), root_disk)
@@ -235,7 +235,7 @@ fn unlock_root(
         );
     }
     if source == KeySource::DevPassphrase {
-        log!("using the development passphrase from host.json (not a confidential launch)");
+        log_warn!("using the development passphrase from host.json (not a confidential launch)");
     }
 
     let target = step(
@@ -277,7 +277,9 @@ fn start_port_forwarding(mode: &PortMapMode) {
         Ok(listener) => {
             std::thread::spawn(move || portfwd::serve(listener, policy));
         }
-        Err(err) => log!("port forwarding unavailable: cannot listen on vsock port 1024: {err}"),
+        Err(err) => {
+            log_warn!("port forwarding unavailable: cannot listen on vsock port 1024: {err}")
+        }
     }
     if *mode == PortMapMode::AllListening {
         std::thread::spawn(listen_announce::run);

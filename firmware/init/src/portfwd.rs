@@ -143,7 +143,7 @@ pub fn serve(listener: VsockListener, policy: PortPolicy) {
                 std::thread::spawn(move || handle(Box::new(stream), &policy));
             }
             Err(e) => {
-                crate::log!("port forwarding: accept failed: {e}");
+                crate::log_warn!("port forwarding: accept failed: {e}");
                 std::thread::sleep(Duration::from_millis(100));
             }
         }

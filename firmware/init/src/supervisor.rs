@@ -139,7 +139,7 @@ pub fn run(plan: &ExecPlan, reap: Reap) -> Result<u8, SupervisorError> {
     let child = match command(plan).spawn() {
         Ok(c) => c,
         Err(err) => {
-            crate::log!("cannot start {}: {}", plan.program.display(), err);
+            crate::log_error!("cannot start {}: {}", plan.program.display(), err);
             return Ok(exit::status_from_exec_error(&err));
         }
     };

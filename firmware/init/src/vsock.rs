@@ -17,6 +17,8 @@ pub const PSP_MODEL_REPORT_PORT: u32 = 1026;
 pub const LISTEN_ANNOUNCE_PORT: u32 = 1027;
 /// Connecting here tells the VMM the init is done with attestation (ports 1025/1026 close).
 pub const ATTESTATION_DONE_PORT: u32 = 1028;
+/// Host end of the guest's standard error stream (`console`).
+pub const STDERR_PORT: u32 = 1030;
 
 /// `struct sockaddr_vm` for `cid:port`.
 pub fn sockaddr(cid: u32, port: u32) -> libc::sockaddr_vm {
@@ -45,6 +47,10 @@ const _: () = assert!(libc::AF_VSOCK == 40);
 const SOCKADDR_VM_LEN: libc::socklen_t = 16;
 const _: () = assert!(std::mem::size_of::<libc::sockaddr_vm>() == 16);
 
+/// `sizeof(struct timeval)`.
+const TIMEVAL_LEN: libc::socklen_t = 16;
+const _: () = assert!(std::mem::size_of::<libc::timeval>() == 16);
+
 /// A connected vsock stream.
 #[derive(Debug)]
 pub struct VsockStream(OwnedFd);
@@ -70,6 +76,26 @@ impl VsockStream {
         self.0.try_clone().map(VsockStream)
     }
 
+    /// `SO_RCVTIMEO`: reads fail with `WouldBlock` after `timeout` (`None`: wait forever).
+    pub fn set_read_timeout(&self, timeout: Option<std::time::Duration>) -> io::Result<()> {
+        let t = timeout.unwrap_or_default();
+        let tv = libc::timeval {
+            tv_sec: libc::time_t::try_from(t.as_secs()).unwrap_or(libc::time_t::MAX),
+            tv_usec: libc::suseconds_t::from(t.subsec_micros()),
+        };
+        // SAFETY: `tv` is a valid timeval of the size passed, alive for the call.
+        sys::check(unsafe {
+            libc::setsockopt(
+                self.0.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                TIMEVAL_LEN,
+            )
+        })
+        .map(|_| ())
+    }
+
     /// `shutdown(2)`.
     pub fn shutdown(&self, how: std::net::Shutdown) -> io::Result<()> {
         let how = match how {
@@ -79,6 +105,19 @@ impl VsockStream {
         };
         // SAFETY: shutdown takes no pointers and the descriptor is open.
         sys::check(unsafe { libc::shutdown(self.0.as_raw_fd(), how) }).map(|_| ())
+    }
+}
+
+impl From<OwnedFd> for VsockStream {
+    /// A stream over a descriptor of a connected vsock socket.
+    fn from(fd: OwnedFd) -> VsockStream {
+        VsockStream(fd)
+    }
+}
+
+impl From<VsockStream> for OwnedFd {
+    fn from(s: VsockStream) -> OwnedFd {
+        s.0
     }
 }
 

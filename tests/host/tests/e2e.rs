@@ -555,7 +555,7 @@ export KRUN_SEV_BUNDLE_DIR={default_dir}
 mkdir -p /run /sys/fs/cgroup && mount -t cgroup2 cgroup2 /sys/fs/cgroup
 start_kbs
 mk snp crun-ok /tmp/ok pass-ok 'echo CRUN_WORKLOAD_OK; exit 0'
-mk snp crun-three /tmp/three pass-three 'echo CRUN_WORKLOAD_THREE; exit 3'
+mk snp crun-three /tmp/three pass-three 'echo CRUN_WORKLOAD_THREE; echo CRUN_STDERR_THREE >&2; exit 3'
 for img in ok three; do
   mkdir -p /oci-$img/rootfs
   cp /config.json /oci-$img/config.json
@@ -580,19 +580,53 @@ for v in {versions}; do
     /opt/crun-$v/krun delete -f c-$img 2>/dev/null
   done
 done
+# podman (Debian 12's 4.3) with crun 1.21 as its krun runtime, as `podman run --runtime
+# krun` runs it: the image comes from `krun-sev mkcw --oci-archive`, and the settings only
+# from the host's /etc/krun-sev.conf (an empty environment, nothing per container).
+krun-sev mkcw --tee snp --cpus 2 --ram-mib 512 --attestation-url http://127.0.0.1:8123 \
+  --register --admin-token-file /trust/token --workload-id podman-wl --passphrase pass-podman \
+  --pbkdf2-iterations 1000 --env PATH=/bin --cmd /bin/sh --cmd -c \
+  --cmd 'echo PODMAN_WORKLOAD_OUT; echo PODMAN_WORKLOAD_ERR >&2; exit 4' \
+  --oci-archive /tmp/podman-wl.tar --tag localhost/podman-wl:1 /tmp/rootfs /tmp/podman-wl
+echo "MKCW_podman-wl=$?"
+mkdir -p /etc/containers /var/tmp /var/lib/pm /run/pm
+printf '{{"default":[{{"type":"insecureAcceptAnything"}}]}}\n' > /etc/containers/policy.json
+# The test host's root is the initramfs, where pivot_root cannot work (crun --no-pivot above).
+printf '[engine]\nno_pivot_root = true\n' > /etc/containers/containers.conf
+printf 'backend = model\nmodel_dir = /psp\n' > /etc/krun-sev.conf
+pm() {{
+  env -i PATH=/usr/sbin:/usr/bin:/bin podman --root /var/lib/pm --runroot /run/pm \
+    --storage-driver vfs --cgroup-manager cgroupfs --events-backend file \
+    --runtime /opt/crun-1.21/krun "$@"
+}}
+pm load -i /tmp/podman-wl.tar 2>&1 | sed "s/^/PODMAN_LOAD: /"
+pm run --rm --network host --pull never localhost/podman-wl:1 </dev/null >/tmp/out 2>/tmp/err
+echo "STATUS_PODMAN=$?"
+sed "s/^/STDOUT_PODMAN: /" /tmp/out
+sed "s/^/STDERR_PODMAN: /" /tmp/err
+rm /etc/krun-sev.conf
+# The broker now holds another measurement for crun-three (1 vCPU): the 2-vCPU launch of
+# the same image is refused.
+CPUS=1 mk snp crun-three /tmp/three-1cpu pass-three 'exit 0'
+(unset KRUN_SEV_BUNDLE_DIR; /opt/crun-1.21/krun --cgroup-manager=cgroupfs run --no-pivot --bundle /oci-three c-refused \
+  </dev/null >/tmp/out 2>/tmp/err)
+echo "STATUS_REFUSED=$?"
+sed "s/^/STDOUT_REFUSED: /" /tmp/out
+sed "s/^/STDERR_REFUSED: /" /tmp/err
 cat /tmp/kbs.log
 "#
     );
     let outcome = host
         .file(s.path("config.json"), "/config.json")
         .file(s.path("config12.json"), "/config12.json")
+        .file("/usr/bin/podman", "/usr/bin/podman")
+        .file("/usr/bin/conmon", "/usr/bin/conmon")
         .run(&["sh", "-c", &script])
         .unwrap();
     let out = &outcome.output;
     let ctx = format!("output:\n{out}");
 
     assert_eq!(marker_values(out, "MKCW_crun-ok="), ["0"], "{ctx}");
-    assert_eq!(marker_values(out, "MKCW_crun-three="), ["0"], "{ctx}");
     for v in CRUN_VERSIONS {
         let version = marker_values(out, &format!("VERSION_{v}: "));
         assert!(
@@ -609,17 +643,67 @@ cat /tmp/kbs.log
                 [status],
                 "crun {v}, workload {img}; {ctx}"
             );
-            let stdout = marker_values(out, &format!("STDOUT_{v}_{img}: "));
-            assert!(
-                stdout.contains(&line),
-                "crun {v}: {line} not on crun's stdout ({stdout:?}); {ctx}"
+            // stdout carries the workload's stdout and nothing else (no init marker or
+            // diagnostics, no stderr).
+            assert_eq!(
+                marker_values(out, &format!("STDOUT_{v}_{img}: ")),
+                [line],
+                "crun {v}: {line} alone on crun's stdout; {ctx}"
             );
+            let stderr = marker_values(out, &format!("STDERR_{v}_{img}: "));
+            assert!(!stderr.contains(&line), "{ctx}");
+            // crun asks for errors only: no init progress lines.
             assert!(
-                !marker_values(out, &format!("STDERR_{v}_{img}: ")).contains(&line),
-                "{ctx}"
+                !stderr
+                    .iter()
+                    .any(|l| l.contains("krun-init:") || l.contains("KRUN_INIT_STARTED")),
+                "crun {v}, workload {img}: {stderr:?}; {ctx}"
             );
         }
+        assert!(
+            marker_values(out, &format!("STDERR_{v}_three: ")).contains(&"CRUN_STDERR_THREE"),
+            "crun {v}: the workload's stderr is not on crun's stderr; {ctx}"
+        );
     }
+    // podman: the workload's stdout alone on podman's stdout, its stderr on podman's stderr,
+    // its status podman's, its key released once.
+    assert_eq!(marker_values(out, "MKCW_podman-wl="), ["0"], "{ctx}");
+    assert_eq!(marker_values(out, "STATUS_PODMAN="), ["4"], "{ctx}");
+    assert_eq!(
+        marker_values(out, "STDOUT_PODMAN: "),
+        ["PODMAN_WORKLOAD_OUT"],
+        "{ctx}"
+    );
+    let stderr = marker_values(out, "STDERR_PODMAN: ");
+    assert!(stderr.contains(&"PODMAN_WORKLOAD_ERR"), "{ctx}");
+    assert!(
+        !stderr
+            .iter()
+            .any(|l| l.contains("krun-init:") || l.contains("KRUN_INIT_STARTED")),
+        "{stderr:?}; {ctx}"
+    );
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.contains("key released") && l.contains("workload=podman-wl"))
+            .count(),
+        1,
+        "{ctx}"
+    );
+    // A broker refusal: the launch-failure status, nothing on stdout, one line saying why
+    // (besides the PSP model's banner, shown at every model launch).
+    assert_eq!(marker_values(out, "MKCW_crun-three="), ["0", "0"], "{ctx}");
+    assert_eq!(marker_values(out, "STATUS_REFUSED="), ["125"], "{ctx}");
+    assert!(marker_values(out, "STDOUT_REFUSED: ").is_empty(), "{ctx}");
+    let reasons: Vec<&str> = marker_values(out, "STDERR_REFUSED: ")
+        .into_iter()
+        .filter(|l| !is_model_banner(l))
+        .collect();
+    assert!(
+        reasons.len() == 1
+            && reasons[0].contains("key broker answered HTTP 401")
+            && reasons[0].contains("launch measurement is not allowed"),
+        "{reasons:?}; {ctx}"
+    );
     let spec12 = marker_values(out, "STATUS_SPEC12=");
     assert!(spec12.len() == 1 && spec12[0] != "0", "{ctx}");
     assert!(
@@ -628,12 +712,17 @@ cat /tmp/kbs.log
             .any(|l| l.contains("unknown version specified")),
         "{ctx}"
     );
-    // One key per launch: each workload ran under both crun versions.
+    // One key per launch: each workload ran under both crun versions, and once under podman.
     assert_eq!(
         out.matches("key released").count(),
-        2 * CRUN_VERSIONS.len(),
+        2 * CRUN_VERSIONS.len() + 1,
         "{ctx}"
     );
+}
+
+/// The PSP model's warning lines (`krun_sev::tee::model::warn_unencrypted`).
+fn is_model_banner(line: &str) -> bool {
+    line.contains("*****") || line.contains("backend model:") || line.contains("NOT encrypted")
 }
 
 /// Compiles tests/c/attest_probe.c statically (it runs in the busybox guest root).

@@ -13,10 +13,12 @@ pub mod device;
 pub mod event_handler;
 pub mod muxer;
 pub mod packet;
+pub mod stderr;
 
 pub use backend::{GuestPortHandler, HostServices, HostStream, TcpForward};
 pub use control::{ExposedPortsHandler, PortControl};
 pub use device::VirtioVsock;
+pub use stderr::{GuestLogLevel, GuestStderr};
 
 /// The guest's context ID.
 pub const GUEST_CID: u64 = 3;
@@ -33,6 +35,9 @@ pub const PORT_CONTROL: u32 = 1027;
 /// Host port the init connects to once it has the disk key: from then on the attestation
 /// proxy and the report service refuse every connection, so the workload cannot attest.
 pub const PORT_ATTESTATION_DONE: u32 = 1028;
+/// Host port of the guest's standard error stream (the workload's fd 2, the init's
+/// diagnostics; [`stderr`]).
+pub const PORT_STDERR: u32 = 1030;
 
 /// Largest payload accepted from or sent to the guest.
 pub const MAX_PKT_PAYLOAD: usize = 64 * 1024;

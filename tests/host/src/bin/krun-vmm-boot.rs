@@ -144,6 +144,7 @@ fn run() -> Result<u8, String> {
         console: ConsoleConfig {
             input: Some(dup(std::io::stdin())?),
             output: dup(std::io::stdout())?,
+            errors: dup(std::io::stderr())?,
         },
         tee: None,
     };
