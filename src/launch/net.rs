@@ -408,8 +408,17 @@ pub fn start_passt(
     if !forwards.is_empty() {
         cmd.arg("-t").arg(passt_tcp_spec(forwards));
     }
+    // passt writes a few lines even with --quiet (it changes to nobody when run as root, it
+    // cannot reach syslog in a container); they would land on the workload's console. They
+    // are shown at debug level. If passt stops, the device logs that its peer is gone.
+    let stderr = if log::log_enabled!(log::Level::Debug) {
+        std::process::Stdio::inherit()
+    } else {
+        std::process::Stdio::null()
+    };
     cmd.stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null());
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr);
     // SAFETY: the closure runs in the child between fork and exec and only makes
     // async-signal-safe system calls (fcntl, prctl) on values copied into it.
     unsafe {
