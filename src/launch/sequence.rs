@@ -688,7 +688,6 @@ pub(crate) fn run(plan: LaunchPlan) -> Result<u8, LaunchError> {
         ),
     };
     let network = super::net::prepare(r, &mut port_map).map_err(LaunchError::Net)?;
-    let mut services = services;
     // `_passt` lives as long as the launch; passt quits when the VMM's end of its socket
     // closes (dropping a `Child` neither kills nor waits for it).
     let (net_device, _passt) = match network {
