@@ -84,7 +84,6 @@ impl RateLimitedLog {
     /// Logs `msg` as a warning unless a line was logged less than the interval ago; returns
     /// whether it logged.
     pub fn warn(&mut self, msg: std::fmt::Arguments<'_>) -> bool {
-        eprintln!("DBG {msg}");
         let now = std::time::Instant::now();
         if self
             .last
