@@ -676,7 +676,7 @@ pub(crate) fn run(plan: LaunchPlan) -> Result<u8, LaunchError> {
     }
     let r = &plan.resources;
     let root = r.root_disk.clone().ok_or(LaunchError::MissingRootDisk)?;
-    let port_map = match &r.port_map {
+    let mut port_map = match &r.port_map {
         ResPortMap::ExposeListening => PortMap::Exposed,
         ResPortMap::Explicit(list) => PortMap::List(
             list.iter()
@@ -686,6 +686,19 @@ pub(crate) fn run(plan: LaunchPlan) -> Result<u8, LaunchError> {
                 })
                 .collect(),
         ),
+    };
+    let network = super::net::prepare(r, &mut port_map).map_err(LaunchError::Net)?;
+    // `_passt` lives as long as the launch; passt quits when the VMM's end of its socket
+    // closes (dropping a `Child` neither kills nor waits for it).
+    let (net_device, _passt) = match network {
+        Some(n) => {
+            services.insert(
+                crate::devices::virtio::vsock::PORT_NET_CONFIG,
+                Arc::new(n.service),
+            );
+            (Some(n.device), n.passt)
+        }
+        None => (None, None),
     };
     let ram_bytes = u64::from(plan.machine.ram_mib) << 20;
     let config = VmConfig {
@@ -711,6 +724,7 @@ pub(crate) fn run(plan: LaunchPlan) -> Result<u8, LaunchError> {
             output: dup_fd(1)?,
             errors: dup_fd(2)?,
         },
+        net: net_device,
         tee: Some(TeeBoot {
             kernel: bundle.kernel,
             initrd: bundle.initrd,
@@ -1234,6 +1248,7 @@ mod tests {
                 port_map: PortMap::List(vec![]),
                 vsock_handlers: crate::devices::virtio::vsock::HostServices::new(),
                 console: crate::vmm::test_utils::console_to_file(&out.0),
+                net: None,
                 tee: Some(TeeBoot {
                     kernel: bundle.kernel.clone(),
                     initrd: bundle.initrd.clone(),

@@ -146,6 +146,7 @@ fn run() -> Result<u8, String> {
             output: dup(std::io::stdout())?,
             errors: dup(std::io::stderr())?,
         },
+        net: None,
         tee: None,
     };
     let (status, stats) =
