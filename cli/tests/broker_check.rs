@@ -30,6 +30,8 @@ fn krun_sev(args: &[&str]) -> Output {
 struct Kbs {
     child: Child,
     url: String,
+    /// A minimal guest bundle, for the binding cases.
+    bundle: std::path::PathBuf,
     dir: tempfile::TempDir,
 }
 
@@ -79,7 +81,13 @@ impl Kbs {
                 .arg(&token)
                 .env("RUST_LOG", "error"),
         );
-        Kbs { child, url, dir }
+        let bundle = support::fake_bundle(dir.path());
+        Kbs {
+            child,
+            url,
+            bundle,
+            dir,
+        }
     }
 
     /// `krun-sev broker-check --json --tee snp` for workload `w` (registered beforehand);
@@ -102,7 +110,7 @@ impl Kbs {
     /// the workload itself.
     fn check_registering(&self, protocol: &str, tee: &str, id: &str) -> Vec<serde_json::Value> {
         let token = self.dir.path().join("admin-token");
-        let measurement = hex::encode(MEASUREMENT);
+        let bundle = &self.bundle;
         let mut args = vec![
             "--protocol",
             protocol,
@@ -114,7 +122,8 @@ impl Kbs {
             token.to_str().unwrap(),
         ];
         if tee == "snp" {
-            args.extend(["--measurement", &measurement]);
+            // The workload's digest is the launch of the bundle bound to it and this broker.
+            args.extend(["--bundle", bundle.to_str().unwrap()]);
         }
         let (code, cases) = self.check_with(&args);
         let not_ok: Vec<_> = cases.iter().filter(|c| c["verdict"] != "ok").collect();
@@ -148,8 +157,11 @@ fn verdicts(cases: &[serde_json::Value], verdict: &str) -> Vec<String> {
         .collect()
 }
 
-/// The cases that need --admin-token-file (broker-check registers what they rest on).
-const NEED_REGISTRATION: [&str; 5] = [
+/// The SNP cases skipped without --bundle and --admin-token-file.
+const NEED_REGISTRATION: [&str; 8] = [
+    "bound-other-workload",
+    "bound-other-broker",
+    "unbound-launch",
     "tcb-below-minimum",
     "garbage-admin",
     "oversized-admin",
@@ -183,7 +195,7 @@ fn krun_kbs_passes_every_case_with_both_protocols_and_both_tees() {
         }
         let names: Vec<&str> = cases.iter().map(|c| c["case"].as_str().unwrap()).collect();
         let expected: &[&str] = if tee == "snp" {
-            &["tcb-below-minimum", "debug-policy", "unknown-ark"]
+            &["debug-policy", "unknown-ark"]
         } else {
             &[
                 "wrong-tik",
@@ -192,7 +204,12 @@ fn krun_kbs_passes_every_case_with_both_protocols_and_both_tees() {
                 "build-below-minimum",
             ]
         };
-        for e in expected.iter().chain(&NEED_REGISTRATION[1..]) {
+        let needed = if tee == "snp" {
+            &NEED_REGISTRATION[..]
+        } else {
+            &NEED_REGISTRATION[4..]
+        };
+        for e in expected.iter().chain(needed) {
             assert!(names.contains(e), "{protocol} {tee}: no {e} in {names:?}");
         }
     }

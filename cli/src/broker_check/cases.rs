@@ -158,6 +158,41 @@ pub const CASES: &[Case] = &[
         run: key_other_workload,
     },
     Case {
+        name: "bound-other-workload",
+        changes: "the launch of the same bundle and shape bound to --other-workload-id (the \
+                  co-tenant's genuine launch): its digest in MEASUREMENT, its host.json sent; \
+                  the key of --workload-id asked for",
+        why: "a co-tenant with the same bundle, vCPUs and RAM must not get another tenant's \
+              key: the binding in the launch digest names whose launch it is",
+        rests_on: "the binding measured in /krun/host.json (docs/threat-model.md \"Binding\"); \
+                   MEASUREMENT (0x090); needs --bundle",
+        expect: Expect::Refused,
+        closed_ok: false,
+        run: |c| c.binding_flow(Some((&c.other_workload_id, &c.broker))),
+    },
+    Case {
+        name: "bound-other-broker",
+        changes: "the launch bound to this workload but to another broker URL \
+                  (http://other-broker.invalid:8000): its digest, its host.json",
+        why: "a host that points the launch at its own broker (handing the guest a disk of its \
+              own) must not get this broker's key for that launch",
+        rests_on: "attestation_url in the measured binding; needs --bundle",
+        expect: Expect::Refused,
+        closed_ok: false,
+        run: |c| c.binding_flow(Some((&c.workload_id, "http://other-broker.invalid:8000"))),
+    },
+    Case {
+        name: "unbound-launch",
+        changes: "the launch with no binding in its host.json (what krunfw_measurement \
+                  digests): its digest, its host.json, against the bound registration",
+        why: "an unbound launch is bound to no workload or broker: whoever runs it could take \
+              the key",
+        rests_on: "docs/measurement.md \"Unbound digests\"; needs --bundle",
+        expect: Expect::Refused,
+        closed_ok: false,
+        run: |c| c.binding_flow(None),
+    },
+    Case {
         name: "unknown-ark",
         changes: "the report is signed by a second, fresh PSP model identity whose VCEK, ASK and \
                   ARK are sent with the evidence",

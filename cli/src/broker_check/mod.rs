@@ -61,8 +61,20 @@ pub struct BrokerCheckArgs {
     /// The workload's registered SNP launch digest (96 hex digits). SEV-ES launches are
     /// broker-check's own: the digest is fixed (--print-measurement), and given here it must
     /// be that one.
-    #[arg(long, required_if_eq("tee", "snp"))]
+    #[arg(long)]
     measurement: Option<String>,
+    /// The guest bundle the workload launches with (SNP): broker-check then computes the
+    /// workload's digest itself, bound to --workload-id, --broker and --protocol (docs/
+    /// threat-model.md "Binding"), and runs the binding cases with the digests of launches
+    /// bound elsewhere or unbound. Register that digest (--admin-token-file does).
+    #[arg(long)]
+    bundle: Option<std::path::PathBuf>,
+    /// vCPUs of the launch whose digest --bundle computes.
+    #[arg(long, default_value_t = 1)]
+    vcpus: u8,
+    /// RAM in MiB of the launch whose digest --bundle computes.
+    #[arg(long, default_value_t = 512)]
+    ram_mib: u32,
     /// A file holding the broker's admin token (krun-kbs's admin API): broker-check then
     /// registers --workload-id and the other workload itself, with the requirements the
     /// minimum-TCB and minimum-firmware cases need. Without it those cases are skipped.
@@ -92,7 +104,7 @@ pub enum BrokerCheckError {
     Url(#[source] krun_attestation::transport::UrlError),
     #[error("TLS setup failed")]
     Tls(#[source] tls::TlsError),
-    #[error("--measurement must be 96 hex digits")]
+    #[error("--tee snp needs --measurement (96 hex digits) or --bundle")]
     Measurement,
     #[error("for SEV-ES the launch is broker-check's own: register and give its digest {0}")]
     SevMeasurement(String),
@@ -102,6 +114,14 @@ pub enum BrokerCheckError {
     RcarSev,
     #[error("cannot read the admin token")]
     Token(#[source] crate::mkcw::register::RegisterError),
+    #[error("cannot load the bundle {0}")]
+    Bundle(String, #[source] krun_bundle::BundleError),
+    #[error("--bundle computes the SNP launch digest; it works with --tee snp only")]
+    BundleTee,
+    #[error("cannot compute the launch digest of the bundle")]
+    Digest(#[source] krun_sev::launch::LaunchError),
+    #[error("--measurement is not the digest of the bound launch of --bundle, {0}")]
+    BoundMeasurement(String),
     #[error("cannot get random bytes for a passphrase")]
     Random(#[source] std::io::Error),
     #[error("cannot register workload {id}: {observed}")]
@@ -179,6 +199,12 @@ pub struct Ctx {
     pub measurement: [u8; 48],
     pub tee: TeeArg,
     pub identity: Arc<ModelIdentity>,
+    /// The bundle and launch shape of --bundle, for the binding cases.
+    pub launch: Option<(
+        krun_bundle::Bundle,
+        krun_sev::launch::host_json::LaunchShape,
+    )>,
+    pub broker: String,
     /// `Bearer <token>` for the admin API, when given.
     admin_auth: Option<zeroize::Zeroizing<String>>,
     /// A second identity whose ARK no broker trusts; made on first use.
@@ -316,16 +342,28 @@ impl Ctx {
         if self.tee == TeeArg::SevEs {
             return self.sev_auth_body(self.sev_build());
         }
+        self.snp_auth_body(None)
+    }
+
+    /// The SNP `/auth` body, sending the launch's measured host.json when given (krun-kbs's
+    /// extension; docs/measurement.md "Unbound digests").
+    pub fn snp_auth_body(&self, host_json: Option<&[u8]>) -> Vec<u8> {
         let v = match self.protocol {
             KbsProtocol::Reference => {
-                let extra = serde_json::json!({ "workload_id": self.workload_id }).to_string();
+                let extra = serde_json::to_string(&reference::SnpRequest {
+                    workload_id: self.workload_id.clone(),
+                    host_json: host_json.map(reference::encode_host_json),
+                })
+                .unwrap_or_default();
                 serde_json::to_value(reference::Request {
                     version: reference::PROTOCOL_VERSION.into(),
                     tee: reference::Tee::Snp,
                     extra_params: extra,
                 })
             }
-            KbsProtocol::Rcar => serde_json::to_value(rcar::auth_request(rcar::Tee::Snp, None)),
+            KbsProtocol::Rcar => {
+                serde_json::to_value(rcar::auth_request(rcar::Tee::Snp, host_json))
+            }
         };
         v.map(|v| v.to_string().into_bytes()).unwrap_or_default()
     }
@@ -335,6 +373,61 @@ impl Ctx {
             KbsProtocol::Reference => reference::SESSION_COOKIE,
             KbsProtocol::Rcar => rcar::SESSION_COOKIE,
         }
+    }
+
+    /// The measured host.json of an SNP launch of --bundle bound to `(workload, url)` with
+    /// this protocol, or unbound; `None` without --bundle.
+    pub fn host_json(&self, binding: Option<(&str, &str)>) -> Option<Vec<u8>> {
+        let (_, shape) = self.launch.as_ref()?;
+        let binding = binding.map(|(workload, url)| krun_footer::Binding {
+            workload_id: workload.into(),
+            attestation_url: url.into(),
+            kbs_protocol: match self.protocol {
+                KbsProtocol::Reference => krun_footer::KbsProtocol::Reference,
+                KbsProtocol::Rcar => krun_footer::KbsProtocol::Rcar,
+            },
+            broker_pin: None,
+        });
+        Some(krun_sev::launch::host_json::build(
+            &krun_sev::resources::VmResources::default(),
+            krun_sev::tee::TeeMode::Snp,
+            shape,
+            binding.as_ref(),
+        ))
+    }
+
+    /// The SNP launch digest of --bundle with `host_json`.
+    pub fn launch_digest(&self, host_json: &[u8]) -> Result<[u8; 48], BrokerCheckError> {
+        let bundle = self
+            .launch
+            .as_ref()
+            .map(|(b, _)| b)
+            .ok_or(BrokerCheckError::BundleTee)?;
+        krun_sev::launch::measurement_of_host_json(&self.identity, bundle, host_json)
+            .map_err(BrokerCheckError::Digest)?
+            .digest
+            .try_into()
+            .map_err(|_| BrokerCheckError::BundleTee)
+    }
+
+    /// The genuine flow, but for the launch of --bundle bound to `binding` (or unbound): the
+    /// report carries its digest and `/auth` sends its host.json.
+    pub fn binding_flow(&self, binding: Option<(&str, &str)>) -> Observed {
+        let Some(json) = self.host_json(binding) else {
+            return Observed::Skipped(
+                "needs --bundle: the digests of other bindings are computed from the bundle".into(),
+            );
+        };
+        let run = || -> Step<Observed> {
+            let digest = self
+                .launch_digest(&json)
+                .map_err(|e| Observed::Skipped(error_chain(&e)))?;
+            let session = self.auth_with(&self.snp_auth_body(Some(&json)))?;
+            let ev = self.evidence(&session, |f| f.measurement = digest)?;
+            self.attest(&session, &ev.body)?;
+            Ok(self.key(&session, &self.workload_id, &ev.key))
+        };
+        run().unwrap_or_else(|o| o)
     }
 
     /// The platform's SEV firmware build, as the model reports it.
@@ -677,8 +770,14 @@ fn register(ctx: &Ctx) -> Result<(), BrokerCheckError> {
             let snp = serde_json::json!({ "min_tcb": {
                 "bootloader": t.bootloader, "tee": t.tee, "snp": t.snp, "microcode": t.microcode,
             }});
-            let mut other = ctx.measurement;
-            other[47] ^= 1;
+            let other = match ctx.host_json(Some((&ctx.other_workload_id, &ctx.broker))) {
+                Some(json) => ctx.launch_digest(&json)?,
+                None => {
+                    let mut other = ctx.measurement;
+                    other[47] ^= 1;
+                    other
+                }
+            };
             (
                 "snp",
                 ("snp", snp),
@@ -736,6 +835,7 @@ pub fn broker_check(args: &BrokerCheckArgs) -> Result<ExitCode, BrokerCheckError
     let url = BrokerUrl::parse(&args.broker).map_err(BrokerCheckError::Url)?;
     let mut measurement = [0u8; 48];
     match args.tee {
+        TeeArg::Snp if args.bundle.is_some() => {}
         TeeArg::Snp => hex::decode_to_slice(
             args.measurement.as_deref().unwrap_or_default().trim(),
             &mut measurement,
@@ -745,6 +845,9 @@ pub fn broker_check(args: &BrokerCheckArgs) -> Result<ExitCode, BrokerCheckError
             let own = hex::encode(sev_es::digest(&sev_es::LAUNCH_DATA));
             if args.protocol == ProtocolArg::Rcar {
                 return Err(BrokerCheckError::RcarSev);
+            }
+            if args.bundle.is_some() {
+                return Err(BrokerCheckError::BundleTee);
             }
             if let Some(m) = &args.measurement {
                 if !m.trim().eq_ignore_ascii_case(&own) {
@@ -777,7 +880,22 @@ pub fn broker_check(args: &BrokerCheckArgs) -> Result<ExitCode, BrokerCheckError
     } else {
         Arc::new(tcp)
     };
-    let ctx = Ctx {
+    let launch = match &args.bundle {
+        Some(dir) => Some((
+            krun_bundle::Bundle::load(dir)
+                .map_err(|e| BrokerCheckError::Bundle(dir.display().to_string(), e))?,
+            krun_sev::launch::host_json::LaunchShape {
+                vcpus: args.vcpus,
+                ram_mib: args.ram_mib,
+                vcpu_model: Default::default(),
+                data_disk: false,
+            },
+        )),
+        None => None,
+    };
+    let mut ctx = Ctx {
+        launch,
+        broker: args.broker.clone(),
         connector,
         url,
         protocol: match args.protocol {
@@ -796,6 +914,15 @@ pub fn broker_check(args: &BrokerCheckArgs) -> Result<ExitCode, BrokerCheckError
         other: std::sync::OnceLock::new(),
         rsa: std::sync::OnceLock::new(),
     };
+    if let Some(json) = ctx.host_json(Some((&ctx.workload_id, &ctx.broker))) {
+        let bound = ctx.launch_digest(&json)?;
+        if let Some(m) = &args.measurement {
+            if !m.trim().eq_ignore_ascii_case(&hex::encode(bound)) {
+                return Err(BrokerCheckError::BoundMeasurement(hex::encode(bound)));
+            }
+        }
+        ctx.measurement = bound;
+    }
     if ctx.admin_auth.is_some() {
         register(&ctx)?;
     }
