@@ -10,6 +10,8 @@ mod support;
 
 use std::process::{Child, Command, Output};
 
+use sha2::Digest as _;
+
 /// The launch digest the workload is registered with; the model signs reports carrying it.
 const MEASUREMENT: [u8; 48] = [0x5c; 48];
 
@@ -44,27 +46,10 @@ impl Kbs {
         let out = krun_sev(&["model-trust", trust.to_str().unwrap()]);
         assert!(out.status.success(), "{out:?}");
         let db = dir.path().join("kbs.db");
-        let pass = dir.path().join("passphrase");
-        std::fs::write(&pass, "broker-check passphrase").unwrap();
-        let add = Command::new(support::krun_kbs_bin())
-            .arg("--db")
-            .arg(&db)
-            .args([
-                "workload",
-                "add",
-                "--id",
-                "w",
-                "--tee",
-                "snp",
-                "--measurement",
-            ])
-            .arg(hex::encode(MEASUREMENT))
-            .arg("--passphrase-file")
-            .arg(&pass)
-            .args(extra)
-            .output()
-            .unwrap();
-        assert!(add.status.success(), "{add:?}");
+        let measurement = hex::encode(MEASUREMENT);
+        let mut args = vec!["--id", "w", "--tee", "snp", "--measurement", &measurement];
+        args.extend(extra);
+        workload_add(dir.path(), &args);
         let token = dir.path().join("admin-token");
         std::fs::write(&token, ADMIN_TOKEN).unwrap();
         let (child, url) = support::spawn_kbs(
@@ -88,6 +73,11 @@ impl Kbs {
             bundle,
             dir,
         }
+    }
+
+    /// `krun-kbs workload add ARGS` while the broker runs.
+    fn workload_add(&self, args: &[&str]) {
+        workload_add(self.dir.path(), args);
     }
 
     /// `krun-sev broker-check --json --tee snp` for workload `w` (registered beforehand);
@@ -142,6 +132,22 @@ impl Kbs {
     }
 }
 
+/// `krun-kbs workload add ARGS` in the broker's database in `dir`, with a passphrase.
+fn workload_add(dir: &std::path::Path, args: &[&str]) {
+    let pass = dir.join("passphrase");
+    std::fs::write(&pass, "broker-check passphrase").unwrap();
+    let add = Command::new(support::krun_kbs_bin())
+        .arg("--db")
+        .arg(dir.join("kbs.db"))
+        .args(["workload", "add"])
+        .args(args)
+        .arg("--passphrase-file")
+        .arg(&pass)
+        .output()
+        .unwrap();
+    assert!(add.status.success(), "{add:?}");
+}
+
 impl Drop for Kbs {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -187,8 +193,9 @@ fn krun_kbs_passes_every_case_with_both_protocols_and_both_tees() {
         for c in &cases[1..] {
             let observed = c["observed"].as_str().unwrap();
             let name = c["case"].as_str().unwrap();
+            let prevented = name.ends_with("-policy") && tee == "sev-es";
             assert!(
-                observed.contains(": HTTP 4") || name.starts_with("oversized-"),
+                observed.contains(": HTTP 4") || name.starts_with("oversized-") || prevented,
                 "{protocol} {tee}: {c}"
             );
             assert!(!c["why"].as_str().unwrap().is_empty());
@@ -255,6 +262,38 @@ fn a_broker_that_accepts_a_debug_policy_fails_exactly_that_case() {
         assert_eq!(verdicts(&cases, "skipped"), NEED_REGISTRATION);
         assert_eq!(code, Some(1), "{protocol}");
     }
+
+    // SEV-ES: the broker chooses the launch policy; registered with 0x3e it hands out a
+    // debuggable one (NODBG clear) and releases the secret to that launch.
+    let mut sev_digest = sha2::Sha256::new();
+    sev_digest.update([0x42u8; 4096]);
+    sev_digest.update([0x17u8; 4096]);
+    let sev_digest = hex::encode(sev_digest.finalize());
+    kbs.workload_add(&[
+        "--id",
+        "s",
+        "--tee",
+        "sev",
+        "--measurement",
+        &sev_digest,
+        "--sev-policy",
+        "0x3e",
+    ]);
+    let (code, cases) = kbs.check_with(&[
+        "--protocol",
+        "reference",
+        "--tee",
+        "sev-es",
+        "--workload-id",
+        "s",
+    ]);
+    assert_eq!(verdicts(&cases, "WRONG"), ["debug-policy"], "{cases:#?}");
+    let mut skipped = vec!["build-below-minimum"];
+    skipped.extend(&NEED_REGISTRATION[4..]);
+    assert_eq!(verdicts(&cases, "skipped"), skipped);
+    assert_eq!(code, Some(1));
+    let debug = cases.iter().find(|c| c["case"] == "debug-policy").unwrap();
+    assert_eq!(debug["observed"], "released", "{debug}");
 }
 
 #[test]

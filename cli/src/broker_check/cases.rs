@@ -263,6 +263,28 @@ pub const SEV_CASES: &[Case] = &[
         },
     },
     Case {
+        name: "debug-policy",
+        changes: "nothing by broker-check: the case reads the policy the broker chose for \
+                  LAUNCH_START; if NODBG (bit 0) is clear, it launches with it and asks for \
+                  the key",
+        why: "the guest owner (the broker) picks the SEV policy; a broker that lets the launch \
+              be debuggable hands its secret to a guest whose memory the host can read \
+              (DBG_DECRYPT)",
+        rests_on: "the /auth LAUNCH_START policy, bit 0 NODBG (SEV API §3, guest policy)",
+        expect: Expect::Refused,
+        closed_ok: false,
+        run: |c| chosen_policy(c, POLICY_NODBG, "NODBG"),
+    },
+    Case {
+        name: "key-sharing-policy",
+        changes: "as debug-policy, for NOKS (bit 1)",
+        why: "a guest whose key may be shared with other guests of the host is readable by them",
+        rests_on: "the /auth LAUNCH_START policy, bit 1 NOKS (SEV API §3, guest policy)",
+        expect: Expect::Refused,
+        closed_ok: false,
+        run: |c| chosen_policy(c, POLICY_NOKS, "NOKS"),
+    },
+    Case {
         name: "policy-debug",
         changes: "the guest is launched with the broker's policy but NODBG (bit 0) cleared, \
                   without the broker's session (the PSP refuses the session's POLICY MAC for \
@@ -542,6 +564,25 @@ pub const BODY_CASES: &[Case] = &[
         run: |c| admin_body(c, "register_workload", &oversized()),
     },
 ];
+
+/// Refused before any request when the broker's policy has `bit`; otherwise the genuine
+/// flow under the broker's weak policy, which must not release.
+fn chosen_policy(c: &Ctx, bit: u32, name: &str) -> Observed {
+    let run = || {
+        let a = c.auth()?;
+        let policy = a.sev.as_ref().map(|s| s.policy.to_u32()).unwrap_or(0);
+        if policy & bit != 0 {
+            return Err(Observed::Prevented {
+                step: "auth",
+                why: format!("the broker's LAUNCH_START policy {policy:#x} has {name} set"),
+            });
+        }
+        let (mut guest, body) = c.sev_launch(&a, &GENUINE)?;
+        c.attest(&a, &body)?;
+        Ok(c.sev_key(&a, &c.workload_id, &mut guest))
+    };
+    run().unwrap_or_else(|o| o)
+}
 
 fn other_policy(c: &Ctx, cleared: u32) -> Observed {
     let run = || {

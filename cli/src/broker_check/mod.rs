@@ -157,6 +157,9 @@ pub enum Observed {
     /// The broker answered 200 but the answer is unusable (for example the key does not
     /// decrypt).
     BadAnswer { step: &'static str, error: String },
+    /// The broker never offered what the case needs (for example it chose a policy that
+    /// forbids what the case tries): a refusal before any request could carry it.
+    Prevented { step: &'static str, why: String },
     /// The case cannot run here (reason).
     Skipped(String),
 }
@@ -172,6 +175,7 @@ impl Observed {
             } => format!("{step}: HTTP {status} {message}"),
             Observed::Transport { step, error } => format!("{step}: {error}"),
             Observed::BadAnswer { step, error } => format!("{step}: bad answer: {error}"),
+            Observed::Prevented { step, why } => format!("{step}: {why}"),
             Observed::Skipped(why) => format!("skipped: {why}"),
         }
     }
@@ -183,6 +187,7 @@ fn verdict(expect: Expect, observed: &Observed, closed_ok: bool) -> &'static str
         (_, Observed::Skipped(_)) => "skipped",
         (Expect::Released, Observed::Released) => "ok",
         (Expect::Refused, Observed::Status { status, .. }) if (400..500).contains(status) => "ok",
+        (Expect::Refused, Observed::Prevented { .. }) => "ok",
         // Closing the connection on an oversized body is a refusal too.
         (Expect::Refused, Observed::Transport { .. }) if closed_ok => "ok",
         _ => "WRONG",
