@@ -206,8 +206,8 @@ fn krun_kbs_passes_every_case_with_both_protocols_and_both_tees() {
         } else {
             &[
                 "wrong-tik",
-                "policy-debug",
-                "policy-key-sharing",
+                "measure-other-policy-debug",
+                "measure-other-policy-noks",
                 "build-below-minimum",
             ]
         };

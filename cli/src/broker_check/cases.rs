@@ -285,7 +285,7 @@ pub const SEV_CASES: &[Case] = &[
         run: |c| chosen_policy(c, POLICY_NOKS, "NOKS"),
     },
     Case {
-        name: "policy-debug",
+        name: "measure-other-policy-debug",
         changes: "the guest is launched with the broker's policy but NODBG (bit 0) cleared, \
                   without the broker's session (the PSP refuses the session's POLICY MAC for \
                   another policy)",
@@ -297,8 +297,8 @@ pub const SEV_CASES: &[Case] = &[
         run: |c| other_policy(c, POLICY_NODBG),
     },
     Case {
-        name: "policy-key-sharing",
-        changes: "as policy-debug, with NOKS (bit 1) cleared instead",
+        name: "measure-other-policy-noks",
+        changes: "as measure-other-policy-debug, with NOKS (bit 1) cleared instead",
         why: "a guest that shares its key with other guests of the host is readable by them",
         rests_on: "POLICY inside the MEASURE MAC; the session's POLICY_MAC (SEV API §6.2)",
         expect: Expect::Refused,
