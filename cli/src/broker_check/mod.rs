@@ -1,8 +1,11 @@
-//! `krun-sev broker-check`: drives a key broker with evidence made by the PSP model, the
-//! genuine flow once (the key must be released) and then each case of [`cases::CASES`]
-//! (each must be refused), over raw HTTP so any broker speaking the reference-kbs protocol
-//! or Trustee's RCAR can be checked. Prints case / expected / observed / verdict; exits 1
-//! when any verdict is wrong. See docs/broker-check.md.
+//! `krun-sev broker-check`: drives a key broker with evidence made by the PSP model (SNP
+//! reports, or SEV-ES launches run in the model), the genuine flow once (the key must be
+//! released) and then each refusal case of [`cases::CASES`] or [`cases::SEV_CASES`] and
+//! [`cases::BODY_CASES`], over raw HTTP so any broker speaking the reference-kbs protocol or
+//! Trustee's RCAR can be checked. With an admin token it registers the workloads itself
+//! (krun-kbs's admin API); with a bundle it computes bound digests for the binding cases.
+//! Prints case / expected / observed / verdict; exits 1 when any verdict is wrong. See
+//! docs/broker-check.md.
 
 mod cases;
 mod sev_es;
