@@ -1,12 +1,16 @@
 //! `krun-sev broker-check` against the real `krun-kbs` configured with the PSP model's trust
-//! roots (`krun-sev model-trust`): every verdict is "ok" for both protocols and the command
-//! exits 0. Against the same broker with the workload registered `--allow-debug` (a
-//! deliberately weakened registration) it fails on exactly the debug-policy case.
+//! roots (`krun-sev model-trust`): with the admin token (broker-check registers the workloads
+//! itself) every verdict is "ok" for SNP over both protocols and SEV-ES over the reference
+//! protocol, and the command exits 0. Against the same broker with the workload registered
+//! `--allow-debug` (a deliberately weakened registration) it fails on exactly the
+//! debug-policy case.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 
 use std::process::{Child, Command, Output};
+
+use sha2::Digest as _;
 
 /// The launch digest the workload is registered with; the model signs reports carrying it.
 const MEASUREMENT: [u8; 48] = [0x5c; 48];
@@ -28,8 +32,12 @@ fn krun_sev(args: &[&str]) -> Output {
 struct Kbs {
     child: Child,
     url: String,
-    _dir: tempfile::TempDir,
+    /// A minimal guest bundle, for the binding cases.
+    bundle: std::path::PathBuf,
+    dir: tempfile::TempDir,
 }
+
+const ADMIN_TOKEN: &str = "broker-check admin token";
 
 impl Kbs {
     fn start(extra: &[&str]) -> Kbs {
@@ -38,27 +46,12 @@ impl Kbs {
         let out = krun_sev(&["model-trust", trust.to_str().unwrap()]);
         assert!(out.status.success(), "{out:?}");
         let db = dir.path().join("kbs.db");
-        let pass = dir.path().join("passphrase");
-        std::fs::write(&pass, "broker-check passphrase").unwrap();
-        let add = Command::new(support::krun_kbs_bin())
-            .arg("--db")
-            .arg(&db)
-            .args([
-                "workload",
-                "add",
-                "--id",
-                "w",
-                "--tee",
-                "snp",
-                "--measurement",
-            ])
-            .arg(hex::encode(MEASUREMENT))
-            .arg("--passphrase-file")
-            .arg(&pass)
-            .args(extra)
-            .output()
-            .unwrap();
-        assert!(add.status.success(), "{add:?}");
+        let measurement = hex::encode(MEASUREMENT);
+        let mut args = vec!["--id", "w", "--tee", "snp", "--measurement", &measurement];
+        args.extend(extra);
+        workload_add(dir.path(), &args);
+        let token = dir.path().join("admin-token");
+        std::fs::write(&token, ADMIN_TOKEN).unwrap();
         let (child, url) = support::spawn_kbs(
             Command::new(support::krun_kbs_bin())
                 .args(["--listen", "127.0.0.1:0", "--db"])
@@ -67,22 +60,31 @@ impl Kbs {
                 .arg(trust.join("roots.pem"))
                 .arg("--vcek-dir")
                 .arg(trust.join("vcek"))
+                .arg("--sev-trust-root")
+                .arg(trust.join("ark.cert"))
+                .arg("--admin-token-file")
+                .arg(&token)
                 .env("RUST_LOG", "error"),
         );
+        let bundle = support::fake_bundle(dir.path());
         Kbs {
             child,
             url,
-            _dir: dir,
+            bundle,
+            dir,
         }
     }
 
-    /// `krun-sev broker-check --json` against this broker; the exit code and the cases.
+    /// `krun-kbs workload add ARGS` while the broker runs.
+    fn workload_add(&self, args: &[&str]) {
+        workload_add(self.dir.path(), args);
+    }
+
+    /// `krun-sev broker-check --json --tee snp` for workload `w` (registered beforehand);
+    /// the exit code and the cases.
     fn check(&self, protocol: &str) -> (Option<i32>, Vec<serde_json::Value>) {
         let measurement = hex::encode(MEASUREMENT);
-        let out = krun_sev(&[
-            "broker-check",
-            "--broker",
-            &self.url,
+        self.check_with(&[
             "--protocol",
             protocol,
             "--tee",
@@ -91,12 +93,59 @@ impl Kbs {
             "w",
             "--measurement",
             &measurement,
-            "--json",
-        ]);
+        ])
+    }
+
+    /// `krun-sev broker-check --json` with `args` and the admin token: broker-check registers
+    /// the workload itself.
+    fn check_registering(&self, protocol: &str, tee: &str, id: &str) -> Vec<serde_json::Value> {
+        let token = self.dir.path().join("admin-token");
+        let bundle = &self.bundle;
+        let mut args = vec![
+            "--protocol",
+            protocol,
+            "--tee",
+            tee,
+            "--workload-id",
+            id,
+            "--admin-token-file",
+            token.to_str().unwrap(),
+        ];
+        if tee == "snp" {
+            // The workload's digest is the launch of the bundle bound to it and this broker.
+            args.extend(["--bundle", bundle.to_str().unwrap()]);
+        }
+        let (code, cases) = self.check_with(&args);
+        let not_ok: Vec<_> = cases.iter().filter(|c| c["verdict"] != "ok").collect();
+        assert!(not_ok.is_empty(), "{protocol} {tee}: {not_ok:#?}");
+        assert_eq!(code, Some(0), "{protocol} {tee}");
+        cases
+    }
+
+    fn check_with(&self, args: &[&str]) -> (Option<i32>, Vec<serde_json::Value>) {
+        let mut all = vec!["broker-check", "--broker", &self.url, "--json"];
+        all.extend(args);
+        let out = krun_sev(&all);
         let v: serde_json::Value =
             serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
         (out.status.code(), v["cases"].as_array().unwrap().clone())
     }
+}
+
+/// `krun-kbs workload add ARGS` in the broker's database in `dir`, with a passphrase.
+fn workload_add(dir: &std::path::Path, args: &[&str]) {
+    let pass = dir.join("passphrase");
+    std::fs::write(&pass, "broker-check passphrase").unwrap();
+    let add = Command::new(support::krun_kbs_bin())
+        .arg("--db")
+        .arg(dir.join("kbs.db"))
+        .args(["workload", "add"])
+        .args(args)
+        .arg("--passphrase-file")
+        .arg(&pass)
+        .output()
+        .unwrap();
+    assert!(add.status.success(), "{add:?}");
 }
 
 impl Drop for Kbs {
@@ -114,29 +163,94 @@ fn verdicts(cases: &[serde_json::Value], verdict: &str) -> Vec<String> {
         .collect()
 }
 
+/// The SNP cases skipped without --bundle and --admin-token-file.
+const NEED_REGISTRATION: [&str; 8] = [
+    "bound-other-workload",
+    "bound-other-broker",
+    "unbound-launch",
+    "tcb-below-minimum",
+    "garbage-admin",
+    "oversized-admin",
+    "garbage-register",
+    "oversized-register",
+];
+
 #[test]
-fn krun_kbs_passes_every_case_with_both_protocols() {
+fn krun_kbs_passes_every_case_with_both_protocols_and_both_tees() {
     let kbs = Kbs::start(&[]);
-    for protocol in ["reference", "rcar"] {
-        let (code, cases) = kbs.check(protocol);
-        assert!(cases.len() >= 17, "{protocol}: {cases:?}");
-        let not_ok: Vec<_> = cases.iter().filter(|c| c["verdict"] != "ok").collect();
-        assert!(not_ok.is_empty(), "{protocol}: {not_ok:#?}");
-        assert_eq!(code, Some(0), "{protocol}");
+    for (protocol, tee) in [
+        ("reference", "snp"),
+        ("rcar", "snp"),
+        ("reference", "sev-es"),
+    ] {
+        let cases = kbs.check_registering(protocol, tee, &format!("{tee}-{protocol}"));
+        assert!(cases.len() >= 20, "{protocol} {tee}: {cases:?}");
         let genuine = &cases[0];
         assert_eq!(genuine["case"], "genuine");
         assert_eq!(genuine["observed"], "released");
-        // Each refusal is an HTTP 4xx answer (or, for the oversized body, a closed
+        // Each refusal is an HTTP 4xx answer (or, for an oversized body, a closed
         // connection), and each case says why.
         for c in &cases[1..] {
             let observed = c["observed"].as_str().unwrap();
+            let name = c["case"].as_str().unwrap();
+            let prevented = name.ends_with("-policy") && tee == "sev-es";
             assert!(
-                observed.contains(": HTTP 4") || c["case"] == "oversized-attest",
-                "{protocol}: {c}"
+                observed.contains(": HTTP 4") || name.starts_with("oversized-") || prevented,
+                "{protocol} {tee}: {c}"
             );
             assert!(!c["why"].as_str().unwrap().is_empty());
         }
+        let names: Vec<&str> = cases.iter().map(|c| c["case"].as_str().unwrap()).collect();
+        let expected: &[&str] = if tee == "snp" {
+            &["debug-policy", "unknown-ark"]
+        } else {
+            &[
+                "wrong-tik",
+                "measure-other-policy-debug",
+                "measure-other-policy-noks",
+                "build-below-minimum",
+            ]
+        };
+        let needed = if tee == "snp" {
+            &NEED_REGISTRATION[..]
+        } else {
+            &NEED_REGISTRATION[4..]
+        };
+        for e in expected.iter().chain(needed) {
+            assert!(names.contains(e), "{protocol} {tee}: no {e} in {names:?}");
+        }
     }
+
+    // Without the admin token the workload must exist (`w`, registered by the CLI), and
+    // the cases resting on a registered requirement are skipped, never counted ok.
+    for protocol in ["reference", "rcar"] {
+        let (code, cases) = kbs.check(protocol);
+        assert_eq!(verdicts(&cases, "skipped"), NEED_REGISTRATION, "{protocol}");
+        assert_eq!(
+            verdicts(&cases, "WRONG"),
+            Vec::<String>::new(),
+            "{protocol}"
+        );
+        assert_eq!(code, Some(0), "{protocol}");
+    }
+
+    // RCAR has no SEV-ES evidence: a clear error, no table.
+    let out = krun_sev(&[
+        "broker-check",
+        "--broker",
+        &kbs.url,
+        "--protocol",
+        "rcar",
+        "--tee",
+        "sev-es",
+        "--workload-id",
+        "w",
+    ]);
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("RCAR 0.4.0 carries no SEV"),
+        "{out:?}"
+    );
 }
 
 #[test]
@@ -145,9 +259,41 @@ fn a_broker_that_accepts_a_debug_policy_fails_exactly_that_case() {
     for protocol in ["reference", "rcar"] {
         let (code, cases) = kbs.check(protocol);
         assert_eq!(verdicts(&cases, "WRONG"), ["debug-policy"], "{protocol}");
-        assert_eq!(verdicts(&cases, "skipped"), Vec::<String>::new());
+        assert_eq!(verdicts(&cases, "skipped"), NEED_REGISTRATION);
         assert_eq!(code, Some(1), "{protocol}");
     }
+
+    // SEV-ES: the broker chooses the launch policy; registered with 0x3e it hands out a
+    // debuggable one (NODBG clear) and releases the secret to that launch.
+    let mut sev_digest = sha2::Sha256::new();
+    sev_digest.update([0x42u8; 4096]);
+    sev_digest.update([0x17u8; 4096]);
+    let sev_digest = hex::encode(sev_digest.finalize());
+    kbs.workload_add(&[
+        "--id",
+        "s",
+        "--tee",
+        "sev",
+        "--measurement",
+        &sev_digest,
+        "--sev-policy",
+        "0x3e",
+    ]);
+    let (code, cases) = kbs.check_with(&[
+        "--protocol",
+        "reference",
+        "--tee",
+        "sev-es",
+        "--workload-id",
+        "s",
+    ]);
+    assert_eq!(verdicts(&cases, "WRONG"), ["debug-policy"], "{cases:#?}");
+    let mut skipped = vec!["build-below-minimum"];
+    skipped.extend(&NEED_REGISTRATION[4..]);
+    assert_eq!(verdicts(&cases, "skipped"), skipped);
+    assert_eq!(code, Some(1));
+    let debug = cases.iter().find(|c| c["case"] == "debug-policy").unwrap();
+    assert_eq!(debug["observed"], "released", "{debug}");
 }
 
 #[test]

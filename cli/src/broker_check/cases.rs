@@ -4,7 +4,8 @@
 //! policy); protocols: virtee/reference-kbs and Trustee's KBS protocol (RCAR 0.4.0).
 //! Keep docs/broker-check.md in step with this table.
 
-use super::{Ctx, Evidence, Expect, Observed};
+use super::sev_es::{Launch, GENUINE, LAUNCH_DATA, OTHER_DATA, POLICY_NODBG, POLICY_NOKS};
+use super::{Ctx, Evidence, Expect, Observed, Step};
 
 /// Guest policy bit 19: DEBUG (ABI 56860 §4.3).
 const POLICY_DEBUG: u64 = 1 << 19;
@@ -26,7 +27,7 @@ pub struct Case {
     pub run: fn(&Ctx) -> Observed,
 }
 
-/// Every case, the genuine flow first.
+/// The SNP cases, the genuine flow first.
 pub const CASES: &[Case] = &[
     Case {
         name: "genuine",
@@ -157,6 +158,41 @@ pub const CASES: &[Case] = &[
         run: key_other_workload,
     },
     Case {
+        name: "bound-other-workload",
+        changes: "the launch of the same bundle and shape bound to --other-workload-id (the \
+                  co-tenant's genuine launch): its digest in MEASUREMENT, its host.json sent; \
+                  the key of --workload-id asked for",
+        why: "a co-tenant with the same bundle, vCPUs and RAM must not get another tenant's \
+              key: the binding in the launch digest names whose launch it is",
+        rests_on: "the binding measured in /krun/host.json (docs/threat-model.md \"Binding\"); \
+                   MEASUREMENT (0x090); needs --bundle",
+        expect: Expect::Refused,
+        closed_ok: false,
+        run: |c| c.binding_flow(Some((&c.other_workload_id, &c.broker))),
+    },
+    Case {
+        name: "bound-other-broker",
+        changes: "the launch bound to this workload but to another broker URL \
+                  (http://other-broker.invalid:8000): its digest, its host.json",
+        why: "a host that points the launch at its own broker (handing the guest a disk of its \
+              own) must not get this broker's key for that launch",
+        rests_on: "attestation_url in the measured binding; needs --bundle",
+        expect: Expect::Refused,
+        closed_ok: false,
+        run: |c| c.binding_flow(Some((&c.workload_id, "http://other-broker.invalid:8000"))),
+    },
+    Case {
+        name: "unbound-launch",
+        changes: "the launch with no binding in its host.json (what krunfw_measurement \
+                  digests): its digest, its host.json, against the bound registration",
+        why: "an unbound launch is bound to no workload or broker: whoever runs it could take \
+              the key",
+        rests_on: "docs/measurement.md \"Unbound digests\"; needs --bundle",
+        expect: Expect::Refused,
+        closed_ok: false,
+        run: |c| c.binding_flow(None),
+    },
+    Case {
         name: "unknown-ark",
         changes: "the report is signed by a second, fresh PSP model identity whose VCEK, ASK and \
                   ARK are sent with the evidence",
@@ -177,18 +213,262 @@ pub const CASES: &[Case] = &[
         run: truncated_report,
     },
     Case {
+        name: "tcb-below-minimum",
+        changes: "REPORTED_TCB's SNP component is one below the platform's, which the \
+                  workload is registered to require as its minimum TCB",
+        why: "a TCB below the owner's minimum runs firmware with known, fixed vulnerabilities",
+        rests_on: "ATTESTATION_REPORT.REPORTED_TCB (0x180) against the registration's minimum \
+                   (krun-kbs snp.min_tcb); needs --admin-token-file",
+        expect: Expect::Refused,
+        closed_ok: false,
+        run: |c| {
+            if let Some(why) = c.unregistered() {
+                return why;
+            }
+            c.flow(|f| f.tcb[6] = f.tcb[6].saturating_sub(1))
+        },
+    },
+];
+
+/// The SEV-ES cases (reference protocol), the genuine flow first. MEASURE is
+/// HMAC-SHA256(TIK, 0x04 ‖ API_MAJOR ‖ API_MINOR ‖ BUILD ‖ POLICY ‖ digest ‖ MNONCE), the TIK
+/// being the one the broker wrapped for the platform's PDH in `/auth` (SEV API 55766 §6.5).
+pub const SEV_CASES: &[Case] = &[
+    Case {
+        name: "genuine",
+        changes: "nothing: broker-check's launch (one data page, one VMSA) with the broker's \
+                  LAUNCH_START session and policy, the model's real firmware build",
+        why: "the baseline: a broker that refuses this releases nothing to anyone, and every \
+              refusal below would prove nothing",
+        rests_on: "the protocol's happy path; the LAUNCH_SECRET packet must pass the model's \
+                   MAC check and decrypt",
+        expect: Expect::Released,
+        closed_ok: false,
+        run: |c| c.sev_flow(&GENUINE),
+    },
+    Case {
+        name: "wrong-tik",
+        changes: "LAUNCH_START without the broker's session: the PSP makes its own TEK and TIK, \
+                  so MEASURE is MACed with a TIK the broker never chose",
+        why: "only the broker's TIK proves the launch ran with the broker's session on a PSP \
+              holding the PDH key; anyone can MAC with a key of their own",
+        rests_on: "LAUNCH_MEASURE.MEASURE under the session TIK (SEV API §6.5)",
+        expect: Expect::Refused,
+        closed_ok: false,
+        run: |c| {
+            c.sev_flow(&Launch {
+                owner: false,
+                ..GENUINE
+            })
+        },
+    },
+    Case {
+        name: "debug-policy",
+        changes: "nothing by broker-check: the case reads the policy the broker chose for \
+                  LAUNCH_START; if NODBG (bit 0) is clear, it launches with it and asks for \
+                  the key",
+        why: "the guest owner (the broker) picks the SEV policy; a broker that lets the launch \
+              be debuggable hands its secret to a guest whose memory the host can read \
+              (DBG_DECRYPT)",
+        rests_on: "the /auth LAUNCH_START policy, bit 0 NODBG (SEV API §3, guest policy)",
+        expect: Expect::Refused,
+        closed_ok: false,
+        run: |c| chosen_policy(c, POLICY_NODBG, "NODBG"),
+    },
+    Case {
+        name: "key-sharing-policy",
+        changes: "as debug-policy, for NOKS (bit 1)",
+        why: "a guest whose key may be shared with other guests of the host is readable by them",
+        rests_on: "the /auth LAUNCH_START policy, bit 1 NOKS (SEV API §3, guest policy)",
+        expect: Expect::Refused,
+        closed_ok: false,
+        run: |c| chosen_policy(c, POLICY_NOKS, "NOKS"),
+    },
+    Case {
+        name: "measure-other-policy-debug",
+        changes: "the guest is launched with the broker's policy but NODBG (bit 0) cleared, \
+                  without the broker's session (the PSP refuses the session's POLICY MAC for \
+                  another policy)",
+        why: "the host can read and change a debuggable guest's memory (DBG_DECRYPT); a \
+              measurement for another policy than the broker chose must not verify",
+        rests_on: "POLICY inside the MEASURE MAC; the session's POLICY_MAC (SEV API §6.2)",
+        expect: Expect::Refused,
+        closed_ok: false,
+        run: |c| other_policy(c, POLICY_NODBG),
+    },
+    Case {
+        name: "measure-other-policy-noks",
+        changes: "as measure-other-policy-debug, with NOKS (bit 1) cleared instead",
+        why: "a guest that shares its key with other guests of the host is readable by them",
+        rests_on: "POLICY inside the MEASURE MAC; the session's POLICY_MAC (SEV API §6.2)",
+        expect: Expect::Refused,
+        closed_ok: false,
+        run: |c| other_policy(c, POLICY_NOKS),
+    },
+    Case {
+        name: "wrong-measurement",
+        changes: "another launch: different guest memory, so another digest, measured \
+                  genuinely with the broker's session",
+        why: "another launch (other firmware, kernel, initrd or binding) is another workload",
+        rests_on: "the launch digest inside the MEASURE MAC",
+        expect: Expect::Refused,
+        closed_ok: false,
+        run: |c| {
+            c.sev_flow(&Launch {
+                data: &OTHER_DATA,
+                ..GENUINE
+            })
+        },
+    },
+    Case {
+        name: "build-below-minimum",
+        changes: "/auth claims firmware one build below the platform's, which the workload is \
+                  registered to require as its minimum",
+        why: "old firmware has known vulnerabilities; the claim enters the MEASURE MAC, so a \
+              host cannot understate or overstate it without /attest failing either",
+        rests_on: "/auth build against the registration's minimum (krun-kbs sev.min_fw); BUILD \
+                   inside the MEASURE MAC; needs --admin-token-file",
+        expect: Expect::Refused,
+        closed_ok: false,
+        run: |c| {
+            if let Some(why) = c.unregistered() {
+                return why;
+            }
+            let mut build = c.sev_build();
+            if build.build == 0 {
+                return Observed::Skipped("the model's firmware build is 0".into());
+            }
+            build.build -= 1;
+            c.sev_flow_claiming(build)
+        },
+    },
+    Case {
+        name: "replay-new-session",
+        changes: "a LAUNCH_MEASURE accepted in session A is sent in a fresh session B",
+        why: "B has a new TIK: a recorded measurement must not buy a key later",
+        rests_on: "the per-session TIK (and MNONCE) in the MEASURE MAC",
+        expect: Expect::Refused,
+        closed_ok: false,
+        run: |c| {
+            let run = || {
+                let a = c.auth()?;
+                let (mut guest, body) = c.sev_launch(&a, &GENUINE)?;
+                c.attest(&a, &body)?;
+                let b = c.auth()?;
+                c.attest(&b, &body)?;
+                Ok(c.sev_key(&b, &c.workload_id, &mut guest))
+            };
+            run().unwrap_or_else(|o| o)
+        },
+    },
+    Case {
+        name: "replay-same-session",
+        changes: "the accepted LAUNCH_MEASURE is sent to /attest of the same session again",
+        why: "a session attests one launch",
+        rests_on: "krun-kbs attests a session once",
+        expect: Expect::Refused,
+        closed_ok: false,
+        run: |c| {
+            let run = || {
+                let a = c.auth()?;
+                let (mut guest, body) = c.sev_launch(&a, &GENUINE)?;
+                c.attest(&a, &body)?;
+                c.attest(&a, &body)?;
+                Ok(c.sev_key(&a, &c.workload_id, &mut guest))
+            };
+            run().unwrap_or_else(|o| o)
+        },
+    },
+    Case {
+        name: "key-twice",
+        changes: "the LAUNCH_SECRET packet is asked for twice in one attested session",
+        why: "a launch takes its secret once; a second copy can only go to a replayer",
+        rests_on: "one release per session",
+        expect: Expect::Refused,
+        closed_ok: false,
+        run: |c| {
+            let run = || {
+                let a = c.auth()?;
+                let (mut guest, body) = c.sev_launch(&a, &GENUINE)?;
+                c.attest(&a, &body)?;
+                first_released(c.sev_key(&a, &c.workload_id, &mut guest))?;
+                Ok(c.sev_key(&a, &c.workload_id, &mut guest))
+            };
+            run().unwrap_or_else(|o| o)
+        },
+    },
+    Case {
+        name: "key-without-attestation",
+        changes: "/auth, then the key without /attest",
+        why: "no measurement, no secret",
+        rests_on: "the session state machine",
+        expect: Expect::Refused,
+        closed_ok: false,
+        run: |c| {
+            let run = || {
+                let a = c.auth()?;
+                c.send_ok(
+                    "key",
+                    "GET",
+                    &c.key_path(&c.workload_id),
+                    Some(&a.cookie),
+                    None,
+                )?;
+                Err(Observed::BadAnswer {
+                    step: "key",
+                    error: "a packet was released without attestation".into(),
+                })
+            };
+            run().unwrap_or_else(|o| o)
+        },
+    },
+    Case {
+        name: "key-other-workload",
+        changes: "a session attested as the workload asks for another workload's key",
+        why: "a measurement of one launch says nothing about another workload",
+        rests_on: "/key/<id> against the session's workload",
+        expect: Expect::Refused,
+        closed_ok: false,
+        run: |c| {
+            let run = || {
+                let a = c.auth()?;
+                let (mut guest, body) = c.sev_launch(&a, &GENUINE)?;
+                c.attest(&a, &body)?;
+                Ok(c.sev_key(&a, &c.other_workload_id, &mut guest))
+            };
+            run().unwrap_or_else(|o| o)
+        },
+    },
+];
+
+/// Malformed and oversized bodies at every endpoint, for every TEE and protocol.
+pub const BODY_CASES: &[Case] = &[
+    Case {
         name: "garbage-auth",
         changes: "/auth with a body that is not JSON",
         why: "malformed input must be refused, not crash or open a session",
         rests_on: "robustness",
         expect: Expect::Refused,
         closed_ok: false,
-        run: |c| match c.send_ok("auth", "POST", "auth", None, Some(GARBAGE)) {
-            Ok(_) => Observed::BadAnswer {
-                step: "auth",
-                error: "garbage accepted".into(),
-            },
-            Err(o) => o,
+        run: |c| {
+            accepted_is_wrong(
+                "auth",
+                c.send_ok("auth", "POST", "auth", None, Some(GARBAGE)),
+            )
+        },
+    },
+    Case {
+        name: "oversized-auth",
+        changes: "/auth with a 16 MiB body",
+        why: "unbounded bodies exhaust the broker's memory",
+        rests_on: "robustness (krun-kbs --body-limit)",
+        expect: Expect::Refused,
+        closed_ok: true,
+        run: |c| {
+            accepted_is_wrong(
+                "auth",
+                c.send_ok("auth", "POST", "auth", None, Some(&oversized())),
+            )
         },
     },
     Case {
@@ -198,15 +478,7 @@ pub const CASES: &[Case] = &[
         rests_on: "robustness",
         expect: Expect::Refused,
         closed_ok: false,
-        run: |c| {
-            c.auth()
-                .and_then(|s| c.attest(&s, GARBAGE))
-                .map(|_| Observed::BadAnswer {
-                    step: "attest",
-                    error: "garbage accepted".into(),
-                })
-                .unwrap_or_else(|o| o)
-        },
+        run: |c| accepted_is_wrong("attest", c.auth().and_then(|s| c.attest(&s, GARBAGE))),
     },
     Case {
         name: "oversized-attest",
@@ -215,26 +487,163 @@ pub const CASES: &[Case] = &[
         rests_on: "robustness (krun-kbs --body-limit)",
         expect: Expect::Refused,
         closed_ok: true,
+        run: |c| accepted_is_wrong("attest", c.auth().and_then(|s| c.attest(&s, &oversized()))),
+    },
+    Case {
+        name: "garbage-key",
+        changes: "the key endpoint, in a fresh session, with a body that is not JSON and a \
+                  workload id of control bytes and path separators",
+        why: "malformed requests must be refused and must not reach another resource",
+        rests_on: "robustness",
+        expect: Expect::Refused,
+        closed_ok: false,
         run: |c| {
-            let mut body = b"{\"tee-pubkey\":\"".to_vec();
-            body.resize(16 << 20, b'A');
-            c.auth()
-                .and_then(|s| c.attest(&s, &body))
-                .map(|_| Observed::BadAnswer {
-                    step: "attest",
-                    error: "oversized body accepted".into(),
-                })
-                .unwrap_or_else(|o| o)
+            accepted_is_wrong(
+                "key",
+                c.auth().and_then(|s| {
+                    let path = c.key_path("%00%ff..%2F..%2Fadmin");
+                    c.send_ok("key", "GET", &path, Some(&s.cookie), Some(GARBAGE))
+                }),
+            )
         },
     },
+    Case {
+        name: "oversized-key",
+        changes: "the key endpoint, in a fresh session, with a 16 MiB body",
+        why: "unbounded bodies exhaust the broker's memory, whatever the method",
+        rests_on: "robustness (krun-kbs --body-limit)",
+        expect: Expect::Refused,
+        closed_ok: true,
+        run: |c| {
+            accepted_is_wrong(
+                "key",
+                c.auth().and_then(|s| {
+                    let path = c.key_path(&c.workload_id);
+                    c.send_ok("key", "GET", &path, Some(&s.cookie), Some(&oversized()))
+                }),
+            )
+        },
+    },
+    Case {
+        name: "garbage-admin",
+        changes: "the admin registration endpoint (POST admin/workloads) with the admin token \
+                  and a body that is not JSON",
+        why: "even an authenticated registration must be well-formed; garbage must not \
+              register or break a workload",
+        rests_on: "robustness; needs --admin-token-file",
+        expect: Expect::Refused,
+        closed_ok: false,
+        run: |c| admin_body(c, "admin/workloads", GARBAGE),
+    },
+    Case {
+        name: "oversized-admin",
+        changes: "POST admin/workloads with the admin token and a 16 MiB body",
+        why: "unbounded bodies exhaust the broker's memory, authenticated or not",
+        rests_on: "robustness (krun-kbs --body-limit); needs --admin-token-file",
+        expect: Expect::Refused,
+        closed_ok: true,
+        run: |c| admin_body(c, "admin/workloads", &oversized()),
+    },
+    Case {
+        name: "garbage-register",
+        changes: "buildah's registration endpoint (POST register_workload) with the admin \
+                  token and a body that is not JSON",
+        why: "as garbage-admin",
+        rests_on: "robustness; needs --admin-token-file",
+        expect: Expect::Refused,
+        closed_ok: false,
+        run: |c| admin_body(c, "register_workload", GARBAGE),
+    },
+    Case {
+        name: "oversized-register",
+        changes: "POST register_workload with the admin token and a 16 MiB body",
+        why: "as oversized-admin",
+        rests_on: "robustness (krun-kbs --body-limit); needs --admin-token-file",
+        expect: Expect::Refused,
+        closed_ok: true,
+        run: |c| admin_body(c, "register_workload", &oversized()),
+    },
 ];
+
+/// Refused before any request when the broker's policy has `bit`; otherwise the genuine
+/// flow under the broker's weak policy, which must not release.
+fn chosen_policy(c: &Ctx, bit: u32, name: &str) -> Observed {
+    let run = || {
+        let a = c.auth()?;
+        let policy = a.sev.as_ref().map(|s| s.policy.to_u32()).unwrap_or(0);
+        if policy & bit != 0 {
+            return Err(Observed::Prevented {
+                step: "auth",
+                why: format!("the broker's LAUNCH_START policy {policy:#x} has {name} set"),
+            });
+        }
+        let (mut guest, body) = c.sev_launch(&a, &GENUINE)?;
+        c.attest(&a, &body)?;
+        Ok(c.sev_key(&a, &c.workload_id, &mut guest))
+    };
+    run().unwrap_or_else(|o| o)
+}
+
+fn other_policy(c: &Ctx, cleared: u32) -> Observed {
+    let run = || {
+        let a = c.auth()?;
+        let policy = a.sev.as_ref().map(|s| s.policy.to_u32()).unwrap_or(0) & !cleared;
+        let (mut guest, body) = c.sev_launch(
+            &a,
+            &Launch {
+                policy: Some(policy),
+                owner: false,
+                data: &LAUNCH_DATA,
+            },
+        )?;
+        c.attest(&a, &body)?;
+        Ok(c.sev_key(&a, &c.workload_id, &mut guest))
+    };
+    run().unwrap_or_else(|o| o)
+}
+
+/// The first of two key requests must be released for the second to mean anything.
+fn first_released(first: Observed) -> Step<()> {
+    match first {
+        Observed::Released => Ok(()),
+        other => Err(Observed::Skipped(format!(
+            "the first key request was not released ({})",
+            other.text()
+        ))),
+    }
+}
+
+/// A request that must be refused: its refusal, or `WRONG` when it was answered 200.
+fn accepted_is_wrong<T>(step: &'static str, r: Step<T>) -> Observed {
+    match r {
+        Ok(_) => Observed::BadAnswer {
+            step,
+            error: "accepted".into(),
+        },
+        Err(o) => o,
+    }
+}
+
+fn admin_body(c: &Ctx, path: &str, body: &[u8]) -> Observed {
+    if let Some(why) = c.unregistered() {
+        return why;
+    }
+    accepted_is_wrong("admin", c.admin("admin", "POST", path, body))
+}
+
+/// A 16 MiB body that starts like JSON.
+fn oversized() -> Vec<u8> {
+    let mut body = b"{\"tee-pubkey\":\"".to_vec();
+    body.resize(16 << 20, b'A');
+    body
+}
 
 const GARBAGE: &[u8] = b"\x00\xffnot json {{{";
 
 fn report_data_other_key(c: &Ctx) -> Observed {
     c.flow_with_body(|s| {
         let (key, _) = c.key_and_binding(&s.nonce)?;
-        let (_, other_binding) = c.key_and_binding(&s.nonce)?;
+        let (_, other_binding) = c.other_key_and_binding(&s.nonce)?;
         let report = c.sign(&c.identity, &c.fields(other_binding))?;
         let body = c.attest_body(&key, &s.nonce, &report, &[])?;
         Ok(Evidence { key, body })
@@ -269,15 +678,7 @@ fn key_twice(c: &Ctx) -> Observed {
         let a = c.auth()?;
         let ev = c.evidence(&a, |_| {})?;
         c.attest(&a, &ev.body)?;
-        match c.key(&a, &c.workload_id, &ev.key) {
-            Observed::Released => {}
-            other => {
-                return Err(Observed::Skipped(format!(
-                    "the first key request was not released ({})",
-                    other.text()
-                )))
-            }
-        }
+        first_released(c.key(&a, &c.workload_id, &ev.key))?;
         Ok(c.key(&a, &c.workload_id, &ev.key))
     };
     run().unwrap_or_else(|o| o)

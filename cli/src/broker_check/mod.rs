@@ -1,10 +1,14 @@
-//! `krun-sev broker-check`: drives a key broker with evidence made by the PSP model, the
-//! genuine flow once (the key must be released) and then each case of [`cases::CASES`]
-//! (each must be refused), over raw HTTP so any broker speaking the reference-kbs protocol
-//! or Trustee's RCAR can be checked. Prints case / expected / observed / verdict; exits 1
-//! when any verdict is wrong. See docs/broker-check.md.
+//! `krun-sev broker-check`: drives a key broker with evidence made by the PSP model (SNP
+//! reports, or SEV-ES launches run in the model), the genuine flow once (the key must be
+//! released) and then each refusal case of [`cases::CASES`] or [`cases::SEV_CASES`] and
+//! [`cases::BODY_CASES`], over raw HTTP so any broker speaking the reference-kbs protocol or
+//! Trustee's RCAR can be checked. With an admin token it registers the workloads itself
+//! (krun-kbs's admin API); with a bundle it computes bound digests for the binding cases.
+//! Prints case / expected / observed / verdict; exits 1 when any verdict is wrong. See
+//! docs/broker-check.md.
 
 mod cases;
+mod sev_es;
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -13,6 +17,7 @@ use std::time::Duration;
 
 use krun_attestation::http::{self, HttpRequest, HttpResponse};
 use krun_attestation::keys::{rcar_report_data, reference_report_data, TeeKey};
+use krun_attestation::reference::{SevBuild, SevCertChain, SevChallenge, SevStart, SevVersion};
 use krun_attestation::transport::{tls, BrokerUrl, Connector, Stream, TcpConnector};
 use krun_attestation::{rcar, reference, KbsProtocol};
 use krun_psp_model::{ModelIdentity, SnpReportFields};
@@ -26,8 +31,11 @@ pub const LIBKRUN_POLICY: u64 = 0x30000;
 /// The TEE whose evidence is made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum TeeArg {
-    /// SEV-SNP (the only one implemented so far; SEV/SEV-ES cases are missing).
+    /// SEV-SNP: signed attestation reports.
     Snp,
+    /// SEV-ES: the pre-attestation of the launch (LAUNCH_MEASURE, LAUNCH_SECRET); reference
+    /// protocol only.
+    SevEs,
 }
 
 /// The broker protocol.
@@ -49,12 +57,33 @@ pub struct BrokerCheckArgs {
     protocol: ProtocolArg,
     #[arg(long, value_enum, default_value = "snp")]
     tee: TeeArg,
-    /// A workload registered with --measurement (bound), a key, and default requirements.
+    /// A workload registered with --measurement (bound), a key, and default requirements
+    /// (registered, and replaced, by broker-check itself with --admin-token-file).
     #[arg(long)]
     workload_id: String,
-    /// The workload's registered SNP launch digest (96 hex digits).
+    /// The workload's registered SNP launch digest (96 hex digits). SEV-ES launches are
+    /// broker-check's own: the digest is fixed (--print-measurement), and given here it must
+    /// be that one.
     #[arg(long)]
-    measurement: String,
+    measurement: Option<String>,
+    /// The guest bundle the workload launches with (SNP): broker-check then computes the
+    /// workload's digest itself, bound to --workload-id, --broker and --protocol (docs/
+    /// threat-model.md "Binding"), and runs the binding cases with the digests of launches
+    /// bound elsewhere or unbound. Register that digest (--admin-token-file does).
+    #[arg(long)]
+    bundle: Option<std::path::PathBuf>,
+    /// vCPUs of the launch whose digest --bundle computes.
+    #[arg(long, default_value_t = 1)]
+    vcpus: u8,
+    /// RAM in MiB of the launch whose digest --bundle computes.
+    #[arg(long, default_value_t = 512)]
+    ram_mib: u32,
+    /// A file holding the broker's admin token (krun-kbs's admin API): broker-check then
+    /// registers --workload-id and the other workload itself, with the requirements the
+    /// minimum-TCB and minimum-firmware cases need. Without it those cases are skipped.
+    #[arg(long)]
+    admin_token_file: Option<std::path::PathBuf>,
+
     /// Another workload's id, asked for from a session attested as --workload-id (default
     /// "<workload-id>-other"; it need not exist, a broker must refuse either way).
     #[arg(long)]
@@ -78,8 +107,28 @@ pub enum BrokerCheckError {
     Url(#[source] krun_attestation::transport::UrlError),
     #[error("TLS setup failed")]
     Tls(#[source] tls::TlsError),
-    #[error("--measurement must be 96 hex digits")]
+    #[error("--tee snp needs --measurement (96 hex digits) or --bundle")]
     Measurement,
+    #[error("for SEV-ES the launch is broker-check's own: register and give its digest {0}")]
+    SevMeasurement(String),
+    #[error(
+        "RCAR 0.4.0 carries no SEV or SEV-ES evidence: use --protocol reference with --tee sev-es"
+    )]
+    RcarSev,
+    #[error("cannot read the admin token")]
+    Token(#[source] crate::mkcw::register::RegisterError),
+    #[error("cannot load the bundle {0}")]
+    Bundle(String, #[source] krun_bundle::BundleError),
+    #[error("--bundle computes the SNP launch digest; it works with --tee snp only")]
+    BundleTee,
+    #[error("cannot compute the launch digest of the bundle")]
+    Digest(#[source] krun_sev::launch::LaunchError),
+    #[error("--measurement is not the digest of the bound launch of --bundle, {0}")]
+    BoundMeasurement(String),
+    #[error("cannot get random bytes for a passphrase")]
+    Random(#[source] std::io::Error),
+    #[error("cannot register workload {id}: {observed}")]
+    Register { id: String, observed: String },
     #[error("cannot load or create the PSP model identity in {0}")]
     Identity(String, #[source] krun_sev::tee::TeeError),
     #[error("cannot write the results")]
@@ -111,6 +160,9 @@ pub enum Observed {
     /// The broker answered 200 but the answer is unusable (for example the key does not
     /// decrypt).
     BadAnswer { step: &'static str, error: String },
+    /// The broker never offered what the case needs (for example it chose a policy that
+    /// forbids what the case tries): a refusal before any request could carry it.
+    Prevented { step: &'static str, why: String },
     /// The case cannot run here (reason).
     Skipped(String),
 }
@@ -126,6 +178,7 @@ impl Observed {
             } => format!("{step}: HTTP {status} {message}"),
             Observed::Transport { step, error } => format!("{step}: {error}"),
             Observed::BadAnswer { step, error } => format!("{step}: bad answer: {error}"),
+            Observed::Prevented { step, why } => format!("{step}: {why}"),
             Observed::Skipped(why) => format!("skipped: {why}"),
         }
     }
@@ -137,6 +190,7 @@ fn verdict(expect: Expect, observed: &Observed, closed_ok: bool) -> &'static str
         (_, Observed::Skipped(_)) => "skipped",
         (Expect::Released, Observed::Released) => "ok",
         (Expect::Refused, Observed::Status { status, .. }) if (400..500).contains(status) => "ok",
+        (Expect::Refused, Observed::Prevented { .. }) => "ok",
         // Closing the connection on an oversized body is a refusal too.
         (Expect::Refused, Observed::Transport { .. }) if closed_ok => "ok",
         _ => "WRONG",
@@ -151,9 +205,20 @@ pub struct Ctx {
     pub workload_id: String,
     pub other_workload_id: String,
     pub measurement: [u8; 48],
+    pub tee: TeeArg,
     pub identity: Arc<ModelIdentity>,
+    /// The bundle and launch shape of --bundle, for the binding cases.
+    pub launch: Option<(
+        krun_bundle::Bundle,
+        krun_sev::launch::host_json::LaunchShape,
+    )>,
+    pub broker: String,
+    /// `Bearer <token>` for the admin API, when given.
+    admin_auth: Option<zeroize::Zeroizing<String>>,
     /// A second identity whose ARK no broker trusts; made on first use.
     other: std::sync::OnceLock<Result<ModelIdentity, String>>,
+    /// The reference protocol's two RSA TEE keys; made on first use.
+    rsa: std::sync::OnceLock<Vec<Result<TeeKey, String>>>,
 }
 
 /// A session opened by `/auth`.
@@ -161,6 +226,8 @@ pub struct Session {
     /// `name=value` for the Cookie header.
     pub cookie: String,
     pub nonce: String,
+    /// SEV-ES: the LAUNCH_START parameters the broker chose.
+    pub sev: Option<SevStart>,
 }
 
 /// The evidence a case sends: the TEE key and the `/attest` body.
@@ -182,6 +249,19 @@ impl Ctx {
         cookie: Option<&str>,
         body: Option<&[u8]>,
     ) -> Step<HttpResponse> {
+        self.send_auth(step, method, path, cookie, None, body)
+    }
+
+    /// [`Ctx::send`] with an Authorization header.
+    fn send_auth(
+        &self,
+        step: &'static str,
+        method: &str,
+        path: &str,
+        cookie: Option<&str>,
+        authorization: Option<&str>,
+        body: Option<&[u8]>,
+    ) -> Step<HttpResponse> {
         let full = format!("{}/kbs/v0/{path}", self.url.prefix);
         let host = self.url.host_header();
         let mut headers: Vec<(&str, &str)> = vec![("Accept", "application/json")];
@@ -190,6 +270,9 @@ impl Ctx {
         }
         if let Some(c) = cookie {
             headers.push(("Cookie", c));
+        }
+        if let Some(a) = authorization {
+            headers.push(("Authorization", a));
         }
         let req = HttpRequest {
             method,
@@ -205,6 +288,40 @@ impl Ctx {
             .map_err(|e| transport(format!("cannot connect: {e}")))?;
         http::exchange(&mut stream, &req, http::DEFAULT_MAX_BODY)
             .map_err(|e| transport(error_chain(&e)))
+    }
+
+    /// An admin request with the token; a non-200 answer is the observation. Skipped
+    /// without --admin-token-file.
+    pub fn admin(
+        &self,
+        step: &'static str,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> Step<HttpResponse> {
+        let auth = self.admin_auth.as_ref().ok_or_else(|| {
+            Observed::Skipped("needs --admin-token-file (the broker's admin API)".into())
+        })?;
+        let resp = self.send_auth(step, method, path, None, Some(auth.as_str()), Some(body))?;
+        if resp.status == 200 {
+            Ok(resp)
+        } else {
+            Err(Observed::Status {
+                step,
+                status: resp.status,
+                message: resp.message(),
+            })
+        }
+    }
+
+    /// `Some(skipped)` when broker-check did not register the workloads itself, so the
+    /// requirements a case rests on are unknown.
+    pub fn unregistered(&self) -> Option<Observed> {
+        self.admin_auth.is_none().then(|| {
+            Observed::Skipped(
+                "needs --admin-token-file: broker-check registers the requirement it tests".into(),
+            )
+        })
     }
 
     /// [`Ctx::send`] that turns a non-200 answer into the observation.
@@ -228,18 +345,33 @@ impl Ctx {
         }
     }
 
-    /// The `/auth` body of this protocol for an SNP guest.
+    /// The `/auth` body of this protocol for this TEE.
     pub fn auth_body(&self) -> Vec<u8> {
+        if self.tee == TeeArg::SevEs {
+            return self.sev_auth_body(self.sev_build());
+        }
+        self.snp_auth_body(None)
+    }
+
+    /// The SNP `/auth` body, sending the launch's measured host.json when given (krun-kbs's
+    /// extension; docs/measurement.md "Unbound digests").
+    pub fn snp_auth_body(&self, host_json: Option<&[u8]>) -> Vec<u8> {
         let v = match self.protocol {
             KbsProtocol::Reference => {
-                let extra = serde_json::json!({ "workload_id": self.workload_id }).to_string();
+                let extra = serde_json::to_string(&reference::SnpRequest {
+                    workload_id: self.workload_id.clone(),
+                    host_json: host_json.map(reference::encode_host_json),
+                })
+                .unwrap_or_default();
                 serde_json::to_value(reference::Request {
                     version: reference::PROTOCOL_VERSION.into(),
                     tee: reference::Tee::Snp,
                     extra_params: extra,
                 })
             }
-            KbsProtocol::Rcar => serde_json::to_value(rcar::auth_request(rcar::Tee::Snp, None)),
+            KbsProtocol::Rcar => {
+                serde_json::to_value(rcar::auth_request(rcar::Tee::Snp, host_json))
+            }
         };
         v.map(|v| v.to_string().into_bytes()).unwrap_or_default()
     }
@@ -251,9 +383,101 @@ impl Ctx {
         }
     }
 
+    /// The measured host.json of an SNP launch of --bundle bound to `(workload, url)` with
+    /// this protocol, or unbound; `None` without --bundle.
+    pub fn host_json(&self, binding: Option<(&str, &str)>) -> Option<Vec<u8>> {
+        let (_, shape) = self.launch.as_ref()?;
+        let binding = binding.map(|(workload, url)| krun_footer::Binding {
+            workload_id: workload.into(),
+            attestation_url: url.into(),
+            kbs_protocol: match self.protocol {
+                KbsProtocol::Reference => krun_footer::KbsProtocol::Reference,
+                KbsProtocol::Rcar => krun_footer::KbsProtocol::Rcar,
+            },
+            broker_pin: None,
+        });
+        Some(krun_sev::launch::host_json::build(
+            &krun_sev::resources::VmResources::default(),
+            krun_sev::tee::TeeMode::Snp,
+            shape,
+            binding.as_ref(),
+        ))
+    }
+
+    /// The SNP launch digest of --bundle with `host_json`.
+    pub fn launch_digest(&self, host_json: &[u8]) -> Result<[u8; 48], BrokerCheckError> {
+        let bundle = self
+            .launch
+            .as_ref()
+            .map(|(b, _)| b)
+            .ok_or(BrokerCheckError::BundleTee)?;
+        krun_sev::launch::measurement_of_host_json(&self.identity, bundle, host_json)
+            .map_err(BrokerCheckError::Digest)?
+            .digest
+            .try_into()
+            .map_err(|_| BrokerCheckError::BundleTee)
+    }
+
+    /// The genuine flow, but for the launch of --bundle bound to `binding` (or unbound): the
+    /// report carries its digest and `/auth` sends its host.json.
+    pub fn binding_flow(&self, binding: Option<(&str, &str)>) -> Observed {
+        let Some(json) = self.host_json(binding) else {
+            return Observed::Skipped(
+                "needs --bundle: the digests of other bindings are computed from the bundle".into(),
+            );
+        };
+        let run = || -> Step<Observed> {
+            let digest = self
+                .launch_digest(&json)
+                .map_err(|e| Observed::Skipped(error_chain(&e)))?;
+            let session = self.auth_with(&self.snp_auth_body(Some(&json)))?;
+            let ev = self.evidence(&session, |f| f.measurement = digest)?;
+            self.attest(&session, &ev.body)?;
+            Ok(self.key(&session, &self.workload_id, &ev.key))
+        };
+        run().unwrap_or_else(|o| o)
+    }
+
+    /// The platform's SEV firmware build, as the model reports it.
+    pub fn sev_build(&self) -> SevBuild {
+        let v = self.identity.sev_version();
+        SevBuild {
+            version: SevVersion {
+                major: v.api_major,
+                minor: v.api_minor,
+            },
+            build: v.build,
+        }
+    }
+
+    /// The reference `/auth` body of a SEV/SEV-ES launch on a platform claiming `build`.
+    pub fn sev_auth_body(&self, build: SevBuild) -> Vec<u8> {
+        let chain = match SevCertChain::from_bytes(self.identity.sev_chain_bytes()) {
+            Ok(c) => c,
+            Err(_) => return Vec::new(),
+        };
+        let sev = reference::SevRequest {
+            build,
+            chain,
+            workload_id: self.workload_id.clone(),
+            host_json: None,
+        };
+        let req = serde_json::to_string(&sev).map(|extra| reference::Request {
+            version: reference::PROTOCOL_VERSION.into(),
+            tee: reference::Tee::Sev,
+            extra_params: extra,
+        });
+        req.and_then(|r| serde_json::to_vec(&r)).unwrap_or_default()
+    }
+
     /// `/auth`: a new session and its nonce.
     pub fn auth(&self) -> Step<Session> {
-        let resp = self.send_ok("auth", "POST", "auth", None, Some(&self.auth_body()))?;
+        self.auth_with(&self.auth_body())
+    }
+
+    /// `/auth` with `body`.
+    pub fn auth_with(&self, body: &[u8]) -> Step<Session> {
+        let resp = self.send_ok("auth", "POST", "auth", None, Some(body))?;
         let bad = |error: String| Observed::BadAnswer {
             step: "auth",
             error,
@@ -261,26 +485,61 @@ impl Ctx {
         let value = resp
             .cookie(self.cookie_name())
             .ok_or_else(|| bad(format!("no {} cookie", self.cookie_name())))?;
-        let nonce = match self.protocol {
-            KbsProtocol::Reference => serde_json::from_slice::<reference::Challenge>(&resp.body)
-                .map(|c| c.nonce)
-                .map_err(|e| bad(e.to_string()))?,
+        let (nonce, sev) = match self.protocol {
+            KbsProtocol::Reference => {
+                let c = serde_json::from_slice::<reference::Challenge>(&resp.body)
+                    .map_err(|e| bad(e.to_string()))?;
+                let sev = if self.tee == TeeArg::SevEs {
+                    let s: SevChallenge = serde_json::from_str(&c.extra_params)
+                        .map_err(|e| bad(format!("SEV extra-params: {e}")))?;
+                    s.start.validate().map_err(|e| bad(e.to_string()))?;
+                    Some(s.start)
+                } else {
+                    None
+                };
+                (c.nonce, sev)
+            }
             KbsProtocol::Rcar => serde_json::from_slice::<rcar::Challenge>(&resp.body)
-                .map(|c| c.nonce)
+                .map(|c| (c.nonce, None))
                 .map_err(|e| bad(e.to_string()))?,
         };
         Ok(Session {
             cookie: format!("{}={value}", self.cookie_name()),
             nonce,
+            sev,
         })
     }
 
-    /// A fresh TEE key of this protocol and the REPORT_DATA binding it to `nonce`.
+    /// A TEE key of this protocol and the REPORT_DATA binding it to `nonce`.
     pub fn key_and_binding(&self, nonce: &str) -> Step<(TeeKey, [u8; 64])> {
+        self.nth_key_and_binding(0, nonce)
+    }
+
+    /// [`Ctx::key_and_binding`] with another key than that one.
+    pub fn other_key_and_binding(&self, nonce: &str) -> Step<(TeeKey, [u8; 64])> {
+        self.nth_key_and_binding(1, nonce)
+    }
+
+    /// RSA key `i` (0 or 1), made once: RSA-2048 generation takes seconds, and the brokers
+    /// see a new nonce every session anyway. EC keys are fresh each time.
+    fn rsa_key(&self, i: usize) -> Result<TeeKey, String> {
+        let keys = self.rsa.get_or_init(|| {
+            (0..2)
+                .map(|_| TeeKey::generate_rsa().map_err(|e| e.to_string()))
+                .collect()
+        });
+        match keys.get(i) {
+            Some(Ok(TeeKey::Rsa(k))) => Ok(TeeKey::Rsa(k.clone())),
+            Some(Err(e)) => Err(e.clone()),
+            _ => Err("no RSA key".into()),
+        }
+    }
+
+    fn nth_key_and_binding(&self, i: usize, nonce: &str) -> Step<(TeeKey, [u8; 64])> {
         let failed = |error: String| Observed::Skipped(format!("TEE key: {error}"));
         match self.protocol {
             KbsProtocol::Reference => {
-                let key = TeeKey::generate_rsa().map_err(|e| failed(e.to_string()))?;
+                let key = self.rsa_key(i).map_err(failed)?;
                 let pk = key.reference_pubkey().map_err(|e| failed(e.to_string()))?;
                 Ok((key, reference_report_data(nonce, &pk)))
             }
@@ -498,6 +757,75 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// A passphrase for the workloads broker-check registers: 32 random hex digits.
+fn random_passphrase() -> Result<String, BrokerCheckError> {
+    let mut buf = [0u8; 16];
+    // SAFETY: getrandom writes at most buf.len() bytes into buf.
+    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if usize::try_from(n).ok() != Some(buf.len()) {
+        return Err(BrokerCheckError::Random(std::io::Error::last_os_error()));
+    }
+    Ok(hex::encode(buf))
+}
+
+/// Registers (replacing) the workload and the other workload through krun-kbs's admin API
+/// (`POST /kbs/v0/admin/workloads`), with bound digests and the requirements the
+/// minimum-TCB and minimum-firmware cases rest on: the model platform's own TCB or firmware.
+fn register(ctx: &Ctx) -> Result<(), BrokerCheckError> {
+    let (tee, requirements, main, other) = match ctx.tee {
+        TeeArg::Snp => {
+            let t = ctx.identity.snp_platform().tcb;
+            let snp = serde_json::json!({ "min_tcb": {
+                "bootloader": t.bootloader, "tee": t.tee, "snp": t.snp, "microcode": t.microcode,
+            }});
+            let other = match ctx.host_json(Some((&ctx.other_workload_id, &ctx.broker))) {
+                Some(json) => ctx.launch_digest(&json)?,
+                None => {
+                    let mut other = ctx.measurement;
+                    other[47] ^= 1;
+                    other
+                }
+            };
+            (
+                "snp",
+                ("snp", snp),
+                hex::encode(ctx.measurement),
+                hex::encode(other),
+            )
+        }
+        TeeArg::SevEs => {
+            let v = ctx.identity.sev_version();
+            let fw = format!("{}.{}.{}", v.api_major, v.api_minor, v.build);
+            (
+                "sev",
+                ("sev", serde_json::json!({ "min_fw": fw })),
+                hex::encode(sev_es::digest(&sev_es::LAUNCH_DATA)),
+                hex::encode(sev_es::digest(&sev_es::OTHER_DATA)),
+            )
+        }
+    };
+    for (id, digest) in [(&ctx.workload_id, main), (&ctx.other_workload_id, other)] {
+        let mut spec = serde_json::json!({
+            "id": id,
+            "tee": tee,
+            "measurements": [digest],
+            "measurement_kind": "bound",
+            "passphrase": random_passphrase()?,
+        });
+        spec[requirements.0] = requirements.1.clone();
+        let body = zeroize::Zeroizing::new(spec.to_string().into_bytes());
+        if let Some(p) = spec.get_mut("passphrase") {
+            *p = serde_json::Value::Null;
+        }
+        ctx.admin("register", "POST", "admin/workloads", &body)
+            .map_err(|o| BrokerCheckError::Register {
+                id: id.clone(),
+                observed: o.text(),
+            })?;
+    }
+    Ok(())
+}
+
 /// One result row.
 #[derive(Debug, serde::Serialize)]
 struct Row {
@@ -514,8 +842,35 @@ struct Row {
 pub fn broker_check(args: &BrokerCheckArgs) -> Result<ExitCode, BrokerCheckError> {
     let url = BrokerUrl::parse(&args.broker).map_err(BrokerCheckError::Url)?;
     let mut measurement = [0u8; 48];
-    hex::decode_to_slice(args.measurement.trim(), &mut measurement)
-        .map_err(|_| BrokerCheckError::Measurement)?;
+    match args.tee {
+        TeeArg::Snp if args.bundle.is_some() => {}
+        TeeArg::Snp => hex::decode_to_slice(
+            args.measurement.as_deref().unwrap_or_default().trim(),
+            &mut measurement,
+        )
+        .map_err(|_| BrokerCheckError::Measurement)?,
+        TeeArg::SevEs => {
+            let own = hex::encode(sev_es::digest(&sev_es::LAUNCH_DATA));
+            if args.protocol == ProtocolArg::Rcar {
+                return Err(BrokerCheckError::RcarSev);
+            }
+            if args.bundle.is_some() {
+                return Err(BrokerCheckError::BundleTee);
+            }
+            if let Some(m) = &args.measurement {
+                if !m.trim().eq_ignore_ascii_case(&own) {
+                    return Err(BrokerCheckError::SevMeasurement(own));
+                }
+            }
+        }
+    }
+    let admin_auth = args
+        .admin_token_file
+        .as_deref()
+        .map(crate::mkcw::register::read_token)
+        .transpose()
+        .map_err(BrokerCheckError::Token)?
+        .map(|t| zeroize::Zeroizing::new(format!("Bearer {}", t.as_str())));
     let dir = model::identity_dir();
     let identity = model::load_or_create(&dir)
         .map_err(|e| BrokerCheckError::Identity(dir.display().to_string(), e))?;
@@ -533,8 +888,22 @@ pub fn broker_check(args: &BrokerCheckArgs) -> Result<ExitCode, BrokerCheckError
     } else {
         Arc::new(tcp)
     };
-    let TeeArg::Snp = args.tee;
-    let ctx = Ctx {
+    let launch = match &args.bundle {
+        Some(dir) => Some((
+            krun_bundle::Bundle::load(dir)
+                .map_err(|e| BrokerCheckError::Bundle(dir.display().to_string(), e))?,
+            krun_sev::launch::host_json::LaunchShape {
+                vcpus: args.vcpus,
+                ram_mib: args.ram_mib,
+                vcpu_model: Default::default(),
+                data_disk: false,
+            },
+        )),
+        None => None,
+    };
+    let mut ctx = Ctx {
+        launch,
+        broker: args.broker.clone(),
         connector,
         url,
         protocol: match args.protocol {
@@ -547,12 +916,31 @@ pub fn broker_check(args: &BrokerCheckArgs) -> Result<ExitCode, BrokerCheckError
             .clone()
             .unwrap_or_else(|| format!("{}-other", args.workload_id)),
         measurement,
+        tee: args.tee,
         identity,
+        admin_auth,
         other: std::sync::OnceLock::new(),
+        rsa: std::sync::OnceLock::new(),
+    };
+    if let Some(json) = ctx.host_json(Some((&ctx.workload_id, &ctx.broker))) {
+        let bound = ctx.launch_digest(&json)?;
+        if let Some(m) = &args.measurement {
+            if !m.trim().eq_ignore_ascii_case(&hex::encode(bound)) {
+                return Err(BrokerCheckError::BoundMeasurement(hex::encode(bound)));
+            }
+        }
+        ctx.measurement = bound;
+    }
+    if ctx.admin_auth.is_some() {
+        register(&ctx)?;
+    }
+    let tee_cases = match args.tee {
+        TeeArg::Snp => cases::CASES,
+        TeeArg::SevEs => cases::SEV_CASES,
     };
 
     let mut rows = Vec::new();
-    for case in cases::CASES {
+    for case in tee_cases.iter().chain(cases::BODY_CASES) {
         let observed = (case.run)(&ctx);
         let verdict = verdict(case.expect, &observed, case.closed_ok);
         rows.push(Row {

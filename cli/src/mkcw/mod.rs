@@ -6,7 +6,7 @@
 mod ext4;
 mod image_config;
 mod oci;
-mod register;
+pub(crate) mod register;
 mod rootfs;
 
 use std::fs::{self, File, OpenOptions};

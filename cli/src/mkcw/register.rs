@@ -153,7 +153,7 @@ pub fn cleartext_warning(reg: &Registration<'_>) -> Option<String> {
     ))
 }
 
-fn read_token(path: &Path) -> Result<Zeroizing<String>, RegisterError> {
+pub(crate) fn read_token(path: &Path) -> Result<Zeroizing<String>, RegisterError> {
     let shown = || path.display().to_string();
     let mut raw = Zeroizing::new(
         std::fs::read_to_string(path).map_err(|e| RegisterError::Token(shown(), e))?,
