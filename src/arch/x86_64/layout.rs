@@ -70,7 +70,8 @@ pub const EBDA_START: u64 = 0x9fc00;
 pub const MPTABLE_START: u64 = EBDA_START;
 /// Start of high memory.
 pub const HIMEM_START: u64 = 0x100000;
-/// Kernel load address (the `PT_LOAD` physical addresses of our vmlinux).
+/// Kernel load address (`CONFIG_PHYSICAL_START`: a bzImage's `pref_address`, the `PT_LOAD`
+/// physical addresses of a vmlinux).
 pub const KERNEL_START: u64 = 0x100_0000;
 /// Initrd load address; the kernel's segments must end below it.
 pub const INITRD_START: u64 = 0x400_0000;

@@ -73,7 +73,7 @@ fn bundle_kernel_and_initrd_boot_under_qemu_microvm() {
             "stdio",
             "-no-reboot",
             "-kernel",
-            "/bundle/vmlinux",
+            "/bundle/bzImage",
             "-initrd",
             "/bundle/initrd.cpio.gz",
             "-append",
