@@ -296,7 +296,7 @@ def main():
         check_firmware_entry(fw["bytes"])
         checked.append("kernel")
 
-        with open(f"{a.bundle}/initrd.cpio.gz", "rb") as f:
+        with open(f"{a.bundle}/initrd.cpio.zst", "rb") as f:
             bundle_initrd = f.read()
         initrd_size = check_initrd(initrd["bytes"], bundle_initrd, a.tee, a.workload_id)
         check(initrd["len"] == page_up(initrd_size), "initrd region length")

@@ -13,7 +13,7 @@ use crate::manifest::{FileDigest, Manifest, ManifestError, MANIFEST_FORMAT};
 pub const BUNDLE_DIR_ENV: &str = "KRUN_SEV_BUNDLE_DIR";
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const KERNEL_FILE: &str = "bzImage";
-pub const INITRD_FILE: &str = "initrd.cpio.gz";
+pub const INITRD_FILE: &str = "initrd.cpio.zst";
 pub const FIRMWARE_FILE: &str = "firmware.bin";
 
 /// Files a manifest may list. Anything else is rejected rather than ignored.
@@ -365,7 +365,7 @@ mod tests {
             Err(BundleError::UnknownFile { .. })
         ));
 
-        let without_initrd = json.replace("\"initrd.cpio.gz\"", "\"firmware.bin\"");
+        let without_initrd = json.replace("\"initrd.cpio.zst\"", "\"firmware.bin\"");
         std::fs::write(&path, without_initrd).unwrap();
         std::fs::write(dir.path().join(FIRMWARE_FILE), b"initrd bytes").unwrap();
         assert!(matches!(

@@ -75,7 +75,7 @@ fn bundle_kernel_and_initrd_boot_under_qemu_microvm() {
             "-kernel",
             "/bundle/bzImage",
             "-initrd",
-            "/bundle/initrd.cpio.gz",
+            "/bundle/initrd.cpio.zst",
             "-append",
             "console=ttyS0 reboot=t panic=-1",
         ])

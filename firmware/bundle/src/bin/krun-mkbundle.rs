@@ -170,7 +170,8 @@ mod tests {
         assert_eq!(bundle.manifest.kernel_version, "6.12.117");
         assert_eq!(bundle.manifest.nr_cpus, 32);
         let mut cpio = Vec::new();
-        flate2::read::GzDecoder::new(&bundle.initrd[..])
+        zstd::stream::read::Decoder::new(&bundle.initrd[..])
+            .unwrap()
             .read_to_end(&mut cpio)
             .unwrap();
         let expected = krun_bundle::initrd::initrd_archive(b"\x7fELF init")
@@ -179,10 +180,10 @@ mod tests {
         assert_eq!(cpio, expected);
 
         // A second build from the same inputs is byte-identical.
-        let first = std::fs::read(out.join("initrd.cpio.gz")).unwrap();
+        let first = std::fs::read(out.join("initrd.cpio.zst")).unwrap();
         let manifest = std::fs::read(out.join("manifest.json")).unwrap();
         run(&build_args).unwrap();
-        assert_eq!(std::fs::read(out.join("initrd.cpio.gz")).unwrap(), first);
+        assert_eq!(std::fs::read(out.join("initrd.cpio.zst")).unwrap(), first);
         assert_eq!(std::fs::read(out.join("manifest.json")).unwrap(), manifest);
     }
 
