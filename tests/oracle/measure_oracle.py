@@ -49,6 +49,7 @@ INITRD_GPA = 0x4000000
 BOOT_PARAMS_GPA = 0x7000
 CMDLINE_GPA = 0x20000
 MPTABLE_GPA = 0x9FC00
+RSDP_GPA = 0x9F000
 PAGE_TABLES_GPA = 0x100000
 SNP_SECRETS_GPA, SNP_CPUID_GPA = 0x5000, 0x6000
 BASE_CMDLINE = b"console=hvc0 quiet reboot=t panic=-1 acpi=off"
@@ -213,6 +214,8 @@ def check_boot_params(page, initrd_size, tee, ram_mib, header):
     check(page[0x210] == 0xFF, "boot_params: type_of_loader")
     check(page[0x211] & 1, "boot_params: loadflags LOADED_HIGH")
     check(page[0x1EF] == 0, "boot_params: sentinel set")
+    (rsdp,) = struct.unpack_from("<Q", page, 0x70)
+    check(rsdp == RSDP_GPA, f"boot_params: acpi_rsdp_addr {rsdp:#x}")
     check(u32(0x218) == INITRD_GPA, "boot_params: ramdisk_image")
     check(u32(0x21C) == initrd_size, f"boot_params: ramdisk_size {u32(0x21C)} != {initrd_size}")
     check(u32(0x228) == CMDLINE_GPA, "boot_params: cmd_line_ptr")
@@ -224,6 +227,15 @@ def check_boot_params(page, initrd_size, tee, ram_mib, header):
         for a, e in ram:
             check(e <= SNP_SECRETS_GPA or a >= SNP_CPUID_GPA + PAGE,
                   "boot_params: SNP secrets/CPUID pages are e820 RAM")
+
+
+def check_rsdp(page):
+    """ACPI 1.0 RSDP without tables at RSDP_GPA (in the MP table's page): the decompressor
+    takes its address from boot_params instead of scanning unvalidated BIOS memory."""
+    r = page[RSDP_GPA - page_down(MPTABLE_GPA):][:20]
+    check(r[:8] == b"RSD PTR ", "RSDP: no signature")
+    check(sum(r) % 256 == 0, "RSDP: checksum")
+    check(r[15] == 0 and r[16:20] == bytes(4), "RSDP: not revision 0 without RSDT")
 
 
 def check_mptable(page, vcpus):
@@ -317,6 +329,7 @@ def main():
                           bzimage_parts(bzimage)[1])
         checked.append("boot_params")
         check_mptable(mptable["bytes"], a.vcpus)
+        check_rsdp(mptable["bytes"])
         checked.append("mptable")
 
         vmsas = [c["bytes"] for c in cmds if c["cmd"] == "update_vmsa"]

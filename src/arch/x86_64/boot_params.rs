@@ -4,7 +4,7 @@ use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
 use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::layout::{
-    ram_regions, CMDLINE_START, EBDA_START, HIMEM_START, MMIO_GAP_END, ZERO_PAGE_START,
+    ram_regions, CMDLINE_START, EBDA_START, HIMEM_START, MMIO_GAP_END, RSDP_START, ZERO_PAGE_START,
 };
 
 /// e820 type of usable RAM.
@@ -112,6 +112,7 @@ pub fn build(input: &BootParamsInput<'_>) -> Result<boot_params, BootParamsError
         params.hdr.cmdline_size =
             u32::try_from(input.cmdline_len).map_err(|_| BootParamsError::FieldTooSmall)?;
     }
+    params.acpi_rsdp_addr = RSDP_START;
     params.hdr.type_of_loader = KERNEL_LOADER_OTHER;
     params.hdr.boot_flag = KERNEL_BOOT_FLAG_MAGIC;
     params.hdr.header = KERNEL_HDR_MAGIC;
@@ -139,9 +140,27 @@ pub fn build(input: &BootParamsInput<'_>) -> Result<boot_params, BootParamsError
     Ok(params)
 }
 
-/// Builds the zero page and writes it at [`ZERO_PAGE_START`].
+/// An ACPI 1.0 RSDP (ACPI 6.5 §5.2.5.3): signature, checksum, OEM id, revision 0 and RSDT
+/// address 0, i.e. no ACPI tables. The guest boots with `acpi=off`; the RSDP exists so that
+/// `boot_params.acpi_rsdp_addr` is set and names a real one. Without it the bzImage's
+/// decompressor (`get_rsdp_addr`) scans the EBDA and [0xE0000, 0x100000) for an RSDP, and
+/// under SNP that range is not validated when it runs (the kernel validates it later in
+/// `probe_roms`), so the read would stop the guest with a #VC.
+pub fn rsdp() -> [u8; 20] {
+    let mut r = [0u8; 20];
+    r[..8].copy_from_slice(b"RSD PTR ");
+    r[9..15].copy_from_slice(b"KRUNSV");
+    let sum = r.iter().fold(0u8, |a, b| a.wrapping_add(*b));
+    r[8] = 0u8.wrapping_sub(sum);
+    r
+}
+
+/// Builds the zero page and writes it at [`ZERO_PAGE_START`], and the RSDP it names at
+/// [`RSDP_START`].
 pub fn write(mem: &GuestMemoryMmap, input: &BootParamsInput<'_>) -> Result<(), BootParamsError> {
     let params = build(input)?;
+    mem.write_slice(&rsdp(), GuestAddress(RSDP_START))
+        .map_err(BootParamsError::Write)?;
     mem.write_obj(params, GuestAddress(ZERO_PAGE_START))
         .map_err(BootParamsError::Write)
 }
@@ -237,7 +256,7 @@ mod tests {
 
     #[test]
     fn zero_page_fields_at_their_abi_offsets() {
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0xa0000)]).unwrap();
         let input = BootParamsInput {
             setup_header: None,
             ram_bytes: 512 << 20,
@@ -260,6 +279,17 @@ mod tests {
         assert_eq!(rd32(0x228), 0x20000);
         assert_eq!(rd32(0x238), 17);
         assert_eq!(rd8(0x1e8), 2);
+        assert_eq!(
+            mem.read_obj::<u64>(GuestAddress(zp + 0x70)).unwrap(),
+            RSDP_START
+        );
+        let mut rsdp_bytes = [0u8; 20];
+        mem.read_slice(&mut rsdp_bytes, GuestAddress(RSDP_START))
+            .unwrap();
+        assert_eq!(&rsdp_bytes[..8], b"RSD PTR ");
+        assert_eq!(rsdp_bytes.iter().fold(0u8, |a, b| a.wrapping_add(*b)), 0);
+        assert_eq!(rsdp_bytes[15], 0, "revision 0 (ACPI 1.0)");
+        assert_eq!(&rsdp_bytes[16..20], &[0; 4], "no RSDT");
         let e0 = GuestAddress(zp + 0x2d0);
         assert_eq!(mem.read_obj::<u64>(e0).unwrap(), 0);
         assert_eq!(
