@@ -70,7 +70,7 @@ install-lib: lib
 # The guest bundle, where the library looks for it by default.
 install-bundle: bundle
 	install -d $(DESTDIR)$(BUNDLE_INSTALL_DIR)
-	install -m 0644 $(BUILD_DIR)/bundle/vmlinux $(BUILD_DIR)/bundle/initrd.cpio.gz \
+	install -m 0644 $(BUILD_DIR)/bundle/bzImage $(BUILD_DIR)/bundle/initrd.cpio.zst \
 	    $(BUILD_DIR)/bundle/manifest.json $(DESTDIR)$(BUNDLE_INSTALL_DIR)/
 
 # The guest bundle as a library, libkrunfw-sev.so.4: buildah mkcw looks for it by that name

@@ -40,7 +40,7 @@ qemu=/usr/bin/qemu-system-x86_64
 # VM exits are counted with hist triggers on kvm tracepoints; the test host does not mount
 # tracefs itself.
 script="mount -t tracefs tracefs /sys/kernel/tracing; \
-krun-boot-bench --kernel /bundle/vmlinux --initrd /bundle/initrd.cpio.gz --root /disks/root.img \
+krun-boot-bench --kernel /bundle/bzImage --initrd /bundle/initrd.cpio.zst --root /disks/root.img \
 --vmm /bin/krun-vmm-boot --qemu $qemu --runs $runs"
 "$bin/krun-testhost" --mem 2048 --timeout $((120 + runs * 60)) \
     --file "$bundle:/bundle" \

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Checks that the guest bundle is reproducible (issue 3 acceptance): builds it twice from
 # scratch, with separate empty kernel caches and cargo target directories, compares the
-# SHA-256 of vmlinux, initrd.cpio.gz and manifest.json, and checks the first build against
+# SHA-256 of bzImage, initrd.cpio.zst and manifest.json, and checks the first build against
 # the pins in firmware/bundle.pins (firmware/bundle-pins.sh).
 #
 # A manual tool, not part of CI: CI builds the bundle once and checks it against the pins
@@ -26,7 +26,7 @@ for run in 1 2; do
 done
 
 status=0
-for file in vmlinux initrd.cpio.gz manifest.json; do
+for file in bzImage initrd.cpio.zst manifest.json; do
     a=$(sha256sum <"$scratch/bundle1/$file" | cut -d' ' -f1)
     b=$(sha256sum <"$scratch/bundle2/$file" | cut -d' ' -f1)
     if [ "$a" = "$b" ]; then

@@ -1,9 +1,11 @@
 #!/bin/bash
-# Builds the guest kernel (an uncompressed, stripped ELF vmlinux with the PVH note) from
-# Debian's linux-source-6.12 and our config fragment, reproducibly, and caches it.
+# Builds the guest kernel (the compressed bzImage, and an uncompressed, stripped ELF vmlinux
+# with the PVH note) from Debian's linux-source-6.12 and our config fragment, reproducibly,
+# and caches it.
 #
 # Output: prints the cache directory on stdout; it holds
-#   vmlinux          the kernel the bundle ships
+#   bzImage          the kernel the bundle ships (64-bit boot protocol, zstd payload)
+#   vmlinux          the same kernel uncompressed (PVH entry: QEMU -M microvm boots it)
 #   config           the final .config
 #   kernel-version   `uname -r` of the kernel (include/config/kernel.release)
 #   nr_cpus          CONFIG_NR_CPUS
@@ -56,7 +58,7 @@ build_info=$(
 key=$(printf '%s\n' "$build_info" | sha256sum | cut -d' ' -f1)
 out=$cache_root/kernel-$key
 
-if [ -f "$out/vmlinux" ] && [ -f "$out/kernel-version" ]; then
+if [ -f "$out/bzImage" ] && [ -f "$out/vmlinux" ] && [ -f "$out/kernel-version" ]; then
     say "cached: $out"
     echo "$out"
     exit 0
@@ -111,10 +113,10 @@ say "configuring: $BASE_CONFIG + $(basename "$fragment")"
 "$checker" "$fragment" "$src/.config" >&2 ||
     die "the kernel config lacks required options (see above; a dependency is probably missing from $fragment)"
 
-say "building vmlinux with $jobs jobs (about 8 minutes on 2 cores; log: $work/build.log)"
+say "building bzImage with $jobs jobs (about 8 minutes on 2 cores; log: $work/build.log)"
 start=$(date +%s)
 set +e
-make -C "$src" -j"$jobs" vmlinux 2>&1 | tee "$work/build.log" |
+make -C "$src" -j"$jobs" bzImage 2>&1 | tee "$work/build.log" |
     awk '/ CC / { n++; if (n % 250 == 0) { print "[build-kernel] " n " files compiled" > "/dev/stderr"; fflush("/dev/stderr") } }'
 status=${PIPESTATUS[0]}
 set -e
@@ -134,6 +136,7 @@ stage=$cache_root/.kernel-$key.stage
 rm -rf "$stage"
 mkdir -p "$stage"
 mv "$work/vmlinux" "$stage/vmlinux"
+cp "$src/arch/x86/boot/bzImage" "$stage/bzImage"
 cp "$src/.config" "$stage/config"
 cat "$src/include/config/kernel.release" >"$stage/kernel-version"
 sed -n 's/^CONFIG_NR_CPUS=//p' "$src/.config" >"$stage/nr_cpus"
@@ -142,4 +145,5 @@ rm -rf "$out"
 mv "$stage" "$out"
 [ "${KRUN_SEV_KEEP_KERNEL_TREE:-0}" = 1 ] || rm -rf "$work"
 say "vmlinux $(stat -c %s "$out/vmlinux") bytes, sha256 $(sha256sum <"$out/vmlinux" | cut -d' ' -f1)"
+say "bzImage $(stat -c %s "$out/bzImage") bytes, sha256 $(sha256sum <"$out/bzImage" | cut -d' ' -f1)"
 echo "$out"

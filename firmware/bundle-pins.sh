@@ -1,5 +1,5 @@
 #!/bin/bash
-# Checks a built guest bundle against the pinned SHA-256 of vmlinux and initrd.cpio.gz in
+# Checks a built guest bundle against the pinned SHA-256 of bzImage and initrd.cpio.zst in
 # firmware/bundle.pins, or rewrites the pins from it. Users compute launch digests in
 # advance from these bytes, so every machine must build the same ones.
 #
@@ -10,7 +10,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 pins=$root/firmware/bundle.pins
-files=(vmlinux initrd.cpio.gz)
+files=(bzImage initrd.cpio.zst)
 say() { echo "[bundle-pins] $*" >&2; }
 die() {
     say "error: $*"
@@ -49,10 +49,10 @@ if [ "$mode" = update ]; then
 #
 # Produced by `make pin-bundle` (firmware/bundle-pins.sh update); checked by `make test`
 # (make bundle-pins). Regenerate and commit it with any change that changes the bundle:
-#   initrd.cpio.gz  the guest init (firmware/init and the crates it builds with: footer/,
+#   initrd.cpio.zst  the guest init (firmware/init and the crates it builds with: footer/,
 #                   luks/, attestation/), Cargo.lock, the release profile in Cargo.toml,
 #                   the initrd layout (firmware/bundle/) or firmware/build-bundle.sh
-#   vmlinux         the kernel config (firmware/kernel/), the pinned kernel source or the
+#   bzImage         the kernel config (firmware/kernel/), the pinned kernel source or the
 #                   build steps (firmware/build-kernel.sh)
 # Such a commit changes every launch digest: say so in its message.
 #

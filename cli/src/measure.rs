@@ -86,6 +86,7 @@ pub fn to_json(req: &MeasureRequest, m: &Measurement) -> serde_json::Value {
         .collect();
     serde_json::json!({
         "format": 2,
+        "measured_bytes": measured_bytes(m),
         "tee": req.mode.host_json_name(),
         "cpus": req.vcpus,
         "ram_mib": req.ram_mib,
@@ -97,6 +98,14 @@ pub fn to_json(req: &MeasureRequest, m: &Measurement) -> serde_json::Value {
         "vmsas": m.record.vmsas,
         "regions": regions,
     })
+}
+
+/// Every byte the launch passes to the AMD-SP: the memory regions (every page type: SNP
+/// reads zero, secrets and CPUID pages too) and one 4 KiB page per VMSA.
+pub fn measured_bytes(m: &Measurement) -> u64 {
+    const VMSA_BYTES: u64 = 4096;
+    let regions: u64 = m.record.regions.iter().map(|r| r.len).sum();
+    regions + VMSA_BYTES * u64::from(m.record.vmsas)
 }
 
 /// The request `args` describe.
@@ -190,6 +199,7 @@ mod tests {
         assert_eq!(v["tee"], "snp");
         assert_eq!(v["digest"], "ab".repeat(48));
         assert_eq!(v["vmsas"], 2);
+        assert_eq!(v["measured_bytes"], 0x8000 + 2 * 4096);
         assert_eq!(v["vcpu_model"], "genoa");
         assert_eq!(v["vcpu_sig"], "0x00a10f10");
         assert_eq!(v["binding"], serde_json::Value::Null);

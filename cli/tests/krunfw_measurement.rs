@@ -134,7 +134,7 @@ fn anything_but_a_bundle_is_refused_with_a_reason() {
         assert!(err.contains(reason), "{}: {err}", path.display());
     }
     // A bundle file changed after the manifest was written is refused, not measured.
-    std::fs::write(bundle.join("initrd.cpio.gz"), [0x1f, 0x8b, 8, 0, 9]).unwrap();
+    std::fs::write(bundle.join("initrd.cpio.zst"), [0x1f, 0x8b, 8, 0, 9]).unwrap();
     let out = krunfw_measurement(&["-c", "2", "-m", "512"], &bundle);
     assert!(!out.status.success());
     let usage = krunfw_measurement(&["-c", "2"], &bundle);

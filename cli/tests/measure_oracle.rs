@@ -32,47 +32,23 @@ fn python() -> String {
         .unwrap_or_else(|| panic!("KRUN_SEV_PYTHON is not set (make test-deps makes the venv)"))
 }
 
-/// A kernel with two PT_LOAD segments: a gap between them and bss after each, so the
-/// oracle's own ELF reading is exercised.
-fn two_segment_elf() -> Vec<u8> {
-    let segs: [(u64, u64, Vec<u8>, u64); 2] = [
-        (
-            0x100_0000,
-            0x1000,
-            (0..5000u32).map(|i| (i % 251).to_le_bytes()[0]).collect(),
-            0x2345,
-        ),
-        (0x100_4000, 0x3000, vec![0xc3; 300], 0x1800),
-    ];
-    let mut f = Vec::new();
-    f.extend_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0]);
-    f.extend_from_slice(&[0; 8]);
-    f.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
-    f.extend_from_slice(&0x3eu16.to_le_bytes()); // EM_X86_64
-    f.extend_from_slice(&1u32.to_le_bytes());
-    f.extend_from_slice(&0x100_0000u64.to_le_bytes()); // e_entry
-    f.extend_from_slice(&64u64.to_le_bytes()); // e_phoff
-    f.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
-    f.extend_from_slice(&0u32.to_le_bytes());
-    f.extend_from_slice(&64u16.to_le_bytes()); // e_ehsize
-    f.extend_from_slice(&56u16.to_le_bytes()); // e_phentsize
-    f.extend_from_slice(&2u16.to_le_bytes()); // e_phnum
-    f.extend_from_slice(&64u16.to_le_bytes());
-    f.extend_from_slice(&[0; 4]);
-    for (paddr, off, data, bss) in &segs {
-        f.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
-        f.extend_from_slice(&7u32.to_le_bytes());
-        f.extend_from_slice(&off.to_le_bytes());
-        f.extend_from_slice(&(0xffff_ffff_8000_0000u64 + paddr).to_le_bytes());
-        f.extend_from_slice(&paddr.to_le_bytes());
-        f.extend_from_slice(&(data.len() as u64).to_le_bytes());
-        f.extend_from_slice(&(data.len() as u64 + bss).to_le_bytes());
-        f.extend_from_slice(&0x1000u64.to_le_bytes());
-    }
-    for (_, off, data, _) in &segs {
-        f.resize(usize::try_from(*off).unwrap(), 0);
-        f.extend_from_slice(data);
-    }
+/// A bzImage (boot protocol 2.15 header, 3 setup sectors) whose protected-mode part is 5000
+/// bytes, so the oracle's own header parsing and page padding are exercised.
+fn tiny_bzimage() -> Vec<u8> {
+    let setup_sects = 3u8;
+    let mut f = vec![0u8; (usize::from(setup_sects) + 1) * 512];
+    f[0x1f1] = setup_sects;
+    f[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes());
+    f[0x201] = 0x6a; // the header ends at 0x26c
+    f[0x202..0x206].copy_from_slice(b"HdrS");
+    f[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+    f[0x211] = 0x81; // LOADED_HIGH | CAN_USE_HEAP
+    f[0x230..0x234].copy_from_slice(&0x20_0000u32.to_le_bytes()); // kernel_alignment
+    f[0x234] = 1; // relocatable_kernel
+    f[0x236..0x238].copy_from_slice(&3u16.to_le_bytes()); // XLF_KERNEL_64 | above 4G
+    f[0x258..0x260].copy_from_slice(&0x100_0000u64.to_le_bytes()); // pref_address
+    f[0x260..0x264].copy_from_slice(&0x40_0000u32.to_le_bytes()); // init_size
+    f.extend((0..5000u32).map(|i| (i % 251).to_le_bytes()[0]));
     f
 }
 
@@ -85,7 +61,7 @@ fn fake_bundle(dir: &Path) -> PathBuf {
     krun_bundle::write_bundle(
         &bundle,
         &krun_bundle::BundleContents {
-            kernel: &two_segment_elf(),
+            kernel: &tiny_bzimage(),
             kernel_version: "6.12-oracle-test",
             nr_cpus: 8,
             initrd: &initrd,
@@ -241,7 +217,7 @@ fn measure_agrees_with_the_independent_oracle() {
         let (digest, dump) = agrees(&bundle, dir.path(), conf_tee, tee);
         let original = lines(&dump);
 
-        // One byte of the kernel region: the oracle's own rebuild of vmlinux catches it.
+        // One byte of the kernel region: the oracle's own rebuild from the bzImage catches it.
         let mut l = original.clone();
         flip_byte(&mut l, 0x100_0000, 4999);
         refuses(
@@ -252,6 +228,21 @@ fn measure_agrees_with_the_independent_oracle() {
             &l,
             "kernel region differs",
         );
+        // The kernel's setup header in boot_params (kernel_alignment), and the firmware's
+        // kernel entry: the oracle rebuilds both from the bzImage.
+        let mut l = original.clone();
+        flip_byte(&mut l, 0x7000, 0x231);
+        refuses(
+            dir.path(),
+            &bundle,
+            tee,
+            &digest,
+            &l,
+            "setup header differs",
+        );
+        let mut l = original.clone();
+        flip_byte(&mut l, 0xFFFF_E000, 0x1020);
+        refuses(dir.path(), &bundle, tee, &digest, &l, "kernel entry");
         // One byte of the initrd region's bundle initrd.
         let mut l = original.clone();
         flip_byte(&mut l, 0x400_0000, 100);

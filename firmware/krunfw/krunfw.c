@@ -1,5 +1,5 @@
 /*
- * libkrunfw-sev.so.4: the guest bundle (manifest.json, vmlinux, initrd.cpio.gz) as a
+ * libkrunfw-sev.so.4: the guest bundle (manifest.json, bzImage, initrd.cpio.zst) as a
  * loadable library, the way libkrunfw-sev carried libkrun-sev's guest. buildah mkcw looks
  * for this file by name and hands its path to `krunfw_measurement`, which reads the bundle
  * from it through krunfw_sev_get_file() and checks every file against the manifest.
@@ -27,8 +27,8 @@
     extern const char name##_end[] __attribute__((visibility("hidden")))
 
 EMBED(manifest, "manifest.json");
-EMBED(vmlinux, "vmlinux");
-EMBED(initrd, "initrd.cpio.gz");
+EMBED(bzimage, "bzImage");
+EMBED(initrd, "initrd.cpio.zst");
 
 int krunfw_get_version(void)
 {
@@ -44,8 +44,8 @@ const char *krunfw_sev_get_file(const char *name, size_t *size)
         const char *end;
     } files[] = {
         { "manifest.json", manifest_start, manifest_end },
-        { "vmlinux", vmlinux_start, vmlinux_end },
-        { "initrd.cpio.gz", initrd_start, initrd_end },
+        { "bzImage", bzimage_start, bzimage_end },
+        { "initrd.cpio.zst", initrd_start, initrd_end },
     };
     if (name == NULL || size == NULL)
         return NULL;

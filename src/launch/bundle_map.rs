@@ -190,7 +190,7 @@ mod tests {
         )
         .unwrap();
         // Replaced with different bytes of the same size before mapping.
-        std::fs::write(bundle.join("vmlinux"), b"KERNEL").unwrap();
+        std::fs::write(bundle.join("bzImage"), b"KERNEL").unwrap();
         let mapped = MappedBundle::map(&bundle);
         assert!(matches!(
             Bundle::load_from(&mapped),

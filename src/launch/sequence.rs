@@ -704,7 +704,7 @@ pub(crate) fn run(plan: LaunchPlan) -> Result<u8, LaunchError> {
     let config = VmConfig {
         vcpus: plan.machine.vcpus,
         ram_mib: plan.machine.ram_mib,
-        kernel_path: bundle.dir.join("vmlinux"),
+        kernel_path: bundle.dir.join("bzImage"),
         initrd_path: None,
         initrd_append: seg.bytes,
         cmdline: guest::BASE_CMDLINE.to_owned(),
@@ -1235,7 +1235,7 @@ mod tests {
             let config = VmConfig {
                 vcpus: machine.vcpus,
                 ram_mib: machine.ram_mib,
-                kernel_path: bundle.dir.join("vmlinux"),
+                kernel_path: bundle.dir.join("bzImage"),
                 initrd_path: None,
                 initrd_append: seg.bytes.clone(),
                 cmdline: guest::BASE_CMDLINE.to_owned(),

@@ -330,7 +330,7 @@ pub struct MeasureInputs<'a> {
     pub vcpus: u8,
     /// RAM in MiB.
     pub ram_mib: u32,
-    /// ELF vmlinux from the bundle.
+    /// The bundle kernel (bzImage).
     pub kernel: &'a [u8],
     /// Bundle initrd.
     pub initrd: Vec<u8>,

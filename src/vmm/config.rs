@@ -69,7 +69,7 @@ pub struct VmConfig {
     pub vcpus: u8,
     /// Guest RAM in MiB.
     pub ram_mib: u32,
-    /// Guest kernel: an ELF `vmlinux`.
+    /// Guest kernel: a bzImage or an ELF `vmlinux`.
     pub kernel_path: PathBuf,
     /// Bundle initrd (gzip newc cpio), if any.
     pub initrd_path: Option<PathBuf>,

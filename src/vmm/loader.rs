@@ -49,7 +49,7 @@ pub struct GuestImage<'a> {
     pub ram_bytes: u64,
     /// vCPU count (MP table).
     pub vcpus: u8,
-    /// ELF vmlinux.
+    /// The kernel: a bzImage (64-bit boot protocol) or an ELF vmlinux.
     pub kernel: &'a [u8],
     /// Bundle initrd.
     pub initrd: Vec<u8>,
@@ -92,6 +92,9 @@ pub fn load_guest(mem: &GuestMemory, image: GuestImage<'_>) -> Result<LoadedGues
     boot_params::write(
         mem,
         &BootParamsInput {
+            setup_header: memory::BzImage::parse(image.kernel)
+                .ok()
+                .map(|bz| bz.setup_header),
             ram_bytes: image.ram_bytes,
             cmdline_len: image.cmdline.len(),
             initrd,

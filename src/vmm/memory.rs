@@ -1,6 +1,6 @@
-//! Guest RAM and what the VMM loads into it: the kernel's `PT_LOAD` segments and the initrd.
+//! Guest RAM and what the VMM loads into it: the kernel (a compressed bzImage through the
+//! 64-bit boot protocol, or an ELF vmlinux's `PT_LOAD` segments) and the initrd.
 
-use std::fs::File;
 use std::path::Path;
 
 use linux_loader::loader::{Elf, KernelLoader};
@@ -23,12 +23,15 @@ pub enum MemoryError {
     /// Opening the kernel failed.
     #[error("cannot open the kernel image")]
     OpenKernel(#[source] std::io::Error),
-    /// The kernel is not a loadable ELF vmlinux.
+    /// The kernel is neither a bzImage nor a loadable ELF vmlinux.
     #[error("cannot load the kernel ELF")]
     LoadKernel(#[source] linux_loader::loader::Error),
     /// The kernel's segments leave the kernel window of the memory map.
     #[error("kernel segments fall outside the kernel window of the memory map")]
     KernelPlacement,
+    /// A bzImage this loader cannot boot (the message says which header field).
+    #[error("unsupported bzImage: {0}")]
+    BzImage(&'static str),
     /// Reading the initrd failed.
     #[error("cannot read the initrd")]
     ReadInitrd(#[source] std::io::Error),
@@ -78,22 +81,145 @@ pub fn create_guest_memory_with(
 /// Where the kernel landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoadedKernel {
-    /// 64-bit entry point (ELF `e_entry`).
+    /// 64-bit entry point (ELF `e_entry`, or a bzImage's load address + 0x200).
     pub entry: u64,
-    /// End of the highest segment (including its bss).
+    /// End of the bytes written: the highest ELF segment including its bss, or the end of a
+    /// bzImage's protected-mode part (the decompressor's `init_size` beyond it is RAM the
+    /// kernel writes before it reads).
     pub end: u64,
 }
 
-/// Loads an ELF vmlinux at its physical addresses, which must lie in
-/// `[KERNEL_START, INITRD_START)`.
+/// Loads the kernel file at `path` ([`load_kernel_bytes`]).
 pub fn load_kernel(mem: &GuestMemory, path: &Path) -> Result<LoadedKernel, MemoryError> {
-    let mut file = File::open(path).map_err(MemoryError::OpenKernel)?;
-    load_kernel_from(mem, &mut file)
+    let bytes = std::fs::read(path).map_err(MemoryError::OpenKernel)?;
+    load_kernel_bytes(mem, &bytes)
 }
 
-/// [`load_kernel`] from bytes already read (and verified) by the caller.
-pub fn load_kernel_bytes(mem: &GuestMemory, elf: &[u8]) -> Result<LoadedKernel, MemoryError> {
-    load_kernel_from(mem, &mut std::io::Cursor::new(elf))
+/// Loads a kernel already read (and verified) by the caller: a bzImage ([`BzImage`]) when it
+/// carries the `HdrS` setup header, otherwise an ELF vmlinux at its physical addresses, which
+/// must lie in `[KERNEL_START, INITRD_START)`.
+pub fn load_kernel_bytes(mem: &GuestMemory, kernel: &[u8]) -> Result<LoadedKernel, MemoryError> {
+    if BzImage::is_bzimage(kernel) {
+        let bz = BzImage::parse(kernel)?;
+        mem.write_slice(bz.protected_mode, GuestAddress(KERNEL_START))
+            .map_err(MemoryError::Write)?;
+        return Ok(bz.loaded());
+    }
+    load_kernel_from(mem, &mut std::io::Cursor::new(kernel))
+}
+
+/// Offset of the setup header in a bzImage (and in `struct boot_params`).
+pub const SETUP_HEADER_OFFSET: usize = 0x1f1;
+/// Offset of the 64-bit entry from the start of the protected-mode part (boot.rst).
+pub const BZIMAGE_ENTRY_64: u64 = 0x200;
+/// Oldest boot protocol with `xloadflags` (2.12).
+const MIN_BOOT_PROTOCOL: u16 = 0x020c;
+/// `xloadflags`: the kernel has the legacy 64-bit entry at +0x200.
+const XLF_KERNEL_64: u16 = 1;
+/// `loadflags`: protected-mode code loaded at 1 MiB or above (a bzImage).
+const LOADED_HIGH: u8 = 1;
+
+/// A bzImage as the 64-bit boot protocol (Documentation/arch/x86/boot.rst) loads it: the
+/// protected-mode part (the kernel's decompressor and its compressed payload) at
+/// [`KERNEL_START`], entered at + 0x200 in long mode with RSI = `boot_params`. The
+/// decompressor unpacks the kernel in place, inside `[KERNEL_START, KERNEL_START +
+/// init_size)`, which must end below the initrd.
+#[derive(Debug, Clone, Copy)]
+pub struct BzImage<'a> {
+    /// The setup header, to copy into `boot_params` at [`SETUP_HEADER_OFFSET`].
+    pub setup_header: &'a [u8],
+    /// What the loader writes at [`KERNEL_START`].
+    pub protected_mode: &'a [u8],
+    /// Memory the kernel needs from its load address while it decompresses itself.
+    pub init_size: u64,
+}
+
+impl<'a> BzImage<'a> {
+    /// Whether `image` carries a setup header (`HdrS` at 0x202).
+    pub fn is_bzimage(image: &[u8]) -> bool {
+        image.get(0x202..0x206) == Some(b"HdrS")
+    }
+
+    /// Checks the header fields this loader depends on and splits the image.
+    pub fn parse(image: &'a [u8]) -> Result<Self, MemoryError> {
+        let u8_at = |off: usize| {
+            image
+                .get(off)
+                .copied()
+                .ok_or(MemoryError::BzImage("truncated"))
+        };
+        let u16_at = |off: usize| -> Result<u16, MemoryError> {
+            Ok(u16::from_le_bytes([u8_at(off)?, u8_at(off + 1)?]))
+        };
+        let u32_at = |off: usize| -> Result<u32, MemoryError> {
+            Ok(u32::from(u16_at(off)?) | u32::from(u16_at(off + 2)?) << 16)
+        };
+        let u64_at = |off: usize| -> Result<u64, MemoryError> {
+            Ok(u64::from(u32_at(off)?) | u64::from(u32_at(off + 4)?) << 32)
+        };
+        if !Self::is_bzimage(image) || u16_at(0x1fe)? != 0xaa55 {
+            return Err(MemoryError::BzImage("no setup header"));
+        }
+        if u16_at(0x206)? < MIN_BOOT_PROTOCOL {
+            return Err(MemoryError::BzImage("boot protocol older than 2.12"));
+        }
+        if u8_at(0x211)? & LOADED_HIGH == 0 {
+            return Err(MemoryError::BzImage("not a bzImage (zImage loads low)"));
+        }
+        if u16_at(0x236)? & XLF_KERNEL_64 == 0 {
+            return Err(MemoryError::BzImage("no 64-bit entry (xloadflags)"));
+        }
+        let alignment = u64::from(u32_at(0x230)?);
+        let relocatable = u8_at(0x234)? != 0;
+        let pref_address = u64_at(0x258)?;
+        let init_size = u64::from(u32_at(0x260)?);
+        // The launch measurement is computed in advance: the load address is fixed. The
+        // kernel must either prefer it or be relocatable to it (then it decompresses at the
+        // aligned load address, or at its pref_address if that is higher).
+        let placeable = pref_address == KERNEL_START
+            || (relocatable
+                && pref_address < KERNEL_START
+                && alignment.is_power_of_two()
+                && KERNEL_START % alignment == 0);
+        if !placeable {
+            return Err(MemoryError::BzImage(
+                "cannot run at the fixed kernel address (pref_address, relocatable_kernel, kernel_alignment)",
+            ));
+        }
+        let setup_sects = match u8_at(SETUP_HEADER_OFFSET)? {
+            0 => 4,
+            n => usize::from(n),
+        };
+        let setup_end = 0x202 + usize::from(u8_at(0x201)?);
+        let pm_start = (setup_sects + 1) * 512;
+        if setup_end > pm_start || pm_start >= image.len() {
+            return Err(MemoryError::BzImage("truncated"));
+        }
+        let protected_mode = &image[pm_start..];
+        let pm_len =
+            u64::try_from(protected_mode.len()).map_err(|_| MemoryError::KernelPlacement)?;
+        if init_size < pm_len {
+            return Err(MemoryError::BzImage("init_size smaller than the image"));
+        }
+        match KERNEL_START.checked_add(init_size) {
+            Some(end) if end <= INITRD_START => {}
+            _ => return Err(MemoryError::KernelPlacement),
+        }
+        Ok(BzImage {
+            setup_header: &image[SETUP_HEADER_OFFSET..setup_end],
+            protected_mode,
+            init_size,
+        })
+    }
+
+    /// Entry and end of the loaded bytes.
+    pub fn loaded(&self) -> LoadedKernel {
+        LoadedKernel {
+            entry: KERNEL_START + BZIMAGE_ENTRY_64,
+            // parse() checked protected_mode.len() <= init_size, a u32.
+            end: KERNEL_START + u64::try_from(self.protected_mode.len()).unwrap_or(u64::MAX),
+        }
+    }
 }
 
 fn load_kernel_from<F: std::io::Read + std::io::Seek + vm_memory::ReadVolatile>(
@@ -242,6 +368,95 @@ pub(crate) mod tests {
                 let _ = std::fs::remove_file(&self.0);
             }
         }
+    }
+
+    /// A bzImage header as boot.rst lays it out: `setup_sects` 512-byte setup sectors after the
+    /// boot sector, then `payload` (the protected-mode part).
+    pub fn tiny_bzimage(payload: &[u8], init_size: u32) -> Vec<u8> {
+        let setup_sects = 3u8;
+        let mut f = vec![0u8; (usize::from(setup_sects) + 1) * 512];
+        f[0x1f1] = setup_sects;
+        f[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes());
+        f[0x200] = 0xeb; // jump over the header
+        f[0x201] = 0x6a; // header ends at 0x26c
+        f[0x202..0x206].copy_from_slice(b"HdrS");
+        f[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+        f[0x211] = 0x01; // LOADED_HIGH
+        f[0x230..0x234].copy_from_slice(&0x20_0000u32.to_le_bytes());
+        f[0x234] = 1; // relocatable
+        f[0x236..0x238].copy_from_slice(&0x0003u16.to_le_bytes()); // XLF_KERNEL_64 | CAN_BE_LOADED_ABOVE_4G
+        f[0x258..0x260].copy_from_slice(&KERNEL_START.to_le_bytes());
+        f[0x260..0x264].copy_from_slice(&init_size.to_le_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    #[test]
+    fn loads_bzimage_protected_mode_part_at_the_kernel_address() {
+        let mem = create_guest_memory(MIN_RAM_BYTES).unwrap();
+        let payload: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        let image = tiny_bzimage(&payload, 0x10_0000);
+        let k = load_kernel_bytes(&mem, &image).unwrap();
+        assert_eq!(k.entry, KERNEL_START + 0x200);
+        assert_eq!(k.end, KERNEL_START + 5000);
+        let mut got = vec![0u8; 5000];
+        mem.read_slice(&mut got, GuestAddress(KERNEL_START))
+            .unwrap();
+        assert_eq!(got, payload);
+        let bz = BzImage::parse(&image).unwrap();
+        assert_eq!(bz.setup_header.len(), 0x26c - 0x1f1);
+        assert_eq!(&bz.setup_header[0x202 - 0x1f1..0x206 - 0x1f1], b"HdrS");
+        assert_eq!(bz.init_size, 0x10_0000);
+        // The same bytes from a file.
+        let file = temp_file(&image);
+        assert_eq!(load_kernel(&mem, &file.0).unwrap(), k);
+    }
+
+    #[test]
+    fn rejects_bzimages_it_cannot_boot() {
+        let ok = tiny_bzimage(&[0x90; 64], 0x10_0000);
+        let with = |off: usize, bytes: &[u8]| {
+            let mut i = ok.clone();
+            i[off..off + bytes.len()].copy_from_slice(bytes);
+            i
+        };
+        let bz = |i: &[u8]| BzImage::parse(i).map(|_| ()).unwrap_err();
+        assert!(
+            matches!(bz(&with(0x206, &[0x0b, 0x02])), MemoryError::BzImage(m) if m.contains("2.12"))
+        );
+        assert!(matches!(bz(&with(0x211, &[0])), MemoryError::BzImage(m) if m.contains("zImage")));
+        assert!(
+            matches!(bz(&with(0x236, &[2, 0])), MemoryError::BzImage(m) if m.contains("64-bit"))
+        );
+        // Prefers another address and cannot move.
+        let other = (KERNEL_START * 2).to_le_bytes();
+        assert!(
+            matches!(bz(&with(0x258, &other)), MemoryError::BzImage(m) if m.contains("pref_address"))
+        );
+        let low = 0x20_0000u64.to_le_bytes();
+        let fixed_low = with(0x258, &low);
+        assert!(BzImage::parse(&fixed_low).is_ok());
+        let mut not_relocatable = fixed_low.clone();
+        not_relocatable[0x234] = 0;
+        assert!(matches!(bz(&not_relocatable), MemoryError::BzImage(_)));
+        // Decompressing would run into the initrd.
+        let huge = u32::try_from(INITRD_START - KERNEL_START + 0x1000).unwrap();
+        assert!(matches!(
+            bz(&with(0x260, &huge.to_le_bytes())),
+            MemoryError::KernelPlacement
+        ));
+        assert!(
+            matches!(bz(&with(0x260, &16u32.to_le_bytes())), MemoryError::BzImage(m) if m.contains("init_size"))
+        );
+        // Nothing after the setup sectors.
+        assert!(matches!(bz(&ok[..2048]), MemoryError::BzImage(m) if m.contains("truncated")));
+        assert!(matches!(bz(&with(0x1fe, &[0, 0])), MemoryError::BzImage(_)));
+        // Without HdrS the loader takes it for an ELF and refuses it as one.
+        let mem = create_guest_memory(MIN_RAM_BYTES).unwrap();
+        assert!(matches!(
+            load_kernel_bytes(&mem, &with(0x202, b"HdrX")),
+            Err(MemoryError::LoadKernel(_))
+        ));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! |---|---|
 //! | `crate::arch::x86_64::layout` | the guest physical memory map (fixed addresses) |
 //! | `crate::arch::x86_64::{boot_params, mptable, regs, cpuid, msr}` | zero page and e820, MP table, 64-bit boot registers and page tables, per-vCPU CPUID, boot MSRs |
-//! | `memory` | guest RAM, ELF `vmlinux` and initrd (+ launch segment) loading |
+//! | `memory` | guest RAM, kernel (bzImage or ELF `vmlinux`) and initrd (+ launch segment) loading |
 //! | `loader` | everything written before boot, shared with the measurement calculator |
 //! | `vstate::{vm, vcpu, exit}` | KVM VM (irqchip, PIT, memory slots), vCPU threads and exit handling, run end |
 //! | `bus`, `device_manager` | MMIO dispatch; virtio-mmio slots, IRQs and `virtio_mmio.device=` entries |

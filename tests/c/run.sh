@@ -51,11 +51,11 @@ echo "the libkrun.h names crun uses compile and have upstream's values"
 gcc -std=c11 -Wall -Wextra -Werror -o "$work/crun_chroot_order" "$repo/tests/c/crun_chroot_order.c" -ldl
 bundle="$work/bundle"
 mkdir -p "$bundle" "$work/root"
-printf '\177ELF not a kernel: the launch fails later, at KVM' >"$bundle/vmlinux"
-printf 'initrd' >"$bundle/initrd.cpio.gz"
+printf '\177ELF not a kernel: the launch fails later, at KVM' >"$bundle/bzImage"
+printf 'initrd' >"$bundle/initrd.cpio.zst"
 entry() { printf '"%s":{"size":%s,"sha256":"%s"}' "$1" "$(stat -c %s "$bundle/$1")" "$(sha256sum "$bundle/$1" | cut -d' ' -f1)"; }
 printf '{"format":1,"kernel_version":"6.12-test","nr_cpus":8,"files":{%s,%s}}' \
-    "$(entry vmlinux)" "$(entry initrd.cpio.gz)" >"$bundle/manifest.json"
+    "$(entry bzImage)" "$(entry initrd.cpio.zst)" >"$bundle/manifest.json"
 head -c 4096 /dev/zero >"$work/root/disk.img"
 printf '%s' '{"tee":"snp","tee_data":"","workload_id":"w","cpus":1,"ram_mib":64,"attestation_url":""}' \
     >"$work/root/krun-sev.json"

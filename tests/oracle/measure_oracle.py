@@ -10,8 +10,10 @@ Rust launch:
    sev-snp-measure's GCTX (VMSAs last, as KVM issues them at SNP_LAUNCH_FINISH);
 2. checks the command sequence against the layout docs/measurement.md documents (order,
    addresses, page types);
-3. rebuilds what it can from the inputs and compares: the kernel region from vmlinux's ELF
-   program headers (parsed here, not with the Rust loader), the initrd region as the bundle
+3. rebuilds what it can from the inputs and compares: the kernel region from the bundle
+   bzImage's setup header (parsed here, not with the Rust loader: the protected-mode part
+   after the setup sectors, at the 16 MiB load address), the setup header copied into
+   boot_params, the firmware's kernel entry (load address + 0x200), the initrd region as the bundle
    initrd + zero padding to a page + a newc launch segment holding /krun/host.json (with the
    expected tee and workload) and, for SEV/SEV-ES, a page-aligned all-zero /krun/secret, the
    boot_params fields that point at them, the command line, the MP table's vCPU count, and
@@ -47,6 +49,7 @@ INITRD_GPA = 0x4000000
 BOOT_PARAMS_GPA = 0x7000
 CMDLINE_GPA = 0x20000
 MPTABLE_GPA = 0x9FC00
+RSDP_GPA = 0x9F000
 PAGE_TABLES_GPA = 0x100000
 SNP_SECRETS_GPA, SNP_CPUID_GPA = 0x5000, 0x6000
 BASE_CMDLINE = b"console=hvc0 quiet reboot=t panic=-1 acpi=off"
@@ -123,26 +126,35 @@ def digest(tee, cmds):
     return g.ld()
 
 
-def elf_kernel_region(vmlinux):
-    """[KERNEL_GPA, page_up(end)) as the PT_LOAD segments of vmlinux fill it (file bytes at
-    p_paddr, the rest of p_memsz and every gap zero)."""
-    check(vmlinux[:4] == b"\x7fELF" and vmlinux[4] == 2 and vmlinux[5] == 1, "vmlinux: not ELF64 LE")
-    (e_phoff,) = struct.unpack_from("<Q", vmlinux, 0x20)
-    e_phentsize, e_phnum = struct.unpack_from("<HH", vmlinux, 0x36)
-    loads = []
-    for i in range(e_phnum):
-        p_type, _flags, p_offset, _vaddr, p_paddr, p_filesz, p_memsz, _align = struct.unpack_from(
-            "<IIQQQQQQ", vmlinux, e_phoff + i * e_phentsize)
-        if p_type == 1:  # PT_LOAD
-            loads.append((p_paddr, p_offset, p_filesz, p_memsz))
-    check(loads, "vmlinux has no PT_LOAD segment")
-    check(min(p for p, _, _, _ in loads) >= KERNEL_GPA, "vmlinux loads below 16 MiB")
-    end = max(p + m for p, _, _, m in loads)
-    region = bytearray(page_up(end) - KERNEL_GPA)
-    for paddr, off, filesz, _ in loads:
-        at = paddr - KERNEL_GPA
-        region[at:at + filesz] = vmlinux[off:off + filesz]
-    return bytes(region)
+def bzimage_parts(bzimage):
+    """(protected-mode part, setup header) of a bzImage as the 64-bit boot protocol loads it
+    (Documentation/arch/x86/boot.rst): the setup header runs from 0x1f1 to 0x202 + byte
+    0x201, the protected-mode part starts after (setup_sects or 4) + 1 sectors."""
+    check(bzimage[0x202:0x206] == b"HdrS", "bundle kernel: no HdrS setup header")
+    (version,) = struct.unpack_from("<H", bzimage, 0x206)
+    check(version >= 0x20C, f"bundle kernel: boot protocol {version:#x} < 2.12")
+    (xloadflags,) = struct.unpack_from("<H", bzimage, 0x236)
+    check(xloadflags & 1, "bundle kernel: no 64-bit entry (XLF_KERNEL_64)")
+    (pref_address,) = struct.unpack_from("<Q", bzimage, 0x258)
+    check(pref_address == KERNEL_GPA, f"bundle kernel: pref_address {pref_address:#x}")
+    setup_sects = bzimage[0x1F1] or 4
+    header = bzimage[0x1F1:0x202 + bzimage[0x201]]
+    return bzimage[(setup_sects + 1) * 512:], header
+
+
+def kernel_region(bzimage):
+    """[KERNEL_GPA, page_up(end)): the protected-mode part, then zeros to the page end."""
+    pm, _ = bzimage_parts(bzimage)
+    return pm + bytes(page_up(len(pm)) - len(pm))
+
+
+def check_firmware_entry(fw):
+    """The firmware's parameter block (offset 0x1000, firmware/resetvec/README.md) enters the
+    kernel at its 64-bit entry: load address + 0x200."""
+    check(fw[0x1000:0x1008] == b"KRUNRVFW", "firmware: no parameter block")
+    (entry, bp) = struct.unpack_from("<QQ", fw, 0x1020)
+    check(entry == KERNEL_GPA + 0x200, f"firmware: kernel entry {entry:#x}")
+    check(bp == BOOT_PARAMS_GPA, f"firmware: boot_params {bp:#x}")
 
 
 def newc_entries(seg):
@@ -186,9 +198,24 @@ def check_initrd(region, initrd, tee, workload_id):
     return seg_at + end  # bytes the kernel is told about (ramdisk_size)
 
 
-def check_boot_params(page, initrd_size, tee, ram_mib):
+# Setup-header bytes the loader writes (boot.rst "loader" fields): type_of_loader, loadflags,
+# ramdisk_image, ramdisk_size, cmd_line_ptr; every other header byte is the kernel's.
+LOADER_FIELDS = [(0x210, 2), (0x218, 8), (0x228, 4)]
+
+
+def check_boot_params(page, initrd_size, tee, ram_mib, header):
     u32 = lambda off: struct.unpack_from("<I", page, off)[0]
     check(page[0x202:0x206] == b"HdrS", "boot_params: no HdrS")
+    got = bytearray(page[0x1F1:0x1F1 + len(header)])
+    want = bytearray(header)
+    for off, n in LOADER_FIELDS:
+        got[off - 0x1F1:off - 0x1F1 + n] = want[off - 0x1F1:off - 0x1F1 + n] = bytes(n)
+    check(got == want, "boot_params: the setup header differs from the bzImage's")
+    check(page[0x210] == 0xFF, "boot_params: type_of_loader")
+    check(page[0x211] & 1, "boot_params: loadflags LOADED_HIGH")
+    check(page[0x1EF] == 0, "boot_params: sentinel set")
+    (rsdp,) = struct.unpack_from("<Q", page, 0x70)
+    check(rsdp == RSDP_GPA, f"boot_params: acpi_rsdp_addr {rsdp:#x}")
     check(u32(0x218) == INITRD_GPA, "boot_params: ramdisk_image")
     check(u32(0x21C) == initrd_size, f"boot_params: ramdisk_size {u32(0x21C)} != {initrd_size}")
     check(u32(0x228) == CMDLINE_GPA, "boot_params: cmd_line_ptr")
@@ -200,6 +227,15 @@ def check_boot_params(page, initrd_size, tee, ram_mib):
         for a, e in ram:
             check(e <= SNP_SECRETS_GPA or a >= SNP_CPUID_GPA + PAGE,
                   "boot_params: SNP secrets/CPUID pages are e820 RAM")
+
+
+def check_rsdp(page):
+    """ACPI 1.0 RSDP without tables at RSDP_GPA (in the MP table's page): the decompressor
+    takes its address from boot_params instead of scanning unvalidated BIOS memory."""
+    r = page[RSDP_GPA - page_down(MPTABLE_GPA):][:20]
+    check(r[:8] == b"RSD PTR ", "RSDP: no signature")
+    check(sum(r) % 256 == 0, "RSDP: checksum")
+    check(r[15] == 0 and r[16:20] == bytes(4), "RSDP: not revision 0 without RSDT")
 
 
 def check_mptable(page, vcpus):
@@ -263,14 +299,16 @@ def main():
                   f"update at {c['gpa']:#x} is not whole pages")
         check(fw["len"] == FIRMWARE_LEN, "firmware region length")
 
-        with open(f"{a.bundle}/vmlinux", "rb") as f:
-            expected_kernel = elf_kernel_region(f.read())
+        with open(f"{a.bundle}/bzImage", "rb") as f:
+            bzimage = f.read()
+        expected_kernel = kernel_region(bzimage)
         check(kernel["bytes"] == expected_kernel,
-              "kernel region differs from vmlinux's PT_LOAD segments"
+              "kernel region differs from the bzImage's protected-mode part"
               f" ({len(kernel['bytes'])} vs {len(expected_kernel)} bytes)")
+        check_firmware_entry(fw["bytes"])
         checked.append("kernel")
 
-        with open(f"{a.bundle}/initrd.cpio.gz", "rb") as f:
+        with open(f"{a.bundle}/initrd.cpio.zst", "rb") as f:
             bundle_initrd = f.read()
         initrd_size = check_initrd(initrd["bytes"], bundle_initrd, a.tee, a.workload_id)
         check(initrd["len"] == page_up(initrd_size), "initrd region length")
@@ -288,9 +326,11 @@ def main():
         check(len(devices) == (5 if a.data_disk else 4), f"command line lists {len(devices)} devices")
         checked.append("cmdline")
 
-        check_boot_params(boot_params["bytes"], initrd_size, a.tee, a.ram_mib)
+        check_boot_params(boot_params["bytes"], initrd_size, a.tee, a.ram_mib,
+                          bzimage_parts(bzimage)[1])
         checked.append("boot_params")
         check_mptable(mptable["bytes"], a.vcpus)
+        check_rsdp(mptable["bytes"])
         checked.append("mptable")
 
         vmsas = [c["bytes"] for c in cmds if c["cmd"] == "update_vmsa"]

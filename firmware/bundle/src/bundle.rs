@@ -12,8 +12,8 @@ use crate::manifest::{FileDigest, Manifest, ManifestError, MANIFEST_FORMAT};
 /// Environment variable that overrides the bundle directory.
 pub const BUNDLE_DIR_ENV: &str = "KRUN_SEV_BUNDLE_DIR";
 pub const MANIFEST_FILE: &str = "manifest.json";
-pub const KERNEL_FILE: &str = "vmlinux";
-pub const INITRD_FILE: &str = "initrd.cpio.gz";
+pub const KERNEL_FILE: &str = "bzImage";
+pub const INITRD_FILE: &str = "initrd.cpio.zst";
 pub const FIRMWARE_FILE: &str = "firmware.bin";
 
 /// Files a manifest may list. Anything else is rejected rather than ignored.
@@ -359,13 +359,13 @@ mod tests {
         let path = dir.path().join(MANIFEST_FILE);
         let json = std::fs::read_to_string(&path).unwrap();
 
-        std::fs::write(&path, json.replace("\"vmlinux\"", "\"../etc/passwd\"")).unwrap();
+        std::fs::write(&path, json.replace("\"bzImage\"", "\"../etc/passwd\"")).unwrap();
         assert!(matches!(
             Bundle::load(dir.path()),
             Err(BundleError::UnknownFile { .. })
         ));
 
-        let without_initrd = json.replace("\"initrd.cpio.gz\"", "\"firmware.bin\"");
+        let without_initrd = json.replace("\"initrd.cpio.zst\"", "\"firmware.bin\"");
         std::fs::write(&path, without_initrd).unwrap();
         std::fs::write(dir.path().join(FIRMWARE_FILE), b"initrd bytes").unwrap();
         assert!(matches!(

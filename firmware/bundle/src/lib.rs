@@ -3,7 +3,7 @@
 //! SHA-256.
 //!
 //! - `cpio`: a deterministic newc writer (also usable for the VMM's launch segment).
-//! - `initrd`: the initrd layout and deterministic gzip.
+//! - `initrd`: the initrd layout and deterministic zstd.
 //! - `manifest`: `manifest.json`.
 //! - `bundle`: load-and-verify (`Bundle::load`) and `write_bundle`.
 //! - `minimal`: a minimal valid bundle for tests of the tools that measure bundles.
@@ -19,6 +19,6 @@ pub use bundle::{
     FIRMWARE_FILE, INITRD_FILE, KERNEL_FILE, MANIFEST_FILE,
 };
 pub use cpio::{CpioArchive, CpioError};
-pub use initrd::{build_initrd, gzip, InitrdError};
+pub use initrd::{build_initrd, zstd, InitrdError};
 pub use manifest::{FileDigest, Manifest, ManifestError, MANIFEST_FORMAT};
 pub use minimal::write_minimal_bundle;

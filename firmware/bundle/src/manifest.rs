@@ -92,7 +92,7 @@ mod tests {
             format: 1,
             kernel_version: "6.12.117".into(),
             nr_cpus: 32,
-            files: BTreeMap::from([("vmlinux".into(), FileDigest::of(b"k"))]),
+            files: BTreeMap::from([("bzImage".into(), FileDigest::of(b"k"))]),
         };
         let json = manifest.to_json().unwrap();
         assert!(json.starts_with("{\n  \"format\": 1,\n  \"kernel_version\": \"6.12.117\""));

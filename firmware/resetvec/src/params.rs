@@ -94,7 +94,8 @@ pub struct SnpPages {
 /// What the VMM tells the firmware.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FirmwareParams {
-    /// GPA of the kernel's 64-bit entry (`startup_64`).
+    /// GPA of the kernel's 64-bit entry (a bzImage's load address + 0x200, its decompressor's
+    /// `startup_64`).
     pub kernel_entry: u64,
     /// GPA of `struct boot_params` (with the e820 table the firmware reads).
     pub boot_params: u64,

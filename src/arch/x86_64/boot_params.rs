@@ -1,10 +1,10 @@
 //! The Linux zero page (`struct boot_params`, Documentation/arch/x86/boot.rst) and e820 map.
 
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::layout::{
-    ram_regions, CMDLINE_START, EBDA_START, HIMEM_START, MMIO_GAP_END, ZERO_PAGE_START,
+    ram_regions, CMDLINE_START, EBDA_START, HIMEM_START, MMIO_GAP_END, RSDP_START, ZERO_PAGE_START,
 };
 
 /// e820 type of usable RAM.
@@ -28,6 +28,9 @@ pub enum BootParamsError {
     /// An address or size does not fit its 32-bit zero-page field.
     #[error("boot parameter does not fit its 32-bit field")]
     FieldTooSmall,
+    /// The kernel's setup header does not fit the zero page.
+    #[error("the kernel's setup header does not fit the zero page")]
+    SetupHeader,
     /// Writing the zero page to guest memory failed.
     #[error("cannot write the zero page to guest memory")]
     Write(#[source] vm_memory::GuestMemoryError),
@@ -35,7 +38,10 @@ pub enum BootParamsError {
 
 /// What the zero page describes.
 #[derive(Debug, Clone, Copy)]
-pub struct BootParamsInput {
+pub struct BootParamsInput<'a> {
+    /// A bzImage's setup header (from its offset 0x1f1), copied into the zero page first as
+    /// the boot protocol asks; the fields below then override the loader's part of it.
+    pub setup_header: Option<&'a [u8]>,
     /// Guest RAM in bytes.
     pub ram_bytes: u64,
     /// Length of the command line including its NUL.
@@ -87,18 +93,32 @@ pub fn e820_map(ram_bytes: u64) -> Vec<(u64, u64, u32)> {
     map
 }
 
+/// Offset of the setup header in the zero page.
+const SETUP_HEADER_OFFSET: usize = 0x1f1;
+
 /// Builds the zero page.
-pub fn build(input: &BootParamsInput) -> Result<boot_params, BootParamsError> {
+pub fn build(input: &BootParamsInput<'_>) -> Result<boot_params, BootParamsError> {
     let mut params = boot_params::default();
+    if let Some(header) = input.setup_header {
+        let bytes = params.as_mut_slice();
+        let end = SETUP_HEADER_OFFSET
+            .checked_add(header.len())
+            .filter(|end| *end <= std::mem::offset_of!(boot_params, e820_table))
+            .ok_or(BootParamsError::SetupHeader)?;
+        bytes[SETUP_HEADER_OFFSET..end].copy_from_slice(header);
+    } else {
+        // No header to copy (an ELF vmlinux): the fields a bzImage would carry.
+        params.hdr.kernel_alignment = KERNEL_MIN_ALIGNMENT_BYTES;
+        params.hdr.cmdline_size =
+            u32::try_from(input.cmdline_len).map_err(|_| BootParamsError::FieldTooSmall)?;
+    }
+    params.acpi_rsdp_addr = RSDP_START;
     params.hdr.type_of_loader = KERNEL_LOADER_OTHER;
     params.hdr.boot_flag = KERNEL_BOOT_FLAG_MAGIC;
     params.hdr.header = KERNEL_HDR_MAGIC;
     params.hdr.loadflags |= LOADED_HIGH;
-    params.hdr.kernel_alignment = KERNEL_MIN_ALIGNMENT_BYTES;
     params.hdr.cmd_line_ptr =
         u32::try_from(CMDLINE_START).map_err(|_| BootParamsError::FieldTooSmall)?;
-    params.hdr.cmdline_size =
-        u32::try_from(input.cmdline_len).map_err(|_| BootParamsError::FieldTooSmall)?;
     if let Some((addr, size)) = input.initrd {
         params.hdr.ramdisk_image =
             u32::try_from(addr).map_err(|_| BootParamsError::FieldTooSmall)?;
@@ -120,9 +140,27 @@ pub fn build(input: &BootParamsInput) -> Result<boot_params, BootParamsError> {
     Ok(params)
 }
 
-/// Builds the zero page and writes it at [`ZERO_PAGE_START`].
-pub fn write(mem: &GuestMemoryMmap, input: &BootParamsInput) -> Result<(), BootParamsError> {
+/// An ACPI 1.0 RSDP (ACPI 6.5 §5.2.5.3): signature, checksum, OEM id, revision 0 and RSDT
+/// address 0, i.e. no ACPI tables. The guest boots with `acpi=off`; the RSDP exists so that
+/// `boot_params.acpi_rsdp_addr` is set and names a real one. Without it the bzImage's
+/// decompressor (`get_rsdp_addr`) scans the EBDA and [0xE0000, 0x100000) for an RSDP, and
+/// under SNP that range is not validated when it runs (the kernel validates it later in
+/// `probe_roms`), so the read would stop the guest with a #VC.
+pub fn rsdp() -> [u8; 20] {
+    let mut r = [0u8; 20];
+    r[..8].copy_from_slice(b"RSD PTR ");
+    r[9..15].copy_from_slice(b"KRUNSV");
+    let sum = r.iter().fold(0u8, |a, b| a.wrapping_add(*b));
+    r[8] = 0u8.wrapping_sub(sum);
+    r
+}
+
+/// Builds the zero page and writes it at [`ZERO_PAGE_START`], and the RSDP it names at
+/// [`RSDP_START`].
+pub fn write(mem: &GuestMemoryMmap, input: &BootParamsInput<'_>) -> Result<(), BootParamsError> {
     let params = build(input)?;
+    mem.write_slice(&rsdp(), GuestAddress(RSDP_START))
+        .map_err(BootParamsError::Write)?;
     mem.write_obj(params, GuestAddress(ZERO_PAGE_START))
         .map_err(BootParamsError::Write)
 }
@@ -153,6 +191,50 @@ mod tests {
     }
 
     #[test]
+    fn setup_header_is_copied_then_the_loader_fields_override_it() {
+        let mut header = vec![0u8; 0x26c - SETUP_HEADER_OFFSET];
+        let at = |off: usize| off - SETUP_HEADER_OFFSET;
+        header[at(0x1f1)] = 27; // setup_sects
+        header[at(0x210)] = 0x20; // type_of_loader: overridden
+        header[at(0x211)] = 0x80; // loadflags CAN_USE_HEAP: kept, LOADED_HIGH added
+        header[at(0x230)..at(0x234)].copy_from_slice(&0x20_0000u32.to_le_bytes());
+        header[at(0x260)..at(0x264)].copy_from_slice(&0x1a2_b000u32.to_le_bytes());
+        header[at(0x238)..at(0x23c)].copy_from_slice(&0x7ffu32.to_le_bytes());
+        let params = build(&BootParamsInput {
+            setup_header: Some(&header),
+            ram_bytes: 512 << 20,
+            cmdline_len: 5,
+            initrd: Some((0x400_0000, 0x1000)),
+            reserved: None,
+        })
+        .unwrap();
+        let bytes = params.as_slice();
+        assert_eq!(bytes[0x1f1], 27);
+        assert_eq!(bytes[0x210], 0xff);
+        assert_eq!(bytes[0x211], 0x81);
+        assert_eq!(&bytes[0x230..0x234], &0x20_0000u32.to_le_bytes());
+        assert_eq!(&bytes[0x260..0x264], &0x1a2_b000u32.to_le_bytes());
+        assert_eq!(&bytes[0x202..0x206], b"HdrS");
+        assert_eq!(&bytes[0x218..0x21c], &0x400_0000u32.to_le_bytes());
+        assert_eq!(&bytes[0x228..0x22c], &0x20000u32.to_le_bytes());
+        // cmdline_size is the kernel's limit, which the loader reads and keeps.
+        assert_eq!(&bytes[0x238..0x23c], &0x7ffu32.to_le_bytes());
+        // sentinel (0x1ef) stays zero: the kernel would otherwise wipe the header's fields.
+        assert_eq!(bytes[0x1ef], 0);
+        let too_long = vec![0u8; 0x300];
+        assert!(matches!(
+            build(&BootParamsInput {
+                setup_header: Some(&too_long),
+                ram_bytes: 512 << 20,
+                cmdline_len: 5,
+                initrd: None,
+                reserved: None,
+            }),
+            Err(BootParamsError::SetupHeader)
+        ));
+    }
+
+    #[test]
     fn e820_small_and_large() {
         assert_eq!(
             e820_map(256 << 20),
@@ -174,8 +256,9 @@ mod tests {
 
     #[test]
     fn zero_page_fields_at_their_abi_offsets() {
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0xa0000)]).unwrap();
         let input = BootParamsInput {
+            setup_header: None,
             ram_bytes: 512 << 20,
             cmdline_len: 17,
             initrd: Some((0x400_0000, 0x1234)),
@@ -196,6 +279,17 @@ mod tests {
         assert_eq!(rd32(0x228), 0x20000);
         assert_eq!(rd32(0x238), 17);
         assert_eq!(rd8(0x1e8), 2);
+        assert_eq!(
+            mem.read_obj::<u64>(GuestAddress(zp + 0x70)).unwrap(),
+            RSDP_START
+        );
+        let mut rsdp_bytes = [0u8; 20];
+        mem.read_slice(&mut rsdp_bytes, GuestAddress(RSDP_START))
+            .unwrap();
+        assert_eq!(&rsdp_bytes[..8], b"RSD PTR ");
+        assert_eq!(rsdp_bytes.iter().fold(0u8, |a, b| a.wrapping_add(*b)), 0);
+        assert_eq!(rsdp_bytes[15], 0, "revision 0 (ACPI 1.0)");
+        assert_eq!(&rsdp_bytes[16..20], &[0; 4], "no RSDT");
         let e0 = GuestAddress(zp + 0x2d0);
         assert_eq!(mem.read_obj::<u64>(e0).unwrap(), 0);
         assert_eq!(

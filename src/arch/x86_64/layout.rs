@@ -15,6 +15,7 @@
 //! | `0x7000` | 4 KiB | zero page (`boot_params`), `rsi` at kernel entry |
 //! | `0x8000` | 28 KiB | firmware data: boot stack (top `0x8ff0`), page tables `0x9000..0xf000` |
 //! | `0x20000` | 64 KiB | kernel command line |
+//! | `0x9f000` | 20 B | ACPI RSDP without tables (`boot_params.acpi_rsdp_addr`) |
 //! | `0x9fc00` | 1 KiB | EBDA: MP floating pointer and MP configuration table |
 //! | `0x100000` | | start of high RAM in the e820 map; in a TEE launch the reset-vector firmware's page-table region starts here |
 //! | `0x1000000` | | kernel (`CONFIG_PHYSICAL_START`, ELF `p_paddr`), up to `INITRD_START` |
@@ -68,9 +69,14 @@ pub const CMDLINE_KERNEL_LIMIT: usize = 2048;
 pub const EBDA_START: u64 = 0x9fc00;
 /// MP floating pointer structure and configuration table.
 pub const MPTABLE_START: u64 = EBDA_START;
+/// A minimal ACPI RSDP (no tables) that `boot_params.acpi_rsdp_addr` names, in the MP
+/// table's page: with it, the bzImage's decompressor does not scan the BIOS area
+/// [0xE0000, 0x100000) for one, which under SNP is not validated when it runs.
+pub const RSDP_START: u64 = 0x9f000;
 /// Start of high memory.
 pub const HIMEM_START: u64 = 0x100000;
-/// Kernel load address (the `PT_LOAD` physical addresses of our vmlinux).
+/// Kernel load address (`CONFIG_PHYSICAL_START`: a bzImage's `pref_address`, the `PT_LOAD`
+/// physical addresses of a vmlinux).
 pub const KERNEL_START: u64 = 0x100_0000;
 /// Initrd load address; the kernel's segments must end below it.
 pub const INITRD_START: u64 = 0x400_0000;
@@ -135,6 +141,9 @@ const _: () = {
     assert!(VIRTIO_IRQ_BASE + VIRTIO_MMIO_MAX_SLOTS <= IOAPIC_PINS);
     assert!(KVM_TSS_START + 3 * PAGE_SIZE <= FIRMWARE_START);
     assert!(CMDLINE_KERNEL_LIMIT <= CMDLINE_MAX_SIZE);
+    // The RSDP shares the MP table's (measured) page, below the table.
+    assert!(RSDP_START / PAGE_SIZE == MPTABLE_START / PAGE_SIZE);
+    assert!(RSDP_START + 20 <= MPTABLE_START);
 };
 
 #[cfg(test)]

@@ -391,6 +391,7 @@ mod tests {
         boot_params::write(
             &mem,
             &BootParamsInput {
+                setup_header: None,
                 ram_bytes: memory::MIN_RAM_BYTES,
                 cmdline_len: 1,
                 initrd: None,

@@ -181,7 +181,7 @@ fn luks_root_disks_boot_under_the_vmm() {
 
     let script = format!(
         r#"
-boot() {{ /bin/krun-vmm-boot --kernel /bundle/vmlinux --initrd /bundle/initrd.cpio.gz "$@" </dev/null; }}
+boot() {{ /bin/krun-vmm-boot --kernel /bundle/bzImage --initrd /bundle/initrd.cpio.zst "$@" </dev/null; }}
 sha() {{ sha256sum "$1" | cut -d' ' -f1; }}
 # The independent oracle: cryptsetup maps the images read-only; compare with the plaintext.
 for v in luks1 luks2; do

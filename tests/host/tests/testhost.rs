@@ -73,9 +73,9 @@ fn bundle_kernel_and_initrd_boot_under_qemu_microvm() {
             "stdio",
             "-no-reboot",
             "-kernel",
-            "/bundle/vmlinux",
+            "/bundle/bzImage",
             "-initrd",
-            "/bundle/initrd.cpio.gz",
+            "/bundle/initrd.cpio.zst",
             "-append",
             "console=ttyS0 reboot=t panic=-1",
         ])

@@ -62,7 +62,7 @@ fn workloads_run_under_the_vmm() {
     fs::write(&data, vec![0u8; 1 << 20]).unwrap();
 
     let script = r#"
-boot() { /bin/krun-vmm-boot --kernel /bundle/vmlinux --initrd /bundle/initrd.cpio.gz "$@"; }
+boot() { /bin/krun-vmm-boot --kernel /bundle/bzImage --initrd /bundle/initrd.cpio.zst "$@"; }
 echo piped-input | boot --root /disks/main.img --data /disks/data.img --vcpus 2 --ram-mib 256 --stats
 echo "STATUS_MAIN=$?"
 echo "DATA=$(head -c 15 /disks/data.img)"

@@ -4,7 +4,7 @@
 //! krun-mkbundle build --kernel-dir DIR --init FILE [--firmware FILE] --out DIR
 //! krun-mkbundle verify DIR
 //! ```
-//! `--kernel-dir` is the directory firmware/build-kernel.sh prints (vmlinux, kernel-version,
+//! `--kernel-dir` is the directory firmware/build-kernel.sh prints (bzImage, kernel-version,
 //! nr_cpus).
 
 use std::path::{Path, PathBuf};
@@ -109,7 +109,7 @@ fn build(args: &BuildArgs) -> Result<(), MkbundleError> {
     else {
         return Err(MkbundleError::Usage);
     };
-    let kernel = read(&kernel_dir.join("vmlinux"))?;
+    let kernel = read(&kernel_dir.join("bzImage"))?;
     let kernel_version = read_trimmed(&kernel_dir.join("kernel-version"))?;
     let nr_cpus_path = kernel_dir.join("nr_cpus");
     let nr_cpus = read_trimmed(&nr_cpus_path)?
@@ -146,7 +146,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let kernel_dir = dir.path().join("kernel");
         std::fs::create_dir(&kernel_dir).unwrap();
-        std::fs::write(kernel_dir.join("vmlinux"), b"\x7fELF kernel").unwrap();
+        std::fs::write(kernel_dir.join("bzImage"), b"\x7fELF kernel").unwrap();
         std::fs::write(kernel_dir.join("kernel-version"), "6.12.117\n").unwrap();
         std::fs::write(kernel_dir.join("nr_cpus"), "32\n").unwrap();
         let init = dir.path().join("krun-init");
@@ -170,7 +170,8 @@ mod tests {
         assert_eq!(bundle.manifest.kernel_version, "6.12.117");
         assert_eq!(bundle.manifest.nr_cpus, 32);
         let mut cpio = Vec::new();
-        flate2::read::GzDecoder::new(&bundle.initrd[..])
+        zstd::stream::read::Decoder::new(&bundle.initrd[..])
+            .unwrap()
             .read_to_end(&mut cpio)
             .unwrap();
         let expected = krun_bundle::initrd::initrd_archive(b"\x7fELF init")
@@ -179,10 +180,10 @@ mod tests {
         assert_eq!(cpio, expected);
 
         // A second build from the same inputs is byte-identical.
-        let first = std::fs::read(out.join("initrd.cpio.gz")).unwrap();
+        let first = std::fs::read(out.join("initrd.cpio.zst")).unwrap();
         let manifest = std::fs::read(out.join("manifest.json")).unwrap();
         run(&build_args).unwrap();
-        assert_eq!(std::fs::read(out.join("initrd.cpio.gz")).unwrap(), first);
+        assert_eq!(std::fs::read(out.join("initrd.cpio.zst")).unwrap(), first);
         assert_eq!(std::fs::read(out.join("manifest.json")).unwrap(), manifest);
     }
 
@@ -203,7 +204,7 @@ mod tests {
         ));
 
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("vmlinux"), b"k").unwrap();
+        std::fs::write(dir.path().join("bzImage"), b"k").unwrap();
         std::fs::write(dir.path().join("kernel-version"), "6.12").unwrap();
         std::fs::write(dir.path().join("nr_cpus"), "many").unwrap();
         std::fs::write(dir.path().join("init"), b"i").unwrap();
