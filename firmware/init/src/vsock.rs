@@ -17,6 +17,8 @@ pub const PSP_MODEL_REPORT_PORT: u32 = 1026;
 pub const LISTEN_ANNOUNCE_PORT: u32 = 1027;
 /// Connecting here tells the VMM the init is done with attestation (ports 1025/1026 close).
 pub const ATTESTATION_DONE_PORT: u32 = 1028;
+/// Host network settings (one JSON object, then EOF; refused when there is no network).
+pub const NET_CONFIG_PORT: u32 = 1029;
 
 /// `struct sockaddr_vm` for `cid:port`.
 pub fn sockaddr(cid: u32, port: u32) -> libc::sockaddr_vm {
@@ -68,6 +70,28 @@ impl VsockStream {
     /// A second handle to the same connection (for the other copy direction).
     pub fn try_clone(&self) -> io::Result<Self> {
         self.0.try_clone().map(VsockStream)
+    }
+
+    /// Bounds how long a read waits (`SO_RCVTIMEO`); a read that times out fails with
+    /// `WouldBlock`.
+    pub fn set_read_timeout(&self, timeout: std::time::Duration) -> io::Result<()> {
+        let tv = libc::timeval {
+            tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+            tv_usec: libc::suseconds_t::from(timeout.subsec_micros()),
+        };
+        let len = libc::socklen_t::try_from(std::mem::size_of::<libc::timeval>())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: `tv` is a valid timeval of the length passed, alive for the call.
+        sys::check(unsafe {
+            libc::setsockopt(
+                self.0.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                len,
+            )
+        })
+        .map(|_| ())
     }
 
     /// `shutdown(2)`.
