@@ -111,7 +111,11 @@ fn step<T>(what: &'static str, r: io::Result<T>) -> Result<T, NetError> {
 }
 
 fn apply(settings: &config::NetConfig, root: &Path) -> Result<Configured, NetError> {
-    step("set the MTU", iface::set_mtu(INTERFACE, settings.mtu))?;
+    // A device that cannot take the host's MTU keeps its own: degraded, not failed.
+    let mtu = match iface::set_mtu(INTERFACE, settings.mtu) {
+        Ok(()) => settings.mtu,
+        Err(_) => step("read the MTU", iface::mtu(INTERFACE))?,
+    };
     step("bring the link up", iface::set_up(INTERFACE))?;
     let mac = step("read the MAC address", iface::hardware_address(INTERFACE))?;
     if mac != settings.mac {
@@ -133,7 +137,7 @@ fn apply(settings: &config::NetConfig, root: &Path) -> Result<Configured, NetErr
                 gateway: lease.router,
                 dns: lease.dns.into_iter().map(IpAddr::V4).collect(),
                 dhcp: true,
-                mtu: settings.mtu,
+                mtu,
             }
         }
         config::Mode::Static(s) => Configured {
@@ -142,7 +146,7 @@ fn apply(settings: &config::NetConfig, root: &Path) -> Result<Configured, NetErr
             gateway: s.gateway,
             dns: s.dns.clone(),
             dhcp: false,
-            mtu: settings.mtu,
+            mtu,
         },
     };
     step(

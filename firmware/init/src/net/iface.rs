@@ -85,6 +85,15 @@ pub fn hardware_address(name: &str) -> io::Result<[u8; 6]> {
     Ok(mac)
 }
 
+/// The MTU.
+pub fn mtu(name: &str) -> io::Result<u32> {
+    let mut req = ifreq(name)?;
+    ifreq_ioctl(libc::SIOCGIFMTU, &mut req)?;
+    // SAFETY: the kernel filled the mtu member of the union.
+    u32::try_from(unsafe { req.ifr_ifru.ifru_mtu })
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidData))
+}
+
 /// Sets the MTU.
 pub fn set_mtu(name: &str, mtu: u32) -> io::Result<()> {
     let mut req = ifreq(name)?;
@@ -212,6 +221,7 @@ mod tests {
         assert!(exists("lo"));
         assert!(!exists("krun-nonexistent"));
         assert!(index("lo").unwrap() > 0);
+        assert_eq!(mtu("lo").unwrap(), 65536);
         assert_eq!(hardware_address("lo").unwrap(), [0; 6]);
     }
 
