@@ -244,7 +244,87 @@ impl Transport for PacketTransport {
 
 #[cfg(test)]
 mod tests {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    use std::process::{Command, Stdio};
+
     use super::*;
+
+    /// passt's side of the wire: Ethernet frames with a 32-bit big-endian length prefix.
+    struct PasstStream {
+        stream: UnixStream,
+        mac: [u8; 6],
+    }
+
+    impl Transport for PasstStream {
+        fn send(&mut self, msg: &[u8]) -> io::Result<()> {
+            let ip = wrap_udp(
+                Ipv4Addr::UNSPECIFIED,
+                Ipv4Addr::BROADCAST,
+                CLIENT_PORT,
+                SERVER_PORT,
+                msg,
+            )?;
+            let mut frame = vec![0xff; 6];
+            frame.extend_from_slice(&self.mac);
+            frame.extend_from_slice(&[0x08, 0x00]);
+            frame.extend_from_slice(&ip);
+            let len = u32::try_from(frame.len()).unwrap();
+            self.stream.write_all(&len.to_be_bytes())?;
+            self.stream.write_all(&frame)
+        }
+
+        fn recv(&mut self, timeout: Duration) -> io::Result<Option<Vec<u8>>> {
+            self.stream.set_read_timeout(Some(timeout))?;
+            loop {
+                let mut len = [0u8; 4];
+                match self.stream.read_exact(&mut len) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                    other => other?,
+                }
+                let mut frame = vec![0u8; usize::try_from(u32::from_be_bytes(len)).unwrap()];
+                self.stream.read_exact(&mut frame)?;
+                if frame.len() > 14 && frame[12..14] == [0x08, 0x00] {
+                    if let Some(p) = unwrap_udp(&frame[14..], SERVER_PORT, CLIENT_PORT) {
+                        return Ok(Some(p.to_vec()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The whole client (DHCP messages, IPv4/UDP framing) against Debian's real passt, which
+    /// copies this machine's network: `cargo test -p krun-init -- --ignored real_passt`.
+    #[test]
+    #[ignore = "needs passt and a host interface with an IPv4 default route"]
+    fn dhcp_lease_from_real_passt() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        // passt's end must survive exec.
+        // SAFETY: fcntl on a descriptor we own.
+        let fd = theirs.as_raw_fd();
+        assert!(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } == 0);
+        let mut passt = Command::new("passt")
+            .args(["-f", "-q", "-4", "--fd", &fd.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("passt");
+        drop(theirs);
+        let mac = [0x5a, 0x94, 0xef, 0xe4, 0x0c, 0xee];
+        let mut t = PasstStream { stream: ours, mac };
+        let mut xid = 0x4b52_0000;
+        let lease =
+            super::super::dhcp::obtain_lease(&mut t, mac, &[Duration::from_secs(5); 2], || {
+                xid += 1;
+                xid
+            });
+        drop(t);
+        let _ = passt.wait();
+        let lease = lease.unwrap();
+        eprintln!("lease from passt: {lease:?}");
+        assert!(super::super::config::usable_host_address(lease.address));
+        assert!(lease.router.is_some());
+    }
 
     #[test]
     fn udp_round_trip_and_checksums() {
