@@ -300,9 +300,10 @@ mod tests {
     fn dhcp_lease_from_real_passt() {
         let (ours, theirs) = UnixStream::pair().unwrap();
         // passt's end must survive exec.
-        // SAFETY: fcntl on a descriptor we own.
         let fd = theirs.as_raw_fd();
-        assert!(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } == 0);
+        // SAFETY: fcntl on a descriptor we own takes no pointers.
+        let cleared = unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+        assert_eq!(cleared, 0);
         let mut passt = Command::new("passt")
             .args(["-f", "-q", "-4", "--fd", &fd.to_string()])
             .stdout(Stdio::null())
