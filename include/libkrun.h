@@ -78,10 +78,11 @@ int32_t krun_set_log_level(uint32_t level);
 #define VIRGLRENDERER_DRM (1 << 10)
 
 /*
- * virtio-net flags and features of upstream's krun_add_net_unixstream (the feature bits are
- * those of Linux's uapi/linux/virtio_net.h). libkrun-sev has no virtio-net device and does
- * not export krun_add_net_unixstream (crun aborts when a container asks for passt
- * networking); the names are defined for source compatibility only.
+ * virtio-net flags and features of krun_add_net_unixstream (the feature bits are those of
+ * Linux's uapi/linux/virtio_net.h), with upstream's values. krun_add_net_unixstream accepts
+ * NET_FLAG_DHCP_CLIENT; NET_FLAG_VFKIT belongs to upstream's krun_add_net_unixgram, which
+ * libkrun-sev does not export. The NET_FEATURE_* offloads are accepted and not offered to
+ * the guest (the device has no offloads).
  */
 #define NET_FLAG_VFKIT (1 << 0)
 #define NET_FLAG_DHCP_CLIENT (1 << 1)
@@ -193,6 +194,46 @@ int32_t krun_set_mapped_volumes(uint32_t ctx_id, char *const mapped_volumes[]);
  *  unknown context.
  */
 int32_t krun_set_port_map(uint32_t ctx_id, char *const port_map[]);
+
+/*
+ * Adds the virtio-net device (eth0 in the guest). Its frames travel over a unix stream socket
+ * in passt's and QEMU's stream framing: each Ethernet frame preceded by its length as a 32-bit
+ * big-endian integer (passt --fd, QEMU -netdev stream). One device per context.
+ *
+ * Arguments:
+ *  "ctx_id"   - the configuration context ID.
+ *  "c_path"   - path of a unix stream socket to connect to at krun_start_enter, or NULL.
+ *  "fd"       - an already connected unix stream socket, or -1. Exactly one of "c_path" and
+ *               "fd" must be given. On success the library owns "fd" (it is closed when the
+ *               context is freed or the VM ends); on failure it stays the caller's.
+ *  "c_mac"    - the guest's MAC address, 6 bytes (not multicast, not all zero).
+ *  "features" - virtio-net feature bits (NET_FEATURE_*) the caller would like; ANDed with
+ *               what the device supports, which is currently none of the offloads, so any
+ *               value is accepted (crun passes COMPAT_NET_FEATURES).
+ *  "flags"    - 0 or NET_FLAG_DHCP_CLIENT. With NET_FLAG_DHCP_CLIENT the guest init asks
+ *               DHCP (passt answers it); with 0 the library states the addresses passt
+ *               copies from the host: the IPv4 address and prefix of the interface with the
+ *               default route, that route's gateway and up to 3 nameservers from
+ *               /etc/resolv.conf (if it cannot find them, the guest uses DHCP and the reason
+ *               is logged).
+ *
+ * The network does not change the launch measurement: the network slot is always on the
+ * measured kernel command line (a placeholder without a network), and the settings reach the
+ * guest unmeasured over vsock port 1029 (docs/measurement.md). The host sees and can change
+ * every frame: protect the workload's traffic with TLS (docs/threat-model.md).
+ *
+ * Without this call the library starts passt itself at krun_start_enter when passt is
+ * installed (docs/interfaces.md, "Network"); KRUN_SEV_PASST=none turns that off.
+ *
+ * Returns:
+ *  Zero on success, -EINVAL when both or neither of "c_path" and "fd" are given, "c_mac" is
+ *  NULL or not a unicast address, "c_path" is empty or not UTF-8, or "flags" has a bit other
+ *  than NET_FLAG_DHCP_CLIENT; -EEXIST when the context already has a network device;
+ *  -ENOENT for an unknown context. A path that cannot be connected makes krun_start_enter
+ *  fail with the errno of the connect.
+ */
+int32_t krun_add_net_unixstream(uint32_t ctx_id, const char *c_path, int fd,
+                                uint8_t *const c_mac, uint32_t features, uint32_t flags);
 
 /*
  * Sets resource limits applied to the workload before it starts.

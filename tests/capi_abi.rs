@@ -167,6 +167,83 @@ fn port_map() {
 }
 
 #[test]
+fn add_net_unixstream() {
+    use std::io::Read;
+    use std::os::fd::IntoRawFd;
+    use std::os::unix::net::UnixStream;
+    const DHCP: u32 = 1 << 1;
+    let mut mac = [0x5a, 0x94, 0xef, 0xe4, 0x0c, 0xee];
+    let c = ctx();
+    let (ours, mut peer) = UnixStream::pair().unwrap();
+    let fd = ours.into_raw_fd();
+    let path = cs("/tmp/passt.sock");
+    unsafe {
+        let m = mac.as_mut_ptr();
+        // Both or neither endpoint, no MAC, a multicast MAC, unknown flags, an empty or
+        // non-UTF-8 path, an unknown context.
+        assert_eq!(
+            krun_add_net_unixstream(c, path.as_ptr(), fd, m, 0, 0),
+            EINVAL
+        );
+        assert_eq!(krun_add_net_unixstream(c, ptr::null(), -1, m, 0, 0), EINVAL);
+        assert_eq!(
+            krun_add_net_unixstream(c, ptr::null(), fd, ptr::null_mut(), 0, 0),
+            EINVAL
+        );
+        let mut multicast = [1u8, 0, 0x5e, 0, 0, 1];
+        assert_eq!(
+            krun_add_net_unixstream(c, ptr::null(), fd, multicast.as_mut_ptr(), 0, 0),
+            EINVAL
+        );
+        for flags in [1, 4, DHCP | 1, u32::MAX] {
+            assert_eq!(
+                krun_add_net_unixstream(c, ptr::null(), fd, m, 0, flags),
+                EINVAL,
+                "flags {flags:#x}"
+            );
+        }
+        assert_eq!(
+            krun_add_net_unixstream(c, cs("").as_ptr(), -1, m, 0, 0),
+            EINVAL
+        );
+        assert_eq!(
+            krun_add_net_unixstream(c, not_utf8().as_ptr(), -1, m, 0, 0),
+            EINVAL
+        );
+        assert_eq!(
+            krun_add_net_unixstream(UNKNOWN, ptr::null(), fd, m, 0, 0),
+            ENOENT
+        );
+        // crun 1.28+'s call (COMPAT_NET_FEATURES, DHCP); then a second device is refused.
+        assert_eq!(
+            krun_add_net_unixstream(c, ptr::null(), fd, m, 0x4c83, DHCP),
+            0
+        );
+        assert_eq!(
+            krun_add_net_unixstream(c, path.as_ptr(), -1, m, 0, 0),
+            -libc::EEXIST
+        );
+    }
+    // The failed calls left the fd open; the context owns it and closes it when freed.
+    peer.set_read_timeout(Some(std::time::Duration::from_millis(100)))
+        .unwrap();
+    let mut b = [0u8; 1];
+    assert!(peer.read(&mut b).is_err(), "the socket closed too early");
+    assert_eq!(krun_free_ctx(c), 0);
+    assert_eq!(peer.read(&mut b).unwrap(), 0);
+
+    // A path (connected at launch) with flags 0.
+    let c = ctx();
+    unsafe {
+        assert_eq!(
+            krun_add_net_unixstream(c, path.as_ptr(), -1, mac.as_mut_ptr(), 0, 0),
+            0
+        );
+    }
+    krun_free_ctx(c);
+}
+
+#[test]
 fn rlimits() {
     let c = ctx();
     unsafe {

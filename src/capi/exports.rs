@@ -1,13 +1,17 @@
 //! The exported `krun_*` functions. See `include/libkrun.h` for the contract of each.
 
-use std::ffi::c_char;
+use std::ffi::{c_char, c_int};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use super::strings::{str_arg, str_array};
 use super::{context, error_chain, guarded, logger, CapiError};
 use crate::launch;
+use crate::resources::net::NET_FLAG_DHCP_CLIENT;
 use crate::resources::{
-    inherited_env, validate_env, DiskConfig, ExecConfig, MachineConfig, PortMap, Rlimit,
+    inherited_env, validate_env, DiskConfig, ExecConfig, MachineConfig, NetConfig, NetConfigError,
+    NetEndpoint, PortMap, Rlimit, SharedFd,
 };
 
 /// Sets the log level: 0 off, 1 error (errors are shown at every level), 2 warn, 3 info,
@@ -257,6 +261,74 @@ fn env_or_inherited(env: Option<Vec<String>>) -> Result<Vec<String>, CapiError> 
     let env = env.unwrap_or_else(inherited_env);
     validate_env(&env).map_err(CapiError::Resources)?;
     Ok(env)
+}
+
+/// Adds the virtio-net device: frames go to a unix stream socket in passt/QEMU stream framing.
+/// Exactly one of `c_path` (a socket path, connected at launch) and `fd` (an already
+/// connected socket; the library owns it once this returns 0) must be given; `c_mac` is the
+/// guest's 6-byte MAC; `features` are virtio-net feature bits (ANDed with what the device
+/// supports); `flags` is 0 or `NET_FLAG_DHCP_CLIENT`. One device per context.
+///
+/// # Safety
+///
+/// `c_path` must be NULL or a valid NUL-terminated string; `c_mac` must be NULL or point to
+/// 6 readable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn krun_add_net_unixstream(
+    ctx_id: u32,
+    c_path: *const c_char,
+    fd: c_int,
+    c_mac: *const u8,
+    features: u32,
+    flags: u32,
+) -> i32 {
+    guarded("krun_add_net_unixstream", || {
+        let path = if c_path.is_null() {
+            None
+        } else {
+            // SAFETY: the caller's contract above.
+            Some(unsafe { str_arg(c_path, "c_path") }?)
+        };
+        if c_mac.is_null() {
+            return Err(CapiError::NullPointer("c_mac"));
+        }
+        let mut mac = [0u8; 6];
+        // SAFETY: the caller's contract above: `c_mac` points to 6 readable bytes.
+        unsafe { std::ptr::copy_nonoverlapping(c_mac, mac.as_mut_ptr(), 6) };
+        NetConfig::check(path, fd >= 0, mac, flags).map_err(CapiError::Net)?;
+        context::update(ctx_id, |r| {
+            if r.net.is_some() {
+                return Err(CapiError::Net(NetConfigError::Exists));
+            }
+            let endpoint = match path {
+                Some(p) => NetEndpoint::Path(PathBuf::from(p)),
+                // SAFETY: `fd >= 0` and the caller hands it over (libkrun's contract); it is
+                // taken only here, after every check passed, so a failed call leaves it to
+                // the caller.
+                None => NetEndpoint::Fd(SharedFd(Arc::new(unsafe { OwnedFd::from_raw_fd(fd) }))),
+            };
+            log::info!(
+                "network: {} MAC {} features {features:#x}, {}",
+                match &endpoint {
+                    NetEndpoint::Path(p) => format!("socket {}", p.display()),
+                    NetEndpoint::Fd(_) => format!("fd {fd}"),
+                },
+                crate::devices::virtio::net::format_mac(&mac),
+                if flags & NET_FLAG_DHCP_CLIENT != 0 {
+                    "guest uses DHCP"
+                } else {
+                    "host states the addresses"
+                }
+            );
+            r.net = Some(NetConfig {
+                endpoint,
+                mac,
+                features,
+                dhcp: flags & NET_FLAG_DHCP_CLIENT != 0,
+            });
+            Ok(0)
+        })
+    })
 }
 
 /// Reads and validates the TEE config file; its `cpus`/`ram_mib` override

@@ -15,7 +15,7 @@ pub use exports::*;
 pub(crate) use logger::always_warn;
 
 use crate::launch::LaunchError;
-use crate::resources::{PortMapError, ResourcesError, RlimitError, TeeConfigError};
+use crate::resources::{NetConfigError, PortMapError, ResourcesError, RlimitError, TeeConfigError};
 
 /// Errors returned through the C API.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +55,9 @@ pub enum CapiError {
     /// Invalid port map.
     #[error("invalid port map")]
     PortMap(#[source] PortMapError),
+    /// Invalid network settings.
+    #[error("invalid network device")]
+    Net(#[source] NetConfigError),
     /// Invalid rlimits.
     #[error("invalid rlimits")]
     Rlimit(#[source] RlimitError),
@@ -79,6 +82,7 @@ impl CapiError {
             CapiError::UnknownContext(_) => libc::ENOENT,
             CapiError::TooManyContexts => libc::ENOMEM,
             CapiError::NotSupported(_) => libc::ENOTSUP,
+            CapiError::Net(NetConfigError::Exists) => libc::EEXIST,
             CapiError::TeeConfig { source, .. } => source.errno(),
             CapiError::Launch(e) => e.errno(),
             _ => libc::EINVAL,

@@ -60,10 +60,12 @@ pub fn load_bundle() -> Result<Bundle, BundleError> {
     }
 }
 
-/// Number of virtio devices: root disk, optional data disk, console, vsock (the VMM's slot
-/// order, `vmm::builder::config_devices`).
+/// Number of virtio-mmio slots: root disk, optional data disk, console, vsock, and the
+/// network slot (the VMM's slot order, `vmm::builder::config_devices`). The network slot is
+/// always counted: without a network it holds a placeholder (DeviceID 0), so the measured
+/// command line is the same with or without one (docs/measurement.md).
 pub fn device_count(data_disk: bool) -> u32 {
-    3 + u32::from(data_disk)
+    4 + u32::from(data_disk)
 }
 
 /// The full command line the VMM writes for `devices` virtio devices, NUL-terminated.
@@ -89,12 +91,13 @@ mod tests {
         assert_eq!(line.last(), Some(&0));
         let text = String::from_utf8(line[..line.len() - 1].to_vec()).unwrap();
         assert!(text.starts_with(BASE_CMDLINE));
-        assert_eq!(text.matches("virtio_mmio.device=").count(), 3);
-        assert!(text.ends_with(&cmdline_entry(virtio_mmio_slot(2), VIRTIO_IRQ_BASE + 2)));
+        // Root disk, console, vsock, network slot.
+        assert_eq!(text.matches("virtio_mmio.device=").count(), 4);
+        assert!(text.ends_with(&cmdline_entry(virtio_mmio_slot(3), VIRTIO_IRQ_BASE + 3)));
         assert_eq!(
             full_cmdline(device_count(true)).unwrap().len()
                 - full_cmdline(device_count(false)).unwrap().len(),
-            cmdline_entry(virtio_mmio_slot(3), VIRTIO_IRQ_BASE + 3).len() + 1
+            cmdline_entry(virtio_mmio_slot(4), VIRTIO_IRQ_BASE + 4).len() + 1
         );
     }
 }

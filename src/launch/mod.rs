@@ -6,6 +6,7 @@
 mod bundle_map;
 pub mod guest;
 pub mod host_json;
+pub mod net;
 pub mod segment;
 mod sequence;
 
@@ -63,6 +64,9 @@ pub enum LaunchError {
     /// The VM failed before the guest reported a status.
     #[error("the microVM failed")]
     Vmm(#[source] crate::vmm::VmmError),
+    /// The network the caller configured cannot be set up.
+    #[error("cannot set up the network")]
+    Net(#[source] net::NetSetupError),
     /// The measurement calculator failed.
     #[error("cannot compute the launch measurement")]
     Measure(#[source] crate::tee::measure::MeasureError),
@@ -88,6 +92,10 @@ impl LaunchError {
             LaunchError::Tee(TeeError::Prerequisite(p)) => p.errno(),
             LaunchError::Tee(_) | LaunchError::Measure(_) => libc::EIO,
             LaunchError::Vmm(_) | LaunchError::Host(_) => libc::EIO,
+            LaunchError::Net(net::NetSetupError::Connect { source, .. }) => {
+                source.raw_os_error().unwrap_or(libc::EIO)
+            }
+            LaunchError::Net(_) => libc::EINVAL,
         }
     }
 }

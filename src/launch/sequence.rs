@@ -687,6 +687,20 @@ pub(crate) fn run(plan: LaunchPlan) -> Result<u8, LaunchError> {
                 .collect(),
         ),
     };
+    let network = super::net::prepare(r).map_err(LaunchError::Net)?;
+    let mut services = services;
+    // `_passt` lives as long as the launch; passt quits when the VMM's end of its socket
+    // closes (dropping a `Child` neither kills nor waits for it).
+    let (net_device, _passt) = match network {
+        Some(n) => {
+            services.insert(
+                crate::devices::virtio::vsock::PORT_NET_CONFIG,
+                Arc::new(n.service),
+            );
+            (Some(n.device), n.passt)
+        }
+        None => (None, None),
+    };
     let ram_bytes = u64::from(plan.machine.ram_mib) << 20;
     let config = VmConfig {
         vcpus: plan.machine.vcpus,
@@ -710,6 +724,7 @@ pub(crate) fn run(plan: LaunchPlan) -> Result<u8, LaunchError> {
             input: Some(dup_fd(0)?),
             output: dup_fd(1)?,
         },
+        net: net_device,
         tee: Some(TeeBoot {
             kernel: bundle.kernel,
             initrd: bundle.initrd,
@@ -1236,6 +1251,7 @@ mod tests {
                     input: None,
                     output: std::fs::File::create(&out.0).unwrap().into(),
                 },
+                net: None,
                 tee: Some(TeeBoot {
                     kernel: bundle.kernel.clone(),
                     initrd: bundle.initrd.clone(),

@@ -4,6 +4,7 @@
 //! constructors, which do all semantic validation. Nothing here touches KVM.
 
 mod footer;
+pub mod net;
 mod port_map;
 mod rlimit;
 pub mod tee_config;
@@ -13,6 +14,7 @@ use std::path::PathBuf;
 pub use footer::{
     footer_bytes, read_footer, FooterError, FOOTER_MAGIC, FOOTER_TRAILER_LEN, MAX_FOOTER_JSON_LEN,
 };
+pub use net::{NetConfig, NetConfigError, NetEndpoint, SharedFd};
 pub use port_map::{PortMap, PortMapError, PortMapping};
 pub use rlimit::{Rlimit, RlimitError};
 pub use tee_config::{KbsProtocol, TeeConfig, TeeConfigError, TeeKind};
@@ -124,6 +126,9 @@ pub struct VmResources {
     pub env: Option<Vec<String>>,
     /// The parsed TEE config and the file it came from.
     pub tee_config: Option<(PathBuf, TeeConfig)>,
+    /// The network device (`krun_add_net_unixstream`); without it the library may start
+    /// passt itself (`launch::net`).
+    pub net: Option<NetConfig>,
 }
 
 impl VmResources {

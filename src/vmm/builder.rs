@@ -12,6 +12,7 @@ use crate::arch::layout::CMDLINE_KERNEL_LIMIT;
 use crate::devices::serial::SerialSink;
 use crate::devices::virtio::block::{BlockError, VirtioBlock};
 use crate::devices::virtio::console::{ConsoleError, TerminalGuard, VirtioConsole};
+use crate::devices::virtio::net::{NetError, VirtioNet};
 use crate::devices::virtio::vsock::muxer::Muxer;
 use crate::devices::virtio::vsock::{
     ExposedPortsHandler, PortControl, TcpForward, VirtioVsock, VsockError, PORT_ATTESTATION,
@@ -65,6 +66,9 @@ pub enum VmmError {
     /// The vsock host side could not be set up.
     #[error("cannot set up vsock")]
     Vsock(#[source] VsockError),
+    /// The network device could not be set up.
+    #[error("cannot set up the network device")]
+    Net(#[source] NetError),
     /// A device could not be attached.
     #[error("cannot attach a device")]
     Device(#[source] DeviceManagerError),
@@ -155,7 +159,8 @@ impl Vmm {
             None => None,
         };
 
-        let devices = attach_devices(&vm, &mem, config_devices(&config)?)?;
+        let slots = config_devices(&mut config)?;
+        let devices = attach_devices(&vm, &mem, slots)?;
         let cmdline = full_cmdline(&config.cmdline, devices.cmdline_entries())?;
         let load_start = Instant::now();
         let loaded = loader::load_guest(
@@ -274,10 +279,17 @@ pub(crate) fn full_cmdline(base: &str, entries: &[String]) -> Result<Vec<u8>, Vm
     Ok(bytes)
 }
 
-/// The devices of `config`, in slot order.
-fn config_devices(
-    config: &VmConfig,
-) -> Result<Vec<Box<dyn crate::devices::virtio::VirtioDevice>>, VmmError> {
+/// What one virtio-mmio slot holds.
+enum Slot {
+    /// A device.
+    Device(Box<dyn crate::devices::virtio::VirtioDevice>),
+    /// An empty slot that still appears on the command line (DeviceID 0).
+    Placeholder,
+}
+
+/// The devices of `config`, in slot order: root disk, data disk, console, vsock, network
+/// (`launch::guest::device_count` counts them for the measured command line).
+fn config_devices(config: &mut VmConfig) -> Result<Vec<Slot>, VmmError> {
     let mut devices: Vec<Box<dyn crate::devices::virtio::VirtioDevice>> = Vec::new();
     devices.push(Box::new(
         VirtioBlock::new(&config.root_disk.path, config.root_disk.read_only)
@@ -336,17 +348,30 @@ fn config_devices(
         muxer = muxer.with_control(c);
     }
     devices.push(Box::new(VirtioVsock::new(muxer)));
-    Ok(devices)
+    let mut slots: Vec<Slot> = devices.into_iter().map(Slot::Device).collect();
+    // The network slot always exists, so the command line (and the launch digest) does not
+    // depend on whether the VM has a network.
+    slots.push(match config.net.take() {
+        Some(n) => Slot::Device(Box::new(
+            VirtioNet::new(n.socket, n.mac, n.features).map_err(VmmError::Net)?,
+        )),
+        None => Slot::Placeholder,
+    });
+    Ok(slots)
 }
 
 fn attach_devices(
     vm: &Vm,
     mem: &Arc<memory::GuestMemory>,
-    devices: Vec<Box<dyn crate::devices::virtio::VirtioDevice>>,
+    slots: Vec<Slot>,
 ) -> Result<DeviceManager, VmmError> {
     let mut manager = DeviceManager::new();
-    for d in devices {
-        manager.attach(vm, mem, d).map_err(VmmError::Device)?;
+    for s in slots {
+        match s {
+            Slot::Device(d) => manager.attach(vm, mem, d).map(drop),
+            Slot::Placeholder => manager.attach_placeholder().map(drop),
+        }
+        .map_err(VmmError::Device)?;
     }
     Ok(manager)
 }
@@ -397,7 +422,8 @@ mod tests {
         ));
     }
 
-    /// Guest code: sums the virtio DeviceID registers of slots 0..=4, reports the sum on port
+    /// Guest code: sums the virtio DeviceID registers of slots 0..=4 (the network slot's
+    /// placeholder reads 0), reports the sum on port
     /// 0xf4 (unless `report` is false), then triple-faults.
     fn probe_kernel(report: bool) -> TempPath {
         #[rustfmt::skip]
@@ -444,12 +470,14 @@ mod tests {
                 input: None,
                 output: File::create(&out.0).unwrap().into(),
             },
+            net: None,
             tee: None,
         }
     }
 
     /// The whole builder on real KVM: devices appear at their slots in order (root disk,
-    /// data disk, console, vsock) and the reported status comes back.
+    /// data disk, console, vsock, then the network slot: a placeholder, DeviceID 0, or a
+    /// virtio-net device, 1) and the reported status comes back.
     #[test]
     #[ignore = "needs a KVM that boots guests: runs in the test host"]
     fn run_reports_guest_status_and_device_layout() {
@@ -463,10 +491,19 @@ mod tests {
             Vmm::run(config(&kernel, &root, None, &out)).unwrap(),
             ExitStatus(24)
         );
-        // block + block + console + vsock
+        // block + block + console + vsock + placeholder (0)
         let (status, stats) =
             Vmm::run_with_stats(config(&kernel, &root, Some(&data), &out)).unwrap();
         assert_eq!(status, ExitStatus(26));
+        // block + console + vsock + virtio-net in the last slot: 2 + 3 + 19 + 1.
+        let (ours, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut c = config(&kernel, &root, None, &out);
+        c.net = Some(crate::vmm::config::NetDeviceConfig {
+            socket: ours,
+            mac: [2, 0, 0, 0, 0, 1],
+            features: 0,
+        });
+        assert_eq!(Vmm::run(c).unwrap(), ExitStatus(25));
         // Five MMIO reads, one port write, one shutdown.
         assert!(stats.exits >= 7, "{stats:?}");
     }

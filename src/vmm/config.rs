@@ -47,6 +47,18 @@ pub struct ConsoleConfig {
     pub output: OwnedFd,
 }
 
+/// The network device's host side (the last virtio-mmio slot; without it the slot holds a
+/// placeholder).
+#[derive(Debug)]
+pub struct NetDeviceConfig {
+    /// A connected unix stream socket speaking passt/QEMU stream framing.
+    pub socket: std::os::unix::net::UnixStream,
+    /// The guest's MAC address.
+    pub mac: [u8; 6],
+    /// virtio-net feature bits the caller asked for (ANDed with what the device supports).
+    pub features: u64,
+}
+
 /// Everything the VMM needs to boot one guest.
 #[derive(Debug)]
 pub struct VmConfig {
@@ -76,6 +88,8 @@ pub struct VmConfig {
     pub vsock_handlers: HostServices,
     /// Console fds.
     pub console: ConsoleConfig,
+    /// The network device; `None` leaves a placeholder in its slot.
+    pub net: Option<NetDeviceConfig>,
     /// A confidential launch: boot through the reset-vector firmware and run the TEE launch
     /// sequence on the loaded memory before any vCPU starts. `None` for a plain boot.
     pub tee: Option<TeeBoot>,

@@ -1,6 +1,7 @@
 //! Attaching virtio devices: one virtio-mmio slot each, at fixed addresses with fixed IRQs,
 //! in a fixed order so guest device names are stable (root disk `/dev/vda`, data disk
-//! `/dev/vdb`, then console and vsock).
+//! `/dev/vdb`, then console, vsock and the network slot, which holds a virtio-net device or a
+//! placeholder).
 
 use std::sync::{Arc, Mutex};
 
@@ -10,6 +11,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::arch::layout::{
     virtio_mmio_slot, VIRTIO_IRQ_BASE, VIRTIO_MMIO_MAX_SLOTS, VIRTIO_MMIO_SLOT_SIZE,
 };
+use crate::devices::virtio::placeholder::PlaceholderSlot;
 use crate::devices::virtio::transport::mmio::{MmioError, MmioTransport, REG_QUEUE_NOTIFY};
 use crate::devices::virtio::VirtioDevice;
 use crate::vmm::bus::{BusError, MmioBus};
@@ -87,6 +89,28 @@ impl DeviceManager {
         Ok((base, irq))
     }
 
+    /// Fills the next slot with a [`PlaceholderSlot`] (DeviceID 0, no interrupt) and still
+    /// announces it on the command line, so the slot list does not depend on whether the
+    /// device exists; returns the slot's mmio base.
+    pub fn attach_placeholder(&mut self) -> Result<u64, DeviceManagerError> {
+        if self.slots_used >= VIRTIO_MMIO_MAX_SLOTS {
+            return Err(DeviceManagerError::NoSlot);
+        }
+        let slot = self.slots_used;
+        let base = virtio_mmio_slot(slot);
+        self.bus
+            .insert(
+                base,
+                VIRTIO_MMIO_SLOT_SIZE,
+                Arc::new(Mutex::new(PlaceholderSlot)),
+            )
+            .map_err(DeviceManagerError::Bus)?;
+        self.cmdline_entries
+            .push(cmdline_entry(base, VIRTIO_IRQ_BASE + slot));
+        self.slots_used += 1;
+        Ok(base)
+    }
+
     /// The `virtio_mmio.device=` kernel parameters for the attached devices, in slot order.
     pub fn cmdline_entries(&self) -> &[String] {
         &self.cmdline_entries
@@ -116,5 +140,25 @@ mod tests {
             cmdline_entry(0xd000_1000, 6),
             "virtio_mmio.device=4K@0xd0001000:6"
         );
+    }
+
+    #[test]
+    fn placeholder_takes_a_slot_and_a_cmdline_entry() {
+        let mut m = DeviceManager::new();
+        assert_eq!(m.attach_placeholder().unwrap(), virtio_mmio_slot(0));
+        assert_eq!(m.attach_placeholder().unwrap(), virtio_mmio_slot(1));
+        assert_eq!(
+            m.cmdline_entries(),
+            &[
+                cmdline_entry(virtio_mmio_slot(0), VIRTIO_IRQ_BASE),
+                cmdline_entry(virtio_mmio_slot(1), VIRTIO_IRQ_BASE + 1)
+            ]
+        );
+        let bus = m.into_bus();
+        let mut b = [0u8; 4];
+        bus.read(virtio_mmio_slot(1), &mut b);
+        assert_eq!(u32::from_le_bytes(b), 0x7472_6976);
+        bus.read(virtio_mmio_slot(1) + 8, &mut b);
+        assert_eq!(u32::from_le_bytes(b), 0);
     }
 }

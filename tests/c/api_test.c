@@ -4,11 +4,14 @@
  *
  * Usage: api_test TEE_CONFIG_DIR DISK_IMAGE
  */
+#define _POSIX_C_SOURCE 200809L
 #include <dlfcn.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <libkrun.h>
 
@@ -52,6 +55,31 @@ static void linked_api(const char *cfg_dir, const char *disk)
     CHECK_EQ(krun_set_port_map(ctx, dup_ports), -EINVAL);
     CHECK_EQ(krun_set_port_map(ctx, bad_ports), -EINVAL);
 
+    /* krun_add_net_unixstream: exactly one of path and fd, a unicast MAC, flags 0 or
+     * NET_FLAG_DHCP_CLIENT, one device per context. */
+    uint8_t mac[6] = {0x5a, 0x94, 0xef, 0xe4, 0x0c, 0xee};
+    uint8_t multicast[6] = {0x01, 0x00, 0x5e, 0x00, 0x00, 0x01};
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0) {
+        perror("socketpair");
+        failures++;
+    } else {
+        CHECK_EQ(krun_add_net_unixstream(ctx, "/tmp/passt.sock", sv[0], mac, 0, 0), -EINVAL);
+        CHECK_EQ(krun_add_net_unixstream(ctx, NULL, -1, mac, 0, 0), -EINVAL);
+        CHECK_EQ(krun_add_net_unixstream(ctx, NULL, sv[0], NULL, 0, 0), -EINVAL);
+        CHECK_EQ(krun_add_net_unixstream(ctx, NULL, sv[0], multicast, 0, 0), -EINVAL);
+        CHECK_EQ(krun_add_net_unixstream(ctx, NULL, sv[0], mac, 0, NET_FLAG_VFKIT), -EINVAL);
+        CHECK_EQ(krun_add_net_unixstream(ctx, NULL, sv[0], mac, 0, 1u << 7), -EINVAL);
+        CHECK_EQ(krun_add_net_unixstream(ctx + 1000, NULL, sv[0], mac, 0, 0), -ENOENT);
+        CHECK_EQ(krun_add_net_unixstream(ctx, "", -1, mac, 0, 0), -EINVAL);
+        /* crun 1.28+'s call; the library owns sv[0] from now on. */
+        CHECK_EQ(krun_add_net_unixstream(ctx, NULL, sv[0], mac, COMPAT_NET_FEATURES,
+                                         NET_FLAG_DHCP_CLIENT),
+                 0);
+        CHECK_EQ(krun_add_net_unixstream(ctx, "/tmp/passt.sock", -1, mac, 0, 0), -EEXIST);
+        close(sv[1]);
+    }
+
     char *const rlimits[] = {"RLIMIT_NOFILE=1024:4096", "6=100:200", NULL};
     char *const bad_rlimits[] = {"NOFILE=10", NULL};
     CHECK_EQ(krun_set_rlimits(ctx, rlimits), 0);
@@ -89,6 +117,7 @@ static void crun_style_dlopen(void)
         "krun_set_port_map",    "krun_set_rlimits",   "krun_set_workdir",
         "krun_set_exec",        "krun_set_env",       "krun_set_tee_config_file",
         "krun_start_enter",     "krun_set_root",      "krun_set_mapped_volumes",
+        "krun_add_net_unixstream",
     };
     void *handle = dlopen("libkrun-sev.so.1", RTLD_NOW);
     if (handle == NULL) {

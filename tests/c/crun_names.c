@@ -59,12 +59,11 @@ static const uint32_t crun_virgl_flags = VIRGLRENDERER_NO_VIRGL | VIRGLRENDERER_
                                          VIRGLRENDERER_USE_ASYNC_FENCE_CB;
 
 /* crun 1.28+: krun_add_net_unixstream (ctx, NULL, fd, mac, COMPAT_NET_FEATURES,
- * NET_FLAG_DHCP_CLIENT), through a pointer crun gets from dlsym; this library does not
- * export that function, so only the argument types are checked. */
-static int32_t net_args(uint32_t features, uint32_t flags)
-{
-    return (int32_t)(features & 0) + (int32_t)(flags & 0);
-}
+ * NET_FLAG_DHCP_CLIENT), through a pointer of the type crun declares, which it gets from
+ * dlsym. */
+typedef int32_t (*crun_add_net_unixstream_fn)(uint32_t ctx_id, const char *c_path, int fd,
+                                              uint8_t *const c_mac, uint32_t features,
+                                              uint32_t flags);
 
 int main(void)
 {
@@ -83,10 +82,12 @@ int main(void)
                         char *const envp[]) = krun_set_exec;
     int32_t (*set_tee_config_file)(uint32_t ctx_id, const char *file_path) =
         krun_set_tee_config_file;
+    crun_add_net_unixstream_fn add_net = krun_add_net_unixstream;
     const void *used[] = {(const void *)create_ctx,  (const void *)start_enter,
                           (const void *)set_vm_config, (const void *)set_root,
                           (const void *)set_root_disk, (const void *)set_workdir,
-                          (const void *)set_exec,    (const void *)set_tee_config_file};
+                          (const void *)set_exec,    (const void *)set_tee_config_file,
+                          (const void *)add_net};
     for (size_t i = 0; i < sizeof(used) / sizeof(used[0]); i++) {
         if (used[i] == NULL) {
             fprintf(stderr, "function %zu is NULL\n", i);
@@ -110,8 +111,7 @@ int main(void)
         return 1;
     }
     set_log_level(KRUN_LOG_LEVEL_ERROR);
-    if (net_args(COMPAT_NET_FEATURES, NET_FLAG_DHCP_CLIENT) != 0 ||
-        (crun_virgl_flags & VIRGLRENDERER_RENDER_SERVER) == 0) {
+    if ((crun_virgl_flags & VIRGLRENDERER_RENDER_SERVER) == 0) {
         fprintf(stderr, "flag arithmetic\n");
         return 1;
     }

@@ -26,7 +26,7 @@ exported=$(nm -D --defined-only "$libdir/libkrun-sev.so.$version" | awk '{print 
 for sym in krun_set_log_level krun_create_ctx krun_free_ctx krun_set_vm_config \
     krun_set_root_disk krun_set_data_disk krun_set_port_map krun_set_rlimits \
     krun_set_workdir krun_set_exec krun_set_env krun_set_tee_config_file krun_start_enter \
-    krun_set_root krun_set_mapped_volumes; do
+    krun_set_root krun_set_mapped_volumes krun_add_net_unixstream; do
     grep -qx "$sym" <<<"$exported" || fail "symbol $sym not exported"
 done
 # Every function the header declares is exported.

@@ -284,7 +284,8 @@ def main():
         check(words[:len(base)] == base, f"command line {text[:nul]!r}")
         devices = [w for w in words[len(base):] if w.startswith(b"virtio_mmio.device=")]
         check(len(devices) == len(words) - len(base), f"command line {text[:nul]!r}")
-        check(len(devices) == (4 if a.data_disk else 3), f"command line lists {len(devices)} devices")
+        # Root disk, [data disk], console, vsock and the network slot (always listed).
+        check(len(devices) == (5 if a.data_disk else 4), f"command line lists {len(devices)} devices")
         checked.append("cmdline")
 
         check_boot_params(boot_params["bytes"], initrd_size, a.tee, a.ram_mib)

@@ -118,15 +118,34 @@ pub fn scatter<M: GuestMemory + ?Sized>(
     descs: &[CheckedDescriptor],
     src: &[u8],
 ) -> Result<usize, vm_memory::GuestMemoryError> {
-    use vm_memory::Bytes;
+    scatter_at(mem, descs, 0, src)
+}
+
+/// Copies `src` into the buffers `descs` (one contiguous stream), starting `skip` bytes in;
+/// returns the bytes written.
+pub fn scatter_at<M: GuestMemory + ?Sized>(
+    mem: &M,
+    descs: &[CheckedDescriptor],
+    mut skip: usize,
+    src: &[u8],
+) -> Result<usize, vm_memory::GuestMemoryError> {
+    use vm_memory::{Address, Bytes};
     let mut done = 0;
     for d in descs {
         if done == src.len() {
             break;
         }
-        let n = usize::try_from(d.len).unwrap_or(0).min(src.len() - done);
-        mem.write_slice(&src[done..done + n], d.addr)?;
+        let len = usize::try_from(d.len).unwrap_or(0);
+        if skip >= len {
+            skip -= len;
+            continue;
+        }
+        let n = (len - skip).min(src.len() - done);
+        // `skip < len <= u32::MAX` and the range was checked against memory.
+        let addr = d.addr.unchecked_add(skip as u64);
+        mem.write_slice(&src[done..done + n], addr)?;
         done += n;
+        skip = 0;
     }
     Ok(done)
 }
@@ -200,6 +219,11 @@ pub(crate) mod tests {
         assert_eq!(&out, b"cdefg");
         let mut big = [0u8; 10];
         assert_eq!(gather(&m, &descs, 6, &mut big).unwrap(), 1);
+        // Writing from an offset: skips whole and partial buffers.
+        assert_eq!(scatter_at(&m, &descs, 4, b"XY").unwrap(), 2);
+        m.read_slice(&mut b, GuestAddress(0x3000)).unwrap();
+        assert_eq!(&b, b"dXYg");
+        assert_eq!(scatter_at(&m, &descs, 7, b"Z").unwrap(), 0);
     }
 
     #[test]

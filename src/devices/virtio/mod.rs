@@ -18,10 +18,14 @@ pub mod block;
 pub mod console;
 pub mod descriptor;
 pub mod interrupt;
+pub mod net;
+pub mod placeholder;
 pub mod transport;
 pub mod vsock;
 pub mod worker;
 
+/// Device ID of a network device.
+pub const TYPE_NET: u32 = 1;
 /// Device ID of a block device.
 pub const TYPE_BLOCK: u32 = 2;
 /// Device ID of a console.

@@ -33,6 +33,9 @@ pub const PORT_CONTROL: u32 = 1027;
 /// Host port the init connects to once it has the disk key: from then on the attestation
 /// proxy and the report service refuse every connection, so the workload cannot attest.
 pub const PORT_ATTESTATION_DONE: u32 = 1028;
+/// Host port the init reads the network settings from (one JSON object, then EOF); only
+/// served when the VM has a network (`launch::net`).
+pub const PORT_NET_CONFIG: u32 = 1029;
 
 /// Largest payload accepted from or sent to the guest.
 pub const MAX_PKT_PAYLOAD: usize = 64 * 1024;

@@ -145,6 +145,7 @@ fn run() -> Result<u8, String> {
             input: Some(dup(std::io::stdin())?),
             output: dup(std::io::stdout())?,
         },
+        net: None,
         tee: None,
     };
     let (status, stats) =
