@@ -18,6 +18,11 @@
 //! | `backend` | `hardware` or `model` | `KRUN_SEV_BACKEND` |
 //! | `model_dir` | absolute path of the PSP model's identity | `KRUN_SEV_PSP_MODEL_DIR` |
 //! | `log_level` | `off`, `error`, `warn`, `info`, `debug`, `trace` or 0..=5 | `RUST_LOG` (env_logger syntax) |
+//! | `passt` | absolute path of passt, or `none` | `KRUN_SEV_PASST` |
+//!
+//! `passt` is the program the library starts for a VM whose caller configured no network
+//! (`launch::net`); by default the first `passt` on the loading process's `PATH`. `none`
+//! turns that default network off.
 //!
 //! A line that cannot be used is reported as an error (logged at the first C API call) and
 //! skipped; the rest of the file still applies. A bad `backend` makes every launch fail
@@ -40,6 +45,8 @@ pub const BACKEND_ENV: &str = "KRUN_SEV_BACKEND";
 pub const MODEL_DIR_ENV: &str = "KRUN_SEV_PSP_MODEL_DIR";
 /// The log filter (env_logger syntax).
 pub const LOG_ENV: &str = "RUST_LOG";
+/// The passt binary (or `none`).
+pub const PASST_ENV: &str = "KRUN_SEV_PASST";
 /// Where the launch writes its updates for the test oracles (environment only).
 pub const DUMP_ENV: &str = crate::tee::dump::DUMP_ENV;
 /// Default identity directory of the PSP model.
@@ -110,6 +117,38 @@ impl fmt::Display for BackendChoice {
     }
 }
 
+/// Which passt the library starts when the caller configured no network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PasstChoice {
+    /// This binary.
+    Path(PathBuf),
+    /// `none`: no default network.
+    Off,
+    /// Not set and no `passt` on `PATH`.
+    NotFound,
+}
+
+impl PasstChoice {
+    fn parse(value: &str) -> Result<Self, String> {
+        if value == "none" {
+            return Ok(PasstChoice::Off);
+        }
+        absolute(value)
+            .map(PasstChoice::Path)
+            .map_err(|e| format!("`passt`: {e} (an absolute path or none)"))
+    }
+}
+
+impl fmt::Display for PasstChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PasstChoice::Path(p) => write!(f, "{}", p.display()),
+            PasstChoice::Off => f.write_str("none"),
+            PasstChoice::NotFound => f.write_str("not found"),
+        }
+    }
+}
+
 /// The settings in effect for this process.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostSettings {
@@ -123,6 +162,8 @@ pub struct HostSettings {
     pub model_dir: Setting<PathBuf>,
     /// The log filter (env_logger syntax) that overrides `krun_set_log_level`, if any.
     pub log_filter: Option<Setting<String>>,
+    /// The passt for VMs without a configured network.
+    pub passt: Setting<PasstChoice>,
     /// `KRUN_SEV_DUMP_UPDATES` (test oracles only).
     pub dump_updates: Option<PathBuf>,
     /// What was wrong with the configuration file, one line each; logged as errors.
@@ -140,6 +181,8 @@ pub struct ConfigFile {
     pub model_dir: Option<PathBuf>,
     /// `log_level`, as a level name.
     pub log_level: Option<String>,
+    /// `passt`.
+    pub passt: Option<PasstChoice>,
 }
 
 /// Parses a configuration file's text. Lines that cannot be used are skipped and described
@@ -186,8 +229,9 @@ pub fn parse_config(text: &str) -> (ConfigFile, Vec<String>) {
                 }
             },
             "log_level" => log_level(value).map(|l| cfg.log_level = Some(l.to_owned())),
+            "passt" => PasstChoice::parse(value).map(|p| cfg.passt = Some(p)),
             other => Err(format!(
-                "unknown key `{other}` (known: bundle_dir, backend, model_dir, log_level)"
+                "unknown key `{other}` (known: bundle_dir, backend, model_dir, log_level, passt)"
             )),
         };
         match applied {
@@ -323,12 +367,37 @@ pub fn capture(env: &dyn Fn(&str) -> Option<OsString>, default_bundle: &Path) ->
         }),
         (None, None) => None,
     };
+    let passt = match (non_empty(env(PASST_ENV)), file.passt) {
+        (Some(v), _) => match PasstChoice::parse(&v.to_string_lossy()) {
+            Ok(p) => Setting {
+                value: p,
+                source: Source::Environment,
+            },
+            Err(e) => {
+                problems.push(format!("{PASST_ENV}: {e}; no default network"));
+                Setting {
+                    value: PasstChoice::Off,
+                    source: Source::Environment,
+                }
+            }
+        },
+        (None, Some(v)) => Setting {
+            value: v,
+            source: Source::ConfigFile,
+        },
+        (None, None) => Setting {
+            value: crate::launch::net::find_passt(env("PATH").as_deref())
+                .map_or(PasstChoice::NotFound, PasstChoice::Path),
+            source: Source::Default,
+        },
+    };
     HostSettings {
         config_file,
         bundle_dir,
         backend,
         model_dir,
         log_filter,
+        passt,
         dump_updates: non_empty(env(DUMP_ENV)).map(PathBuf::from),
         problems,
     }
@@ -355,7 +424,7 @@ impl HostSettings {
             None => "krun_set_log_level".to_owned(),
         };
         format!(
-            "host settings (configuration file {}): bundle directory {} ({}), backend {} ({}), PSP model identity {} ({}), log filter {}",
+            "host settings (configuration file {}): bundle directory {} ({}), backend {} ({}), PSP model identity {} ({}), log filter {}, passt {} ({})",
             self.config_file.display(),
             self.bundle_dir.value.display(),
             self.bundle_dir.source,
@@ -363,7 +432,9 @@ impl HostSettings {
             self.backend.source,
             self.model_dir.value.display(),
             self.model_dir.source,
-            log
+            log,
+            self.passt.value,
+            self.passt.source
         )
     }
 }
@@ -413,12 +484,12 @@ mod tests {
             vec![
                 "line 1: expected `key = value`",
                 "line 2: \"relative/dir\" is not an absolute path",
-                "line 3: unknown key `colour` (known: bundle_dir, backend, model_dir, log_level)",
+                "line 3: unknown key `colour` (known: bundle_dir, backend, model_dir, log_level, passt)",
                 "line 4: `log_level` is \"loud\", not off, error, warn, info, debug, trace or 0..=5",
                 "line 5: `model_dir` has no value",
                 "line 7: `bundle_dir` is already set on line 6; this line is ignored",
                 "line 8: `backend` is \"modle\", not \"hardware\" or \"model\"; launches fail until it is fixed",
-                "line 9: unknown key `\u{0}` (known: bundle_dir, backend, model_dir, log_level)",
+                "line 9: unknown key `\u{0}` (known: bundle_dir, backend, model_dir, log_level, passt)",
             ]
         );
         // The usable line applies; a bad backend is kept so the launch fails.
@@ -521,6 +592,53 @@ mod tests {
         let s = capture_with(&[(CONFIG_ENV, big.to_str().unwrap())]);
         assert!(s.problems[0].contains("larger than"), "{:?}", s.problems);
         assert_eq!(s.bundle_dir.source, Source::Default);
+    }
+
+    #[test]
+    fn passt_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        // Default: the first executable `passt` on the loading process's PATH.
+        let bin = dir.path().join("passt");
+        std::fs::write(&bin, "#!/bin/sh\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = format!("/nonexistent:{}", dir.path().display());
+        let s = capture_with(&[("PATH", path.as_str())]);
+        assert_eq!(s.passt.value, PasstChoice::Path(bin.clone()));
+        assert_eq!(s.passt.source, Source::Default);
+        assert_eq!(
+            capture_with(&[("PATH", "/nonexistent")]).passt.value,
+            PasstChoice::NotFound
+        );
+        // The file, then the environment.
+        let conf = dir.path().join("c.conf");
+        std::fs::write(&conf, "passt = none\n").unwrap();
+        let c = conf.to_str().unwrap();
+        let s = capture_with(&[(CONFIG_ENV, c), ("PATH", path.as_str())]);
+        assert_eq!(
+            s.passt,
+            Setting {
+                value: PasstChoice::Off,
+                source: Source::ConfigFile
+            }
+        );
+        let s = capture_with(&[(CONFIG_ENV, c), (PASST_ENV, "/opt/passt")]);
+        assert_eq!(s.passt.value, PasstChoice::Path("/opt/passt".into()));
+        assert!(s
+            .summary()
+            .contains("passt /opt/passt (environment at load)"));
+        // A relative path turns the default network off, with a problem line.
+        let s = capture_with(&[(PASST_ENV, "passt"), ("PATH", path.as_str())]);
+        assert_eq!(s.passt.value, PasstChoice::Off);
+        assert_eq!(s.problems.len(), 1, "{:?}", s.problems);
+        let (cfg, problems) = parse_config("passt = bin/passt\n");
+        assert_eq!(cfg.passt, None);
+        assert_eq!(
+            problems,
+            vec![
+                "line 1: `passt`: \"bin/passt\" is not an absolute path (an absolute path or none)"
+            ]
+        );
     }
 
     #[test]

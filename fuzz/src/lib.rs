@@ -1,12 +1,13 @@
 //! Fuzz targets over the library's guest-facing parsers: virtio-blk requests ([`block`]),
-//! vsock packets and the vsock connection state machine ([`vsock`]), and virtio-mmio register
-//! accesses ([`mmio`]). Each target is a `run(&Input)` function over a structured input
+//! vsock packets and the vsock connection state machine ([`vsock`]), virtio-net queues over a
+//! framed socket ([`net`]), and virtio-mmio register accesses ([`mmio`]). Each target is a `run(&Input)` function over a structured input
 //! (`arbitrary`), called by the libFuzzer entry points in `fuzz_targets/` and, on stable Rust,
 //! by `tests/random_inputs.rs`. A target panics only when the library breaks one of the
 //! invariants it checks (or panics itself).
 
 pub mod block;
 pub mod mmio;
+pub mod net;
 pub mod queue;
 pub mod vsock;
 

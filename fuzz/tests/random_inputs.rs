@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use krun_sev_fuzz::{block, input_from_bytes, mmio, vsock};
+use krun_sev_fuzz::{block, input_from_bytes, mmio, net, vsock};
 
 /// splitmix64: a small deterministic generator, enough to produce input bytes.
 struct Rng(u64);
@@ -78,4 +78,9 @@ fn vsock_random_inputs() {
 #[test]
 fn mmio_random_inputs() {
     drive::<mmio::Input>("mmio", mmio::run);
+}
+
+#[test]
+fn net_random_inputs() {
+    drive::<net::Input>("virtio_net", net::run);
 }

@@ -19,7 +19,8 @@ use serde::Serialize;
 use crate::devices::virtio::net::{format_mac, DEVICE_MTU};
 use crate::devices::virtio::vsock::{GuestPortHandler, HostStream};
 use crate::resources::{NetConfig, NetEndpoint, VmResources};
-use crate::vmm::config::NetDeviceConfig;
+use crate::settings::PasstChoice;
+use crate::vmm::config::{NetDeviceConfig, PortMap, PortMapping};
 
 /// Longest settings object the guest accepts (net contract §2).
 pub const MAX_CONFIG_LEN: usize = 4096;
@@ -278,10 +279,16 @@ pub struct LaunchNetwork {
 }
 
 /// Sets up the network of a launch: the caller's (`krun_add_net_unixstream`), else passt
-/// started by the library. `None` when the VM has no network (logged once, with the reason).
-pub fn prepare(r: &VmResources) -> Result<Option<LaunchNetwork>, NetSetupError> {
+/// started by the library ([`default_network`]). `None` when the VM has no network (logged
+/// once, with the reason). `port_map` is the VMM's vsock port map; the default network may
+/// take its entries over.
+pub fn prepare(
+    r: &VmResources,
+    port_map: &mut PortMap,
+) -> Result<Option<LaunchNetwork>, NetSetupError> {
     let Some(net) = &r.net else {
-        return Ok(None);
+        let passt = &crate::settings::host().passt;
+        return Ok(default_network(&passt.value, port_map));
     };
     let socket = connect(net)?;
     let host = if net.dhcp {
@@ -304,6 +311,131 @@ pub fn prepare(r: &VmResources) -> Result<Option<LaunchNetwork>, NetSetupError> 
         service: NetConfigService::new(&config),
         passt: None,
     }))
+}
+
+/// The network of a VM whose caller configured none: passt (`passt`, from the host
+/// settings) started in the caller's network namespace on one end of a socketpair, the guest
+/// using DHCP. An explicit port map's entries become passt's TCP forwards (`-t HOST:GUEST`)
+/// and are removed from `port_map`: passt binds those host ports, so the VMM's vsock
+/// forwarder cannot, and connections then reach the guest's network interface rather than
+/// its loopback. The exposed-ports map (NULL port map) stays on vsock. Without passt, `None`
+/// and one log line saying why.
+pub fn default_network(passt: &PasstChoice, port_map: &mut PortMap) -> Option<LaunchNetwork> {
+    let bin = match passt {
+        PasstChoice::Path(p) => p,
+        PasstChoice::Off => {
+            log::warn!(
+                "network: the workload has no network: none was configured and the default network is off (passt = none)"
+            );
+            return None;
+        }
+        PasstChoice::NotFound => {
+            log::warn!(
+                "network: the workload has no network: none was configured and passt was not found on PATH (install passt or set KRUN_SEV_PASST)"
+            );
+            return None;
+        }
+    };
+    let forwards = match port_map {
+        PortMap::List(list) => std::mem::take(list),
+        PortMap::Exposed => Vec::new(),
+    };
+    match start_passt(bin, &forwards) {
+        Ok((socket, child)) => {
+            let config = GuestNetConfig::dhcp(&DEFAULT_MAC);
+            log::info!(
+                "network: started {} (pid {}) for the workload, guest uses DHCP{}",
+                bin.display(),
+                child.id(),
+                if forwards.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        ", TCP ports forwarded by passt: {}",
+                        passt_tcp_spec(&forwards)
+                    )
+                }
+            );
+            Some(LaunchNetwork {
+                device: NetDeviceConfig {
+                    socket,
+                    mac: DEFAULT_MAC,
+                    features: 0,
+                },
+                service: NetConfigService::new(&config),
+                passt: Some(child),
+            })
+        }
+        Err(e) => {
+            log::warn!(
+                "network: the workload has no network: cannot start {}: {e}",
+                bin.display()
+            );
+            // The port map goes back to the vsock forwarder.
+            if let PortMap::List(list) = port_map {
+                *list = forwards;
+            }
+            None
+        }
+    }
+}
+
+/// passt's `-t` argument for `forwards`: `HOST:GUEST` entries, comma-separated.
+pub fn passt_tcp_spec(forwards: &[PortMapping]) -> String {
+    forwards
+        .iter()
+        .map(|f| format!("{}:{}", f.host_port, f.guest_port))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Starts `passt --fd N --foreground --quiet [-t SPEC]` on one end of a new socketpair and
+/// returns the other end. passt runs in the caller's namespaces; `--fd` implies `--one-off`,
+/// so it exits once the VMM's end closes (the VMM exits or the device goes away), and the
+/// child also gets SIGTERM if the thread that started it exits (PR_SET_PDEATHSIG).
+pub fn start_passt(
+    bin: &Path,
+    forwards: &[PortMapping],
+) -> std::io::Result<(UnixStream, std::process::Child)> {
+    use std::os::unix::process::CommandExt;
+    let (ours, theirs) = UnixStream::pair()?;
+    let fd = theirs.as_raw_fd();
+    let mut cmd = std::process::Command::new(bin);
+    cmd.arg("--fd")
+        .arg(fd.to_string())
+        .arg("--foreground")
+        .arg("--quiet");
+    if !forwards.is_empty() {
+        cmd.arg("-t").arg(passt_tcp_spec(forwards));
+    }
+    // passt writes a few lines even with --quiet (it changes to nobody when run as root, it
+    // cannot reach syslog in a container); they would land on the workload's console. They
+    // are shown at debug level. If passt stops, the device logs that its peer is gone.
+    let stderr = if log::log_enabled!(log::Level::Debug) {
+        std::process::Stdio::inherit()
+    } else {
+        std::process::Stdio::null()
+    };
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr);
+    // SAFETY: the closure runs in the child between fork and exec and only makes
+    // async-signal-safe system calls (fcntl, prctl) on values copied into it.
+    unsafe {
+        cmd.pre_exec(move || {
+            // The child's end must survive exec (Rust opens sockets close-on-exec).
+            if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn()?;
+    drop(theirs);
+    Ok((ours, child))
 }
 
 /// Opens the socket of an explicitly configured network.
@@ -343,12 +475,8 @@ fn check_stream_socket(fd: &OwnedFd) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The passt binary to start when the caller configured no network: the host setting, else
-/// `passt` on `PATH`.
-pub fn find_passt(setting: Option<&Path>, path_env: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
-    if let Some(p) = setting {
-        return Some(p.to_path_buf());
-    }
+/// The first executable `passt` in the directories of `path_env` (a `PATH` value).
+pub fn find_passt(path_env: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
     std::env::split_paths(path_env?)
         .map(|dir| dir.join("passt"))
         .find(|p| is_executable(p))
@@ -480,22 +608,154 @@ mod tests {
         assert!(connect(&net(NetEndpoint::Path(p))).is_ok());
     }
 
+    /// An ARP request for `target` from `DEFAULT_MAC`/`sender`.
+    fn arp_request(sender: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
+        let mut f = vec![0xff; 6];
+        f.extend_from_slice(&DEFAULT_MAC);
+        f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+        f.extend_from_slice(&DEFAULT_MAC);
+        f.extend_from_slice(&sender.octets());
+        f.extend_from_slice(&[0; 6]);
+        f.extend_from_slice(&target.octets());
+        f
+    }
+
+    /// The real passt (Debian's package, ci/packages.txt) started the way the default network
+    /// starts it: it answers an ARP request over our framed socket, and it exits once our end
+    /// of the socket closes, so it never outlives the VMM.
+    #[test]
+    fn real_passt_answers_and_exits_with_its_socket() {
+        use crate::devices::virtio::net::backend::{Flush, StreamBackend};
+        use std::time::{Duration, Instant};
+        let bin = find_passt(std::env::var_os("PATH").as_deref())
+            .or_else(|| find_passt(Some(std::ffi::OsStr::new("/usr/bin:/usr/sbin"))))
+            .expect("passt is not installed (ci/packages.txt lists it)");
+        let (sock, mut child) = start_passt(&bin, &[]).unwrap();
+        let mut b = StreamBackend::new(sock).unwrap();
+        let req = arp_request(Ipv4Addr::new(10, 0, 2, 15), Ipv4Addr::new(10, 0, 2, 2));
+        b.push_frame(req.len(), |buf| {
+            buf.copy_from_slice(&req);
+            Ok::<(), ()>(())
+        })
+        .unwrap();
+        assert_eq!(b.flush(), Flush::Done);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut reply = None;
+        while reply.is_none() && Instant::now() < deadline {
+            let _ = b.fill();
+            while let Some(r) = b.next_frame() {
+                let f = b.rx_bytes(r.clone()).to_vec();
+                b.consume(&r);
+                // An ARP reply (EtherType 0x0806, operation 2) to our MAC.
+                if f.len() >= 42 && f[12..14] == [8, 6] && f[20..22] == [0, 2] {
+                    reply = Some(f);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let reply = reply.expect("no ARP reply from passt");
+        assert_eq!(&reply[..6], &DEFAULT_MAC);
+        assert_eq!(&reply[32..38], &DEFAULT_MAC);
+        drop(b);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break Some(st);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(
+            status.is_some(),
+            "passt did not exit after its socket closed"
+        );
+    }
+
+    #[test]
+    fn default_network_without_passt_keeps_the_port_map() {
+        let list = vec![PortMapping {
+            host_port: 8080,
+            guest_port: 80,
+        }];
+        for choice in [
+            PasstChoice::Off,
+            PasstChoice::NotFound,
+            PasstChoice::Path("/nonexistent/passt".into()),
+        ] {
+            let mut pm = PortMap::List(list.clone());
+            assert!(default_network(&choice, &mut pm).is_none(), "{choice:?}");
+            assert_eq!(pm, PortMap::List(list.clone()));
+        }
+    }
+
+    /// A stand-in passt that records its arguments and checks it got the socket: the port map
+    /// moves to `-t`, the device and the DHCP settings are set up.
+    #[test]
+    fn default_network_hands_the_port_map_to_passt() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("args");
+        let bin = dir.path().join("passt");
+        std::fs::write(
+            &bin,
+            format!(
+                "#!/bin/sh\nfd=$2\n[ -S /proc/self/fd/$fd ] && echo socket >{0}.fd\necho \"$@\" >{0}.tmp\nmv {0}.tmp {0}\n",
+                out.display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut pm = PortMap::List(vec![
+            PortMapping {
+                host_port: 8080,
+                guest_port: 80,
+            },
+            PortMapping {
+                host_port: 2222,
+                guest_port: 22,
+            },
+        ]);
+        let net = default_network(&PasstChoice::Path(bin), &mut pm).unwrap();
+        let mut child = net.passt.unwrap();
+        child.wait().unwrap();
+        assert_eq!(pm, PortMap::List(vec![]));
+        let args = std::fs::read_to_string(&out).unwrap();
+        let fd = args.split_whitespace().nth(1).unwrap().to_owned();
+        assert_eq!(
+            args.trim(),
+            format!("--fd {fd} --foreground --quiet -t 8080:80,2222:22")
+        );
+        assert_eq!(
+            std::fs::read_to_string(format!("{}.fd", out.display())).unwrap(),
+            "socket\n"
+        );
+        assert_eq!(net.device.mac, DEFAULT_MAC);
+        assert_eq!(
+            net.service.json.as_ref(),
+            GuestNetConfig::dhcp(&DEFAULT_MAC).to_json().as_slice()
+        );
+        // The exposed-ports map stays with the vsock forwarder; passt gets no -t.
+        let mut exposed = PortMap::Exposed;
+        let bin = dir.path().join("passt");
+        let net = default_network(&PasstChoice::Path(bin), &mut exposed).unwrap();
+        net.passt.unwrap().wait().unwrap();
+        assert_eq!(exposed, PortMap::Exposed);
+        let args = std::fs::read_to_string(&out).unwrap();
+        assert!(!args.contains("-t"), "{args}");
+    }
+
     #[test]
     fn passt_lookup() {
         let dir = tempfile::tempdir().unwrap();
         let bin = dir.path().join("passt");
         std::fs::write(&bin, "#!/bin/sh\n").unwrap();
-        assert_eq!(find_passt(None, Some(dir.path().as_os_str())), None);
+        assert_eq!(find_passt(Some(dir.path().as_os_str())), None);
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-        assert_eq!(
-            find_passt(None, Some(dir.path().as_os_str())),
-            Some(bin.clone())
-        );
-        assert_eq!(find_passt(None, None), None);
-        assert_eq!(
-            find_passt(Some(Path::new("/opt/passt")), None),
-            Some(PathBuf::from("/opt/passt"))
-        );
+        assert_eq!(find_passt(Some(dir.path().as_os_str())), Some(bin.clone()));
+        assert_eq!(find_passt(None), None);
     }
 }

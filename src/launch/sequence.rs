@@ -676,7 +676,7 @@ pub(crate) fn run(plan: LaunchPlan) -> Result<u8, LaunchError> {
     }
     let r = &plan.resources;
     let root = r.root_disk.clone().ok_or(LaunchError::MissingRootDisk)?;
-    let port_map = match &r.port_map {
+    let mut port_map = match &r.port_map {
         ResPortMap::ExposeListening => PortMap::Exposed,
         ResPortMap::Explicit(list) => PortMap::List(
             list.iter()
@@ -687,8 +687,7 @@ pub(crate) fn run(plan: LaunchPlan) -> Result<u8, LaunchError> {
                 .collect(),
         ),
     };
-    let network = super::net::prepare(r).map_err(LaunchError::Net)?;
-    let mut services = services;
+    let network = super::net::prepare(r, &mut port_map).map_err(LaunchError::Net)?;
     // `_passt` lives as long as the launch; passt quits when the VMM's end of its socket
     // closes (dropping a `Child` neither kills nor waits for it).
     let (net_device, _passt) = match network {

@@ -173,50 +173,6 @@ impl NetEngine {
         Ok(())
     }
 
-    fn deliver<M: GuestMemory>(
-        &mut self,
-        mem: &M,
-        chain: DescriptorChain<&M>,
-        max: usize,
-        frame: &[u8],
-    ) -> Delivery {
-        let descs = match check_chain(chain, max) {
-            Ok(d) => d,
-            Err(e) => {
-                self.bad_rx
-                    .warn(format_args!("virtio-net: rejected receive chain: {e}"));
-                return Delivery::BadChain;
-            }
-        };
-        if descs.iter().any(|d| !d.write_only) {
-            self.bad_rx.warn(format_args!(
-                "virtio-net: rejected receive chain: it has a device-readable buffer"
-            ));
-            return Delivery::BadChain;
-        }
-        let room = total_len(&descs).map_or(usize::MAX, |t| t as usize);
-        let needed = NET_HDR_LEN + frame.len();
-        if room < needed {
-            self.bad_rx.warn(format_args!(
-                "virtio-net: dropping a {}-byte frame: the guest's receive buffer has {room} bytes",
-                frame.len()
-            ));
-            return Delivery::TooSmall;
-        }
-        let written = scatter_at(mem, &descs, 0, &RX_HEADER)
-            .and_then(|h| scatter_at(mem, &descs, NET_HDR_LEN, frame).map(|f| h + f));
-        match written {
-            Ok(n) if n == needed => Delivery::Delivered(u32::try_from(n).unwrap_or(0)),
-            Ok(_) => Delivery::BadChain,
-            Err(e) => {
-                self.bad_rx.warn(format_args!(
-                    "virtio-net: cannot write a received frame: {e}"
-                ));
-                Delivery::BadChain
-            }
-        }
-    }
-
     /// Reads the socket and fills receive chains with whole frames until the socket has
     /// nothing more or the guest has no buffer left (then the socket is not read until the
     /// guest adds buffers). Errors mean the queue's rings are broken.
@@ -240,8 +196,8 @@ impl NetEngine {
                     break 'outer;
                 };
                 let head = chain.head_index();
-                let bytes = self.backend.rx_bytes(frame.clone()).to_vec();
-                match self.deliver(mem, chain, max, &bytes) {
+                let bytes = self.backend.rx_bytes(frame.clone());
+                match deliver(&mut self.bad_rx, mem, chain, max, bytes) {
                     Delivery::Delivered(len) => {
                         self.backend.consume(&frame);
                         queue.add_used(mem, head, len).map_err(NetError::Queue)?;
@@ -266,6 +222,50 @@ impl NetEngine {
             interrupt.signal_used();
         }
         Ok(())
+    }
+}
+
+/// Writes `frame` with its header into a receive chain.
+fn deliver<M: GuestMemory>(
+    bad_rx: &mut RateLimitedLog,
+    mem: &M,
+    chain: DescriptorChain<&M>,
+    max: usize,
+    frame: &[u8],
+) -> Delivery {
+    let descs = match check_chain(chain, max) {
+        Ok(d) => d,
+        Err(e) => {
+            bad_rx.warn(format_args!("virtio-net: rejected receive chain: {e}"));
+            return Delivery::BadChain;
+        }
+    };
+    if descs.iter().any(|d| !d.write_only) {
+        bad_rx.warn(format_args!(
+            "virtio-net: rejected receive chain: it has a device-readable buffer"
+        ));
+        return Delivery::BadChain;
+    }
+    let room = total_len(&descs).map_or(usize::MAX, |t| t as usize);
+    let needed = NET_HDR_LEN + frame.len();
+    if room < needed {
+        bad_rx.warn(format_args!(
+            "virtio-net: dropping a {}-byte frame: the guest's receive buffer has {room} bytes",
+            frame.len()
+        ));
+        return Delivery::TooSmall;
+    }
+    let written = scatter_at(mem, &descs, 0, &RX_HEADER)
+        .and_then(|h| scatter_at(mem, &descs, NET_HDR_LEN, frame).map(|f| h + f));
+    match written {
+        Ok(n) if n == needed => Delivery::Delivered(u32::try_from(n).unwrap_or(0)),
+        Ok(_) => Delivery::BadChain,
+        Err(e) => {
+            bad_rx.warn(format_args!(
+                "virtio-net: cannot write a received frame: {e}"
+            ));
+            Delivery::BadChain
+        }
     }
 }
 
