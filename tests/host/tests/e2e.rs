@@ -471,7 +471,7 @@ DRAIN='while read h; do [ -z "$(echo "$h" | tr -d "\r")" ] && break; done'
 # crashes where glibc's NSS modules are present (the test host).
 echo "NET_FETCH_$c=$(printf 'GET /from-guest-%s HTTP/1.0\r\n\r\n' "$c" | timeout 120 nc 192.0.2.1 8080 | tail -n 1)"
 printf '%s\n' '#!/bin/sh' 'read request' "$DRAIN" "printf 'HTTP/1.0 200 OK\r\n\r\n'" \
-  'peer=$(netstat -tn | grep ":8081 " | grep ESTABLISHED | tr -s " " | cut -d" " -f5 | cut -d: -f1)' \
+  'peer=$(netstat -tn | grep ":8081 " | grep ESTABLISHED | tr -s " " | cut -d" " -f5 | sed "s/:[0-9]*\$//; s/^::ffff://" | head -n 1)' \
   'echo "GUEST_SERVED $request PEER $peer" | tr -d "\r"' > /tmp/serve
 chmod +x /tmp/serve
 echo "NET_LISTENING_$c"
@@ -506,8 +506,8 @@ fn network_through_passt_outbound_and_inbound() {
     busybox_rootfs(
         &root,
         &[
-            "sh", "echo", "cat", "grep", "tr", "cut", "ip", "tail", "chmod", "printf", "netstat",
-            "timeout", "nc",
+            "sh", "echo", "cat", "grep", "tr", "cut", "ip", "tail", "head", "sed", "chmod",
+            "printf", "netstat", "timeout", "nc",
         ],
     )
     .unwrap();
@@ -532,6 +532,10 @@ echo nameserver 192.0.2.53 > /etc/resolv.conf
 echo 'root:x:0:0:root:/root:/bin/sh' > /etc/passwd
 echo 'nobody:x:65534:65534:nobody:/nonexistent:/bin/false' >> /etc/passwd
 printf 'root:x:0:\nnogroup:x:65534:\n' > /etc/group
+# passt's sandbox pivots its root, which the initramfs root cannot be: the launches run
+# chrooted into a recursive bind mount of it (same files, devices, network).
+mkdir -p /host && mount -o rbind / /host
+echo "HOST_CHROOT=$?"
 # The server outside the VM: logs each request line, answers with a page.
 printf '%s\n' '#!/bin/sh' 'read line' 'echo "$line" | tr -d "\r" >> /tmp/requests' \
   'while read h; do [ -z "$(echo "$h" | tr -d "\r")" ] && break; done' \
@@ -546,7 +550,7 @@ ROOT=/tmp/netroot mk snp net-default /tmp/nd pass-nd '/bin/sh /net.sh default'
 # to listen, fetches from it through HOST_PORT, then waits for COMMAND.
 case_run() {{
   c=$1; port=$2; shift 2
-  "$@" </dev/null >/tmp/out-$c 2>&1 &
+  chroot /host "$@" </dev/null >/tmp/out-$c 2>&1 &
   pid=$!
   for i in $(seq 900); do
     grep -q "NET_LISTENING_$c" /tmp/out-$c && break
@@ -583,6 +587,7 @@ cat /tmp/kbs.log
     let ctx = format!("output:\n{out}");
 
     assert_eq!(marker_values(out, "HOST_NET="), ["0"], "{ctx}");
+    assert_eq!(marker_values(out, "HOST_CHROOT="), ["0"], "{ctx}");
     assert_eq!(marker_values(out, "MKCW_net-explicit="), ["0"], "{ctx}");
     assert_eq!(marker_values(out, "MKCW_net-default="), ["0"], "{ctx}");
     assert_eq!(
