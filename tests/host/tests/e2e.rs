@@ -532,10 +532,11 @@ echo nameserver 192.0.2.53 > /etc/resolv.conf
 echo 'root:x:0:0:root:/root:/bin/sh' > /etc/passwd
 echo 'nobody:x:65534:65534:nobody:/nonexistent:/bin/false' >> /etc/passwd
 printf 'root:x:0:\nnogroup:x:65534:\n' > /etc/group
-# passt's sandbox pivots its root, which the initramfs root cannot be: the launches run
-# chrooted into a recursive bind mount of it (same files, devices, network).
-mkdir -p /host && mount -o rbind / /host
-echo "HOST_CHROOT=$?"
+# passt's sandbox pivots its root, which the initramfs root cannot be, and makes a user
+# namespace, which a chroot cannot: the launches run in a mount namespace whose root is a
+# recursive bind mount of the initramfs moved onto / (switch_root's way; same files,
+# devices, network).
+mkdir -p /host
 # The server outside the VM: logs each request line, answers with a page.
 printf '%s\n' '#!/bin/sh' 'read line' 'echo "$line" | tr -d "\r" >> /tmp/requests' \
   'while read h; do [ -z "$(echo "$h" | tr -d "\r")" ] && break; done' \
@@ -546,11 +547,12 @@ mkdir -p /tmp/netroot && tar -xf /netroot.tar -C /tmp/netroot
 start_kbs
 ROOT=/tmp/netroot mk snp net-explicit /tmp/ne pass-ne '/bin/sh /net.sh explicit'
 ROOT=/tmp/netroot mk snp net-default /tmp/nd pass-nd '/bin/sh /net.sh default'
+cat > /tmp/cases.sh <<'CASES'
 # case_run CASE HOST_PORT COMMAND...: runs COMMAND in the background, waits for the workload
 # to listen, fetches from it through HOST_PORT, then waits for COMMAND.
 case_run() {{
   c=$1; port=$2; shift 2
-  chroot /host "$@" </dev/null >/tmp/out-$c 2>&1 &
+  "$@" </dev/null >/tmp/out-$c 2>&1 &
   pid=$!
   for i in $(seq 900); do
     grep -q "NET_LISTENING_$c" /tmp/out-$c && break
@@ -570,6 +572,9 @@ case_run() {{
 }}
 case_run explicit 18081 /bin/net-passt /tmp/ne/disk.img /tmp/ne/krun-sev.json fd 18081:8081
 case_run default 8081 krun-sev run --log-level 3 /tmp/nd
+CASES
+unshare -m sh -c 'mount -o rbind / /host && cd /host && mount -o move . / && exec chroot . sh /tmp/cases.sh'
+echo "HOST_CHROOT=$?"
 sed "s/^/HOST_SERVER_SAW: /" /tmp/requests
 sleep 2
 echo "PASST_LEFT=$(pidof passt)"
