@@ -19,8 +19,9 @@ KERNEL_VERSION=6.12.117-1~deb12u1
 BUSYBOX_PACKAGE=busybox-static
 BUSYBOX_VERSION=1:1.35.0-4+deb12u1+b1
 # kvm-amd for nested KVM; device-mapper, dm-crypt, xts and loop for LUKS tests; vsock for
-# tests that talk to a guest.
-MODULES="irqbypass kvm kvm-amd dm-mod dm-crypt xts loop vsock vhost_vsock"
+# tests that talk to a guest; dummy gives the test host a dummy0 interface, which the
+# network test addresses and routes through so that passt has a host network to copy.
+MODULES="irqbypass kvm kvm-amd dm-mod dm-crypt xts loop vsock vhost_vsock dummy"
 
 cache_root=${KRUN_SEV_CACHE:-$HOME/.cache/krun-sev}
 say() { echo "[testhost-prepare] $*" >&2; }

@@ -62,10 +62,9 @@ pub fn announce_start() {
 fn attach_stderr_stream() -> io::Result<()> {
     let mut stream =
         crate::vsock::VsockStream::connect(crate::vsock::HOST_CID, crate::vsock::STDERR_PORT)?;
-    stream.set_read_timeout(Some(STREAM_TIMEOUT))?;
+    stream.set_read_timeout(STREAM_TIMEOUT)?;
     let mut level = [0u8; 1];
     stream.read_exact(&mut level)?;
-    stream.set_read_timeout(None)?;
     let fd: OwnedFd = stream.into();
     // SAFETY: dup2 onto fd 2; `fd` stays open for the call. fd 2 loses O_CLOEXEC, so the
     // workload inherits it.
@@ -94,7 +93,7 @@ pub fn finish_stderr() {
     };
     let mut stream = crate::vsock::VsockStream::from(fd);
     if stream.shutdown(std::net::Shutdown::Write).is_err()
-        || stream.set_read_timeout(Some(STREAM_TIMEOUT)).is_err()
+        || stream.set_read_timeout(STREAM_TIMEOUT).is_err()
     {
         return;
     }

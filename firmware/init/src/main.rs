@@ -143,6 +143,12 @@ fn main() {
         );
     }
     step("bringing up the loopback interface", net::loopback_up());
+    // The network is optional: a workload that does not need it still starts.
+    match net::configure(root) {
+        Ok(Some(configured)) => log!("network: {configured}"),
+        Ok(None) => {}
+        Err(err) => log_warn!("network: {}", console::error_chain(&err)),
+    }
 
     let workload = match WorkloadConfig::load(Path::new(workload_config::WORKLOAD_CONFIG_PATH)) {
         Err(WorkloadConfigError::Read(e))

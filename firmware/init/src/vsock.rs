@@ -17,6 +17,8 @@ pub const PSP_MODEL_REPORT_PORT: u32 = 1026;
 pub const LISTEN_ANNOUNCE_PORT: u32 = 1027;
 /// Connecting here tells the VMM the init is done with attestation (ports 1025/1026 close).
 pub const ATTESTATION_DONE_PORT: u32 = 1028;
+/// Host network settings (one JSON object, then EOF; refused when there is no network).
+pub const NET_CONFIG_PORT: u32 = 1029;
 /// Host end of the guest's standard error stream (`console`).
 pub const STDERR_PORT: u32 = 1030;
 
@@ -47,10 +49,6 @@ const _: () = assert!(libc::AF_VSOCK == 40);
 const SOCKADDR_VM_LEN: libc::socklen_t = 16;
 const _: () = assert!(std::mem::size_of::<libc::sockaddr_vm>() == 16);
 
-/// `sizeof(struct timeval)`.
-const TIMEVAL_LEN: libc::socklen_t = 16;
-const _: () = assert!(std::mem::size_of::<libc::timeval>() == 16);
-
 /// A connected vsock stream.
 #[derive(Debug)]
 pub struct VsockStream(OwnedFd);
@@ -76,21 +74,23 @@ impl VsockStream {
         self.0.try_clone().map(VsockStream)
     }
 
-    /// `SO_RCVTIMEO`: reads fail with `WouldBlock` after `timeout` (`None`: wait forever).
-    pub fn set_read_timeout(&self, timeout: Option<std::time::Duration>) -> io::Result<()> {
-        let t = timeout.unwrap_or_default();
+    /// Bounds how long a read waits (`SO_RCVTIMEO`); a read that times out fails with
+    /// `WouldBlock`.
+    pub fn set_read_timeout(&self, timeout: std::time::Duration) -> io::Result<()> {
         let tv = libc::timeval {
-            tv_sec: libc::time_t::try_from(t.as_secs()).unwrap_or(libc::time_t::MAX),
-            tv_usec: libc::suseconds_t::from(t.subsec_micros()),
+            tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+            tv_usec: libc::suseconds_t::from(timeout.subsec_micros()),
         };
-        // SAFETY: `tv` is a valid timeval of the size passed, alive for the call.
+        let len = libc::socklen_t::try_from(std::mem::size_of::<libc::timeval>())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: `tv` is a valid timeval of the length passed, alive for the call.
         sys::check(unsafe {
             libc::setsockopt(
                 self.0.as_raw_fd(),
                 libc::SOL_SOCKET,
                 libc::SO_RCVTIMEO,
                 (&tv as *const libc::timeval).cast(),
-                TIMEVAL_LEN,
+                len,
             )
         })
         .map(|_| ())

@@ -56,13 +56,13 @@ make_initrd() { # $1 = host.json content, $2 = secret file or -, $3 = out
     (cd "$I" && find . | sort | cpio -o -H newc --quiet) >"$3"
 }
 
-boot() { # $1 = initrd, $2 = disk, $3 = log; prints QEMU's exit code
+boot() { # $1 = initrd, $2 = disk, $3 = log, rest = more QEMU arguments; prints QEMU's exit code
     local rc=0
     timeout 300 qemu-system-x86_64 -M microvm,acpi=off -accel tcg -cpu max -m 512 -smp 1 \
         -nodefaults -no-user-config -nographic -serial stdio -no-reboot \
         -kernel "$VMLINUX" -initrd "$1" -append "console=ttyS0 reboot=t panic=-1 acpi=off quiet" \
         -drive id=d0,file="$2",format=raw,if=none -device virtio-blk-device,drive=d0 \
-        -device isa-debug-exit,iobase=0xf4,iosize=4 >"$3" 2>&1 || rc=$?
+        -device isa-debug-exit,iobase=0xf4,iosize=4 "${@:4}" >"$3" 2>&1 || rc=$?
     echo "$rc"
 }
 
@@ -94,10 +94,10 @@ expect "image config, dev passphrase" "$WORK/1.log" "$code" 42 KRUN_INIT_STARTED
     "uid=1000(app) gid=1000(app) groups=10(wheel)" /srv/app "APP_MODE=prod HOME=/home/app TERM=xterm" \
     krunvm WL_END "workload exited with status 42"
 
-# 2. Wrong passphrase: clear message, status 1.
+# 2. Wrong passphrase: clear message, status 125 (init failure).
 make_initrd '{"tee":"none","dev_passphrase":"wrong","port_map":[]}' - "$WORK/i2.cpio"
 code=$(boot "$WORK/i2.cpio" "$WORK/disk1.img" "$WORK/2.log")
-expect "wrong passphrase" "$WORK/2.log" "$code" 1 "unlocking the LUKS root disk failed"
+expect "wrong passphrase" "$WORK/2.log" "$code" 125 "unlocking the LUKS root disk failed"
 
 # 3. SEV: passphrase from the launch-secret table; runtime-spec config; killed by a signal.
 python3 - "$WORK/secret" <<'PY'
@@ -118,10 +118,18 @@ expect "sev launch secret, runtime spec, signal" "$WORK/3.log" "$code" 143 "laun
 # 4. Dev passphrase refused in a confidential launch.
 make_initrd '{"tee":"snp","dev_passphrase":"pw"}' - "$WORK/i4.cpio"
 code=$(boot "$WORK/i4.cpio" "$WORK/disk1.img" "$WORK/4.log")
-expect "dev passphrase refused under snp" "$WORK/4.log" "$code" 1 \
+expect "dev passphrase refused under snp" "$WORK/4.log" "$code" 125 \
     "a development passphrase is refused in a confidential launch"
 
-# 5. Status port alone, with a kernel that has ioperm (no disk: the unlock step fails).
+# 5. A network device but no host settings (no vsock device at all): the init logs one line
+# and the workload runs as without a network.
+code=$(boot "$WORK/i1.cpio" "$WORK/disk1.img" "$WORK/6.log" \
+    -netdev hubport,id=n0,hubid=0 -device virtio-net-device,netdev=n0)
+expect "eth0 without host settings" "$WORK/6.log" "$code" 42 \
+    "krun-init: network: eth0 exists but the host sent no network settings (vsock port 1029)" \
+    WL_END "workload exited with status 42"
+
+# 6. Status port alone, with a kernel that has ioperm (no disk: the unlock step fails).
 if [ -n "${KRUN_SMOKE_PORT_KERNEL:-}" ]; then
     rc=0
     timeout 300 qemu-system-x86_64 -M pc -accel tcg -cpu max -m 512 -smp 1 -nodefaults \

@@ -3,8 +3,8 @@
 //! `krun-kbs` running in the test host; `krun-sev run` (and a C program calling the API in
 //! crun's order) runs them; the broker releases the disk key only for the registered
 //! measurement. Real crun (1.8.1 and 1.21, built by `ci/build-crun.sh`) runs a buildah-layout
-//! container. Four test-host boots, each running many launches. Ignored by a plain `cargo
-//! test`; `ci/testhost-tests.sh` runs it.
+//! container; networking through passt (issue 15). Five test-host boots, each running
+//! several launches. Ignored by a plain `cargo test`; `ci/testhost-tests.sh` runs it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
@@ -457,6 +457,201 @@ echo "== broker B"; cat /tmp/kbs-b.log
     assert_eq!(released(broker_a, "bind-y"), 1, "{ctx}");
 }
 
+/// The workload of [`network_through_passt_outbound_and_inbound`], `/net.sh CASE` in its
+/// root: prints what the init configured, fetches a page from the test host's server through
+/// passt, then serves one HTTP request on port 8081 and exits.
+const NET_WORKLOAD: &str = r#"#!/bin/sh
+c=$1
+echo "NET_RESOLV_$c=$(grep '^nameserver' /etc/resolv.conf | tr '\n' ' ')"
+echo "NET_ROUTE_$c=$(ip route | grep '^default')"
+# The servers read the whole request before answering: closing a socket with unread data
+# resets the connection, which can lose the answer.
+DRAIN='while read h; do [ -z "$(echo "$h" | tr -d "\r")" ] && break; done'
+# nc, not wget: the static busybox's wget looks up the "http" service through NSS, which
+# crashes where glibc's NSS modules are present (the test host).
+echo "NET_FETCH_$c=$(printf 'GET /from-guest-%s HTTP/1.0\r\n\r\n' "$c" | timeout 120 nc 192.0.2.1 8080 | tail -n 1)"
+printf '%s\n' '#!/bin/sh' 'read request' "$DRAIN" "printf 'HTTP/1.0 200 OK\r\n\r\n'" \
+  'peer=$(netstat -tn | grep ":8081 " | grep ESTABLISHED | tr -s " " | cut -d" " -f5 | sed "s/:[0-9]*\$//; s/^::ffff://" | head -n 1)' \
+  'echo "GUEST_SERVED $request PEER $peer" | tr -d "\r"' > /tmp/serve
+chmod +x /tmp/serve
+echo "NET_LISTENING_$c"
+timeout 300 nc -l -p 8081 -e /tmp/serve
+echo "NET_SERVED_$c=$?"
+"#;
+
+/// Boot 5 (issue 15): a confidential SNP workload (PSP model) with a network through Debian
+/// 12's passt, copied into the test host, whose dummy0 interface (192.0.2.10/24, default
+/// route via 192.0.2.1, nameserver 192.0.2.53) is the host network passt copies. Twice: (i)
+/// crun 1.22+'s way, a socketpair with `passt --fd` and `krun_add_net_unixstream` with the fd
+/// and `NET_FLAG_DHCP_CLIENT` (tests/c/net_passt.c, in crun's call order); (ii) `krun-sev
+/// run`, which makes no network call, so the library starts passt itself. Each time the init
+/// configures eth0 by DHCP, the workload fetches a page from a server the test runs on the test host
+/// outside the VM (passt maps the gateway address to the host's loopback) and the server logs
+/// the request; then the test host reaches the workload's server: in (i) through passt's port
+/// forwarding (host port 18081, which only passt binds), in (ii) through the NULL port map,
+/// which stays on the vsock forwarder (host port 8081). The
+/// library's passt forwarding an explicit port map is not in this boot: a port map is part of
+/// the measured launch, so it needs its own registration.
+#[test]
+#[ignore = "boots the test host"]
+fn network_through_passt_outbound_and_inbound() {
+    let s = Setup::new();
+    let passt = Path::new("/usr/bin/passt");
+    assert!(
+        passt.exists(),
+        "the network test needs passt: apt-get install passt"
+    );
+    let program = c_program(&s, "net_passt.c", "net-passt");
+    let root = s.path("netroot");
+    busybox_rootfs(
+        &root,
+        &[
+            "sh", "echo", "cat", "grep", "tr", "cut", "ip", "tail", "head", "sed", "chmod",
+            "printf", "netstat", "timeout", "nc",
+        ],
+    )
+    .unwrap();
+    fs::write(root.join("net.sh"), NET_WORKLOAD).unwrap();
+    let tar = Command::new("tar")
+        .arg("-cf")
+        .arg(s.path("netroot.tar"))
+        .arg("-C")
+        .arg(&root)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(tar.success());
+
+    let script = format!(
+        r#"{PRELUDE}
+# The host network passt copies: dummy0 with an address, the default route, a nameserver.
+ip addr add 192.0.2.10/24 dev dummy0 && ip link set dummy0 up && ip route add default via 192.0.2.1
+echo "HOST_NET=$?"
+echo nameserver 192.0.2.53 > /etc/resolv.conf
+# passt started as root changes to the user nobody, which it looks up.
+echo 'root:x:0:0:root:/root:/bin/sh' > /etc/passwd
+echo 'nobody:x:65534:65534:nobody:/nonexistent:/bin/false' >> /etc/passwd
+printf 'root:x:0:\nnogroup:x:65534:\n' > /etc/group
+# passt's sandbox pivots its root, which the initramfs root cannot be, and makes a user
+# namespace, which a chroot cannot: the launches run in a mount namespace whose root is a
+# recursive bind mount of the initramfs moved onto / (switch_root's way; same files,
+# devices, network).
+mkdir -p /host
+# The server outside the VM: logs each request line, answers with a page.
+printf '%s\n' '#!/bin/sh' 'read line' 'echo "$line" | tr -d "\r" >> /tmp/requests' \
+  'while read h; do [ -z "$(echo "$h" | tr -d "\r")" ] && break; done' \
+  "printf 'HTTP/1.0 200 OK\r\n\r\nHOST_PAGE_7431\n'" > /tmp/serve-host
+chmod +x /tmp/serve-host
+nc -ll -p 8080 -e /tmp/serve-host &
+mkdir -p /tmp/netroot && tar -xf /netroot.tar -C /tmp/netroot
+start_kbs
+ROOT=/tmp/netroot mk snp net-explicit /tmp/ne pass-ne '/bin/sh /net.sh explicit'
+ROOT=/tmp/netroot mk snp net-default /tmp/nd pass-nd '/bin/sh /net.sh default'
+cat > /tmp/cases.sh <<'CASES'
+# case_run CASE HOST_PORT COMMAND...: runs COMMAND in the background, waits for the workload
+# to listen, fetches from it through HOST_PORT, then waits for COMMAND.
+case_run() {{
+  c=$1; port=$2; shift 2
+  "$@" </dev/null >/tmp/out-$c 2>&1 &
+  pid=$!
+  for i in $(seq 900); do
+    grep -q "NET_LISTENING_$c" /tmp/out-$c && break
+    kill -0 $pid 2>/dev/null || break
+    sleep 1
+  done
+  body=
+  for i in $(seq 60); do
+    body=$(printf 'GET /from-host-%s HTTP/1.0\r\n\r\n' "$c" | timeout 60 nc 127.0.0.1 $port | tail -n 1)
+    [ -n "$body" ] && break
+    sleep 2
+  done
+  echo "INBOUND_$c=$(echo $body | tr '\n' ' ')"
+  wait $pid
+  echo "STATUS_$c=$?"
+  sed "s/^/OUT_$c: /" /tmp/out-$c
+}}
+case_run explicit 18081 /bin/net-passt /tmp/ne/disk.img /tmp/ne/krun-sev.json fd 18081:8081
+case_run default 8081 krun-sev run --log-level 3 /tmp/nd
+CASES
+unshare -m sh -c 'mount -o rbind / /host && cd /host && mount -o move . / && exec chroot . sh /tmp/cases.sh'
+echo "HOST_CHROOT=$?"
+sed "s/^/HOST_SERVER_SAW: /" /tmp/requests
+sleep 2
+echo "PASST_LEFT=$(pidof passt)"
+cat /tmp/kbs.log
+"#
+    );
+    let outcome = s
+        .host()
+        .file(passt, "/usr/bin/passt")
+        .file(&program, "/bin/net-passt")
+        .file(s.path("netroot.tar"), "/netroot.tar")
+        .run(&["sh", "-c", &script])
+        .unwrap();
+    let out = &outcome.output;
+    let ctx = format!("output:\n{out}");
+
+    assert_eq!(marker_values(out, "HOST_NET="), ["0"], "{ctx}");
+    assert_eq!(marker_values(out, "HOST_CHROOT="), ["0"], "{ctx}");
+    assert_eq!(marker_values(out, "MKCW_net-explicit="), ["0"], "{ctx}");
+    assert_eq!(marker_values(out, "MKCW_net-default="), ["0"], "{ctx}");
+    assert_eq!(
+        marker_values(out, "OUT_explicit: NET_CALL="),
+        ["0"],
+        "{ctx}"
+    );
+    for c in ["explicit", "default"] {
+        let o = |k: &str| marker_values(out, &format!("OUT_{c}: {k}"));
+        // The init configured eth0 with passt's copy of the host network.
+        let configured = after(out, &format!("OUT_{c}: krun-init: network: "));
+        assert_eq!(configured.len(), 1, "{c}: {ctx}");
+        assert!(
+            configured[0].starts_with("eth0 192.0.2.10/24 via 192.0.2.1 "),
+            "{c}: {configured:?}; {ctx}"
+        );
+        let route = o("NET_ROUTE_");
+        assert!(
+            route.len() == 1
+                && route[0].starts_with(&format!("{c}=default via 192.0.2.1 dev eth0")),
+            "{c}: {route:?}; {ctx}"
+        );
+        let resolv = o("NET_RESOLV_");
+        assert!(
+            resolv.len() == 1 && resolv[0].trim_end() == format!("{c}=nameserver 192.0.2.53"),
+            "{c}: {resolv:?}; {ctx}"
+        );
+        // Outbound: the page from the server outside the VM, which saw the request.
+        assert_eq!(o("NET_FETCH_"), [format!("{c}=HOST_PAGE_7431")], "{ctx}");
+        let saw = marker_values(out, "HOST_SERVER_SAW: ");
+        assert!(
+            saw.iter()
+                .any(|l| l.starts_with(&format!("GET /from-guest-{c} HTTP/1."))),
+            "{c}: {saw:?}; {ctx}"
+        );
+        // Inbound: the workload's server answered the test host through passt.
+        let inbound = marker_values(out, &format!("INBOUND_{c}="));
+        assert_eq!(inbound.len(), 1, "{ctx}");
+        assert!(
+            inbound[0].starts_with(&format!("GUEST_SERVED GET /from-host-{c} HTTP/1.")),
+            "{c}: {inbound:?}; {ctx}"
+        );
+        // The explicit case's host port 18081 is bound only by passt (`-t 18081:8081`); the
+        // NULL port map of the default case stays on the vsock forwarder (host port 8081).
+        assert_eq!(o("NET_SERVED_"), [format!("{c}=0")], "{ctx}");
+        assert_eq!(marker_values(out, &format!("STATUS_{c}=")), ["0"], "{ctx}");
+    }
+    // Both asked DHCP (the library's own passt always does).
+    for c in ["explicit", "default"] {
+        let line = after(out, &format!("OUT_{c}: krun-init: network: "));
+        assert!(line[0].ends_with("(DHCP)"), "{c}: {line:?}; {ctx}");
+    }
+    // The library started passt for the default case only.
+    assert_eq!(out.matches("network: started ").count(), 1, "{ctx}");
+    // No passt outlives its VM.
+    assert_eq!(marker_values(out, "PASST_LEFT="), [""], "{ctx}");
+    assert_eq!(out.matches("key released").count(), 2, "{ctx}");
+}
+
 /// crun versions run by [`real_crun_runs_the_confidential_container`]: Debian 12's source
 /// package (every call after `pivot_root`, `krun_create_ctx` included) and the upstream
 /// release Debian 13 ships (`krun_create_ctx` on the host when the handler loads).
@@ -831,16 +1026,22 @@ fn built_library() -> PathBuf {
 /// Compiles tests/c/crun_order.c against include/libkrun.h and the built library
 /// (under its SONAME).
 fn crun_order_program(s: &Setup) -> PathBuf {
+    c_program(s, "crun_order.c", "crun-order")
+}
+
+/// Compiles tests/c/SOURCE into NAME against include/libkrun.h and the built library
+/// (under its SONAME).
+fn c_program(s: &Setup, source: &str, name: &str) -> PathBuf {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let built = built_library();
     let lib = s.path("lib");
     fs::create_dir_all(&lib).unwrap();
     fs::copy(&built, lib.join("libkrun-sev.so.1")).unwrap();
-    let program = s.path("crun-order");
+    let program = s.path(name);
     let out = Command::new("cc")
         .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-o"])
         .arg(&program)
-        .arg(repo.join("tests/c/crun_order.c"))
+        .arg(repo.join("tests/c").join(source))
         .arg("-I")
         .arg(repo.join("include"))
         .arg(format!("-L{}", lib.display()))
