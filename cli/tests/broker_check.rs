@@ -164,10 +164,11 @@ fn verdicts(cases: &[serde_json::Value], verdict: &str) -> Vec<String> {
 }
 
 /// The SNP cases skipped without --bundle and --admin-token-file.
-const NEED_REGISTRATION: [&str; 8] = [
+const NEED_REGISTRATION: [&str; 9] = [
     "bound-other-workload",
     "bound-other-broker",
     "unbound-launch",
+    "smt-forbidden",
     "tcb-below-minimum",
     "garbage-admin",
     "oversized-admin",
@@ -214,10 +215,19 @@ fn krun_kbs_passes_every_case_with_both_protocols_and_both_tees() {
         let needed = if tee == "snp" {
             &NEED_REGISTRATION[..]
         } else {
-            &NEED_REGISTRATION[4..]
+            &NEED_REGISTRATION[5..]
         };
         for e in expected.iter().chain(needed) {
             assert!(names.contains(e), "{protocol} {tee}: no {e} in {names:?}");
+        }
+        if tee == "snp" {
+            // Refused for the reason the case targets.
+            let smt = cases.iter().find(|c| c["case"] == "smt-forbidden").unwrap();
+            assert_eq!(smt["verdict"], "ok", "{protocol}: {smt}");
+            assert!(
+                smt["observed"].as_str().unwrap().contains("allows SMT"),
+                "{protocol}: {smt}"
+            );
         }
     }
 
@@ -289,7 +299,7 @@ fn a_broker_that_accepts_a_debug_policy_fails_exactly_that_case() {
     ]);
     assert_eq!(verdicts(&cases, "WRONG"), ["debug-policy"], "{cases:#?}");
     let mut skipped = vec!["build-below-minimum"];
-    skipped.extend(&NEED_REGISTRATION[4..]);
+    skipped.extend(&NEED_REGISTRATION[5..]);
     assert_eq!(verdicts(&cases, "skipped"), skipped);
     assert_eq!(code, Some(1));
     let debug = cases.iter().find(|c| c["case"] == "debug-policy").unwrap();

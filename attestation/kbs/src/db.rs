@@ -251,6 +251,10 @@ pub struct SnpRequirements {
     pub allow_debug: bool,
     #[serde(default)]
     pub allow_migration_agent: bool,
+    /// Refuse a guest policy that lets the host run the guest with SMT (POLICY bit 16): for
+    /// workloads that must not share a core with another tenant's thread.
+    #[serde(default)]
+    pub forbid_smt: bool,
     /// Lowest reported TCB accepted; the broker's `--min-tcb` when absent. Rows written
     /// before the default existed hold an explicit value (0:0:0:0 when none was given).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -273,6 +277,7 @@ impl Default for SnpRequirements {
         SnpRequirements {
             allow_debug: false,
             allow_migration_agent: false,
+            forbid_smt: false,
             min_tcb: None,
             min_report_version: default_min_version(),
             max_vmpl: 0,

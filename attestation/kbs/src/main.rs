@@ -140,6 +140,9 @@ enum WorkloadCmd {
         allow_debug: bool,
         #[arg(long)]
         allow_migration_agent: bool,
+        /// SNP: refuse reports whose guest policy allows SMT (bit 16).
+        #[arg(long)]
+        forbid_smt: bool,
         #[arg(long, default_value_t = 2)]
         min_report_version: u32,
         #[arg(long, default_value_t = 0)]
@@ -262,6 +265,7 @@ fn admin(cli: &Cli, cmd: &Command) -> Result<(), MainError> {
             passphrase_file,
             allow_debug,
             allow_migration_agent,
+            forbid_smt,
             min_report_version,
             max_vmpl,
             min_tcb,
@@ -278,6 +282,7 @@ fn admin(cli: &Cli, cmd: &Command) -> Result<(), MainError> {
                 snp: SnpRequirements {
                     allow_debug: *allow_debug,
                     allow_migration_agent: *allow_migration_agent,
+                    forbid_smt: *forbid_smt,
                     min_tcb: *min_tcb,
                     min_report_version: *min_report_version,
                     max_vmpl: *max_vmpl,

@@ -254,6 +254,12 @@ pub fn check_requirements(
     if report.policy.migrate_ma_allowed() && !req.allow_migration_agent {
         return Err(refuse("SnpPolicy", "guest policy allows a migration agent"));
     }
+    if report.policy.smt_allowed() && req.forbid_smt {
+        return Err(refuse(
+            "SnpPolicy",
+            "guest policy allows SMT, which this workload forbids",
+        ));
+    }
     if report.vmpl > req.max_vmpl {
         return Err(refuse(
             "SnpPolicy",
@@ -451,6 +457,15 @@ mod tests {
         check_requirements(&debug, &allow, MinTcb::default()).unwrap();
         let ma = fake.report([0; 64], [1; 48], 0x30000 | 1 << 18).unwrap();
         assert!(check_requirements(&ma, &req, MinTcb::default()).is_err());
+        // SMT (bit 16) is allowed unless the workload forbids it.
+        let no_smt = SnpRequirements {
+            forbid_smt: true,
+            ..req
+        };
+        let err = check_requirements(&ok, &no_smt, MinTcb::default()).unwrap_err();
+        assert!(err.detail.contains("allows SMT"), "{}", err.detail);
+        let smt_off = fake.report([0; 64], [1; 48], 0x20000).unwrap();
+        check_requirements(&smt_off, &no_smt, MinTcb::default()).unwrap();
         let mut vmpl = ok;
         vmpl.vmpl = 1;
         assert!(check_requirements(&vmpl, &req, MinTcb::default()).is_err());

@@ -5,7 +5,7 @@
 //! Keep docs/broker-check.md in step with this table.
 
 use super::sev_es::{Launch, GENUINE, LAUNCH_DATA, OTHER_DATA, POLICY_NODBG, POLICY_NOKS};
-use super::{Ctx, Evidence, Expect, Observed, Step};
+use super::{error_chain, Ctx, Evidence, Expect, Observed, Step};
 
 /// Guest policy bit 19: DEBUG (ABI 56860 §4.3).
 const POLICY_DEBUG: u64 = 1 << 19;
@@ -211,6 +211,26 @@ pub const CASES: &[Case] = &[
         expect: Expect::Refused,
         closed_ok: false,
         run: truncated_report,
+    },
+    Case {
+        name: "smt-forbidden",
+        changes: "the genuine evidence (POLICY allows SMT, bit 16, as libkrun's does) of the \
+                  workload ID-nosmt, registered with its own digest and SMT forbidden",
+        why: "a workload that must not share a core with another tenant's thread requires SMT \
+              disallowed; a guest launched with SMT allowed does not have that protection",
+        rests_on: "ATTESTATION_REPORT.POLICY (0x008) bit 16 against the registration \
+                   (krun-kbs snp.forbid_smt); needs --admin-token-file",
+        expect: Expect::Refused,
+        closed_ok: false,
+        run: |c| {
+            if let Some(why) = c.unregistered() {
+                return why;
+            }
+            match c.no_smt_digest() {
+                Ok(digest) => c.flow_as(&c.no_smt_workload_id(), |f| f.measurement = digest),
+                Err(e) => Observed::Skipped(error_chain(&e)),
+            }
+        },
     },
     Case {
         name: "tcb-below-minimum",

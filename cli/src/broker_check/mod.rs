@@ -356,10 +356,15 @@ impl Ctx {
     /// The SNP `/auth` body, sending the launch's measured host.json when given (krun-kbs's
     /// extension; docs/measurement.md "Unbound digests").
     pub fn snp_auth_body(&self, host_json: Option<&[u8]>) -> Vec<u8> {
+        self.snp_auth_body_for(&self.workload_id, host_json)
+    }
+
+    /// [`Ctx::snp_auth_body`] naming `workload` (the reference protocol names it at `/auth`).
+    fn snp_auth_body_for(&self, workload: &str, host_json: Option<&[u8]>) -> Vec<u8> {
         let v = match self.protocol {
             KbsProtocol::Reference => {
                 let extra = serde_json::to_string(&reference::SnpRequest {
-                    workload_id: self.workload_id.clone(),
+                    workload_id: workload.into(),
                     host_json: host_json.map(reference::encode_host_json),
                 })
                 .unwrap_or_default();
@@ -694,13 +699,37 @@ impl Ctx {
 
     /// The whole flow with evidence changed by `change`: auth, attest, key.
     pub fn flow(&self, change: impl FnOnce(&mut SnpReportFields)) -> Observed {
+        self.flow_as(&self.workload_id, change)
+    }
+
+    /// [`Ctx::flow`] for `workload` (SNP).
+    pub fn flow_as(&self, workload: &str, change: impl FnOnce(&mut SnpReportFields)) -> Observed {
         let run = || -> Step<Observed> {
-            let session = self.auth()?;
+            let session = self.auth_with(&self.snp_auth_body_for(workload, None))?;
             let ev = self.evidence(&session, change)?;
             self.attest(&session, &ev.body)?;
-            Ok(self.key(&session, &self.workload_id, &ev.key))
+            Ok(self.key(&session, workload, &ev.key))
         };
         run().unwrap_or_else(|o| o)
+    }
+
+    /// The third workload broker-check registers for SNP: the workload's requirements and
+    /// SMT forbidden.
+    pub fn no_smt_workload_id(&self) -> String {
+        format!("{}-nosmt", self.workload_id)
+    }
+
+    /// The digest of [`Ctx::no_smt_workload_id`]: its own (RCAR finds the workload by the
+    /// digest), the launch of --bundle bound to it, else the workload's with one bit changed.
+    pub fn no_smt_digest(&self) -> Result<[u8; 48], BrokerCheckError> {
+        match self.host_json(Some((&self.no_smt_workload_id(), &self.broker))) {
+            Some(json) => self.launch_digest(&json),
+            None => {
+                let mut digest = self.measurement;
+                digest[47] ^= 2;
+                Ok(digest)
+            }
+        }
     }
 
     /// Auth, then attest with `body` made from the session, then the key.
@@ -746,7 +775,7 @@ fn parse_report(raw: &[u8]) -> Result<sev::firmware::guest::AttestationReport, S
     Ok(parsed)
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
@@ -804,7 +833,18 @@ fn register(ctx: &Ctx) -> Result<(), BrokerCheckError> {
             )
         }
     };
-    for (id, digest) in [(&ctx.workload_id, main), (&ctx.other_workload_id, other)] {
+    let mut workloads = vec![
+        (ctx.workload_id.clone(), main, false),
+        (ctx.other_workload_id.clone(), other, false),
+    ];
+    if ctx.tee == TeeArg::Snp {
+        workloads.push((
+            ctx.no_smt_workload_id(),
+            hex::encode(ctx.no_smt_digest()?),
+            true,
+        ));
+    }
+    for (id, digest, forbid_smt) in &workloads {
         let mut spec = serde_json::json!({
             "id": id,
             "tee": tee,
@@ -813,6 +853,9 @@ fn register(ctx: &Ctx) -> Result<(), BrokerCheckError> {
             "passphrase": random_passphrase()?,
         });
         spec[requirements.0] = requirements.1.clone();
+        if *forbid_smt {
+            spec[requirements.0]["forbid_smt"] = true.into();
+        }
         let body = zeroize::Zeroizing::new(spec.to_string().into_bytes());
         if let Some(p) = spec.get_mut("passphrase") {
             *p = serde_json::Value::Null;
