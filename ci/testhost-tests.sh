@@ -33,6 +33,10 @@ cargo build --manifest-path "$root/Cargo.toml" -p krun-kbs -p krun-sev-cli -p kr
 # The independent measurement oracle on the real bundle (no test host needed, only the bundle).
 KRUN_SEV_BUNDLE_DIR=$bundle cargo test --manifest-path "$root/Cargo.toml" -p krun-sev-cli \
     --test measure_oracle -- --ignored --nocapture
+# The init's DHCP client against Debian's real passt (ci/packages.txt), which copies this
+# machine's network (needs an IPv4 default route): no test host needed.
+cargo test --manifest-path "$root/Cargo.toml" -p krun-init --bin krun-init dhcp_lease_from_real_passt \
+    -- --ignored --nocapture
 KRUN_SEV_BUNDLE_DIR=$bundle cargo test --manifest-path "$root/Cargo.toml" -p krun-testhost \
     --test testhost --test kvm_unit --test vmm_boot --test luks_boot --test tee_model --test e2e --test buildah -- --ignored --test-threads=1 --nocapture
 echo "[testhost-tests] done in $(($(date +%s) - start)) s" >&2
