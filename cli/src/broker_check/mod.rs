@@ -669,16 +669,21 @@ impl Ctx {
         }
     }
 
-    /// Asks for `workload`'s key in `session`; released only when it decrypts with `key`
-    /// into a non-empty secret (never printed).
-    pub fn key(&self, session: &Session, workload: &str, key: &TeeKey) -> Observed {
-        let resp = match self.send_ok(
+    /// `GET` of `workload`'s key in `session`; a non-200 answer is the observation.
+    pub fn fetch_key(&self, session: &Session, workload: &str) -> Step<HttpResponse> {
+        self.send_ok(
             "key",
             "GET",
             &self.key_path(workload),
             Some(&session.cookie),
             None,
-        ) {
+        )
+    }
+
+    /// Asks for `workload`'s key in `session`; released only when it decrypts with `key`
+    /// into a non-empty secret (never printed).
+    pub fn key(&self, session: &Session, workload: &str, key: &TeeKey) -> Observed {
+        let resp = match self.fetch_key(session, workload) {
             Ok(r) => r,
             Err(o) => return o,
         };

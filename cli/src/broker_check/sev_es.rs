@@ -85,13 +85,7 @@ impl Ctx {
     /// Asks for `workload`'s key in `session` and injects the packet into `guest`: released
     /// only when the model accepts its MAC and it decrypts into a passphrase (never printed).
     pub fn sev_key(&self, session: &Session, workload: &str, guest: &mut SevGuest) -> Observed {
-        let resp = match self.send_ok(
-            "key",
-            "GET",
-            &self.key_path(workload),
-            Some(&session.cookie),
-            None,
-        ) {
+        let resp = match self.fetch_key(session, workload) {
             Ok(r) => r,
             Err(o) => return o,
         };
