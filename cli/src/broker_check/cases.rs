@@ -427,13 +427,7 @@ pub const SEV_CASES: &[Case] = &[
         run: |c| {
             let run = || {
                 let a = c.auth()?;
-                c.send_ok(
-                    "key",
-                    "GET",
-                    &c.key_path(&c.workload_id),
-                    Some(&a.cookie),
-                    None,
-                )?;
+                c.fetch_key(&a, &c.workload_id)?;
                 Err(Observed::BadAnswer {
                     step: "key",
                     error: "a packet was released without attestation".into(),
