@@ -111,10 +111,8 @@ impl Kbs {
             "--admin-token-file",
             token.to_str().unwrap(),
         ];
-        if tee == "snp" {
-            // The workload's digest is the launch of the bundle bound to it and this broker.
-            args.extend(["--bundle", bundle.to_str().unwrap()]);
-        }
+        // The workload's digest is the launch of the bundle bound to it and this broker.
+        args.extend(["--bundle", bundle.to_str().unwrap()]);
         let (code, cases) = self.check_with(&args);
         let not_ok: Vec<_> = cases.iter().filter(|c| c["verdict"] != "ok").collect();
         assert!(not_ok.is_empty(), "{protocol} {tee}: {not_ok:#?}");
@@ -183,6 +181,7 @@ fn krun_kbs_passes_every_case_with_both_protocols_and_both_tees() {
         ("reference", "snp"),
         ("rcar", "snp"),
         ("reference", "sev-es"),
+        ("reference", "sev"),
     ] {
         let cases = kbs.check_registering(protocol, tee, &format!("{tee}-{protocol}"));
         assert!(cases.len() >= 20, "{protocol} {tee}: {cases:?}");
@@ -194,7 +193,8 @@ fn krun_kbs_passes_every_case_with_both_protocols_and_both_tees() {
         for c in &cases[1..] {
             let observed = c["observed"].as_str().unwrap();
             let name = c["case"].as_str().unwrap();
-            let prevented = name.ends_with("-policy") && tee == "sev-es";
+            let prevented =
+                (name.ends_with("-policy") || name == "es-downgrade") && tee.starts_with("sev");
             assert!(
                 observed.contains(": HTTP 4") || name.starts_with("oversized-") || prevented,
                 "{protocol} {tee}: {c}"
@@ -202,23 +202,51 @@ fn krun_kbs_passes_every_case_with_both_protocols_and_both_tees() {
             assert!(!c["why"].as_str().unwrap().is_empty());
         }
         let names: Vec<&str> = cases.iter().map(|c| c["case"].as_str().unwrap()).collect();
-        let expected: &[&str] = if tee == "snp" {
-            &["debug-policy", "unknown-ark"]
-        } else {
-            &[
+        let expected: &[&str] = match tee {
+            "snp" => &["debug-policy", "unknown-ark"],
+            "sev-es" => &[
                 "wrong-tik",
                 "measure-other-policy-debug",
                 "measure-other-policy-noks",
                 "build-below-minimum",
-            ]
+                "es-downgrade",
+            ],
+            _ => &[
+                "wrong-tik",
+                "measure-other-policy-debug",
+                "measure-other-policy-noks",
+                "build-below-minimum",
+            ],
         };
-        let needed = if tee == "snp" {
-            &NEED_REGISTRATION[..]
-        } else {
-            &NEED_REGISTRATION[5..]
-        };
-        for e in expected.iter().chain(needed) {
+        let needed: Vec<&str> = NEED_REGISTRATION
+            .iter()
+            .copied()
+            .filter(|n| tee == "snp" || !["smt-forbidden", "tcb-below-minimum"].contains(n))
+            .collect();
+        for e in expected.iter().chain(&needed) {
             assert!(names.contains(e), "{protocol} {tee}: no {e} in {names:?}");
+        }
+        assert_eq!(
+            names.contains(&"es-downgrade"),
+            tee == "sev-es",
+            "{protocol} {tee}: {names:?}"
+        );
+        if tee != "snp" {
+            // The SEV binding cases are refused for the launch digest (bound registration).
+            for name in [
+                "bound-other-workload",
+                "bound-other-broker",
+                "unbound-launch",
+            ] {
+                let c = cases.iter().find(|c| c["case"] == name).unwrap();
+                assert!(
+                    c["observed"]
+                        .as_str()
+                        .unwrap()
+                        .contains("launch measurement is not an allowed one"),
+                    "{tee}: {c}"
+                );
+            }
         }
         if tee == "snp" {
             // Refused for the reason the case targets.
@@ -244,23 +272,25 @@ fn krun_kbs_passes_every_case_with_both_protocols_and_both_tees() {
         assert_eq!(code, Some(0), "{protocol}");
     }
 
-    // RCAR has no SEV-ES evidence: a clear error, no table.
-    let out = krun_sev(&[
-        "broker-check",
-        "--broker",
-        &kbs.url,
-        "--protocol",
-        "rcar",
-        "--tee",
-        "sev-es",
-        "--workload-id",
-        "w",
-    ]);
-    assert_eq!(out.status.code(), Some(125), "{out:?}");
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("RCAR 0.4.0 carries no SEV"),
-        "{out:?}"
-    );
+    // RCAR has no SEV or SEV-ES evidence: a clear error, no table.
+    for tee in ["sev-es", "sev"] {
+        let out = krun_sev(&[
+            "broker-check",
+            "--broker",
+            &kbs.url,
+            "--protocol",
+            "rcar",
+            "--tee",
+            tee,
+            "--workload-id",
+            "w",
+        ]);
+        assert_eq!(out.status.code(), Some(125), "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("RCAR 0.4.0 carries no SEV"),
+            "{out:?}"
+        );
+    }
 }
 
 #[test]
@@ -273,37 +303,45 @@ fn a_broker_that_accepts_a_debug_policy_fails_exactly_that_case() {
         assert_eq!(code, Some(1), "{protocol}");
     }
 
-    // SEV-ES: the broker chooses the launch policy; registered with 0x3e it hands out a
-    // debuggable one (NODBG clear) and releases the secret to that launch.
-    let mut sev_digest = sha2::Sha256::new();
-    sev_digest.update([0x42u8; 4096]);
-    sev_digest.update([0x17u8; 4096]);
-    let sev_digest = hex::encode(sev_digest.finalize());
-    kbs.workload_add(&[
-        "--id",
-        "s",
-        "--tee",
-        "sev",
-        "--measurement",
-        &sev_digest,
-        "--sev-policy",
-        "0x3e",
-    ]);
-    let (code, cases) = kbs.check_with(&[
-        "--protocol",
-        "reference",
-        "--tee",
-        "sev-es",
-        "--workload-id",
-        "s",
-    ]);
-    assert_eq!(verdicts(&cases, "WRONG"), ["debug-policy"], "{cases:#?}");
-    let mut skipped = vec!["build-below-minimum"];
-    skipped.extend(&NEED_REGISTRATION[5..]);
-    assert_eq!(verdicts(&cases, "skipped"), skipped);
-    assert_eq!(code, Some(1));
-    let debug = cases.iter().find(|c| c["case"] == "debug-policy").unwrap();
-    assert_eq!(debug["observed"], "released", "{debug}");
+    // SEV-ES and plain SEV: the broker chooses the launch policy. Registered with NODBG
+    // clear it hands out a debuggable one and releases the secret to that launch; for
+    // SEV-ES registered without ES, it releases it to a plain SEV launch of the same bytes.
+    // broker-check's own launch: one page of 0x42 and, for SEV-ES, one VMSA of 0x17.
+    let digest = |es: bool| {
+        let mut d = sha2::Sha256::new();
+        d.update([0x42u8; 4096]);
+        if es {
+            d.update([0x17u8; 4096]);
+        }
+        hex::encode(d.finalize())
+    };
+    for (id, tee, add_tee, es, policy, wrong) in [
+        ("s", "sev-es", "sev", true, "0x3e", "debug-policy"),
+        ("s-noes", "sev-es", "sev", true, "0x3b", "es-downgrade"),
+        ("p", "sev", "sev-no-es", false, "0x3a", "debug-policy"),
+    ] {
+        let digest = digest(es);
+        kbs.workload_add(&[
+            "--id",
+            id,
+            "--tee",
+            add_tee,
+            "--measurement",
+            &digest,
+            "--sev-policy",
+            policy,
+        ]);
+        let (code, cases) =
+            kbs.check_with(&["--protocol", "reference", "--tee", tee, "--workload-id", id]);
+        assert_eq!(verdicts(&cases, "WRONG"), [wrong], "{id}: {cases:#?}");
+        let mut skipped = NEED_REGISTRATION[..3].to_vec();
+        skipped.push("build-below-minimum");
+        skipped.extend(&NEED_REGISTRATION[5..]);
+        assert_eq!(verdicts(&cases, "skipped"), skipped, "{id}");
+        assert_eq!(code, Some(1), "{id}");
+        let c = cases.iter().find(|c| c["case"] == wrong).unwrap();
+        assert_eq!(c["observed"], "released", "{id}: {c}");
+    }
 }
 
 #[test]

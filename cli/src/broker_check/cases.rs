@@ -4,13 +4,18 @@
 //! policy); protocols: virtee/reference-kbs and Trustee's KBS protocol (RCAR 0.4.0).
 //! Keep docs/broker-check.md in step with this table.
 
-use super::sev_es::{Launch, GENUINE, LAUNCH_DATA, OTHER_DATA, POLICY_NODBG, POLICY_NOKS};
+use super::sev_launch::{
+    Launch, Memory, GENUINE, OTHER_DATA, POLICY_ES, POLICY_NODBG, POLICY_NOKS,
+};
 use super::{error_chain, Ctx, Evidence, Expect, Observed, Step};
 
 /// Guest policy bit 19: DEBUG (ABI 56860 §4.3).
 const POLICY_DEBUG: u64 = 1 << 19;
 /// Guest policy bit 18: MIGRATE_MA (ABI 56860 §4.3).
 const POLICY_MIGRATE_MA: u64 = 1 << 18;
+
+/// The broker URL of the launches bound elsewhere (`bound-other-broker`).
+pub const OTHER_BROKER: &str = "http://other-broker.invalid:8000";
 
 /// One case.
 pub struct Case {
@@ -179,7 +184,7 @@ pub const CASES: &[Case] = &[
         rests_on: "attestation_url in the measured binding; needs --bundle",
         expect: Expect::Refused,
         closed_ok: false,
-        run: |c| c.binding_flow(Some((&c.workload_id, "http://other-broker.invalid:8000"))),
+        run: |c| c.binding_flow(Some((&c.workload_id, OTHER_BROKER))),
     },
     Case {
         name: "unbound-launch",
@@ -256,8 +261,10 @@ pub const CASES: &[Case] = &[
 pub const SEV_CASES: &[Case] = &[
     Case {
         name: "genuine",
-        changes: "nothing: broker-check's launch (one data page, one VMSA) with the broker's \
-                  LAUNCH_START session and policy, the model's real firmware build",
+        changes: "nothing: the workload's launch (broker-check's own: one data page, and one \
+                  VMSA under SEV-ES; with --bundle: the bundle's launch bound to the workload \
+                  and --broker, its host.json sent) with the broker's LAUNCH_START session and \
+                  policy, the model's real firmware build",
         why: "the baseline: a broker that refuses this releases nothing to anyone, and every \
               refusal below would prove nothing",
         rests_on: "the protocol's happy path; the LAUNCH_SECRET packet must pass the model's \
@@ -335,10 +342,51 @@ pub const SEV_CASES: &[Case] = &[
         closed_ok: false,
         run: |c| {
             c.sev_flow(&Launch {
-                data: &OTHER_DATA,
+                memory: Memory::Page(&OTHER_DATA),
                 ..GENUINE
             })
         },
+    },
+    Case {
+        name: "bound-other-workload",
+        changes: "the launch of the same bundle and shape bound to --other-workload-id (the \
+                  co-tenant's genuine launch) with the broker's session: its memory measured, \
+                  its host.json sent; /auth names --workload-id",
+        why: "a co-tenant with the same bundle, vCPUs and RAM must not get another tenant's \
+              key: the binding in the launch digest names whose launch it is",
+        rests_on: "the binding measured in /krun/host.json (docs/threat-model.md \"Binding\"); \
+                   the launch digest inside the MEASURE MAC; needs --bundle",
+        expect: Expect::Refused,
+        closed_ok: false,
+        run: |c| {
+            c.sev_binding_flow(
+                &c.workload_id,
+                Some((&c.other_workload_id, &c.broker)),
+                true,
+            )
+        },
+    },
+    Case {
+        name: "bound-other-broker",
+        changes: "the launch bound to this workload but to another broker URL \
+                  (http://other-broker.invalid:8000): its memory, its host.json",
+        why: "a host that points the launch at its own broker (handing the guest a disk of its \
+              own) must not get this broker's key for that launch",
+        rests_on: "attestation_url in the measured binding; needs --bundle",
+        expect: Expect::Refused,
+        closed_ok: false,
+        run: |c| c.sev_binding_flow(&c.workload_id, Some((&c.workload_id, OTHER_BROKER)), true),
+    },
+    Case {
+        name: "unbound-launch",
+        changes: "the launch with no binding in its host.json (what krunfw_measurement \
+                  digests): its memory, its host.json, against the bound registration",
+        why: "an unbound launch is bound to no workload or broker: whoever runs it could take \
+              the key",
+        rests_on: "docs/measurement.md \"Unbound digests\"; needs --bundle",
+        expect: Expect::Refused,
+        closed_ok: false,
+        run: |c| c.sev_binding_flow(&c.workload_id, None, true),
     },
     Case {
         name: "build-below-minimum",
@@ -454,6 +502,48 @@ pub const SEV_CASES: &[Case] = &[
         },
     },
 ];
+
+/// The SEV-ES cases that plain SEV has no counterpart of.
+pub const SEV_ES_CASES: &[Case] = &[Case {
+    name: "es-downgrade",
+    changes: "the launch as plain SEV with the broker's session and policy, its VMSAs \
+              measured as data pages (LAUNCH_UPDATE_DATA of the same bytes), so the digest is \
+              the registered one; refused before any request when the broker's policy has ES \
+              (bit 2: the PSP refuses a plain SEV guest then)",
+    why: "a plain SEV guest's registers are the host's to read and set; only the ES bit in \
+          the policy the broker chose keeps a host from measuring the same bytes without \
+          SEV-ES",
+    rests_on: "the /auth LAUNCH_START policy, bit 2 ES (SEV API §3, guest policy); the digest \
+               covers bytes, not how they were measured",
+    expect: Expect::Refused,
+    closed_ok: false,
+    run: |c| {
+        let run = || {
+            let a = c.auth()?;
+            let policy = a.sev.as_ref().map(|s| s.policy.to_u32()).unwrap_or(0);
+            if policy & POLICY_ES != 0 {
+                return Err(Observed::Prevented {
+                    step: "auth",
+                    why: format!(
+                        "the broker's LAUNCH_START policy {policy:#x} has ES set: the PSP \
+                         refuses a plain SEV launch"
+                    ),
+                });
+            }
+            let (mut guest, body) = c.sev_launch(
+                &a,
+                &Launch {
+                    mode: Some(krun_psp_model::SevMode::Sev),
+                    vmsas_as_data: true,
+                    ..GENUINE
+                },
+            )?;
+            c.attest(&a, &body)?;
+            Ok(c.sev_key(&a, &c.workload_id, &mut guest))
+        };
+        run().unwrap_or_else(|o| o)
+    },
+}];
 
 /// Malformed and oversized bodies at every endpoint, for every TEE and protocol.
 pub const BODY_CASES: &[Case] = &[
@@ -607,7 +697,7 @@ fn other_policy(c: &Ctx, cleared: u32) -> Observed {
             &Launch {
                 policy: Some(policy),
                 owner: false,
-                data: &LAUNCH_DATA,
+                ..GENUINE
             },
         )?;
         c.attest(&a, &body)?;

@@ -8,7 +8,7 @@
 //! docs/broker-check.md.
 
 mod cases;
-mod sev_es;
+mod sev_launch;
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -36,6 +36,18 @@ pub enum TeeArg {
     /// SEV-ES: the pre-attestation of the launch (LAUNCH_MEASURE, LAUNCH_SECRET); reference
     /// protocol only.
     SevEs,
+    /// Plain SEV (no ES: no VMSA is measured), pre-attested as SEV-ES is; reference
+    /// protocol only. Also `sev-no-es`, the name mkcw and TEE configs use (their `sev` is
+    /// SEV-ES, buildah's meaning).
+    #[value(alias = "sev-no-es")]
+    Sev,
+}
+
+impl TeeArg {
+    /// SEV or SEV-ES: pre-attestation of the launch.
+    pub fn is_sev(self) -> bool {
+        matches!(self, TeeArg::Sev | TeeArg::SevEs)
+    }
 }
 
 /// The broker protocol.
@@ -109,17 +121,21 @@ pub enum BrokerCheckError {
     Tls(#[source] tls::TlsError),
     #[error("--tee snp needs --measurement (96 hex digits) or --bundle")]
     Measurement,
-    #[error("for SEV-ES the launch is broker-check's own: register and give its digest {0}")]
+    #[error("--measurement is not the digest of broker-check's SEV/SEV-ES launch: register and give {0}")]
     SevMeasurement(String),
     #[error(
-        "RCAR 0.4.0 carries no SEV or SEV-ES evidence: use --protocol reference with --tee sev-es"
+        "RCAR 0.4.0 carries no SEV or SEV-ES evidence (its attestation runs in the guest after \
+         launch; SEV pre-attestation needs LAUNCH_START parameters before it and a LAUNCH_SECRET \
+         packet, which RCAR has no message for): use --protocol reference with --tee sev or sev-es"
     )]
     RcarSev,
+    #[error("this needs --bundle")]
+    NoBundle,
     #[error("cannot read the admin token")]
     Token(#[source] crate::mkcw::register::RegisterError),
     #[error("cannot load the bundle {0}")]
     Bundle(String, #[source] krun_bundle::BundleError),
-    #[error("--bundle computes the SNP launch digest; it works with --tee snp only")]
+    #[error("the launch digest of --bundle has an unexpected length")]
     BundleTee,
     #[error("cannot compute the launch digest of the bundle")]
     Digest(#[source] krun_sev::launch::LaunchError),
@@ -213,6 +229,10 @@ pub struct Ctx {
         krun_sev::launch::host_json::LaunchShape,
     )>,
     pub broker: String,
+    /// The directory of --bundle.
+    pub bundle_dir: Option<std::path::PathBuf>,
+    /// SEV/SEV-ES with --bundle: the workload's own launch (bound to it and --broker).
+    pub sev_own: Option<sev_launch::SevImage>,
     /// `Bearer <token>` for the admin API, when given.
     admin_auth: Option<zeroize::Zeroizing<String>>,
     /// A second identity whose ARK no broker trusts; made on first use.
@@ -347,10 +367,33 @@ impl Ctx {
 
     /// The `/auth` body of this protocol for this TEE.
     pub fn auth_body(&self) -> Vec<u8> {
-        if self.tee == TeeArg::SevEs {
-            return self.sev_auth_body(self.sev_build());
+        if self.tee.is_sev() {
+            let host_json = self.sev_own.as_ref().map(|i| i.host_json.as_slice());
+            return self.sev_auth_body(&self.workload_id, self.sev_build(), host_json);
         }
         self.snp_auth_body(None)
+    }
+
+    /// The launch type of --tee.
+    pub fn tee_mode(&self) -> krun_sev::tee::TeeMode {
+        match self.tee {
+            TeeArg::Snp => krun_sev::tee::TeeMode::Snp,
+            TeeArg::SevEs => krun_sev::tee::TeeMode::SevEs,
+            TeeArg::Sev => krun_sev::tee::TeeMode::Sev,
+        }
+    }
+
+    /// The binding of a launch to `(workload, url)` with this protocol and no TLS pin.
+    pub fn binding(&self, (workload, url): (&str, &str)) -> krun_footer::Binding {
+        krun_footer::Binding {
+            workload_id: workload.into(),
+            attestation_url: url.into(),
+            kbs_protocol: match self.protocol {
+                KbsProtocol::Reference => krun_footer::KbsProtocol::Reference,
+                KbsProtocol::Rcar => krun_footer::KbsProtocol::Rcar,
+            },
+            broker_pin: None,
+        }
     }
 
     /// The SNP `/auth` body, sending the launch's measured host.json when given (krun-kbs's
@@ -392,18 +435,10 @@ impl Ctx {
     /// this protocol, or unbound; `None` without --bundle.
     pub fn host_json(&self, binding: Option<(&str, &str)>) -> Option<Vec<u8>> {
         let (_, shape) = self.launch.as_ref()?;
-        let binding = binding.map(|(workload, url)| krun_footer::Binding {
-            workload_id: workload.into(),
-            attestation_url: url.into(),
-            kbs_protocol: match self.protocol {
-                KbsProtocol::Reference => krun_footer::KbsProtocol::Reference,
-                KbsProtocol::Rcar => krun_footer::KbsProtocol::Rcar,
-            },
-            broker_pin: None,
-        });
+        let binding = binding.map(|b| self.binding(b));
         Some(krun_sev::launch::host_json::build(
             &krun_sev::resources::VmResources::default(),
-            krun_sev::tee::TeeMode::Snp,
+            self.tee_mode(),
             shape,
             binding.as_ref(),
         ))
@@ -455,8 +490,14 @@ impl Ctx {
         }
     }
 
-    /// The reference `/auth` body of a SEV/SEV-ES launch on a platform claiming `build`.
-    pub fn sev_auth_body(&self, build: SevBuild) -> Vec<u8> {
+    /// The reference `/auth` body of a SEV/SEV-ES launch of `workload` on a platform
+    /// claiming `build`, sending the launch's measured host.json when given.
+    pub fn sev_auth_body(
+        &self,
+        workload: &str,
+        build: SevBuild,
+        host_json: Option<&[u8]>,
+    ) -> Vec<u8> {
         let chain = match SevCertChain::from_bytes(self.identity.sev_chain_bytes()) {
             Ok(c) => c,
             Err(_) => return Vec::new(),
@@ -464,8 +505,8 @@ impl Ctx {
         let sev = reference::SevRequest {
             build,
             chain,
-            workload_id: self.workload_id.clone(),
-            host_json: None,
+            workload_id: workload.into(),
+            host_json: host_json.map(reference::encode_host_json),
         };
         let req = serde_json::to_string(&sev).map(|extra| reference::Request {
             version: reference::PROTOCOL_VERSION.into(),
@@ -494,7 +535,7 @@ impl Ctx {
             KbsProtocol::Reference => {
                 let c = serde_json::from_slice::<reference::Challenge>(&resp.body)
                     .map_err(|e| bad(e.to_string()))?;
-                let sev = if self.tee == TeeArg::SevEs {
+                let sev = if self.tee.is_sev() {
                     let s: SevChallenge = serde_json::from_str(&c.extra_params)
                         .map_err(|e| bad(format!("SEV extra-params: {e}")))?;
                     s.start.validate().map_err(|e| bad(e.to_string()))?;
@@ -827,14 +868,14 @@ fn register(ctx: &Ctx) -> Result<(), BrokerCheckError> {
                 hex::encode(other),
             )
         }
-        TeeArg::SevEs => {
+        TeeArg::SevEs | TeeArg::Sev => {
             let v = ctx.identity.sev_version();
             let fw = format!("{}.{}.{}", v.api_major, v.api_minor, v.build);
             (
                 "sev",
                 ("sev", serde_json::json!({ "min_fw": fw })),
-                hex::encode(sev_es::digest(&sev_es::LAUNCH_DATA)),
-                hex::encode(sev_es::digest(&sev_es::OTHER_DATA)),
+                hex::encode(ctx.sev_own_digest()),
+                hex::encode(ctx.sev_other_digest()?),
             )
         }
     };
@@ -858,6 +899,9 @@ fn register(ctx: &Ctx) -> Result<(), BrokerCheckError> {
             "passphrase": random_passphrase()?,
         });
         spec[requirements.0] = requirements.1.clone();
+        if ctx.tee.is_sev() {
+            spec["sev_policy"] = sev_launch::registered_policy(ctx.sev_mode()).into();
+        }
         if *forbid_smt {
             spec[requirements.0]["forbid_smt"] = true.into();
         }
@@ -897,20 +941,11 @@ pub fn broker_check(args: &BrokerCheckArgs) -> Result<ExitCode, BrokerCheckError
             &mut measurement,
         )
         .map_err(|_| BrokerCheckError::Measurement)?,
-        TeeArg::SevEs => {
-            let own = hex::encode(sev_es::digest(&sev_es::LAUNCH_DATA));
-            if args.protocol == ProtocolArg::Rcar {
-                return Err(BrokerCheckError::RcarSev);
-            }
-            if args.bundle.is_some() {
-                return Err(BrokerCheckError::BundleTee);
-            }
-            if let Some(m) = &args.measurement {
-                if !m.trim().eq_ignore_ascii_case(&own) {
-                    return Err(BrokerCheckError::SevMeasurement(own));
-                }
-            }
+        // SEV/SEV-ES: the digest is that of broker-check's own launch, checked below.
+        TeeArg::SevEs | TeeArg::Sev if args.protocol == ProtocolArg::Rcar => {
+            return Err(BrokerCheckError::RcarSev);
         }
+        TeeArg::SevEs | TeeArg::Sev => {}
     }
     let admin_auth = args
         .admin_token_file
@@ -951,6 +986,8 @@ pub fn broker_check(args: &BrokerCheckArgs) -> Result<ExitCode, BrokerCheckError
     };
     let mut ctx = Ctx {
         launch,
+        bundle_dir: args.bundle.clone(),
+        sev_own: None,
         broker: args.broker.clone(),
         connector,
         url,
@@ -970,7 +1007,17 @@ pub fn broker_check(args: &BrokerCheckArgs) -> Result<ExitCode, BrokerCheckError
         other: std::sync::OnceLock::new(),
         rsa: std::sync::OnceLock::new(),
     };
-    if let Some(json) = ctx.host_json(Some((&ctx.workload_id, &ctx.broker))) {
+    if ctx.tee.is_sev() {
+        if ctx.launch.is_some() {
+            ctx.sev_own = Some(ctx.sev_image(Some((&ctx.workload_id, &ctx.broker)))?);
+        }
+        let own = hex::encode(ctx.sev_own_digest());
+        if let Some(m) = &args.measurement {
+            if !m.trim().eq_ignore_ascii_case(&own) {
+                return Err(BrokerCheckError::SevMeasurement(own));
+            }
+        }
+    } else if let Some(json) = ctx.host_json(Some((&ctx.workload_id, &ctx.broker))) {
         let bound = ctx.launch_digest(&json)?;
         if let Some(m) = &args.measurement {
             if !m.trim().eq_ignore_ascii_case(&hex::encode(bound)) {
@@ -985,10 +1032,15 @@ pub fn broker_check(args: &BrokerCheckArgs) -> Result<ExitCode, BrokerCheckError
     let tee_cases = match args.tee {
         TeeArg::Snp => cases::CASES,
         TeeArg::SevEs => cases::SEV_CASES,
+        TeeArg::Sev => cases::SEV_CASES,
+    };
+    let es_cases = match args.tee {
+        TeeArg::SevEs => cases::SEV_ES_CASES,
+        _ => &[],
     };
 
     let mut rows = Vec::new();
-    for case in tee_cases.iter().chain(cases::BODY_CASES) {
+    for case in tee_cases.iter().chain(es_cases).chain(cases::BODY_CASES) {
         let observed = (case.run)(&ctx);
         let verdict = verdict(case.expect, &observed, case.closed_ok);
         rows.push(Row {
