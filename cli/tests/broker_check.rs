@@ -38,9 +38,17 @@ struct Kbs {
 }
 
 const ADMIN_TOKEN: &str = "broker-check admin token";
+/// The URL launches name the broker by (its --public-url; broker-check's --public-url).
+const PUBLIC_URL: &str = "http://kbs.invalid:8000";
 
 impl Kbs {
     fn start(extra: &[&str]) -> Kbs {
+        Kbs::start_with(extra, true)
+    }
+
+    /// [`Kbs::start`]; with `unbound` false the broker has no --bundle, so it cannot check
+    /// (and refuses) unbound registrations.
+    fn start_with(extra: &[&str], unbound: bool) -> Kbs {
         let dir = tempfile::tempdir().unwrap();
         let trust = dir.path().join("trust");
         let out = krun_sev(&["model-trust", trust.to_str().unwrap()]);
@@ -52,9 +60,17 @@ impl Kbs {
         workload_add(dir.path(), &args);
         let token = dir.path().join("admin-token");
         std::fs::write(&token, ADMIN_TOKEN).unwrap();
+        // The broker checks launches of the bundle for workloads registered unbound, bound
+        // to PUBLIC_URL.
+        let bundle = support::fake_bundle(dir.path());
+        let mut cmd = Command::new(support::krun_kbs_bin());
+        if unbound {
+            cmd.arg("--bundle")
+                .arg(&bundle)
+                .args(["--public-url", PUBLIC_URL]);
+        }
         let (child, url) = support::spawn_kbs(
-            Command::new(support::krun_kbs_bin())
-                .args(["--listen", "127.0.0.1:0", "--db"])
+            cmd.args(["--listen", "127.0.0.1:0", "--db"])
                 .arg(&db)
                 .arg("--trust-root")
                 .arg(trust.join("roots.pem"))
@@ -64,9 +80,12 @@ impl Kbs {
                 .arg(trust.join("ark.cert"))
                 .arg("--admin-token-file")
                 .arg(&token)
+                .env(
+                    "KRUN_SEV_PSP_MODEL_DIR",
+                    support::psp_model_dir().join("psp"),
+                )
                 .env("RUST_LOG", "error"),
         );
-        let bundle = support::fake_bundle(dir.path());
         Kbs {
             child,
             url,
@@ -110,6 +129,8 @@ impl Kbs {
             id,
             "--admin-token-file",
             token.to_str().unwrap(),
+            "--public-url",
+            PUBLIC_URL,
         ];
         // The workload's digest is the launch of the bundle bound to it and this broker.
         args.extend(["--bundle", bundle.to_str().unwrap()]);
@@ -161,18 +182,43 @@ fn verdicts(cases: &[serde_json::Value], verdict: &str) -> Vec<String> {
         .collect()
 }
 
-/// The SNP cases skipped without --bundle and --admin-token-file.
-const NEED_REGISTRATION: [&str; 9] = [
+/// The binding cases (every TEE; need --bundle).
+const BINDING: [&str; 3] = [
     "bound-other-workload",
     "bound-other-broker",
     "unbound-launch",
-    "smt-forbidden",
-    "tcb-below-minimum",
+];
+/// The cases against the unbound registration (every TEE; need --bundle and the token).
+const UNBOUND: [&str; 6] = [
+    "unbound-reg-genuine",
+    "unbound-reg-unbound-launch",
+    "unbound-reg-no-host-json",
+    "unbound-reg-borrowed-host-json",
+    "unbound-reg-other-workload",
+    "unbound-reg-other-broker",
+];
+/// The body cases at the admin endpoints (need the token).
+const ADMIN_BODIES: [&str; 4] = [
     "garbage-admin",
     "oversized-admin",
     "garbage-register",
     "oversized-register",
 ];
+
+/// The cases skipped without --bundle and --admin-token-file, in table order.
+fn need_registration(tee: &str) -> Vec<&'static str> {
+    let mut v: Vec<&str> = match tee {
+        "snp" => vec!["smt-forbidden", "tcb-below-minimum"],
+        _ => vec!["build-below-minimum"],
+    };
+    v.extend(BINDING);
+    v.extend(UNBOUND);
+    if tee == "snp" {
+        v.push("unbound-reg-other-protocol");
+    }
+    v.extend(ADMIN_BODIES);
+    v
+}
 
 #[test]
 fn krun_kbs_passes_every_case_with_both_protocols_and_both_tees() {
@@ -192,6 +238,12 @@ fn krun_kbs_passes_every_case_with_both_protocols_and_both_tees() {
         // connection), and each case says why.
         for c in &cases[1..] {
             let observed = c["observed"].as_str().unwrap();
+            if c["expected"] == "released" {
+                // The baseline of the unbound registration.
+                assert_eq!(c["case"], "unbound-reg-genuine");
+                assert_eq!(observed, "released", "{protocol} {tee}: {c}");
+                continue;
+            }
             let name = c["case"].as_str().unwrap();
             let prevented =
                 (name.ends_with("-policy") || name == "es-downgrade") && tee.starts_with("sev");
@@ -218,12 +270,7 @@ fn krun_kbs_passes_every_case_with_both_protocols_and_both_tees() {
                 "build-below-minimum",
             ],
         };
-        let needed: Vec<&str> = NEED_REGISTRATION
-            .iter()
-            .copied()
-            .filter(|n| tee == "snp" || !["smt-forbidden", "tcb-below-minimum"].contains(n))
-            .collect();
-        for e in expected.iter().chain(&needed) {
+        for e in expected.iter().chain(&need_registration(tee)) {
             assert!(names.contains(e), "{protocol} {tee}: no {e} in {names:?}");
         }
         assert_eq!(
@@ -248,6 +295,31 @@ fn krun_kbs_passes_every_case_with_both_protocols_and_both_tees() {
                 );
             }
         }
+        // The unbound registration's refusals say why: krun-kbs's binding checks, or over
+        // RCAR (whose /auth names no workload: the binding does), no bound registration has
+        // the launch's digest.
+        let rcar = protocol == "rcar";
+        for (name, says) in [
+            (
+                "unbound-reg-unbound-launch",
+                if rcar { "not allowed" } else { "not bound" },
+            ),
+            (
+                "unbound-reg-no-host-json",
+                if rcar {
+                    "not allowed"
+                } else {
+                    "sent no host.json"
+                },
+            ),
+            ("unbound-reg-other-broker", "broker"),
+        ] {
+            let c = cases.iter().find(|c| c["case"] == name).unwrap();
+            assert!(
+                c["observed"].as_str().unwrap().contains(says),
+                "{protocol} {tee}: {c}"
+            );
+        }
         if tee == "snp" {
             // Refused for the reason the case targets.
             let smt = cases.iter().find(|c| c["case"] == "smt-forbidden").unwrap();
@@ -263,7 +335,11 @@ fn krun_kbs_passes_every_case_with_both_protocols_and_both_tees() {
     // the cases resting on a registered requirement are skipped, never counted ok.
     for protocol in ["reference", "rcar"] {
         let (code, cases) = kbs.check(protocol);
-        assert_eq!(verdicts(&cases, "skipped"), NEED_REGISTRATION, "{protocol}");
+        assert_eq!(
+            verdicts(&cases, "skipped"),
+            need_registration("snp"),
+            "{protocol}"
+        );
         assert_eq!(
             verdicts(&cases, "WRONG"),
             Vec::<String>::new(),
@@ -299,7 +375,7 @@ fn a_broker_that_accepts_a_debug_policy_fails_exactly_that_case() {
     for protocol in ["reference", "rcar"] {
         let (code, cases) = kbs.check(protocol);
         assert_eq!(verdicts(&cases, "WRONG"), ["debug-policy"], "{protocol}");
-        assert_eq!(verdicts(&cases, "skipped"), NEED_REGISTRATION);
+        assert_eq!(verdicts(&cases, "skipped"), need_registration("snp"));
         assert_eq!(code, Some(1), "{protocol}");
     }
 
@@ -334,10 +410,7 @@ fn a_broker_that_accepts_a_debug_policy_fails_exactly_that_case() {
         let (code, cases) =
             kbs.check_with(&["--protocol", "reference", "--tee", tee, "--workload-id", id]);
         assert_eq!(verdicts(&cases, "WRONG"), [wrong], "{id}: {cases:#?}");
-        let mut skipped = NEED_REGISTRATION[..3].to_vec();
-        skipped.push("build-below-minimum");
-        skipped.extend(&NEED_REGISTRATION[5..]);
-        assert_eq!(verdicts(&cases, "skipped"), skipped, "{id}");
+        assert_eq!(verdicts(&cases, "skipped"), need_registration(tee), "{id}");
         assert_eq!(code, Some(1), "{id}");
         let c = cases.iter().find(|c| c["case"] == wrong).unwrap();
         assert_eq!(c["observed"], "released", "{id}: {c}");
@@ -346,7 +419,7 @@ fn a_broker_that_accepts_a_debug_policy_fails_exactly_that_case() {
 
 #[test]
 fn a_broker_without_the_workload_fails_the_genuine_case() {
-    let kbs = Kbs::start(&[]);
+    let kbs = Kbs::start_with(&[], false);
     let out = krun_sev(&[
         "broker-check",
         "--broker",
@@ -365,4 +438,32 @@ fn a_broker_without_the_workload_fails_the_genuine_case() {
         genuine.starts_with("genuine") && genuine.contains("WRONG"),
         "{table}"
     );
+
+    // A broker without --bundle refuses the unbound registration broker-check makes: its
+    // cases are skipped with the broker's answer, never counted ok, and nothing is WRONG.
+    let token = kbs.dir.path().join("admin-token");
+    let (code, cases) = kbs.check_with(&[
+        "--protocol",
+        "reference",
+        "--tee",
+        "sev-es",
+        "--workload-id",
+        "no-bundle",
+        "--admin-token-file",
+        token.to_str().unwrap(),
+        "--bundle",
+        kbs.bundle.to_str().unwrap(),
+    ]);
+    assert_eq!(verdicts(&cases, "skipped"), UNBOUND, "{cases:#?}");
+    for c in cases.iter().filter(|c| c["verdict"] == "skipped") {
+        assert!(
+            c["observed"]
+                .as_str()
+                .unwrap()
+                .contains("refused the unbound registration (register: HTTP 400"),
+            "{c}"
+        );
+    }
+    assert_eq!(verdicts(&cases, "WRONG"), Vec::<String>::new());
+    assert_eq!(code, Some(0));
 }

@@ -84,6 +84,10 @@ pub struct BrokerCheckArgs {
     /// bound elsewhere or unbound. Register that digest (--admin-token-file does).
     #[arg(long)]
     bundle: Option<std::path::PathBuf>,
+    /// The URL launches name the broker by (its --public-url behind a proxy), in the binding
+    /// of the digests --bundle computes; default --broker.
+    #[arg(long)]
+    public_url: Option<String>,
     /// vCPUs of the launch whose digest --bundle computes.
     #[arg(long, default_value_t = 1)]
     vcpus: u8,
@@ -233,12 +237,25 @@ pub struct Ctx {
     pub bundle_dir: Option<std::path::PathBuf>,
     /// SEV/SEV-ES with --bundle: the workload's own launch (bound to it and --broker).
     pub sev_own: Option<sev_launch::SevImage>,
+    /// Whether the unbound workload is registered, or why not (the reason its cases are
+    /// skipped).
+    pub unbound_registered: Result<(), String>,
     /// `Bearer <token>` for the admin API, when given.
     admin_auth: Option<zeroize::Zeroizing<String>>,
     /// A second identity whose ARK no broker trusts; made on first use.
     other: std::sync::OnceLock<Result<ModelIdentity, String>>,
     /// The reference protocol's two RSA TEE keys; made on first use.
     rsa: std::sync::OnceLock<Vec<Result<TeeKey, String>>>,
+}
+
+/// Which host.json a launch flow sends with `/auth`.
+pub enum Sent {
+    /// The measured launch's own.
+    Own,
+    /// None.
+    Nothing,
+    /// Another launch's: bound to this binding, or unbound.
+    Of(Option<krun_footer::Binding>),
 }
 
 /// A session opened by `/auth`.
@@ -431,16 +448,20 @@ impl Ctx {
         }
     }
 
-    /// The measured host.json of an SNP launch of --bundle bound to `(workload, url)` with
-    /// this protocol, or unbound; `None` without --bundle.
+    /// The measured host.json of a launch of --bundle bound to `(workload, url)` with this
+    /// protocol, or unbound; `None` without --bundle.
     pub fn host_json(&self, binding: Option<(&str, &str)>) -> Option<Vec<u8>> {
+        self.host_json_of(binding.map(|b| self.binding(b)).as_ref())
+    }
+
+    /// [`Ctx::host_json`] with `binding` as given.
+    pub fn host_json_of(&self, binding: Option<&krun_footer::Binding>) -> Option<Vec<u8>> {
         let (_, shape) = self.launch.as_ref()?;
-        let binding = binding.map(|b| self.binding(b));
         Some(krun_sev::launch::host_json::build(
             &krun_sev::resources::VmResources::default(),
             self.tee_mode(),
             shape,
-            binding.as_ref(),
+            binding,
         ))
     }
 
@@ -458,24 +479,55 @@ impl Ctx {
             .map_err(|_| BrokerCheckError::BundleTee)
     }
 
-    /// The genuine flow, but for the launch of --bundle bound to `binding` (or unbound): the
-    /// report carries its digest and `/auth` sends its host.json.
-    pub fn binding_flow(&self, binding: Option<(&str, &str)>) -> Observed {
-        let Some(json) = self.host_json(binding) else {
+    /// The genuine flow of `workload` (its key asked for; the reference `/auth` names it),
+    /// but for the launch of --bundle bound to `measured` (or unbound): the evidence carries
+    /// that launch's digest, and `/auth` sends the host.json `sent` says. Skipped without
+    /// --bundle.
+    pub fn launch_flow(
+        &self,
+        workload: &str,
+        measured: Option<krun_footer::Binding>,
+        sent: Sent,
+    ) -> Observed {
+        if self.launch.is_none() {
             return Observed::Skipped(
-                "needs --bundle: the digests of other bindings are computed from the bundle".into(),
+                "needs --bundle: the launches of other bindings are made from the bundle".into(),
             );
-        };
+        }
+        if self.tee.is_sev() {
+            return self.sev_launch_flow(workload, measured, sent);
+        }
         let run = || -> Step<Observed> {
-            let digest = self
-                .launch_digest(&json)
-                .map_err(|e| Observed::Skipped(error_chain(&e)))?;
-            let session = self.auth_with(&self.snp_auth_body(Some(&json)))?;
+            let skipped = |e: BrokerCheckError| Observed::Skipped(error_chain(&e));
+            let json = self
+                .host_json_of(measured.as_ref())
+                .ok_or(BrokerCheckError::NoBundle)
+                .map_err(skipped)?;
+            let digest = self.launch_digest(&json).map_err(skipped)?;
+            let sent = match sent {
+                Sent::Own => Some(json),
+                Sent::Nothing => None,
+                Sent::Of(other) => self.host_json_of(other.as_ref()),
+            };
+            let session = self.auth_with(&self.snp_auth_body_for(workload, sent.as_deref()))?;
             let ev = self.evidence(&session, |f| f.measurement = digest)?;
             self.attest(&session, &ev.body)?;
-            Ok(self.key(&session, &self.workload_id, &ev.key))
+            Ok(self.key(&session, workload, &ev.key))
         };
         run().unwrap_or_else(|o| o)
+    }
+
+    /// The workload broker-check registers with the *unbound* digest of --bundle's launch.
+    pub fn unbound_workload_id(&self) -> String {
+        format!("{}-unbound", self.workload_id)
+    }
+
+    /// `Some(skipped)` unless the unbound workload is registered.
+    pub fn unbound_skip(&self) -> Option<Observed> {
+        self.unbound_registered
+            .as_ref()
+            .err()
+            .map(|why| Observed::Skipped(why.clone()))
     }
 
     /// The platform's SEV firmware build, as the model reports it.
@@ -846,7 +898,10 @@ fn random_passphrase() -> Result<String, BrokerCheckError> {
 /// Registers (replacing) the workload and the other workload through krun-kbs's admin API
 /// (`POST /kbs/v0/admin/workloads`), with bound digests and the requirements the
 /// minimum-TCB and minimum-firmware cases rest on: the model platform's own TCB or firmware.
-fn register(ctx: &Ctx) -> Result<(), BrokerCheckError> {
+/// With --bundle also the unbound workload, with the same requirements and the unbound
+/// digest; a refusal of that one only skips its cases (the answer says why), since a broker
+/// may rightly refuse unbound digests it cannot check.
+fn register(ctx: &Ctx) -> Result<Result<(), String>, BrokerCheckError> {
     let (tee, requirements, main, other) = match ctx.tee {
         TeeArg::Snp => {
             let t = ctx.identity.snp_platform().tcb;
@@ -890,18 +945,22 @@ fn register(ctx: &Ctx) -> Result<(), BrokerCheckError> {
             true,
         ));
     }
-    for (id, digest, forbid_smt) in &workloads {
+    let spec_of = |id: &str, digest: &str, kind: &str| -> Result<_, BrokerCheckError> {
         let mut spec = serde_json::json!({
             "id": id,
             "tee": tee,
             "measurements": [digest],
-            "measurement_kind": "bound",
+            "measurement_kind": kind,
             "passphrase": random_passphrase()?,
         });
         spec[requirements.0] = requirements.1.clone();
         if ctx.tee.is_sev() {
             spec["sev_policy"] = sev_launch::registered_policy(ctx.sev_mode()).into();
         }
+        Ok(spec)
+    };
+    for (id, digest, forbid_smt) in &workloads {
+        let mut spec = spec_of(id, digest, "bound")?;
         if *forbid_smt {
             spec[requirements.0]["forbid_smt"] = true.into();
         }
@@ -915,7 +974,26 @@ fn register(ctx: &Ctx) -> Result<(), BrokerCheckError> {
                 observed: o.text(),
             })?;
     }
-    Ok(())
+    if ctx.launch.is_none() {
+        return Ok(Err(
+            "needs --bundle: the unbound digest is computed from the bundle".into(),
+        ));
+    }
+    let unbound = if ctx.tee.is_sev() {
+        hex::encode(ctx.sev_image(None)?.digest)
+    } else {
+        let json = ctx.host_json(None).ok_or(BrokerCheckError::NoBundle)?;
+        hex::encode(ctx.launch_digest(&json)?)
+    };
+    let mut spec = spec_of(&ctx.unbound_workload_id(), &unbound, "unbound")?;
+    let body = zeroize::Zeroizing::new(spec.to_string().into_bytes());
+    if let Some(p) = spec.get_mut("passphrase") {
+        *p = serde_json::Value::Null;
+    }
+    Ok(ctx
+        .admin("register", "POST", "admin/workloads", &body)
+        .map(|_| ())
+        .map_err(|o| format!("the broker refused the unbound registration ({})", o.text())))
 }
 
 /// One result row.
@@ -988,7 +1066,14 @@ pub fn broker_check(args: &BrokerCheckArgs) -> Result<ExitCode, BrokerCheckError
         launch,
         bundle_dir: args.bundle.clone(),
         sev_own: None,
-        broker: args.broker.clone(),
+        unbound_registered: Err(
+            "needs --bundle and --admin-token-file: broker-check registers the unbound digest"
+                .into(),
+        ),
+        broker: args
+            .public_url
+            .clone()
+            .unwrap_or_else(|| args.broker.clone()),
         connector,
         url,
         protocol: match args.protocol {
@@ -1009,7 +1094,8 @@ pub fn broker_check(args: &BrokerCheckArgs) -> Result<ExitCode, BrokerCheckError
     };
     if ctx.tee.is_sev() {
         if ctx.launch.is_some() {
-            ctx.sev_own = Some(ctx.sev_image(Some((&ctx.workload_id, &ctx.broker)))?);
+            let own = ctx.binding((&ctx.workload_id, &ctx.broker));
+            ctx.sev_own = Some(ctx.sev_image(Some(own))?);
         }
         let own = hex::encode(ctx.sev_own_digest());
         if let Some(m) = &args.measurement {
@@ -1027,20 +1113,25 @@ pub fn broker_check(args: &BrokerCheckArgs) -> Result<ExitCode, BrokerCheckError
         ctx.measurement = bound;
     }
     if ctx.admin_auth.is_some() {
-        register(&ctx)?;
+        ctx.unbound_registered = register(&ctx)?;
     }
     let tee_cases = match args.tee {
         TeeArg::Snp => cases::CASES,
         TeeArg::SevEs => cases::SEV_CASES,
         TeeArg::Sev => cases::SEV_CASES,
     };
-    let es_cases = match args.tee {
-        TeeArg::SevEs => cases::SEV_ES_CASES,
-        _ => &[],
+    let tee_only: &[&[cases::Case]] = match args.tee {
+        TeeArg::SevEs => &[cases::SEV_ES_CASES],
+        TeeArg::Snp => &[cases::UNBOUND_SNP_CASES],
+        TeeArg::Sev => &[],
     };
+    let lists = [tee_cases, cases::BINDING_CASES, cases::UNBOUND_CASES]
+        .into_iter()
+        .chain(tee_only.iter().copied())
+        .chain([cases::BODY_CASES]);
 
     let mut rows = Vec::new();
-    for case in tee_cases.iter().chain(es_cases).chain(cases::BODY_CASES) {
+    for case in lists.flatten() {
         let observed = (case.run)(&ctx);
         let verdict = verdict(case.expect, &observed, case.closed_ok);
         rows.push(Row {

@@ -12,7 +12,7 @@ use krun_psp_model::{OwnerSession, SevGuest, SevMode};
 use krun_sev::tee::dump::Update;
 use sha2::Digest as _;
 
-use super::{BrokerCheckError, Ctx, Observed, Session, Step, TeeArg};
+use super::{BrokerCheckError, Ctx, Observed, Sent, Session, Step, TeeArg};
 
 /// The guest memory broker-check's own launch measures (LAUNCH_UPDATE_DATA).
 pub const LAUNCH_DATA: [u8; 4096] = [0x42; 4096];
@@ -138,7 +138,10 @@ impl Ctx {
 
     /// The launch of --bundle bound to `binding` (or unbound) with --tee's launch type, its
     /// updates recorded from the library's own launch sequence on the model.
-    pub fn sev_image(&self, binding: Option<(&str, &str)>) -> Result<SevImage, BrokerCheckError> {
+    pub fn sev_image(
+        &self,
+        binding: Option<krun_footer::Binding>,
+    ) -> Result<SevImage, BrokerCheckError> {
         let (dir, shape) = match (&self.bundle_dir, &self.launch) {
             (Some(dir), Some((_, shape))) => (dir, shape),
             _ => return Err(BrokerCheckError::NoBundle),
@@ -150,7 +153,7 @@ impl Ctx {
             bundle_dir: dir.clone(),
             data_disk: shape.data_disk,
             vcpu_model: shape.vcpu_model,
-            binding: binding.map(|b| self.binding(b)),
+            binding,
         };
         let (m, dump) =
             krun_sev::launch::expected_measurement_dump(&req).map_err(BrokerCheckError::Digest)?;
@@ -176,7 +179,8 @@ impl Ctx {
     /// page [`OTHER_DATA`].
     pub fn sev_other_digest(&self) -> Result<[u8; 32], BrokerCheckError> {
         if self.launch.is_some() {
-            let image = self.sev_image(Some((&self.other_workload_id, &self.broker)))?;
+            let image =
+                self.sev_image(Some(self.binding((&self.other_workload_id, &self.broker))))?;
             return Ok(image.digest);
         }
         Ok(digest(self.sev_mode(), &OTHER_DATA))
@@ -265,28 +269,25 @@ impl Ctx {
         run().unwrap_or_else(|o| o)
     }
 
-    /// The genuine flow of `workload`, but for the launch of --bundle bound to `binding` (or
-    /// unbound; `None` without --bundle): `/auth` names `workload` and sends the launch's
-    /// host.json (`send_host_json`), the launch measures that launch's memory, the key of
-    /// `workload` is asked for.
-    pub fn sev_binding_flow(
+    /// [`Ctx::launch_flow`] for SEV and SEV-ES: the launch replays the measured launch's
+    /// updates with the broker's session.
+    pub fn sev_launch_flow(
         &self,
         workload: &str,
-        binding: Option<(&str, &str)>,
-        send_host_json: bool,
+        measured: Option<krun_footer::Binding>,
+        sent: Sent,
     ) -> Observed {
-        if self.launch.is_none() {
-            return Observed::Skipped(
-                "needs --bundle: the launches of other bindings are made from the bundle".into(),
-            );
-        }
         let run = || -> Step<Observed> {
             let image = self
-                .sev_image(binding)
+                .sev_image(measured)
                 .map_err(|e| Observed::Skipped(super::error_chain(&e)))?;
-            let host_json = send_host_json.then_some(image.host_json.as_slice());
+            let sent = match sent {
+                Sent::Own => Some(image.host_json.clone()),
+                Sent::Nothing => None,
+                Sent::Of(other) => self.host_json_of(other.as_ref()),
+            };
             let session =
-                self.auth_with(&self.sev_auth_body(workload, self.sev_build(), host_json))?;
+                self.auth_with(&self.sev_auth_body(workload, self.sev_build(), sent.as_deref()))?;
             let (mut guest, body) = self.sev_launch(
                 &session,
                 &Launch {
