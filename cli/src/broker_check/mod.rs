@@ -1,11 +1,12 @@
 //! `krun-sev broker-check`: drives a key broker with evidence made by the PSP model (SNP
-//! reports, or SEV-ES launches run in the model), the genuine flow once (the key must be
-//! released) and then each refusal case of [`cases::CASES`] or [`cases::SEV_CASES`] and
-//! [`cases::BODY_CASES`], over raw HTTP so any broker speaking the reference-kbs protocol or
-//! Trustee's RCAR can be checked. With an admin token it registers the workloads itself
-//! (krun-kbs's admin API); with a bundle it computes bound digests for the binding cases.
-//! Prints case / expected / observed / verdict; exits 1 when any verdict is wrong. See
-//! docs/broker-check.md.
+//! reports, or SEV and SEV-ES launches run in the model), the genuine flow once (the key must
+//! be released) and then each case of [`cases::CASES`] or [`cases::SEV_CASES`], the binding
+//! and unbound-registration cases, [`cases::SEV_ES_CASES`] or [`cases::UNBOUND_SNP_CASES`],
+//! and [`cases::BODY_CASES`], over raw HTTP so any broker speaking the reference-kbs protocol
+//! or Trustee's RCAR can be checked. With an admin token it registers the workloads itself
+//! (krun-kbs's admin API); with a bundle it computes bound and unbound digests (and SEV
+//! launches) of the bundle for the binding cases. Prints case / expected / observed /
+//! verdict; exits 1 when any verdict is wrong. See docs/broker-check.md.
 
 mod cases;
 mod sev_launch;
@@ -73,15 +74,16 @@ pub struct BrokerCheckArgs {
     /// (registered, and replaced, by broker-check itself with --admin-token-file).
     #[arg(long)]
     workload_id: String,
-    /// The workload's registered SNP launch digest (96 hex digits). SEV-ES launches are
-    /// broker-check's own: the digest is fixed (--print-measurement), and given here it must
-    /// be that one.
+    /// The workload's registered SNP launch digest (96 hex digits). SEV and SEV-ES launches
+    /// are broker-check's own (a fixed page, or the bundle's launch with --bundle): given
+    /// here, it must be that launch's digest (the error says which).
     #[arg(long)]
     measurement: Option<String>,
-    /// The guest bundle the workload launches with (SNP): broker-check then computes the
-    /// workload's digest itself, bound to --workload-id, --broker and --protocol (docs/
-    /// threat-model.md "Binding"), and runs the binding cases with the digests of launches
-    /// bound elsewhere or unbound. Register that digest (--admin-token-file does).
+    /// The guest bundle the workload launches with: broker-check then computes the
+    /// workload's digest itself (SEV/SEV-ES: launches the bundle in the model), bound to
+    /// --workload-id, --public-url and --protocol (docs/threat-model.md "Binding"), and runs
+    /// the binding cases with launches bound elsewhere or unbound. Register that digest
+    /// (--admin-token-file does, and registers ID-unbound with the unbound digest too).
     #[arg(long)]
     bundle: Option<std::path::PathBuf>,
     /// The URL launches name the broker by (its --public-url behind a proxy), in the binding
