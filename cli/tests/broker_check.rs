@@ -1,9 +1,10 @@
 //! `krun-sev broker-check` against the real `krun-kbs` configured with the PSP model's trust
-//! roots (`krun-sev model-trust`): with the admin token (broker-check registers the workloads
-//! itself) every verdict is "ok" for SNP over both protocols and SEV-ES over the reference
-//! protocol, and the command exits 0. Against the same broker with the workload registered
-//! `--allow-debug` (a deliberately weakened registration) it fails on exactly the
-//! debug-policy case.
+//! roots (`krun-sev model-trust`) and a bundle for unbound registrations: with the admin
+//! token and the bundle (broker-check registers the bound and unbound workloads itself) every
+//! verdict is "ok" for SNP over both protocols and SEV-ES and plain SEV over the reference
+//! protocol, and the command exits 0. Against the same broker with weakened registrations
+//! (`--allow-debug`, SEV policies without NODBG or ES) it fails on exactly the case each
+//! weakening opens.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -221,7 +222,7 @@ fn need_registration(tee: &str) -> Vec<&'static str> {
 }
 
 #[test]
-fn krun_kbs_passes_every_case_with_both_protocols_and_both_tees() {
+fn krun_kbs_passes_every_case_with_both_protocols_and_every_tee() {
     let kbs = Kbs::start(&[]);
     for (protocol, tee) in [
         ("reference", "snp"),

@@ -237,7 +237,8 @@ pub struct Ctx {
     pub broker: String,
     /// The directory of --bundle.
     pub bundle_dir: Option<std::path::PathBuf>,
-    /// SEV/SEV-ES with --bundle: the workload's own launch (bound to it and --broker).
+    /// SEV/SEV-ES with --bundle: the workload's own launch (bound to it and the broker URL
+    /// of the bindings, --public-url or --broker).
     pub sev_own: Option<sev_launch::SevImage>,
     /// Whether the unbound workload is registered, or why not (the reason its cases are
     /// skipped).
