@@ -443,6 +443,19 @@ fn phases(marker: &str) -> Vec<(&'static str, Vec<String>)> {
             v(&["boot phase guest entry"]),
         ),
         ("init start (KRUN_INIT_STARTED)", v(&["KRUN_INIT_STARTED"])),
+        (
+            "SNP: attestation starts (init)",
+            v(&["asking the PSP model's report service"]),
+        ),
+        (
+            "SNP: report requested (auth, TEE key)",
+            v(&["SNP report requested"]),
+        ),
+        ("SNP: report signed (PSP model)", v(&["SNP report signed"])),
+        (
+            "SNP: key received (attest, key)",
+            v(&["vsock: attestation finished"]),
+        ),
         ("root disk unlocked", v(&["root disk unlocked"])),
         ("workload exec (its marker line)", vec![marker.to_owned()]),
     ]
