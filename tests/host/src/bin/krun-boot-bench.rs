@@ -443,8 +443,10 @@ fn phases(marker: &str) -> Vec<(&'static str, Vec<String>)> {
             v(&["boot phase guest entry"]),
         ),
         ("init start (KRUN_INIT_STARTED)", v(&["KRUN_INIT_STARTED"])),
+        // The init prints this at the start of its unlock step in any guest without
+        // /dev/sev-guest, so it also marks the LUKS boot without a TEE.
         (
-            "SNP: attestation starts (init)",
+            "unlock step starts (init)",
             v(&["asking the PSP model's report service"]),
         ),
         (
