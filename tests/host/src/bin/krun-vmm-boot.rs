@@ -3,7 +3,11 @@
 //!
 //! usage: krun-vmm-boot --kernel VMLINUX --initrd INITRD --root DISK [--root-ro]
 //!        [--data DISK] [--vcpus N] [--ram-mib M] [--host-json FILE] [--port HOST:GUEST]...
-//!        [--expose-ports] [--stats] [--debug]
+//!        [--expose-ports] [--stats] [--debug] [--log-level N]
+//!
+//! `--log-level` is the C API's level (3 = info shows the boot-phase lines and the init's
+//! progress lines that `krun-boot-bench` stamps); the default is 2 (warnings), 4 with
+//! `--debug`.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
@@ -28,6 +32,7 @@ struct Args {
     expose: bool,
     stats: bool,
     debug: bool,
+    log_level: Option<u32>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -44,6 +49,7 @@ fn parse() -> Result<Args, String> {
         expose: false,
         stats: false,
         debug: false,
+        log_level: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -68,6 +74,9 @@ fn parse() -> Result<Args, String> {
             "--expose-ports" => a.expose = true,
             "--stats" => a.stats = true,
             "--debug" => a.debug = true,
+            "--log-level" => {
+                a.log_level = Some(value()?.parse().map_err(|e| format!("--log-level: {e}"))?)
+            }
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -89,7 +98,10 @@ fn dup(fd: impl AsFd) -> Result<OwnedFd, String> {
 fn run() -> Result<u8, String> {
     let a = parse()?;
     // Installs the library's logger (RUST_LOG, when set, wins over the level).
-    krun_sev::capi::krun_set_log_level(if a.debug { 4 } else { 2 });
+    let level = a.log_level.unwrap_or(if a.debug { 4 } else { 2 });
+    if krun_sev::capi::krun_set_log_level(level) != 0 {
+        return Err(format!("--log-level {level}: not a log level"));
+    }
     let host_json = match &a.host_json {
         Some(p) => std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?,
         // The init's port handling must match the VMM's port map.
