@@ -66,7 +66,7 @@ fn build_guest(dir: &Path) -> PathBuf {
 fn disk_image() -> Vec<u8> {
     let mut d = vec![0u8; DISK_SECTORS * 512];
     for (n, sector) in d.chunks_mut(512).enumerate() {
-        sector.fill((n % 256) as u8);
+        sector.fill(u8::try_from(n % 256).unwrap());
     }
     let magic = b"HOSTILE-DISK-SECTOR-0";
     d[..magic.len()].copy_from_slice(magic);
