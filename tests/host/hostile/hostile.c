@@ -464,7 +464,6 @@ static void attack_blk(struct dev *d) {
         { "bad-type-max", 0xffffffff, 0, 512, 0 },
         { "get-id-short-buffer", BLK_GET_ID, 0, 3, 1 },
         { "flush-with-data", BLK_FLUSH, 0, 512, 0 },
-        { "huge-read", BLK_IN, 0, 0xfffffe00u, 1 },
     };
     for (unsigned i = 0; i < sizeof reqs / sizeof reqs[0]; i++) {
         memset((void *)DATA_BUF, 0x5a, 4096);
@@ -472,8 +471,19 @@ static void attack_blk(struct dev *d) {
         puts_("HOSTILE: ATTACK blk "); puts_(reqs[i].name); puts_(" -> status ");
         puthex((u64)(u32)st); putc_('\n');
         int ok_allowed = reqs[i].type == BLK_GET_ID || reqs[i].type == BLK_FLUSH;
-        if (st == BLK_S_OK && !ok_allowed) fail(reqs[i].name, "request succeeded", 0);
+        /* Refused requests must get an error status (IOERR or UNSUPP) written by the
+         * device, not our stale 0xee marker. */
+        if (!ok_allowed && st != 1 && st != 2) fail(reqs[i].name, "no error status", (u64)(u32)st);
         blk_recover(d, reqs[i].name);
+    }
+    /* A data buffer of almost 4 GiB: the chain leaves RAM, so it is invalid as a whole and
+     * the status byte may stay untouched. */
+    memset((void *)DATA_BUF, 0x5a, 4096);
+    {
+        int st = blk_request(d, BLK_IN, 0, DATA_BUF, 0xfffffe00u, 1);
+        puts_("HOSTILE: ATTACK blk huge-read -> status "); puthex((u64)(u32)st); putc_('\n');
+        if (st == BLK_S_OK) fail("huge-read", "request succeeded", 0);
+        blk_recover(d, "huge-read");
     }
     /* Many bad requests in one notification (the whole ring). */
     a = "ring-of-bad-requests";
@@ -530,16 +540,22 @@ static void attack_queue_config(struct dev *d, const char *tag, void (*recover)(
         { qa, 0xfee00000ull, qa + 0x2000 },                      /* avail on the LAPIC */
         { qa, qa + 0x1000, RAM_END - 8 },                        /* used straddles RAM's end */
         { 0xfffffffffffff000ull, qa + 0x1000, qa + 0x2000 },     /* desc wraps */
-        { qa + 1, qa + 0x1001, qa + 0x2001 },                    /* misaligned */
+        { qa + 8, qa + 0x1000, qa + 0x2000 },                    /* misaligned desc */
+        { qa, qa + 0x1001, qa + 0x2000 },                        /* misaligned avail */
+        { qa, qa + 0x1000, qa + 0x2002 },                        /* misaligned used */
         { qa, qa, qa },                                          /* all rings overlap */
     };
-    for (int p = 0; p < 6; p++) {
+    for (int p = 0; p < 8; p++) {
         dev_begin(d);
         for (int i = 0; i < d->nq; i++) {
             setreg(d, R_QUEUE_SEL, (u32)i);
             setreg(d, R_QUEUE_NUM, QSIZE);
             queue_addr(d, i, placements[p][0], placements[p][1], placements[p][2]);
             setreg(d, R_QUEUE_READY, 1);
+        }
+        if (p < 7 && d->nq > 0) {
+            setreg(d, R_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
+            if (!(reg(d, R_STATUS) & S_NEEDS_RESET)) fail(tag, "bad queue placement accepted", (u64)p);
         }
         check_refused(d, "queue-placement", recover);
     }

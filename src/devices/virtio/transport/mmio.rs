@@ -82,6 +82,13 @@ impl QueueConfig {
     }
 
     fn build(&self, event_idx: bool) -> Option<Queue> {
+        // virtio-queue ignores a misaligned ring address (it logs and keeps the previous
+        // one, here 0), so the device would use rings at guest address 0 that the driver
+        // never gave it (seen with the hostile-guest test). Refuse such a queue instead.
+        let addr = |(lo, hi): (u32, u32)| u64::from(lo) | u64::from(hi) << 32;
+        if addr(self.desc) % 16 != 0 || addr(self.driver) % 2 != 0 || addr(self.device) % 4 != 0 {
+            return None;
+        }
         let mut q = Queue::new(self.max_size).ok()?;
         q.set_size(self.size);
         q.set_desc_table_address(Some(self.desc.0), Some(self.desc.1));
@@ -621,6 +628,30 @@ mod tests {
         assert_eq!(r(&mut t, REG_INTERRUPT_STATUS), 0);
         w(&mut t, REG_STATUS, 0);
         assert_eq!(r(&mut t, REG_STATUS), 0);
+    }
+
+    #[test]
+    fn misaligned_rings_set_needs_reset() {
+        for (desc, driver, device) in [
+            (0x1008, 0x1800, 0x2000),
+            (0x1000, 0x1801, 0x2000),
+            (0x1000, 0x1800, 0x2002),
+        ] {
+            let (mut t, log) = transport(false);
+            drive_to_features_ok(&mut t);
+            w(&mut t, REG_QUEUE_SEL, 0);
+            w(&mut t, REG_QUEUE_READY, 0);
+            w(&mut t, REG_QUEUE_DESC_LOW, desc);
+            w(&mut t, REG_QUEUE_DRIVER_LOW, driver);
+            w(&mut t, REG_QUEUE_DEVICE_LOW, device);
+            w(&mut t, REG_QUEUE_READY, 1);
+            w(&mut t, REG_STATUS, ALL_OK);
+            assert!(
+                log.lock().unwrap().activations.is_empty(),
+                "{desc:#x} {driver:#x} {device:#x}"
+            );
+            assert_ne!(r(&mut t, REG_STATUS) & STATUS_DEVICE_NEEDS_RESET, 0);
+        }
     }
 
     #[test]
