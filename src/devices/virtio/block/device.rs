@@ -14,6 +14,7 @@ use super::{
 };
 use crate::devices::virtio::activate::{Activation, DeviceWorker};
 use crate::devices::virtio::interrupt::Interrupt;
+use crate::devices::virtio::rate_limit::guest_warn;
 use crate::devices::virtio::{
     read_config_bytes, ActivateContext, VirtioDevice, VirtioError, TYPE_BLOCK,
     VIRTIO_RING_F_EVENT_IDX,
@@ -65,13 +66,13 @@ pub fn process_queue<M: GuestMemory>(
                         // The status byte counts as written.
                         Ok(()) => written.saturating_add(1),
                         Err(e) => {
-                            log::warn!("virtio-blk: cannot write request status: {e}");
+                            guest_warn!("virtio-blk: cannot write request status: {e}");
                             0
                         }
                     }
                 }
                 Err(Rejected { error, status_addr }) => {
-                    log::warn!("virtio-blk: rejected request: {error}");
+                    guest_warn!("virtio-blk: rejected request: {error}");
                     match status_addr.map(|a| mem.write_obj(VIRTIO_BLK_S_IOERR, a)) {
                         Some(Ok(())) => 1,
                         _ => 0,

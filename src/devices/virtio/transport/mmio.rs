@@ -12,6 +12,7 @@ use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::devices::virtio::interrupt::Interrupt;
+use crate::devices::virtio::rate_limit::guest_warn;
 use crate::devices::virtio::{
     ActivateContext, VirtioDevice, STATUS_ACKNOWLEDGE, STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER,
     STATUS_DRIVER_OK, STATUS_FAILED, STATUS_FEATURES_OK, TRANSPORT_FEATURES, VIRTIO_F_VERSION_1,
@@ -242,7 +243,7 @@ impl MmioTransport {
                 && self.driver_features & (1 << VIRTIO_F_VERSION_1) != 0
                 && self.status & STATUS_DRIVER != 0;
             if !ok {
-                log::warn!(
+                guest_warn!(
                     "virtio-mmio: driver features {:#x} refused",
                     self.driver_features
                 );
@@ -270,7 +271,7 @@ impl MmioTransport {
             .map(|q| q.build(event_idx).filter(|q| q.is_valid(self.mem.as_ref())))
             .collect();
         let Some(queues) = queues else {
-            log::warn!("virtio-mmio: activation with an invalid or unready queue");
+            guest_warn!("virtio-mmio: activation with an invalid or unready queue");
             self.interrupt.set_needs_reset();
             return;
         };

@@ -17,6 +17,7 @@ use super::{
     OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW, OP_SHUTDOWN,
     SHUTDOWN_RCV, SHUTDOWN_SEND,
 };
+use crate::devices::virtio::rate_limit::guest_warn;
 
 /// Bytes of guest data we buffer per connection (our `buf_alloc`).
 pub const TX_BUF_SIZE: u32 = 256 * 1024;
@@ -239,7 +240,7 @@ impl Connection {
             }
         }
         if self.tx_buf.len() + rest.len() > TX_BUF_SIZE as usize {
-            log::warn!(
+            guest_warn!(
                 "vsock: guest exceeded its credit on port {}",
                 self.local_port
             );

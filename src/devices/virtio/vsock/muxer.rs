@@ -19,6 +19,7 @@ use super::{
     VsockError, GUEST_CID, HOST_CID, OP_REQUEST, OP_RST, OP_RW, PORT_ATTESTATION,
     PORT_ATTESTATION_DONE, PORT_FORWARDER, PORT_REPORT, TYPE_STREAM,
 };
+use crate::devices::virtio::rate_limit::guest_warn;
 use crate::devices::virtio::worker::{Interest, Ready};
 
 /// Most connections open at once; more requests are reset.
@@ -200,7 +201,7 @@ impl Muxer {
             return;
         }
         if self.conns.len() >= MAX_CONNECTIONS {
-            log::warn!(
+            guest_warn!(
                 "vsock: too many connections; refusing port {}",
                 hdr.dst_port
             );
@@ -221,7 +222,7 @@ impl Muxer {
                     .insert(key, Connection::guest_initiated(hdr.dst_port, stream, hdr));
             }
             Err(e) => {
-                log::warn!("vsock: host service on port {} failed: {e}", hdr.dst_port);
+                guest_warn!("vsock: host service on port {} failed: {e}", hdr.dst_port);
                 self.rst_for(hdr);
             }
         }
