@@ -26,25 +26,35 @@ impl RateLimitedLog {
         }
     }
 
-    /// Logs `msg` as a warning unless a line was logged less than the interval ago; returns
-    /// whether it logged.
-    pub fn warn(&mut self, msg: std::fmt::Arguments<'_>) -> bool {
+    /// Whether a line may be logged now; `Some(n)` with the number of lines held back since
+    /// the last one.
+    pub fn admit(&mut self) -> Option<u64> {
         let now = std::time::Instant::now();
         if self
             .last
             .is_some_and(|t| now.duration_since(t) < self.interval)
         {
             self.suppressed = self.suppressed.saturating_add(1);
-            return false;
-        }
-        if self.suppressed > 0 {
-            log::warn!("{msg} ({} similar messages suppressed)", self.suppressed);
-        } else {
-            log::warn!("{msg}");
+            return None;
         }
         self.last = Some(now);
-        self.suppressed = 0;
-        true
+        Some(std::mem::take(&mut self.suppressed))
+    }
+
+    /// Logs `msg` as a warning unless a line was logged less than the interval ago; returns
+    /// whether it logged.
+    pub fn warn(&mut self, msg: std::fmt::Arguments<'_>) -> bool {
+        match self.admit() {
+            None => false,
+            Some(0) => {
+                log::warn!("{msg}");
+                true
+            }
+            Some(n) => {
+                log::warn!("{msg} ({n} similar messages suppressed)");
+                true
+            }
+        }
     }
 }
 
@@ -56,10 +66,16 @@ macro_rules! guest_warn {
             std::sync::Mutex::new($crate::devices::virtio::rate_limit::RateLimitedLog::new(
                 $crate::devices::virtio::rate_limit::GUEST_WARN_INTERVAL,
             ));
-        let _ = LIMIT
+        // Logged here, so the line keeps the caller's module as its target.
+        let admitted = LIMIT
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .warn(format_args!($($arg)+));
+            .admit();
+        match admitted {
+            None => {}
+            Some(0) => log::warn!($($arg)+),
+            Some(n) => log::warn!("{} ({n} similar messages suppressed)", format_args!($($arg)+)),
+        }
     }};
 }
 pub(crate) use guest_warn;

@@ -77,6 +77,7 @@ typedef unsigned long long u64;
 #define F_WRITE 2
 #define F_INDIRECT 4
 
+#define T_NET 1
 #define T_BLOCK 2
 #define T_CONSOLE 3
 #define T_VSOCK 19
@@ -97,6 +98,10 @@ typedef unsigned long long u64;
 #define VS_PORT_STDERR 1030
 
 #define QSIZE 16
+
+#define NET_HDR_LEN 12
+#define NET_FLOOD_FRAMES 1000
+#define NET_FLOOD_FRAME_LEN 60000      /* 60 MB to the network peer */
 
 static int failures;
 
@@ -958,6 +963,87 @@ static void attack_vsock(struct dev *d) {
     }
 }
 
+/* ---- network ---------------------------------------------------------------------------- */
+
+/* Sends one frame of `len` bytes (after the 12-byte virtio-net header) from DATA_BUF. */
+static int net_send(struct dev *d, u32 len) {
+    memset((void *)DATA_BUF, 0, NET_HDR_LEN);
+    set_desc(&d->q[1], 0, DATA_BUF, NET_HDR_LEN + len, 0, 0);
+    submit(d, 1, 0);
+    return wait_one(d, 1, LONG_WAIT);
+}
+
+static void net_recover(struct dev *d, const char *attack) {
+    int rc = dev_setup(d, QSIZE);
+    if (rc) { fail(attack, "net setup after attack", (u64)-rc); return; }
+    for (int i = 0; i < 6; i++) w8(DATA_BUF + NET_HDR_LEN + i, 0xff);          /* broadcast */
+    for (int i = 6; i < 12; i++) w8(DATA_BUF + NET_HDR_LEN + i, 0x52);
+    w16(DATA_BUF + NET_HDR_LEN + 12, 0xb588);                                   /* 0x88b5 */
+    if (net_send(d, 64) != WAIT_USED) fail(attack, "net send after attack", 0);
+}
+
+static void net_bad_tx(struct dev *d, const char *attack) {
+    submit(d, 1, 0);
+    report("net", attack, wait_one(d, 1, LONG_WAIT));
+    net_recover(d, attack);
+}
+
+static void attack_net(struct dev *d) {
+    line("net: frame attacks");
+    struct vq *tx = &d->q[1], *rx = &d->q[0];
+    if (dev_setup(d, QSIZE)) { fail("net", "initial setup", 0); return; }
+    net_recover(d, "baseline");
+    set_desc(tx, 0, DATA_BUF, NET_HDR_LEN, 0, 0);
+    net_bad_tx(d, "header-only");
+    set_desc(tx, 0, DATA_BUF, 5, 0, 0);
+    net_bad_tx(d, "short-header");
+    set_desc(tx, 0, DATA_BUF, NET_HDR_LEN + 13, 0, 0);
+    net_bad_tx(d, "runt-frame");
+    set_desc(tx, 0, FLOOD_ADDR, NET_HDR_LEN + 65550 + 1, 0, 0);
+    net_bad_tx(d, "frame-over-limit");
+    set_desc(tx, 0, FLOOD_ADDR, 0xffffffffu, 0, 0);
+    net_bad_tx(d, "frame-4g");
+    set_desc(tx, 0, 0xe0000000ull, 1500, 0, 0);
+    net_bad_tx(d, "tx-outside-ram");
+    set_desc(tx, 0, DATA_BUF, 1500, F_WRITE, 0);
+    net_bad_tx(d, "tx-write-only");
+    set_desc(tx, 0, DATA_BUF, 8, F_NEXT, 1);
+    set_desc(tx, 1, DATA_BUF, 8, F_NEXT, 0);
+    net_bad_tx(d, "tx-loop");
+    /* A frame split over the whole table. */
+    for (int i = 0; i < QSIZE; i++) set_desc(tx, (u16)i, DATA_BUF + 100 * (u64)i, 100, i + 1 < QSIZE ? F_NEXT : 0, (u16)(i + 1));
+    net_bad_tx(d, "frame-in-16-pieces");
+    /* Receive buffers that cannot take a frame: outside RAM, read-only, shorter than the
+     * header; the peer's frames must not be written anywhere the guest did not offer. */
+    set_desc(rx, 0, 0xe0000000ull, 4096, F_WRITE, 0);
+    set_desc(rx, 1, DATA_BUF, 4096, 0, 0);
+    set_desc(rx, 2, DATA_BUF, 4, F_WRITE, 0);
+    u16 heads[3] = { 0, 1, 2 };
+    publish(d, 0, heads, 3);
+    report("net", "bad-rx-buffers", wait_for(d, 0, rx->avail_idx, SHORT_WAIT * 4));
+    net_recover(d, "bad-rx-buffers");
+    rx->avail_idx = (u16)(rx->avail_idx + 4000);
+    w16(avail_addr(rx) + 2, rx->avail_idx);
+    barrier();
+    setreg(d, R_QUEUE_NOTIFY, 0);
+    report("net", "rx-avail-idx-far-ahead", wait_one(d, 0, SHORT_WAIT * 4));
+    net_recover(d, "rx-avail-idx-far-ahead");
+    /* The flood: NET_FLOOD_FRAMES maximum-size frames, a ring's worth per notification. */
+    line("net: flood");
+    u64 t0 = rdtsc();
+    for (int i = 0; i < QSIZE; i++) set_desc(tx, (u16)i, FLOOD_ADDR, NET_HDR_LEN + NET_FLOOD_FRAME_LEN, 0, 0);
+    int w = WAIT_USED;
+    for (int sent = 0; sent < NET_FLOOD_FRAMES && w == WAIT_USED; sent += QSIZE) {
+        u16 h[QSIZE];
+        for (int i = 0; i < QSIZE; i++) h[i] = (u16)i;
+        publish(d, 1, h, QSIZE);
+        w = wait_for(d, 1, tx->avail_idx, LONG_WAIT);
+    }
+    puts_("HOSTILE: ATTACK net flood -> "); puts_(outcome(w)); puts_(" tsc "); puthex(rdtsc() - t0); putc_('\n');
+    if (w != WAIT_USED) fail("net-flood", "not consumed", (u64)w);
+    net_recover(d, "flood");
+}
+
 /* ---- legacy I/O ports and unmapped MMIO ------------------------------------------------- */
 
 static void attack_ports_and_holes(void) {
@@ -1015,7 +1101,7 @@ static void discover(void) {
         struct dev *d = &devs[ndevs++];
         d->mmio = b;
         d->type = type;
-        d->nq = type == T_BLOCK ? 1 : type == T_CONSOLE ? 2 : type == T_VSOCK ? 3 : 0;
+        d->nq = type == T_BLOCK ? 1 : type == T_CONSOLE || type == T_NET ? 2 : type == T_VSOCK ? 3 : 0;
         for (int i = 0; i < 3; i++) d->q[i].base = QUEUE_AREA + (u64)s * 0x10000 + (u64)i * 0x4000;
     }
 }
@@ -1055,6 +1141,8 @@ void hmain(void) {
     if (blk) { attack_blk(blk); attack_queue_config(blk, "blk", blk_recover); attack_window(blk, "blk"); blk_recover(blk, "blk-window"); }
     if (con) { attack_console(con); attack_queue_config(con, "console", console_recover); attack_window(con, "console"); console_recover(con, "console-window"); }
     if (vs) { attack_vsock(vs); attack_queue_config(vs, "vsock", vs_recover); attack_window(vs, "vsock"); vs_recover(vs, "vsock-window"); }
+    struct dev *net = find(T_NET);
+    if (net) { attack_net(net); attack_queue_config(net, "net", net_recover); attack_window(net, "net"); net_recover(net, "net-window"); }
     for (int i = 0; i < ndevs; i++) {
         if (devs[i].nq == 0) { attack_window(&devs[i], "empty-slot"); attack_queue_config(&devs[i], "empty-slot", noop_recover); }
     }
@@ -1062,6 +1150,7 @@ void hmain(void) {
     if (blk) blk_recover(blk, "final");
     if (con) console_recover(con, "final");
     if (vs) vs_recover(vs, "final");
+    if (net) net_recover(net, "final");
     puts_("HOSTILE: DONE failures="); putdec((u64)failures); putc_('\n');
     inflight_exit(blk, (u8)(failures > 200 ? 200 : failures));
 }
