@@ -9,6 +9,8 @@
  * 0xf4, a last disk write is notified and the vCPU triple-faults at once, so the VM stops
  * with that request in flight (sectors INFLIGHT_SECTOR.. INFLIGHT_SECTOR+7).
  *
+ * Built with -DHOSTILE_ABRUPT it only does the last step, without reporting a status.
+ *
  * A failure is a device that no longer works after an attack and a device reset, or a
  * check of documented behaviour that does not hold (the VMM's, not the spec's wording).
  *
@@ -1114,9 +1116,9 @@ static struct dev *find(u32 type) {
 static void noop_recover(struct dev *d, const char *attack) { (void)d; (void)attack; }
 
 /* The last act: a disk write notified, and the VM gone before the device may finish it. */
-static void __attribute__((noreturn)) inflight_exit(struct dev *blk, u8 status) {
+static void __attribute__((noreturn)) inflight_exit(struct dev *blk, int status) {
     line("in-flight write and abrupt exit");
-    outb(0xf4, status);
+    if (status >= 0) outb(0xf4, (u8)status);
     if (blk && dev_setup(blk, QSIZE) == 0) {
         struct vq *q = &blk->q[0];
         memset((void *)DATA_BUF, 0xa7, 4096);
@@ -1136,6 +1138,11 @@ void hmain(void) {
     outb(0x3fb, 0x03);
     line("START");
     discover();
+#ifdef HOSTILE_ABRUPT
+    /* The second variant: no status at all, only the write in flight and the triple fault;
+     * the VMM must stop the VM with an error, not hang. */
+    inflight_exit(find(T_BLOCK), -1);
+#endif
     struct dev *blk = find(T_BLOCK), *con = find(T_CONSOLE), *vs = find(T_VSOCK);
     if (!blk || !con || !vs) fail("discover", "missing a device", (u64)ndevs);
     if (blk) { attack_blk(blk); attack_queue_config(blk, "blk", blk_recover); attack_window(blk, "blk"); blk_recover(blk, "blk-window"); }
@@ -1152,7 +1159,7 @@ void hmain(void) {
     if (vs) vs_recover(vs, "final");
     if (net) net_recover(net, "final");
     puts_("HOSTILE: DONE failures="); putdec((u64)failures); putc_('\n');
-    inflight_exit(blk, (u8)(failures > 200 ? 200 : failures));
+    inflight_exit(blk, failures > 200 ? 200 : failures);
 }
 
 __asm__(".section .text.start, \"ax\"\n"
