@@ -102,7 +102,7 @@ start=$(date +%s); hwm=0; hung=0
 while kill -0 $vmm 2>/dev/null; do
   h=$(awk '/^VmHWM/ {{print $2}}' /proc/$vmm/status 2>/dev/null)
   [ -n "$h" ] && hwm=$h
-  if [ $(( $(date +%s) - start )) -gt 420 ]; then hung=1; kill -9 $vmm; fi
+  if [ $(( $(date +%s) - start )) -gt 600 ]; then hung=1; kill -9 $vmm; fi
   sleep 0.2
 done
 wait $vmm; status=$?
@@ -141,7 +141,7 @@ echo "ABRUPT_STATUS=$status"
         .file(&disk, "/hostile/root.img")
         .file(env!("CARGO_BIN_EXE_krun-vmm-boot"), "/bin/krun-vmm-boot")
         .mem_mib(2048)
-        .timeout(Duration::from_secs(600))
+        .timeout(Duration::from_secs(900))
         .run(&["sh", "-c", &script])
         .unwrap();
     let out = &outcome.output;
