@@ -953,6 +953,50 @@ static void attack_vsock(struct dev *d) {
     puts_("HOSTILE: vsock connect after floods drained "); putdec((u64)drained); puts_(" packets\n");
     if (drained < 0) fail("vsock", "connect after floods", 0);
     if (drained > 4096) fail("vsock", "host queued too many packets for the guest", (u64)drained);
+    /* More connections than the host allows (256): requests from 300 ports to the stderr
+     * service (each one a host thread), counting RESPONSEs and RSTs; then close them all. */
+    {
+        struct vq *rx = &d->q[0];
+        vs_drain_all(d);
+        for (u32 i = 0; i < 300; i++) {
+            vs_hdr(vs_tx_slot(0), 6000 + i, VS_PORT_STDERR, 0, VS_OP_REQUEST, 1);
+            vs_send_many(d, 44, 1);
+        }
+        long responses = 0, rsts = 0;
+        for (int round = 0; round < 1000; round++) {
+            u16 outstanding = (u16)(rx->avail_idx - rx->used_seen);
+            int k = QSIZE - outstanding;
+            if (k > 0) {
+                u16 h[QSIZE];
+                for (int j = 0; j < k; j++) {
+                    u16 slot = (u16)((u16)(rx->avail_idx + j) % QSIZE);
+                    set_desc(rx, slot, VS_RX_BUF + 4096 * (u64)slot, 4096, F_WRITE, 0);
+                    h[j] = slot;
+                }
+                publish(d, 0, h, k);
+            }
+            u16 start = rx->used_seen;
+            if (wait_one(d, 0, SHORT_WAIT * 4) != WAIT_USED) break;
+            u16 end = used_idx(rx);
+            rx->used_seen = end;
+            for (u16 i = start; i != end; i++) {
+                u32 id = r32(used_addr(rx) + 4 + 8 * (u64)(i % rx->size));
+                u64 p = VS_RX_BUF + 4096 * (u64)(id % QSIZE);
+                u32 dport = r32(p + 20);
+                if (dport < 6000 || dport >= 6300) continue;
+                if (r16(p + 30) == VS_OP_RESPONSE) responses++;
+                if (r16(p + 30) == VS_OP_RST) rsts++;
+            }
+        }
+        puts_("HOSTILE: ATTACK vsock 300-connections -> responses "); putdec((u64)responses);
+        puts_(" rsts "); putdec((u64)rsts); putc_('\n');
+        if (responses > 256) fail("vsock-300-connections", "more connections than the limit", (u64)responses);
+        if (responses + rsts != 300) fail("vsock-300-connections", "requests left unanswered", (u64)(responses + rsts));
+        for (u32 i = 0; i < 300; i++) {
+            vs_hdr(vs_tx_slot(0), 6000 + i, VS_PORT_STDERR, 0, VS_OP_RST, 1);
+            vs_send_many(d, 44, 1);
+        }
+    }
     /* Avail index far ahead on each queue. */
     for (int qi = 0; qi < 3; qi++) {
         struct vq *q = &d->q[qi];
@@ -1063,6 +1107,21 @@ static void attack_ports_and_holes(void) {
         outb(port, 0xff);
         if ((p & 1) == 0) outw(port, 0xffff);
         if ((p & 3) == 0) outl(port, 0xffffffffu);
+    }
+    /* String I/O: rep outs/ins of a page to an unused port and to COM1's scratch register,
+     * and rep movs into a device window. */
+    {
+        u64 src = DATA_BUF, cnt = 4096;
+        u16 port = 0x1234;
+        __asm__ volatile("rep outsb" : "+S"(src), "+c"(cnt) : "d"(port) : "memory");
+        src = DATA_BUF; cnt = 2048; port = 0x3ff;
+        __asm__ volatile("rep outsw" : "+S"(src), "+c"(cnt) : "d"(port) : "memory");
+        u64 dst = DATA_BUF; cnt = 1024; port = 0x1238;
+        __asm__ volatile("rep insl" : "+D"(dst), "+c"(cnt) : "d"(port) : "memory");
+        src = DATA_BUF; dst = MMIO_BASE + 3 * SLOT_SIZE + R_CONFIG; cnt = 512;
+        __asm__ volatile("rep movsb" : "+S"(src), "+D"(dst), "+c"(cnt) :: "memory");
+        src = MMIO_BASE; dst = DATA_BUF; cnt = 512;
+        __asm__ volatile("rep movsq" : "+S"(src), "+D"(dst), "+c"(cnt) :: "memory");
     }
     /* COM1: a line far longer than the sink's buffer, control bytes, divisor latch on and
      * off; then the line control register back to 8N1. */

@@ -187,6 +187,7 @@ echo "ABRUPT_STATUS=$status"
         "ATTACK console flood",
         "ATTACK vsock unknown-port-flood-20000",
         "ATTACK vsock credit-request-flood-20000",
+        "ATTACK vsock 300-connections",
         "ATTACK net frame-over-limit",
         "ATTACK net flood",
         "ATTACK net window",
