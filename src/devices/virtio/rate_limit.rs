@@ -12,15 +12,17 @@ pub const GUEST_WARN_INTERVAL: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct RateLimitedLog {
     interval: std::time::Duration,
+    target: &'static str,
     last: Option<std::time::Instant>,
     suppressed: u64,
 }
 
 impl RateLimitedLog {
-    /// At most one line per `interval`.
-    pub const fn new(interval: std::time::Duration) -> Self {
+    /// At most one line per `interval`, logged with `target` (the caller's `module_path!()`).
+    pub const fn new(interval: std::time::Duration, target: &'static str) -> Self {
         RateLimitedLog {
             interval,
+            target,
             last: None,
             suppressed: 0,
         }
@@ -47,11 +49,11 @@ impl RateLimitedLog {
         match self.admit() {
             None => false,
             Some(0) => {
-                log::warn!("{msg}");
+                log::warn!(target: self.target, "{msg}");
                 true
             }
             Some(n) => {
-                log::warn!("{msg} ({n} similar messages suppressed)");
+                log::warn!(target: self.target, "{msg} ({n} similar messages suppressed)");
                 true
             }
         }
@@ -65,6 +67,7 @@ macro_rules! guest_warn {
         static LIMIT: std::sync::Mutex<$crate::devices::virtio::rate_limit::RateLimitedLog> =
             std::sync::Mutex::new($crate::devices::virtio::rate_limit::RateLimitedLog::new(
                 $crate::devices::virtio::rate_limit::GUEST_WARN_INTERVAL,
+                module_path!(),
             ));
         // Logged here, so the line keeps the caller's module as its target.
         let admitted = LIMIT
@@ -86,12 +89,12 @@ mod tests {
 
     #[test]
     fn rate_limit_holds_back_repeats() {
-        let mut r = RateLimitedLog::new(std::time::Duration::from_secs(3600));
+        let mut r = RateLimitedLog::new(std::time::Duration::from_secs(3600), module_path!());
         assert!(r.warn(format_args!("x")));
         assert!(!r.warn(format_args!("x")));
         assert!(!r.warn(format_args!("x")));
         assert_eq!(r.suppressed, 2);
-        let mut r = RateLimitedLog::new(std::time::Duration::ZERO);
+        let mut r = RateLimitedLog::new(std::time::Duration::ZERO, module_path!());
         assert!(r.warn(format_args!("x")));
         assert!(r.warn(format_args!("x")));
     }
@@ -101,7 +104,7 @@ mod tests {
         // The macro's limiter is per call site: a loop hits one site.
         fn site() -> bool {
             static LIMIT: std::sync::Mutex<RateLimitedLog> =
-                std::sync::Mutex::new(RateLimitedLog::new(GUEST_WARN_INTERVAL));
+                std::sync::Mutex::new(RateLimitedLog::new(GUEST_WARN_INTERVAL, module_path!()));
             LIMIT.lock().unwrap().warn(format_args!("refused"))
         }
         let logged = (0..1000).filter(|_| site()).count();
