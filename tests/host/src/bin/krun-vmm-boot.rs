@@ -3,17 +3,24 @@
 //!
 //! usage: krun-vmm-boot --kernel VMLINUX --initrd INITRD --root DISK [--root-ro]
 //!        [--data DISK] [--vcpus N] [--ram-mib M] [--host-json FILE] [--port HOST:GUEST]...
-//!        [--expose-ports] [--stats] [--debug] [--log-level N]
+//!        [--expose-ports] [--net-sink] [--stats] [--debug] [--log-level N]
 //!
 //! `--log-level` is the C API's level (3 = info shows the boot-phase lines and the init's
 //! progress lines that `krun-boot-bench` stamps); the default is 2 (warnings), 4 with
 //! `--debug`.
+//!
+//! `--net-sink` gives the guest a virtio-net device whose peer (a unix socket pair, passt's
+//! stream framing) sends it a few frames, reads everything the guest sends and prints
+//! `krun-vmm-boot: net peer read N bytes` at the end.
 
+use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use krun_sev::launch::segment;
+use krun_sev::vmm::config::NetDeviceConfig;
 use krun_sev::vmm::{ConsoleConfig, DiskConfig, PortMap, PortMapping, VmConfig, Vmm};
 
 /// Exit status when the VM could not run (distinct from any guest status we test for).
@@ -30,6 +37,7 @@ struct Args {
     host_json: Option<PathBuf>,
     ports: Vec<PortMapping>,
     expose: bool,
+    net_sink: bool,
     stats: bool,
     debug: bool,
     log_level: Option<u32>,
@@ -47,6 +55,7 @@ fn parse() -> Result<Args, String> {
         host_json: None,
         ports: Vec::new(),
         expose: false,
+        net_sink: false,
         stats: false,
         debug: false,
         log_level: None,
@@ -72,6 +81,7 @@ fn parse() -> Result<Args, String> {
                 });
             }
             "--expose-ports" => a.expose = true,
+            "--net-sink" => a.net_sink = true,
             "--stats" => a.stats = true,
             "--debug" => a.debug = true,
             "--log-level" => {
@@ -161,8 +171,25 @@ fn run() -> Result<u8, String> {
         net: None,
         tee: None,
     };
+    let mut config = config;
+    let sink = if a.net_sink {
+        let (vmm_end, peer) = UnixStream::pair().map_err(|e| format!("net socket pair: {e}"))?;
+        config.net = Some(NetDeviceConfig {
+            socket: vmm_end,
+            mac: [0x5a, 0x94, 0xef, 0xe4, 0x0c, 0xee],
+            features: 0,
+        });
+        Some(std::thread::spawn(move || net_peer(peer)))
+    } else {
+        None
+    };
     let (status, stats) =
         Vmm::run_with_stats(config).map_err(|e| krun_sev::capi::error_chain(&e))?;
+    if let Some(sink) = sink {
+        // The VMM's end closed with the VM: the peer has read everything.
+        let read = sink.join().map_err(|_| "net peer panicked".to_owned())?;
+        eprintln!("krun-vmm-boot: net peer read {read} bytes");
+    }
     if a.stats {
         eprintln!(
             "krun-vmm-boot: stats: exits={} wall_ms={}",
@@ -171,6 +198,31 @@ fn run() -> Result<u8, String> {
         );
     }
     Ok(status.0)
+}
+
+/// The network peer: sends the guest a few frames (4-byte big-endian length, then an
+/// Ethernet broadcast frame), then reads until the VMM closes its end; returns the bytes read.
+fn net_peer(mut peer: UnixStream) -> u64 {
+    let mut frame = vec![0xffu8; 6];
+    frame.extend_from_slice(&[0x52; 6]);
+    frame.extend_from_slice(&[0x88, 0xb5]);
+    frame.resize(64, 0x42);
+    for _ in 0..32 {
+        let len = u32::try_from(frame.len()).unwrap_or(0);
+        if peer.write_all(&len.to_be_bytes()).is_err() || peer.write_all(&frame).is_err() {
+            break;
+        }
+    }
+    let mut total = 0u64;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match peer.read(&mut buf) {
+            Ok(0) => return total,
+            Ok(n) => total += n as u64,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return total,
+        }
+    }
 }
 
 fn main() -> ExitCode {
