@@ -148,6 +148,8 @@ fn run() -> Result<u8, String> {
         },
         net: None,
         tee: None,
+        // The Rust API without a TEE; the library's launch path turns the filters on.
+        seccomp: false,
     };
     let (status, stats) =
         Vmm::run_with_stats(config).map_err(|e| krun_sev::capi::error_chain(&e))?;
