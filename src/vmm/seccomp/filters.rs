@@ -154,8 +154,9 @@ pub fn rules(kind: ThreadKind) -> Rules {
     let mut r = base();
     match kind {
         ThreadKind::Main => {
-            // Kicks vCPU threads out of KVM_RUN (pthread_kill) and restores the terminal.
-            allow(&mut r, &[libc::SYS_tgkill]);
+            // Kicks vCPU threads out of KVM_RUN (pthread_kill) and restores the terminal;
+            // exit(3) may seek a buffered input stream back.
+            allow(&mut r, &[libc::SYS_tgkill, libc::SYS_lseek]);
             r.insert(
                 libc::SYS_ioctl,
                 arg_in(
@@ -291,11 +292,20 @@ pub const SPAWN_SYSCALLS: [libc::c_long; 4] = [
 ];
 
 /// The program of `kind`'s own list: [`rules`], plus [`SPAWN_SYSCALLS`] for every kind but
-/// the spawner (its stacked [`no_spawn`] filter answers them).
-pub fn program(kind: ThreadKind) -> Result<BpfProgram, seccompiler::BackendError> {
+/// the spawner (its stacked [`no_spawn`] filter answers them). `exec_stacks`: the process
+/// runs with executable stacks (a loaded object without a non-executable `PT_GNU_STACK`), so
+/// glibc maps new thread stacks with `PROT_EXEC` and the no-exec rule would kill the first
+/// thread the spawner creates; `mmap` and `mprotect` are then unrestricted.
+pub fn program(
+    kind: ThreadKind,
+    exec_stacks: bool,
+) -> Result<BpfProgram, seccompiler::BackendError> {
     let mut r = rules(kind);
     if kind != ThreadKind::Spawner {
         allow(&mut r, &SPAWN_SYSCALLS);
+    }
+    if exec_stacks {
+        allow(&mut r, &[libc::SYS_mmap, libc::SYS_mprotect]);
     }
     compile(r)
 }
@@ -346,8 +356,10 @@ mod tests {
     #[test]
     fn every_kind_compiles() {
         for kind in ThreadKind::ALL {
-            let program = program(kind).unwrap();
-            assert!(!program.is_empty(), "{kind:?}");
+            for exec_stacks in [false, true] {
+                let program = program(kind, exec_stacks).unwrap();
+                assert!(!program.is_empty(), "{kind:?}");
+            }
         }
         assert!(!clone3_enosys().unwrap().is_empty());
         assert!(!no_spawn().unwrap().is_empty());

@@ -148,11 +148,24 @@ pub fn active() -> bool {
     SANDBOX.get().is_some()
 }
 
+/// Whether this process's stack is executable (`/proc/self/maps`): glibc then maps every
+/// thread stack with `PROT_EXEC` ([`filters::program`]).
+fn exec_stacks() -> bool {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    maps.lines()
+        .filter(|l| l.ends_with("[stack]"))
+        .any(|l| l.split_whitespace().nth(1).is_some_and(|p| p.contains('x')))
+}
+
 fn compile_all() -> Result<Programs, SeccompError> {
+    let exec_stacks = exec_stacks();
+    if exec_stacks {
+        log::warn!("this process runs with executable stacks: the seccomp filters cannot forbid executable mappings");
+    }
     ThreadKind::ALL
         .iter()
         .map(|kind| {
-            filters::program(*kind)
+            filters::program(*kind, exec_stacks)
                 .map(|p| (*kind, p))
                 .map_err(|source| SeccompError::Build {
                     kind: kind.name(),
@@ -389,6 +402,11 @@ fn drop_capabilities() -> Result<(), SeccompError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stacks_are_not_executable_here() {
+        assert!(!exec_stacks());
+    }
 
     #[test]
     fn only_net_bind_service_is_kept() {
