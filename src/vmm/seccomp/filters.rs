@@ -171,8 +171,9 @@ pub fn rules(kind: ThreadKind) -> Rules {
                 arg_in(1, &[KVM_RUN, KVM_SET_MEMORY_ATTRIBUTES]),
             );
             // Device activation on the guest's DRIVER_OK: the worker's kill eventfd and clones
-            // of the queue eventfds (the worker thread itself comes from the spawner).
-            allow(&mut r, &[libc::SYS_eventfd2]);
+            // of the queue eventfds (the worker thread itself comes from the spawner). A
+            // device reset (status 0) drains the queue eventfds.
+            allow(&mut r, &[libc::SYS_eventfd2, libc::SYS_read]);
         }
         ThreadKind::Block => {
             stream_io(&mut r);
