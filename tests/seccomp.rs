@@ -163,12 +163,26 @@ fn allowed(case: &str, kind: &str) {
 }
 
 fn parent() {
-    allowed("block-allowed", "virtio-blk worker");
-    denied("block-socket", "socket (41) on a virtio-blk worker thread");
-    allowed("vcpu-allowed", "vcpu");
-    denied("vcpu-ioctl", "ioctl (16) on a vcpu thread");
-    denied("main-open", "openat (257) on a main thread");
-    allowed("service-allowed", "vsock service");
-    denied("service-socket", "socket (41) on a vsock service thread");
-    println!("seccomp: all cases passed");
+    let allowed_cases = [
+        ("block-allowed", "virtio-blk worker"),
+        ("vcpu-allowed", "vcpu"),
+        ("service-allowed", "vsock service"),
+    ];
+    let denied_cases = [
+        ("block-socket", "socket (41) on a virtio-blk worker thread"),
+        ("vcpu-ioctl", "ioctl (16) on a vcpu thread"),
+        ("main-open", "openat (257) on a main thread"),
+        ("service-socket", "socket (41) on a vsock service thread"),
+    ];
+    for (case, kind) in allowed_cases {
+        allowed(case, kind);
+    }
+    for (case, expected) in denied_cases {
+        denied(case, expected);
+    }
+    // The line ci/test-summary.sh counts, as the libtest harness prints it.
+    println!(
+        "test result: ok. {} passed; 0 failed; 0 ignored; 0 measured; 0 filtered out",
+        allowed_cases.len() + denied_cases.len()
+    );
 }
