@@ -113,6 +113,27 @@ fn child(case: &str) {
                 .unwrap();
             }
         }
+        // Many threads alive at once, each allocating: glibc sizes its malloc arenas from the
+        // CPU count the first time more than eight exist, which reads a file under /sys
+        // unless the limit was set before the filters went on.
+        "many-threads" => {
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(17));
+            let threads: Vec<_> = (0..16)
+                .map(|i| {
+                    let b = barrier.clone();
+                    seccomp::spawn(ThreadKind::Service, &format!("t{i}"), move || {
+                        let v: Vec<u8> = vec![1; 4096 * (i + 1)];
+                        b.wait();
+                        assert_eq!(v.len(), 4096 * (i + 1));
+                    })
+                    .unwrap()
+                })
+                .collect();
+            barrier.wait();
+            for t in threads {
+                t.join().unwrap();
+            }
+        }
         other => panic!("unknown case {other}"),
     }
     std::process::exit(0);
@@ -167,6 +188,7 @@ fn parent() {
         ("block-allowed", "virtio-blk worker"),
         ("vcpu-allowed", "vcpu"),
         ("service-allowed", "vsock service"),
+        ("many-threads", "vsock service"),
     ];
     let denied_cases = [
         ("block-socket", "socket (41) on a virtio-blk worker thread"),

@@ -218,6 +218,7 @@ pub fn activate() -> Result<(), SeccompError> {
         return Err(SeccompError::AlreadyActive);
     }
     let programs = Arc::new(compile_all()?);
+    pin_malloc_arena_limit();
     sigsys::install().map_err(SeccompError::Handler)?;
     set_no_new_privs()?;
     drop_capabilities()?;
@@ -262,6 +263,8 @@ fn serve_spawns(programs: &Arc<Programs>, rx: &mpsc::Receiver<SpawnRequest>) {
 }
 
 fn run_filtered(kind: ThreadKind, name: &str, programs: &Programs, body: Box<dyn FnOnce()>) {
+    // Until its own list is on, the thread runs under the spawner's.
+    sigsys::set_thread_kind("new (still under the spawner's filter)");
     match apply(kind, programs) {
         Ok(()) => body(),
         Err(e) => log::error!("{name}: {}; the thread does not run", chain(&e)),
@@ -314,6 +317,28 @@ where
     answer
         .recv()
         .map_err(|_| std::io::Error::other("the thread spawner did not answer"))?
+}
+
+/// Sets glibc's malloc arena limit now, to what glibc would compute itself (8 per CPU): it
+/// computes it the first time more than eight arenas exist (as many threads allocating at
+/// once), from the CPU count it reads under `/sys`, which no list allows. A limit the host
+/// set (`MALLOC_ARENA_MAX`, `glibc.malloc.arena_max`) already spares glibc that read and is
+/// kept.
+fn pin_malloc_arena_limit() {
+    #[cfg(target_env = "gnu")]
+    {
+        let tunables = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
+        if std::env::var_os("MALLOC_ARENA_MAX").is_some() || tunables.contains("arena_max") {
+            return;
+        }
+        let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        let limit = libc::c_int::try_from(cpus.saturating_mul(8)).unwrap_or(libc::c_int::MAX);
+        // SAFETY: mallopt only changes a malloc parameter; M_ARENA_MAX takes any positive
+        // count.
+        if unsafe { libc::mallopt(libc::M_ARENA_MAX, limit) } != 1 {
+            log::warn!("cannot set the malloc arena limit; many threads allocating at once may hit the seccomp filters");
+        }
+    }
 }
 
 fn set_no_new_privs() -> Result<(), SeccompError> {
