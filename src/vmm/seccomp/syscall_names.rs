@@ -1,6 +1,6 @@
 //! x86_64 system call names by number, for the SIGSYS message (a static table: the signal
 //! handler cannot allocate). Generated from the kernel UAPI header `asm/unistd_64.h` (Linux
-//! 6.12 headers, numbers 0..=450): `sed -n 's/^#define __NR_\([a-z0-9_]*\) \([0-9]*\)$/\2 \1/p'`;
+//! 6.1 headers from Debian 12, numbers 0..=450): `sed -n 's/^#define __NR_\([a-z0-9_]*\) \([0-9]*\)$/\2 \1/p'`;
 //! the gaps are empty strings.
 
 /// `NAMES[nr]` is the name of system call `nr` ("" for an unassigned number).
