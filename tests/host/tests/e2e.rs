@@ -231,6 +231,10 @@ cat /tmp/kbs.log
         "{ctx}"
     );
     assert_eq!(out.matches("key released").count(), 5, "{ctx}");
+    // Every launch ran under the VMM's seccomp filters (docs/hardening.md), and none of its
+    // threads made a call outside its allow-list.
+    assert_eq!(out.matches("seccomp filters on").count(), 5, "{ctx}");
+    assert!(!out.contains("denied system call"), "{ctx}");
 }
 
 /// Boot 2: a buildah-layout image (registered offline) runs through `krun-sev run` and a C
@@ -650,6 +654,12 @@ cat /tmp/kbs.log
     // No passt outlives its VM.
     assert_eq!(marker_values(out, "PASST_LEFT="), [""], "{ctx}");
     assert_eq!(out.matches("key released").count(), 2, "{ctx}");
+    // The virtio-net and vsock workers ran under their seccomp allow-lists.
+    assert!(
+        out.contains("OUT_default: [libkrun-sev INFO krun_sev::vmm::seccomp] seccomp filters on"),
+        "{ctx}"
+    );
+    assert!(!out.contains("denied system call"), "{ctx}");
 }
 
 /// crun versions run by [`real_crun_runs_the_confidential_container`]: Debian 12's source
@@ -913,6 +923,9 @@ cat /tmp/kbs.log
         2 * CRUN_VERSIONS.len() + 1,
         "{ctx}"
     );
+    // crun's container process ran the VMM under its seccomp filters (on by default) without
+    // a denied call.
+    assert!(!out.contains("denied system call"), "{ctx}");
 }
 
 /// The PSP model's warning lines (`krun_sev::tee::model::warn_unencrypted`).
