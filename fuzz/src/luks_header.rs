@@ -205,10 +205,102 @@ pub struct Luks2Json {
     pub mandatory: Option<String>,
 }
 
+/// A valid cryptsetup-like JSON (one data segment after one or two keyslot areas) with at
+/// most one field set to another value: deep enough that the fuzzer reaches accepted headers.
+#[derive(Arbitrary, Debug)]
+pub struct Template {
+    pub key_len: KeyLen,
+    pub stripes: Stripes,
+    pub sector_4k: bool,
+    /// Data segment size in 4 KiB pages; `None`: "dynamic".
+    pub size: Option<u8>,
+    pub priority: Option<u8>,
+    pub iterations: u16,
+    pub second_slot: bool,
+    /// (which field, its new value).
+    pub tweak: Option<(u8, Num)>,
+}
+
+const TWEAKABLE: [&str; 10] = [
+    "/keyslots/0/area/offset",
+    "/keyslots/0/area/size",
+    "/segments/0/offset",
+    "/segments/0/size",
+    "/config/keyslots_size",
+    "/keyslots/0/key_size",
+    "/keyslots/0/af/stripes",
+    "/segments/0/sector_size",
+    "/keyslots/1/area/offset",
+    "/segments/0/iv_tweak",
+];
+
 #[derive(Arbitrary, Debug)]
 pub enum JsonArea {
     Raw(String),
     Assembled(Luks2Json),
+    Template(Template),
+}
+
+/// The template's JSON and the device size its data segment needs.
+fn template(t: &Template, hdr_size: u64) -> (String, u64) {
+    let key = u64::from(key_len(t.key_len));
+    let area = (key * u64::from(stripes(t.stripes))).div_ceil(4096) * 4096;
+    let slots = if t.second_slot { 2 } else { 1 };
+    let keyslots_size = (slots * area).max(4096);
+    let seg_offset = 2 * hdr_size + keyslots_size;
+    let seg_size = t.size.map(|p| u64::from(p.max(1)) * 4096);
+    let slot = |i: u64| {
+        json!({
+            "type": "luks2",
+            "key_size": key,
+            "af": {"type": "luks1", "stripes": stripes(t.stripes), "hash": "sha256"},
+            "area": {
+                "type": "raw",
+                "offset": (2 * hdr_size + i * area).to_string(),
+                "size": area.to_string(),
+                "encryption": "aes-xts-plain64",
+                "key_size": 64,
+            },
+            "kdf": {"type": "pbkdf2", "hash": "sha256", "iterations": u32::from(t.iterations.max(1)),
+                    "salt": b64(&[7; 32])},
+        })
+    };
+    let mut keyslots = Map::new();
+    keyslots.insert("0".into(), slot(0));
+    if t.second_slot {
+        keyslots.insert("1".into(), slot(1));
+    }
+    if let Some(p) = t.priority {
+        keyslots["0"]["priority"] = Value::from(p % 4);
+    }
+    let mut root = json!({
+        "keyslots": keyslots,
+        "tokens": {},
+        "segments": {"0": {
+            "type": "crypt",
+            "offset": seg_offset.to_string(),
+            "size": seg_size.map_or("dynamic".to_string(), |z| z.to_string()),
+            "iv_tweak": "0",
+            "encryption": "aes-xts-plain64",
+            "sector_size": if t.sector_4k { 4096 } else { 512 },
+        }},
+        "digests": {"0": {
+            "type": "pbkdf2",
+            "keyslots": if t.second_slot { json!(["0", "1"]) } else { json!(["0"]) },
+            "segments": ["0"],
+            "hash": "sha256",
+            "iterations": 1000,
+            "salt": b64(&[9; 32]),
+            "digest": b64(&[3; 32]),
+        }},
+        "config": {"json_size": (hdr_size - 4096).to_string(), "keyslots_size": keyslots_size.to_string()},
+    });
+    if let Some((which, v)) = t.tweak {
+        if let Some(field) = root.pointer_mut(TWEAKABLE[usize::from(which) % TWEAKABLE.len()]) {
+            *field = num(v);
+        }
+    }
+    (root.to_string(), seg_offset + seg_size.unwrap_or(4096))
 }
 
 #[derive(Arbitrary, Debug)]
@@ -235,6 +327,8 @@ pub struct Luks2 {
     pub secondary: Secondary,
 }
 
+// Built once per input: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Arbitrary, Debug)]
 pub enum Layout {
     Luks1(Luks1),
@@ -332,9 +426,11 @@ fn b64(b: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(b)
 }
 
-fn luks2_json(j: &JsonArea, hdr_size: u64) -> String {
+/// The JSON text and the device size it needs.
+fn luks2_json(j: &JsonArea, hdr_size: u64) -> (String, u64) {
     let j = match j {
-        JsonArea::Raw(s) => return s.clone(),
+        JsonArea::Raw(s) => return (s.clone(), 0),
+        JsonArea::Template(t) => return template(t, hdr_size),
         JsonArea::Assembled(j) => j,
     };
     let mut keyslots = Map::new();
@@ -423,7 +519,7 @@ fn luks2_json(j: &JsonArea, hdr_size: u64) -> String {
     if j.tokens {
         root["tokens"] = json!({});
     }
-    root.to_string()
+    (root.to_string(), 0)
 }
 
 /// One header copy at `offset`: binary header, JSON area, checksum.
@@ -466,18 +562,18 @@ fn luks2_copy(
 
 fn luks2(l: &Luks2, dev: &mut Vec<u8>) {
     let hdr_size = HDR_SIZES[usize::from(l.hdr_size) % HDR_SIZES.len()];
-    let need = usize::try_from(2 * hdr_size).unwrap_or(0);
+    let (json, data_end) = luks2_json(&l.json, hdr_size);
+    let need = usize::try_from((2 * hdr_size).max(data_end).min(MAX_DEV)).unwrap_or(0);
     if dev.len() < need {
         dev.resize(need, 0);
     }
-    let json = luks2_json(&l.json, hdr_size);
     if l.primary {
         luks2_copy(dev, 0, hdr_size, l.seqid, l, &json, b"LUKS\xba\xbe");
     }
     match &l.secondary {
         Secondary::Same => luks2_copy(dev, hdr_size, hdr_size, l.seqid, l, &json, b"SKUL\xba\xbe"),
         Secondary::Other { seqid, json } => {
-            let other = luks2_json(json, hdr_size);
+            let (other, _) = luks2_json(json, hdr_size);
             luks2_copy(dev, hdr_size, hdr_size, *seqid, l, &other, b"SKUL\xba\xbe");
         }
         Secondary::None => {}
@@ -507,7 +603,8 @@ impl Seek for Dev {
     }
 }
 
-pub fn run(input: &Input) {
+/// The device the input describes.
+pub fn device(input: &Input) -> Vec<u8> {
     let mut bytes = vec![0u8; usize::from(input.dev_pages % 1025) * 4096];
     match &input.layout {
         Layout::Luks1(l) => luks1(l, &mut bytes),
@@ -526,6 +623,11 @@ pub fn run(input: &Input) {
             bytes[i] = b;
         }
     }
+    bytes
+}
+
+pub fn run(input: &Input) {
+    let bytes = device(input);
     let dev_size = bytes.len() as u64;
     let mut dev = Dev {
         data: Cursor::new(bytes),
