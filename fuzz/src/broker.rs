@@ -115,7 +115,7 @@ pub enum Answer {
 pub struct Input {
     pub rcar: bool,
     pub answers: Vec<Answer>,
-    /// The report's version field (the rest is zeros and the REPORT_DATA asked for).
+    /// Picks the report's version (2, 3 or 5).
     pub report_version: u32,
     pub report_fails: bool,
 }
@@ -361,9 +361,15 @@ pub fn run(input: &Input) {
             if input.report_fails {
                 return Err("no report".into());
             }
+            // The report comes from the PSP, not the host: a well-formed one (version 2, 3
+            // or 5, a Milan CPUID, a chip ID) with the REPORT_DATA asked for.
             let mut r = vec![0u8; 0x4a0];
-            r[..4].copy_from_slice(&input.report_version.to_le_bytes());
+            let version = [2u32, 3, 5][usize::try_from(input.report_version % 3).unwrap_or(0)];
+            r[..4].copy_from_slice(&version.to_le_bytes());
             r[0x50..0x90].copy_from_slice(&data);
+            r[0x188] = 0x19;
+            r[0x189] = 0x01;
+            r[0x1a0..0x1a8].fill(0x5a);
             Ok(r)
         };
     let result = snp::attest(&cfg, &req, &mut get_report);
