@@ -117,8 +117,7 @@ pub fn run(input: &Input) {
             for len in used_lens(&rx_mem, &rxq, rx_used_from) {
                 let l = len as usize;
                 assert!(
-                    len == 0
-                        || (NET_HDR_LEN + MIN_FRAME_LEN..=NET_HDR_LEN + MAX_FRAME_LEN).contains(&l),
+                    len == 0 || (NET_HDR_LEN + MIN_FRAME_LEN..=NET_HDR_LEN + MAX_FRAME_LEN).contains(&l),
                     "receive used length {len}"
                 );
             }
