@@ -4,7 +4,9 @@
 
 use std::path::Path;
 
-use krun_sev_fuzz::{block, input_from_bytes, mmio, net, vsock};
+use krun_sev_fuzz::{
+    block, broker, footer_config, input_from_bytes, luks_header, mmio, net, secret_table, vsock,
+};
 
 /// splitmix64: a small deterministic generator, enough to produce input bytes.
 struct Rng(u64);
@@ -83,4 +85,24 @@ fn mmio_random_inputs() {
 #[test]
 fn net_random_inputs() {
     drive::<net::Input>("virtio_net", net::run);
+}
+
+#[test]
+fn footer_config_random_inputs() {
+    drive::<footer_config::Input>("footer_config", footer_config::run);
+}
+
+#[test]
+fn secret_table_random_inputs() {
+    drive::<secret_table::Input>("secret_table", secret_table::run);
+}
+
+#[test]
+fn broker_random_inputs() {
+    drive::<broker::Input>("broker", broker::run);
+}
+
+#[test]
+fn luks_header_random_inputs() {
+    drive::<luks_header::Input>("luks_header", luks_header::run);
 }
