@@ -26,7 +26,13 @@ use crate::devices::virtio::descriptor::{check_chain, gather, scatter_at, total_
 use crate::devices::virtio::interrupt::Interrupt;
 use crate::devices::virtio::{
     read_config_bytes, ActivateContext, VirtioDevice, VirtioError, TYPE_NET,
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
+
+/// Ring features: both queue loops re-arm notifications whenever they wait for the guest
+/// (transmit after each drain, receive when it runs out of buffers), which event indexes need;
+/// indirect tables let a 64 KiB frame of many fragments take one ring slot.
+const RING_FEATURES: u64 = (1 << VIRTIO_RING_F_EVENT_IDX) | (1 << VIRTIO_RING_F_INDIRECT_DESC);
 
 /// The receive header: `struct virtio_net_hdr_v1` with no offload and `num_buffers` = 1
 /// (virtio 1.2, 5.1.6.4: one buffer per packet without `VIRTIO_NET_F_MRG_RXBUF`).
@@ -293,6 +299,7 @@ impl VirtioNet {
             features: (1 << VIRTIO_NET_F_MAC)
                 | (1 << VIRTIO_NET_F_MTU)
                 | (1 << VIRTIO_NET_F_STATUS)
+                | RING_FEATURES
                 | (requested_features & OPTIONAL_FEATURES),
             worker: DeviceWorker::default(),
         })
@@ -366,7 +373,7 @@ impl VirtioDevice for VirtioNet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::virtio::descriptor::tests::{mem, raw, F_NEXT, F_WRITE};
+    use crate::devices::virtio::descriptor::tests::{mem, raw, F_INDIRECT, F_NEXT, F_WRITE};
     use crate::devices::virtio::interrupt::INT_CONFIG;
     use std::io::{Read, Write};
     use virtio_queue::desc::RawDescriptor;
@@ -539,6 +546,55 @@ mod tests {
         assert_eq!(r.used_idx(TX_USED), 2);
         assert_eq!(r.used(TX_USED, 0).1, 0);
         assert!(r.irq.irq_evt().read().unwrap() >= 1);
+    }
+
+    /// With event indexes, the transmit loop leaves `avail_event` at the last chain it took
+    /// (so the guest's next chain notifies), the receive loop sets it when it runs out of
+    /// buffers, and a transmit chain through an indirect table is read like a direct one.
+    #[test]
+    fn event_indexes_rearm_and_indirect_tables_are_followed() {
+        let m = mem();
+        let mut r = Rig::new(&m);
+        r.tx.set_event_idx(true);
+        r.rx.set_event_idx(true);
+        // avail_event follows the 16 used elements.
+        let avail_event =
+            |ring: u64| -> u16 { m.read_obj(GuestAddress(ring + 4 + 8 * 16)).unwrap() };
+        let f1 = frame(1514, 5);
+        let f2 = frame(60, 6);
+        m.write_slice(&[0; 12], GuestAddress(0x10_0000)).unwrap();
+        m.write_slice(&f1, GuestAddress(0x10_000c)).unwrap();
+        r.submit_tx(&[raw(0x10_0000, 12 + 1514, 0, 0)]);
+        // An indirect table of three descriptors: header, then the frame in two parts.
+        let table = [
+            raw(0x30_0000, 12, F_NEXT, 1),
+            raw(0x31_0000, 30, F_NEXT, 2),
+            raw(0x32_0000, 30, 0, 0),
+        ];
+        for (i, d) in table.iter().enumerate() {
+            m.write_obj(*d, GuestAddress(0x40_0000 + 16 * i as u64))
+                .unwrap();
+        }
+        m.write_slice(&[0; 12], GuestAddress(0x30_0000)).unwrap();
+        m.write_slice(&f2[..30], GuestAddress(0x31_0000)).unwrap();
+        m.write_slice(&f2[30..], GuestAddress(0x32_0000)).unwrap();
+        r.submit_tx(&[raw(0x40_0000, 48, F_INDIRECT, 0)]);
+        r.tx();
+        assert_eq!(r.peer_bytes(), framed(&[&f1, &f2]));
+        assert_eq!(r.used_idx(TX_USED), 2);
+        assert_eq!(avail_event(TX_USED), 2);
+
+        // One receive buffer for two frames: the second waits, and avail_event asks for a
+        // notification at the guest's next buffer.
+        r.post_rx(&[(0x50_0000, 4096, F_WRITE)]);
+        r.peer.write_all(&framed(&[&f2, &f2])).unwrap();
+        r.rx();
+        assert_eq!(r.used_idx(RX_USED), 1);
+        assert_eq!(avail_event(RX_USED), 1);
+        assert!(!r.engine.wants_read());
+        r.post_rx(&[(0x51_0000, 4096, F_WRITE)]);
+        r.rx();
+        assert_eq!(r.used_idx(RX_USED), 2);
     }
 
     #[test]
@@ -770,7 +826,11 @@ mod tests {
         let dev = VirtioNet::new(a, mac, 0x4883).unwrap();
         assert_eq!(
             dev.device_features(),
-            (1 << VIRTIO_NET_F_MAC) | (1 << VIRTIO_NET_F_MTU) | (1 << VIRTIO_NET_F_STATUS)
+            (1 << VIRTIO_NET_F_MAC)
+                | (1 << VIRTIO_NET_F_MTU)
+                | (1 << VIRTIO_NET_F_STATUS)
+                | (1 << 28)
+                | (1 << 29)
         );
         assert_eq!(dev.device_type(), 1);
         assert_eq!(dev.queue_max_sizes(), &[256, 256]);

@@ -3,13 +3,21 @@
 //!
 //! usage: krun-vmm-boot --kernel VMLINUX --initrd INITRD --root DISK [--root-ro]
 //!        [--data DISK] [--vcpus N] [--ram-mib M] [--host-json FILE] [--port HOST:GUEST]...
-//!        [--expose-ports] [--stats] [--debug]
+//!        [--expose-ports] [--net-fd FD] [--stats] [--debug]
+//!
+//! `--net-fd` gives the guest a virtio-net device on an inherited, connected unix stream
+//! socket speaking passt's framing (the other end of `passt --fd`), and serves the settings on vsock port 1029: DHCP,
+//! with [`net::DEFAULT_MAC`].
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
-use krun_sev::launch::segment;
+use krun_sev::devices::virtio::vsock::{HostServices, PORT_NET_CONFIG};
+use krun_sev::launch::{net, segment};
+use krun_sev::resources::{NetConfig, NetEndpoint, SharedFd};
+use krun_sev::vmm::config::NetDeviceConfig;
 use krun_sev::vmm::{ConsoleConfig, DiskConfig, PortMap, PortMapping, VmConfig, Vmm};
 
 /// Exit status when the VM could not run (distinct from any guest status we test for).
@@ -26,6 +34,7 @@ struct Args {
     host_json: Option<PathBuf>,
     ports: Vec<PortMapping>,
     expose: bool,
+    net_fd: Option<i32>,
     stats: bool,
     debug: bool,
 }
@@ -42,6 +51,7 @@ fn parse() -> Result<Args, String> {
         host_json: None,
         ports: Vec::new(),
         expose: false,
+        net_fd: None,
         stats: false,
         debug: false,
     };
@@ -66,6 +76,7 @@ fn parse() -> Result<Args, String> {
                 });
             }
             "--expose-ports" => a.expose = true,
+            "--net-fd" => a.net_fd = Some(value()?.parse().map_err(|e| format!("--net-fd: {e}"))?),
             "--stats" => a.stats = true,
             "--debug" => a.debug = true,
             other => return Err(format!("unknown argument {other}")),
@@ -123,6 +134,32 @@ fn run() -> Result<u8, String> {
     } else {
         PortMap::List(a.ports)
     };
+    let mut vsock_handlers = HostServices::new();
+    let net = match a.net_fd {
+        Some(fd) => {
+            // SAFETY: --net-fd names a descriptor this process inherited for this purpose and
+            // nothing else in the process uses; `connect` checks it is a unix stream socket.
+            let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+            let socket = net::connect(&NetConfig {
+                endpoint: NetEndpoint::Fd(SharedFd(Arc::new(owned))),
+                mac: net::DEFAULT_MAC,
+                features: 0,
+                dhcp: true,
+            })
+            .map_err(|e| krun_sev::capi::error_chain(&e))?;
+            let settings = net::GuestNetConfig::dhcp(&net::DEFAULT_MAC);
+            vsock_handlers.insert(
+                PORT_NET_CONFIG,
+                Arc::new(net::NetConfigService::new(&settings)),
+            );
+            Some(NetDeviceConfig {
+                socket,
+                mac: net::DEFAULT_MAC,
+                features: 0,
+            })
+        }
+        None => None,
+    };
     let config = VmConfig {
         vcpus: a.vcpus,
         ram_mib: a.ram_mib,
@@ -140,13 +177,13 @@ fn run() -> Result<u8, String> {
         }),
         attestation_target: None,
         port_map,
-        vsock_handlers: Default::default(),
+        vsock_handlers,
         console: ConsoleConfig {
             input: Some(dup(std::io::stdin())?),
             output: dup(std::io::stdout())?,
             errors: dup(std::io::stderr())?,
         },
-        net: None,
+        net,
         tee: None,
     };
     let (status, stats) =
