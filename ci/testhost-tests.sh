@@ -5,11 +5,13 @@
 # its wall time.
 #
 # Cost: about 11 minutes of test host runs once the kernel is cached (the end-to-end test's
-# boots with debug binaries under TCG take most of them; its real-crun boot about 1.5 minutes);
+# boots with debug binaries under TCG take most of them; its real-crun boot about 1.5 minutes;
+# the hostile-guest test 2.5 to 4 minutes);
 # a cold cache adds the guest kernel build (about 8 minutes on 2 cores), the two crun builds
 # (about a minute each) and ~190 MB of Debian package downloads.
 # Needs: qemu-system-x86 (the outer and inner VMM), cpio, e2fsprogs (mkfs.ext4 and debugfs,
-# also copied into the test host for mkcw), gcc and tar (the end-to-end test), crun's build
+# also copied into the test host for mkcw), gcc and tar (the end-to-end test; gcc also builds
+# the hostile-guest test's guest kernel, docs/hostile-guest.md), crun's build
 # dependencies (ci/build-crun.sh), cryptsetup-bin (the LUKS oracle run inside the test host),
 # debootstrap and root (the real-buildah test's Debian 13 chroot), plus the kernel build
 # dependencies listed in firmware/build-kernel.sh.
@@ -38,5 +40,5 @@ KRUN_SEV_BUNDLE_DIR=$bundle cargo test --manifest-path "$root/Cargo.toml" -p kru
 cargo test --manifest-path "$root/Cargo.toml" -p krun-init --bin krun-init dhcp_lease_from_real_passt \
     -- --ignored --nocapture
 KRUN_SEV_BUNDLE_DIR=$bundle cargo test --manifest-path "$root/Cargo.toml" -p krun-testhost \
-    --test testhost --test kvm_unit --test vmm_boot --test luks_boot --test tee_model --test e2e --test buildah -- --ignored --test-threads=1 --nocapture
+    --test testhost --test kvm_unit --test vmm_boot --test luks_boot --test tee_model --test e2e --test buildah --test hostile -- --ignored --test-threads=1 --nocapture
 echo "[testhost-tests] done in $(($(date +%s) - start)) s" >&2

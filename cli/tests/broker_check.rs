@@ -1,9 +1,10 @@
 //! `krun-sev broker-check` against the real `krun-kbs` configured with the PSP model's trust
-//! roots (`krun-sev model-trust`): with the admin token (broker-check registers the workloads
-//! itself) every verdict is "ok" for SNP over both protocols and SEV-ES over the reference
-//! protocol, and the command exits 0. Against the same broker with the workload registered
-//! `--allow-debug` (a deliberately weakened registration) it fails on exactly the
-//! debug-policy case.
+//! roots (`krun-sev model-trust`) and a bundle for unbound registrations: with the admin
+//! token and the bundle (broker-check registers the bound and unbound workloads itself) every
+//! verdict is "ok" for SNP over both protocols and SEV-ES and plain SEV over the reference
+//! protocol, and the command exits 0. Against the same broker with weakened registrations
+//! (`--allow-debug`, SEV policies without NODBG or ES) it fails on exactly the case each
+//! weakening opens.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -38,9 +39,17 @@ struct Kbs {
 }
 
 const ADMIN_TOKEN: &str = "broker-check admin token";
+/// The URL launches name the broker by (its --public-url; broker-check's --public-url).
+const PUBLIC_URL: &str = "http://kbs.invalid:8000";
 
 impl Kbs {
     fn start(extra: &[&str]) -> Kbs {
+        Kbs::start_with(extra, true)
+    }
+
+    /// [`Kbs::start`]; with `unbound` false the broker has no --bundle, so it cannot check
+    /// (and refuses) unbound registrations.
+    fn start_with(extra: &[&str], unbound: bool) -> Kbs {
         let dir = tempfile::tempdir().unwrap();
         let trust = dir.path().join("trust");
         let out = krun_sev(&["model-trust", trust.to_str().unwrap()]);
@@ -52,9 +61,17 @@ impl Kbs {
         workload_add(dir.path(), &args);
         let token = dir.path().join("admin-token");
         std::fs::write(&token, ADMIN_TOKEN).unwrap();
+        // The broker checks launches of the bundle for workloads registered unbound, bound
+        // to PUBLIC_URL.
+        let bundle = support::fake_bundle(dir.path());
+        let mut cmd = Command::new(support::krun_kbs_bin());
+        if unbound {
+            cmd.arg("--bundle")
+                .arg(&bundle)
+                .args(["--public-url", PUBLIC_URL]);
+        }
         let (child, url) = support::spawn_kbs(
-            Command::new(support::krun_kbs_bin())
-                .args(["--listen", "127.0.0.1:0", "--db"])
+            cmd.args(["--listen", "127.0.0.1:0", "--db"])
                 .arg(&db)
                 .arg("--trust-root")
                 .arg(trust.join("roots.pem"))
@@ -64,9 +81,12 @@ impl Kbs {
                 .arg(trust.join("ark.cert"))
                 .arg("--admin-token-file")
                 .arg(&token)
+                .env(
+                    "KRUN_SEV_PSP_MODEL_DIR",
+                    support::psp_model_dir().join("psp"),
+                )
                 .env("RUST_LOG", "error"),
         );
-        let bundle = support::fake_bundle(dir.path());
         Kbs {
             child,
             url,
@@ -110,11 +130,11 @@ impl Kbs {
             id,
             "--admin-token-file",
             token.to_str().unwrap(),
+            "--public-url",
+            PUBLIC_URL,
         ];
-        if tee == "snp" {
-            // The workload's digest is the launch of the bundle bound to it and this broker.
-            args.extend(["--bundle", bundle.to_str().unwrap()]);
-        }
+        // The workload's digest is the launch of the bundle bound to it and this broker.
+        args.extend(["--bundle", bundle.to_str().unwrap()]);
         let (code, cases) = self.check_with(&args);
         let not_ok: Vec<_> = cases.iter().filter(|c| c["verdict"] != "ok").collect();
         assert!(not_ok.is_empty(), "{protocol} {tee}: {not_ok:#?}");
@@ -163,26 +183,52 @@ fn verdicts(cases: &[serde_json::Value], verdict: &str) -> Vec<String> {
         .collect()
 }
 
-/// The SNP cases skipped without --bundle and --admin-token-file.
-const NEED_REGISTRATION: [&str; 9] = [
+/// The binding cases (every TEE; need --bundle).
+const BINDING: [&str; 3] = [
     "bound-other-workload",
     "bound-other-broker",
     "unbound-launch",
-    "smt-forbidden",
-    "tcb-below-minimum",
+];
+/// The cases against the unbound registration (every TEE; need --bundle and the token).
+const UNBOUND: [&str; 6] = [
+    "unbound-reg-genuine",
+    "unbound-reg-unbound-launch",
+    "unbound-reg-no-host-json",
+    "unbound-reg-borrowed-host-json",
+    "unbound-reg-other-workload",
+    "unbound-reg-other-broker",
+];
+/// The body cases at the admin endpoints (need the token).
+const ADMIN_BODIES: [&str; 4] = [
     "garbage-admin",
     "oversized-admin",
     "garbage-register",
     "oversized-register",
 ];
 
+/// The cases skipped without --bundle and --admin-token-file, in table order.
+fn need_registration(tee: &str) -> Vec<&'static str> {
+    let mut v: Vec<&str> = match tee {
+        "snp" => vec!["smt-forbidden", "tcb-below-minimum"],
+        _ => vec!["build-below-minimum"],
+    };
+    v.extend(BINDING);
+    v.extend(UNBOUND);
+    if tee == "snp" {
+        v.push("unbound-reg-other-protocol");
+    }
+    v.extend(ADMIN_BODIES);
+    v
+}
+
 #[test]
-fn krun_kbs_passes_every_case_with_both_protocols_and_both_tees() {
+fn krun_kbs_passes_every_case_with_both_protocols_and_every_tee() {
     let kbs = Kbs::start(&[]);
     for (protocol, tee) in [
         ("reference", "snp"),
         ("rcar", "snp"),
         ("reference", "sev-es"),
+        ("reference", "sev"),
     ] {
         let cases = kbs.check_registering(protocol, tee, &format!("{tee}-{protocol}"));
         assert!(cases.len() >= 20, "{protocol} {tee}: {cases:?}");
@@ -193,8 +239,15 @@ fn krun_kbs_passes_every_case_with_both_protocols_and_both_tees() {
         // connection), and each case says why.
         for c in &cases[1..] {
             let observed = c["observed"].as_str().unwrap();
+            if c["expected"] == "released" {
+                // The baseline of the unbound registration.
+                assert_eq!(c["case"], "unbound-reg-genuine");
+                assert_eq!(observed, "released", "{protocol} {tee}: {c}");
+                continue;
+            }
             let name = c["case"].as_str().unwrap();
-            let prevented = name.ends_with("-policy") && tee == "sev-es";
+            let prevented =
+                (name.ends_with("-policy") || name == "es-downgrade") && tee.starts_with("sev");
             assert!(
                 observed.contains(": HTTP 4") || name.starts_with("oversized-") || prevented,
                 "{protocol} {tee}: {c}"
@@ -202,23 +255,71 @@ fn krun_kbs_passes_every_case_with_both_protocols_and_both_tees() {
             assert!(!c["why"].as_str().unwrap().is_empty());
         }
         let names: Vec<&str> = cases.iter().map(|c| c["case"].as_str().unwrap()).collect();
-        let expected: &[&str] = if tee == "snp" {
-            &["debug-policy", "unknown-ark"]
-        } else {
-            &[
+        let expected: &[&str] = match tee {
+            "snp" => &["debug-policy", "unknown-ark"],
+            "sev-es" => &[
                 "wrong-tik",
                 "measure-other-policy-debug",
                 "measure-other-policy-noks",
                 "build-below-minimum",
-            ]
+                "es-downgrade",
+            ],
+            _ => &[
+                "wrong-tik",
+                "measure-other-policy-debug",
+                "measure-other-policy-noks",
+                "build-below-minimum",
+            ],
         };
-        let needed = if tee == "snp" {
-            &NEED_REGISTRATION[..]
-        } else {
-            &NEED_REGISTRATION[5..]
-        };
-        for e in expected.iter().chain(needed) {
+        for e in expected.iter().chain(&need_registration(tee)) {
             assert!(names.contains(e), "{protocol} {tee}: no {e} in {names:?}");
+        }
+        assert_eq!(
+            names.contains(&"es-downgrade"),
+            tee == "sev-es",
+            "{protocol} {tee}: {names:?}"
+        );
+        if tee != "snp" {
+            // The SEV binding cases are refused for the launch digest (bound registration).
+            for name in [
+                "bound-other-workload",
+                "bound-other-broker",
+                "unbound-launch",
+            ] {
+                let c = cases.iter().find(|c| c["case"] == name).unwrap();
+                assert!(
+                    c["observed"]
+                        .as_str()
+                        .unwrap()
+                        .contains("launch measurement is not an allowed one"),
+                    "{tee}: {c}"
+                );
+            }
+        }
+        // The unbound registration's refusals say why: krun-kbs's binding checks, or over
+        // RCAR (whose /auth names no workload: the binding does), no bound registration has
+        // the launch's digest.
+        let rcar = protocol == "rcar";
+        for (name, says) in [
+            (
+                "unbound-reg-unbound-launch",
+                if rcar { "not allowed" } else { "not bound" },
+            ),
+            (
+                "unbound-reg-no-host-json",
+                if rcar {
+                    "not allowed"
+                } else {
+                    "sent no host.json"
+                },
+            ),
+            ("unbound-reg-other-broker", "broker"),
+        ] {
+            let c = cases.iter().find(|c| c["case"] == name).unwrap();
+            assert!(
+                c["observed"].as_str().unwrap().contains(says),
+                "{protocol} {tee}: {c}"
+            );
         }
         if tee == "snp" {
             // Refused for the reason the case targets.
@@ -235,7 +336,11 @@ fn krun_kbs_passes_every_case_with_both_protocols_and_both_tees() {
     // the cases resting on a registered requirement are skipped, never counted ok.
     for protocol in ["reference", "rcar"] {
         let (code, cases) = kbs.check(protocol);
-        assert_eq!(verdicts(&cases, "skipped"), NEED_REGISTRATION, "{protocol}");
+        assert_eq!(
+            verdicts(&cases, "skipped"),
+            need_registration("snp"),
+            "{protocol}"
+        );
         assert_eq!(
             verdicts(&cases, "WRONG"),
             Vec::<String>::new(),
@@ -244,23 +349,25 @@ fn krun_kbs_passes_every_case_with_both_protocols_and_both_tees() {
         assert_eq!(code, Some(0), "{protocol}");
     }
 
-    // RCAR has no SEV-ES evidence: a clear error, no table.
-    let out = krun_sev(&[
-        "broker-check",
-        "--broker",
-        &kbs.url,
-        "--protocol",
-        "rcar",
-        "--tee",
-        "sev-es",
-        "--workload-id",
-        "w",
-    ]);
-    assert_eq!(out.status.code(), Some(125), "{out:?}");
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("RCAR 0.4.0 carries no SEV"),
-        "{out:?}"
-    );
+    // RCAR has no SEV or SEV-ES evidence: a clear error, no table.
+    for tee in ["sev-es", "sev"] {
+        let out = krun_sev(&[
+            "broker-check",
+            "--broker",
+            &kbs.url,
+            "--protocol",
+            "rcar",
+            "--tee",
+            tee,
+            "--workload-id",
+            "w",
+        ]);
+        assert_eq!(out.status.code(), Some(125), "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("RCAR 0.4.0 carries no SEV"),
+            "{out:?}"
+        );
+    }
 }
 
 #[test]
@@ -269,46 +376,51 @@ fn a_broker_that_accepts_a_debug_policy_fails_exactly_that_case() {
     for protocol in ["reference", "rcar"] {
         let (code, cases) = kbs.check(protocol);
         assert_eq!(verdicts(&cases, "WRONG"), ["debug-policy"], "{protocol}");
-        assert_eq!(verdicts(&cases, "skipped"), NEED_REGISTRATION);
+        assert_eq!(verdicts(&cases, "skipped"), need_registration("snp"));
         assert_eq!(code, Some(1), "{protocol}");
     }
 
-    // SEV-ES: the broker chooses the launch policy; registered with 0x3e it hands out a
-    // debuggable one (NODBG clear) and releases the secret to that launch.
-    let mut sev_digest = sha2::Sha256::new();
-    sev_digest.update([0x42u8; 4096]);
-    sev_digest.update([0x17u8; 4096]);
-    let sev_digest = hex::encode(sev_digest.finalize());
-    kbs.workload_add(&[
-        "--id",
-        "s",
-        "--tee",
-        "sev",
-        "--measurement",
-        &sev_digest,
-        "--sev-policy",
-        "0x3e",
-    ]);
-    let (code, cases) = kbs.check_with(&[
-        "--protocol",
-        "reference",
-        "--tee",
-        "sev-es",
-        "--workload-id",
-        "s",
-    ]);
-    assert_eq!(verdicts(&cases, "WRONG"), ["debug-policy"], "{cases:#?}");
-    let mut skipped = vec!["build-below-minimum"];
-    skipped.extend(&NEED_REGISTRATION[5..]);
-    assert_eq!(verdicts(&cases, "skipped"), skipped);
-    assert_eq!(code, Some(1));
-    let debug = cases.iter().find(|c| c["case"] == "debug-policy").unwrap();
-    assert_eq!(debug["observed"], "released", "{debug}");
+    // SEV-ES and plain SEV: the broker chooses the launch policy. Registered with NODBG
+    // clear it hands out a debuggable one and releases the secret to that launch; for
+    // SEV-ES registered without ES, it releases it to a plain SEV launch of the same bytes.
+    // broker-check's own launch: one page of 0x42 and, for SEV-ES, one VMSA of 0x17.
+    let digest = |es: bool| {
+        let mut d = sha2::Sha256::new();
+        d.update([0x42u8; 4096]);
+        if es {
+            d.update([0x17u8; 4096]);
+        }
+        hex::encode(d.finalize())
+    };
+    for (id, tee, add_tee, es, policy, wrong) in [
+        ("s", "sev-es", "sev", true, "0x3e", "debug-policy"),
+        ("s-noes", "sev-es", "sev", true, "0x3b", "es-downgrade"),
+        ("p", "sev", "sev-no-es", false, "0x3a", "debug-policy"),
+    ] {
+        let digest = digest(es);
+        kbs.workload_add(&[
+            "--id",
+            id,
+            "--tee",
+            add_tee,
+            "--measurement",
+            &digest,
+            "--sev-policy",
+            policy,
+        ]);
+        let (code, cases) =
+            kbs.check_with(&["--protocol", "reference", "--tee", tee, "--workload-id", id]);
+        assert_eq!(verdicts(&cases, "WRONG"), [wrong], "{id}: {cases:#?}");
+        assert_eq!(verdicts(&cases, "skipped"), need_registration(tee), "{id}");
+        assert_eq!(code, Some(1), "{id}");
+        let c = cases.iter().find(|c| c["case"] == wrong).unwrap();
+        assert_eq!(c["observed"], "released", "{id}: {c}");
+    }
 }
 
 #[test]
 fn a_broker_without_the_workload_fails_the_genuine_case() {
-    let kbs = Kbs::start(&[]);
+    let kbs = Kbs::start_with(&[], false);
     let out = krun_sev(&[
         "broker-check",
         "--broker",
@@ -327,4 +439,32 @@ fn a_broker_without_the_workload_fails_the_genuine_case() {
         genuine.starts_with("genuine") && genuine.contains("WRONG"),
         "{table}"
     );
+
+    // A broker without --bundle refuses the unbound registration broker-check makes: its
+    // cases are skipped with the broker's answer, never counted ok, and nothing is WRONG.
+    let token = kbs.dir.path().join("admin-token");
+    let (code, cases) = kbs.check_with(&[
+        "--protocol",
+        "reference",
+        "--tee",
+        "sev-es",
+        "--workload-id",
+        "no-bundle",
+        "--admin-token-file",
+        token.to_str().unwrap(),
+        "--bundle",
+        kbs.bundle.to_str().unwrap(),
+    ]);
+    assert_eq!(verdicts(&cases, "skipped"), UNBOUND, "{cases:#?}");
+    for c in cases.iter().filter(|c| c["verdict"] == "skipped") {
+        assert!(
+            c["observed"]
+                .as_str()
+                .unwrap()
+                .contains("refused the unbound registration (register: HTTP 400"),
+            "{c}"
+        );
+    }
+    assert_eq!(verdicts(&cases, "WRONG"), Vec::<String>::new());
+    assert_eq!(code, Some(0));
 }

@@ -43,7 +43,10 @@ fn serve(guest: &OnceLock<SnpGuest>, mut stream: UnixStream) {
         if stream.read_exact(&mut request).is_err() {
             return;
         }
+        // Progress lines for the boot trace (`ci/bench-boot.sh`); REPORT_DATA is not logged.
+        log::info!("PSP model: SNP report requested");
         let response = guest.report_service_response(&request);
+        log::info!("PSP model: SNP report signed");
         if stream.write_all(&response).is_err() {
             return;
         }

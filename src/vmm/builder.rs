@@ -116,6 +116,16 @@ impl Vmm {
         let ram_bytes = u64::from(config.ram_mib)
             .checked_mul(1 << 20)
             .ok_or(VmmError::RamSize)?;
+        // Boot-phase lines (info): `ci/bench-boot.sh` stamps them on arrival for its
+        // per-phase trace; the figure in each is this run's own monotonic clock.
+        let run_start = Instant::now();
+        let phase = |name: &str| {
+            log::info!(
+                "boot phase {name}: {:.1} ms",
+                run_start.elapsed().as_secs_f64() * 1000.0
+            );
+        };
+        phase("vmm start");
         let mut config = config;
         let tee = config.tee.take();
         let extra: &[(u64, u64)] = match tee {
@@ -152,6 +162,7 @@ impl Vmm {
         if let Some(l) = launch.as_mut() {
             l.vm_created(vm.shared_fd(), &mem).map_err(VmmError::Tee)?;
         }
+        phase("vm created");
 
         // Terminal first, so every later error path restores it through the guard's drop.
         let terminal = match &config.console.input {
@@ -161,6 +172,7 @@ impl Vmm {
 
         let slots = config_devices(&mut config)?;
         let devices = attach_devices(&vm, &mem, slots)?;
+        phase("devices attached");
         let cmdline = full_cmdline(&config.cmdline, devices.cmdline_entries())?;
         let load_start = Instant::now();
         let loaded = loader::load_guest(
@@ -179,6 +191,9 @@ impl Vmm {
         drop(kernel_bytes);
         if let Some(l) = launch.as_mut() {
             l.vmm_phase(Phase::ImageLoad, load_start.elapsed(), 0);
+        }
+        phase("loaded");
+        if let Some(l) = launch.as_mut() {
             l.loaded(&mem, &loaded).map_err(VmmError::Tee)?;
         }
         let entry = match (loaded.firmware, vcpu_sig) {
@@ -203,6 +218,11 @@ impl Vmm {
             }
             None => None,
         };
+        phase(if launch.is_some() {
+            "launched (measured)"
+        } else {
+            "vcpus configured"
+        });
         // `launch` stays alive until the VM is gone: on SNP hardware it owns the guest_memfd
         // files, and KVM unbinds a slot's private memory when its file is released.
         let exit = Arc::new(ExitState::new());
@@ -225,6 +245,7 @@ impl Vmm {
                 }
             }
         }
+        phase("guest entry");
         log::info!(
             "guest started: {} vCPUs, {} MiB",
             config.vcpus,

@@ -125,12 +125,15 @@ enum WorkloadCmd {
     Add {
         #[arg(long)]
         id: String,
+        /// snp; sev or sev-es (SEV-ES, buildah's `sev`); sev-no-es (plain SEV).
         #[arg(long, value_parser = parse_tee)]
-        tee: TeeKind,
+        tee: CliTee,
         /// Allowed launch digest in hex. Repeatable.
         #[arg(long = "measurement", required = true)]
         measurements: Vec<String>,
-        /// SEV policy word (decimal or 0x hex); default 0x3f (SEV-ES).
+        /// SEV policy word (decimal or 0x hex); default 0x3f (SEV-ES) for --tee sev and
+        /// sev-es, 0x3b (no ES bit) for sev-no-es. sev-es needs the ES bit (0x4), sev-no-es
+        /// must not have it.
         #[arg(long, value_parser = parse_u32)]
         sev_policy: Option<u32>,
         /// File with the LUKS passphrase (the `key` secret).
@@ -184,11 +187,56 @@ enum SecretCmd {
     Remove { workload: String, name: String },
 }
 
-fn parse_tee(s: &str) -> Result<TeeKind, String> {
+/// The `--tee` of `workload add`: the stored TEE kind is `sev` for the whole SEV family,
+/// and the policy's ES bit (0x4) tells SEV-ES from plain SEV.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CliTee {
+    /// `sev`: buildah's name, launched as SEV-ES; any policy may be given.
+    Sev,
+    /// `sev-es`: the policy must have ES.
+    SevEs,
+    /// `sev-no-es` (buildah's `sev_no_es`): plain SEV; the policy must not have ES.
+    SevNoEs,
+    Snp,
+}
+
+/// SEV policy bit 2: ES (the guest must be SEV-ES).
+const SEV_POLICY_ES: u32 = 0x4;
+
+impl CliTee {
+    fn kind(self) -> TeeKind {
+        match self {
+            CliTee::Snp => TeeKind::Snp,
+            _ => TeeKind::Sev,
+        }
+    }
+
+    /// The policy to store: the given one when it fits the TEE, else the default.
+    fn sev_policy(self, given: Option<u32>) -> Result<u32, String> {
+        let default = krun_kbs::api::DEFAULT_SEV_POLICY;
+        match (self, given) {
+            (CliTee::SevNoEs, None) => Ok(default & !SEV_POLICY_ES),
+            (CliTee::SevNoEs, Some(p)) if p & SEV_POLICY_ES != 0 => Err(format!(
+                "--tee sev-no-es (plain SEV) with --sev-policy {p:#x}: the ES bit 0x4 makes \
+                 the PSP refuse every plain SEV launch; clear it, or use --tee sev-es"
+            )),
+            (CliTee::SevEs, Some(p)) if p & SEV_POLICY_ES == 0 => Err(format!(
+                "--tee sev-es with --sev-policy {p:#x}: without the ES bit 0x4 the policy \
+                 allows a plain SEV launch; set it, or use --tee sev-no-es"
+            )),
+            (_, Some(p)) => Ok(p),
+            (_, None) => Ok(default),
+        }
+    }
+}
+
+fn parse_tee(s: &str) -> Result<CliTee, String> {
     match s {
-        "sev" | "sev-es" => Ok(TeeKind::Sev),
-        "snp" => Ok(TeeKind::Snp),
-        _ => Err("expected sev or snp".into()),
+        "sev" => Ok(CliTee::Sev),
+        "sev-es" | "sev_es" => Ok(CliTee::SevEs),
+        "sev-no-es" | "sev_no_es" => Ok(CliTee::SevNoEs),
+        "snp" | "sev-snp" => Ok(CliTee::Snp),
+        _ => Err("expected sev, sev-es, sev-no-es or snp".into()),
     }
 }
 
@@ -273,12 +321,18 @@ fn admin(cli: &Cli, cmd: &Command) -> Result<(), MainError> {
             host_data,
             unbound,
         }) => {
-            let digests = krun_kbs::api::decode_measurements(*tee, measurements)
+            let digests = krun_kbs::api::decode_measurements(tee.kind(), measurements)
                 .map_err(|r| MainError::Usage(r.detail.into()))?;
+            let sev_policy = match tee.kind() {
+                TeeKind::Sev => tee
+                    .sev_policy(*sev_policy)
+                    .map_err(|e| MainError::Usage(e.into()))?,
+                TeeKind::Snp => sev_policy.unwrap_or(krun_kbs::api::DEFAULT_SEV_POLICY),
+            };
             let w = krun_kbs::db::Workload {
                 id: id.clone(),
-                tee: *tee,
-                sev_policy: sev_policy.unwrap_or(krun_kbs::api::DEFAULT_SEV_POLICY),
+                tee: tee.kind(),
+                sev_policy,
                 snp: SnpRequirements {
                     allow_debug: *allow_debug,
                     allow_migration_agent: *allow_migration_agent,

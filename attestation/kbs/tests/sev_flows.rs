@@ -286,3 +286,54 @@ fn legacy_generations_are_named_and_model_roots_still_work() {
         assert!(stderr.contains(says), "{stderr}");
     }
 }
+
+#[test]
+fn workload_add_tells_plain_sev_from_sev_es_by_the_policy() {
+    let kbs = Kbs::start(KbsOptions::default());
+    let digest = digest_hex(LAUNCH_DATA);
+    let pass = kbs.dir.path().join("pp");
+    std::fs::write(&pass, "pp").unwrap();
+    let pass = path_of(&pass);
+    let add = |id: &str, tee: &str, policy: Option<&str>| {
+        let mut args = vec!["workload", "add", "--id", id, "--tee", tee];
+        args.extend(["--measurement", &digest, "--passphrase-file", &pass]);
+        if let Some(p) = policy {
+            args.extend(["--sev-policy", p]);
+        }
+        kbs.cli(&args)
+    };
+    // Plain SEV gets buildah's policy without ES (0x3b, what mkcw registers for sev-no-es);
+    // sev and sev-es keep SEV-ES's 0x3f.
+    for (id, tee, policy) in [
+        ("plain", "sev-no-es", 0x3b),
+        ("plain2", "sev_no_es", 0x3b),
+        ("es", "sev-es", 0x3f),
+        ("buildah", "sev", 0x3f),
+    ] {
+        let out = add(id, tee, None);
+        assert!(out.status.success(), "{tee}: {out:?}");
+        let listed: serde_json::Value =
+            serde_json::from_slice(&kbs.cli(&["workload", "list"]).stdout).unwrap();
+        let w = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["id"] == id)
+            .unwrap();
+        assert_eq!(w["tee"], "sev", "{w}");
+        assert_eq!(w["sev_policy"], policy, "{tee}: {w}");
+    }
+    // A policy that contradicts the launch type is refused with the reason; `sev` takes any.
+    for (tee, policy, says) in [
+        ("sev-no-es", "0x3f", "plain SEV"),
+        ("sev-es", "0x3b", "ES bit"),
+    ] {
+        let out = add("bad", tee, Some(policy));
+        assert!(!out.status.success(), "{tee} {policy}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{stderr}");
+    }
+    assert!(add("any", "sev", Some("0x3b")).status.success());
+    let out = add("bad", "sev-x", None);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sev-no-es"));
+}

@@ -4,13 +4,18 @@
 //! policy); protocols: virtee/reference-kbs and Trustee's KBS protocol (RCAR 0.4.0).
 //! Keep docs/broker-check.md in step with this table.
 
-use super::sev_es::{Launch, GENUINE, LAUNCH_DATA, OTHER_DATA, POLICY_NODBG, POLICY_NOKS};
-use super::{error_chain, Ctx, Evidence, Expect, Observed, Step};
+use super::sev_launch::{
+    Launch, Memory, GENUINE, OTHER_DATA, POLICY_ES, POLICY_NODBG, POLICY_NOKS,
+};
+use super::{error_chain, Ctx, Evidence, Expect, Observed, Sent, Step};
 
 /// Guest policy bit 19: DEBUG (ABI 56860 §4.3).
 const POLICY_DEBUG: u64 = 1 << 19;
 /// Guest policy bit 18: MIGRATE_MA (ABI 56860 §4.3).
 const POLICY_MIGRATE_MA: u64 = 1 << 18;
+
+/// The broker URL of the launches bound elsewhere (`bound-other-broker`).
+pub const OTHER_BROKER: &str = "http://other-broker.invalid:8000";
 
 /// One case.
 pub struct Case {
@@ -158,41 +163,6 @@ pub const CASES: &[Case] = &[
         run: key_other_workload,
     },
     Case {
-        name: "bound-other-workload",
-        changes: "the launch of the same bundle and shape bound to --other-workload-id (the \
-                  co-tenant's genuine launch): its digest in MEASUREMENT, its host.json sent; \
-                  the key of --workload-id asked for",
-        why: "a co-tenant with the same bundle, vCPUs and RAM must not get another tenant's \
-              key: the binding in the launch digest names whose launch it is",
-        rests_on: "the binding measured in /krun/host.json (docs/threat-model.md \"Binding\"); \
-                   MEASUREMENT (0x090); needs --bundle",
-        expect: Expect::Refused,
-        closed_ok: false,
-        run: |c| c.binding_flow(Some((&c.other_workload_id, &c.broker))),
-    },
-    Case {
-        name: "bound-other-broker",
-        changes: "the launch bound to this workload but to another broker URL \
-                  (http://other-broker.invalid:8000): its digest, its host.json",
-        why: "a host that points the launch at its own broker (handing the guest a disk of its \
-              own) must not get this broker's key for that launch",
-        rests_on: "attestation_url in the measured binding; needs --bundle",
-        expect: Expect::Refused,
-        closed_ok: false,
-        run: |c| c.binding_flow(Some((&c.workload_id, "http://other-broker.invalid:8000"))),
-    },
-    Case {
-        name: "unbound-launch",
-        changes: "the launch with no binding in its host.json (what krunfw_measurement \
-                  digests): its digest, its host.json, against the bound registration",
-        why: "an unbound launch is bound to no workload or broker: whoever runs it could take \
-              the key",
-        rests_on: "docs/measurement.md \"Unbound digests\"; needs --bundle",
-        expect: Expect::Refused,
-        closed_ok: false,
-        run: |c| c.binding_flow(None),
-    },
-    Case {
         name: "unknown-ark",
         changes: "the report is signed by a second, fresh PSP model identity whose VCEK, ASK and \
                   ARK are sent with the evidence",
@@ -256,8 +226,10 @@ pub const CASES: &[Case] = &[
 pub const SEV_CASES: &[Case] = &[
     Case {
         name: "genuine",
-        changes: "nothing: broker-check's launch (one data page, one VMSA) with the broker's \
-                  LAUNCH_START session and policy, the model's real firmware build",
+        changes: "nothing: the workload's launch (broker-check's own: one data page, and one \
+                  VMSA under SEV-ES; with --bundle: the bundle's launch bound to the workload \
+                  and --broker, its host.json sent) with the broker's LAUNCH_START session and \
+                  policy, the model's real firmware build",
         why: "the baseline: a broker that refuses this releases nothing to anyone, and every \
               refusal below would prove nothing",
         rests_on: "the protocol's happy path; the LAUNCH_SECRET packet must pass the model's \
@@ -335,7 +307,7 @@ pub const SEV_CASES: &[Case] = &[
         closed_ok: false,
         run: |c| {
             c.sev_flow(&Launch {
-                data: &OTHER_DATA,
+                memory: Memory::Page(&OTHER_DATA),
                 ..GENUINE
             })
         },
@@ -454,6 +426,252 @@ pub const SEV_CASES: &[Case] = &[
         },
     },
 ];
+
+/// The binding cases of every TEE, against the bound registration of --workload-id: the
+/// launches of --bundle bound elsewhere or unbound (SNP: the report carries the launch's
+/// digest; SEV/SEV-ES: the launch measures its memory with the broker's session).
+pub const BINDING_CASES: &[Case] = &[
+    Case {
+        name: "bound-other-workload",
+        changes: "the launch of the same bundle and shape bound to --other-workload-id (the \
+                  co-tenant's genuine launch): its digest, its host.json sent; the key of \
+                  --workload-id asked for (the reference /auth names it)",
+        why: "a co-tenant with the same bundle, vCPUs and RAM must not get another tenant's \
+              key: the binding in the launch digest names whose launch it is",
+        rests_on: "the binding measured in /krun/host.json (docs/threat-model.md \"Binding\"); \
+                   SNP MEASUREMENT (0x090), SEV the launch digest inside the MEASURE MAC; \
+                   needs --bundle",
+        expect: Expect::Refused,
+        closed_ok: false,
+        run: |c| {
+            let other = c.binding((&c.other_workload_id, &c.broker));
+            c.launch_flow(&c.workload_id, Some(other), Sent::Own)
+        },
+    },
+    Case {
+        name: "bound-other-broker",
+        changes: "the launch bound to this workload but to another broker URL \
+                  (http://other-broker.invalid:8000): its digest, its host.json",
+        why: "a host that points the launch at its own broker (handing the guest a disk of its \
+              own) must not get this broker's key for that launch",
+        rests_on: "attestation_url in the measured binding; needs --bundle",
+        expect: Expect::Refused,
+        closed_ok: false,
+        run: |c| {
+            let elsewhere = c.binding((&c.workload_id, OTHER_BROKER));
+            c.launch_flow(&c.workload_id, Some(elsewhere), Sent::Own)
+        },
+    },
+    Case {
+        name: "unbound-launch",
+        changes: "the launch with no binding in its host.json (what krunfw_measurement \
+                  digests): its digest, its host.json, against the bound registration",
+        why: "an unbound launch is bound to no workload or broker: whoever runs it could take \
+              the key",
+        rests_on: "docs/measurement.md \"Unbound digests\"; needs --bundle",
+        expect: Expect::Refused,
+        closed_ok: false,
+        run: |c| c.launch_flow(&c.workload_id, None, Sent::Own),
+    },
+];
+
+/// The cases against the workload ID-unbound, registered (by broker-check, needs
+/// --admin-token-file and --bundle) with the *unbound* digest of --bundle's launch, as
+/// buildah registers `krunfw_measurement`'s output: the broker must check the launch's
+/// host.json and its binding (docs/measurement.md "Unbound digests").
+pub const UNBOUND_CASES: &[Case] = &[
+    Case {
+        name: "unbound-reg-genuine",
+        changes: "the launch bound to ID-unbound and this broker (--public-url, default \
+                  --broker): its digest, its host.json sent",
+        why: "the baseline of the unbound registration: a broker that accepts unbound digests \
+              must release to the launch they describe, bound to the workload and to it, or \
+              the refusals below prove nothing",
+        rests_on: "docs/measurement.md \"Unbound digests\" (krun-kbs --bundle, --public-url); \
+                   needs --bundle and --admin-token-file",
+        expect: Expect::Released,
+        closed_ok: false,
+        run: |c| {
+            let id = c.unbound_workload_id();
+            unbound_reg(c, &id, Some((&id, &c.broker)), UnboundSent::Own)
+        },
+    },
+    Case {
+        name: "unbound-reg-unbound-launch",
+        changes: "the unbound launch itself (its digest is the registered one), its host.json \
+                  (no binding) sent",
+        why: "a launch that really is unbound is bound to no workload or broker: an unbound \
+              digest must never be matched as it stands",
+        rests_on: "the binding in host.json; docs/measurement.md \"Unbound digests\"",
+        expect: Expect::Refused,
+        closed_ok: false,
+        run: |c| {
+            let id = c.unbound_workload_id();
+            unbound_reg(c, &id, None, UnboundSent::Own)
+        },
+    },
+    Case {
+        name: "unbound-reg-no-host-json",
+        changes: "the genuine bound launch, but /auth sends no host.json",
+        why: "without the launch's host.json the broker cannot recompute the bound digest or \
+              see the binding: nothing ties the evidence to the unbound registration",
+        rests_on: "host_json in the /auth extra-params (RCAR: krun-host-json)",
+        expect: Expect::Refused,
+        closed_ok: false,
+        run: |c| {
+            let id = c.unbound_workload_id();
+            unbound_reg(c, &id, Some((&id, &c.broker)), UnboundSent::Nothing)
+        },
+    },
+    Case {
+        name: "unbound-reg-borrowed-host-json",
+        changes: "the co-tenant's launch (bound to --other-workload-id) as evidence, with the \
+                  host.json of the genuine launch bound to ID-unbound",
+        why: "the host.json is the host's word: only the digest recomputed from it and found \
+              in the evidence makes it the launch's own, so a co-tenant cannot borrow the \
+              victim's binding",
+        rests_on: "the bound digest of the sent host.json against the evidence (SNP \
+                   MEASUREMENT, SEV the MEASURE MAC)",
+        expect: Expect::Refused,
+        closed_ok: false,
+        run: |c| {
+            let id = c.unbound_workload_id();
+            unbound_reg(
+                c,
+                &id,
+                Some((&c.other_workload_id, &c.broker)),
+                UnboundSent::Of(&id),
+            )
+        },
+    },
+    Case {
+        name: "unbound-reg-other-workload",
+        changes: "the co-tenant's launch (bound to --other-workload-id), its own host.json; \
+                  the key of ID-unbound asked for (the reference /auth names ID-unbound)",
+        why: "the same bundle and shape have the same unbound digest for every tenant: only \
+              the workload named in the binding tells them apart",
+        rests_on: "workload_id in the measured binding",
+        expect: Expect::Refused,
+        closed_ok: false,
+        run: |c| {
+            let id = c.unbound_workload_id();
+            unbound_reg(
+                c,
+                &id,
+                Some((&c.other_workload_id, &c.broker)),
+                UnboundSent::Own,
+            )
+        },
+    },
+    Case {
+        name: "unbound-reg-other-broker",
+        changes: "the launch bound to ID-unbound but to another broker URL \
+                  (http://other-broker.invalid:8000), its host.json",
+        why: "a launch pointed at the host's own broker must not get this broker's key",
+        rests_on: "attestation_url in the measured binding against the broker's --public-url",
+        expect: Expect::Refused,
+        closed_ok: false,
+        run: |c| {
+            let id = c.unbound_workload_id();
+            unbound_reg(c, &id, Some((&id, OTHER_BROKER)), UnboundSent::Own)
+        },
+    },
+];
+
+/// SNP only: the guest itself speaks the protocol its binding names (SEV/SEV-ES: the host
+/// talks to the broker before the guest runs, and the binding's protocol is the guest's
+/// business).
+pub const UNBOUND_SNP_CASES: &[Case] = &[Case {
+    name: "unbound-reg-other-protocol",
+    changes: "the launch bound to ID-unbound and this broker but to the other protocol \
+              (reference ↔ rcar), its host.json",
+    why: "a launch bound to one protocol attests with that one; evidence arriving over \
+          another was not made by that launch's guest",
+    rests_on: "kbs_protocol in the measured binding against the session's protocol",
+    expect: Expect::Refused,
+    closed_ok: false,
+    run: |c| {
+        let id = c.unbound_workload_id();
+        let mut bound = c.binding((&id, &c.broker));
+        bound.kbs_protocol = match bound.kbs_protocol {
+            krun_footer::KbsProtocol::Reference => krun_footer::KbsProtocol::Rcar,
+            _ => krun_footer::KbsProtocol::Reference,
+        };
+        if let Some(why) = c.unbound_skip() {
+            return why;
+        }
+        c.launch_flow(&id, Some(bound), Sent::Own)
+    },
+}];
+
+/// Which host.json an unbound-registration case sends.
+enum UnboundSent<'a> {
+    Own,
+    Nothing,
+    /// The launch bound to this workload and the broker.
+    Of(&'a str),
+}
+
+/// [`Ctx::launch_flow`] for `workload` with the launch bound to `measured`; skipped unless
+/// the unbound workload is registered.
+fn unbound_reg(
+    c: &Ctx,
+    workload: &str,
+    measured: Option<(&str, &str)>,
+    sent: UnboundSent<'_>,
+) -> Observed {
+    if let Some(why) = c.unbound_skip() {
+        return why;
+    }
+    let sent = match sent {
+        UnboundSent::Own => Sent::Own,
+        UnboundSent::Nothing => Sent::Nothing,
+        UnboundSent::Of(id) => Sent::Of(Some(c.binding((id, &c.broker)))),
+    };
+    c.launch_flow(workload, measured.map(|b| c.binding(b)), sent)
+}
+
+/// The SEV-ES cases that plain SEV has no counterpart of.
+pub const SEV_ES_CASES: &[Case] = &[Case {
+    name: "es-downgrade",
+    changes: "the launch as plain SEV with the broker's session and policy, its VMSAs \
+              measured as data pages (LAUNCH_UPDATE_DATA of the same bytes), so the digest is \
+              the registered one; refused before any request when the broker's policy has ES \
+              (bit 2: the PSP refuses a plain SEV guest then)",
+    why: "a plain SEV guest's registers are the host's to read and set; only the ES bit in \
+          the policy the broker chose keeps a host from measuring the same bytes without \
+          SEV-ES",
+    rests_on: "the /auth LAUNCH_START policy, bit 2 ES (SEV API §3, guest policy); the digest \
+               covers bytes, not how they were measured",
+    expect: Expect::Refused,
+    closed_ok: false,
+    run: |c| {
+        let run = || {
+            let a = c.auth()?;
+            let policy = a.sev.as_ref().map(|s| s.policy.to_u32()).unwrap_or(0);
+            if policy & POLICY_ES != 0 {
+                return Err(Observed::Prevented {
+                    step: "auth",
+                    why: format!(
+                        "the broker's LAUNCH_START policy {policy:#x} has ES set: the PSP \
+                         refuses a plain SEV launch"
+                    ),
+                });
+            }
+            let (mut guest, body) = c.sev_launch(
+                &a,
+                &Launch {
+                    mode: Some(krun_psp_model::SevMode::Sev),
+                    vmsas_as_data: true,
+                    ..GENUINE
+                },
+            )?;
+            c.attest(&a, &body)?;
+            Ok(c.sev_key(&a, &c.workload_id, &mut guest))
+        };
+        run().unwrap_or_else(|o| o)
+    },
+}];
 
 /// Malformed and oversized bodies at every endpoint, for every TEE and protocol.
 pub const BODY_CASES: &[Case] = &[
@@ -607,7 +825,7 @@ fn other_policy(c: &Ctx, cleared: u32) -> Observed {
             &Launch {
                 policy: Some(policy),
                 owner: false,
-                data: &LAUNCH_DATA,
+                ..GENUINE
             },
         )?;
         c.attest(&a, &body)?;

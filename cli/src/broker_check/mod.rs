@@ -1,14 +1,15 @@
 //! `krun-sev broker-check`: drives a key broker with evidence made by the PSP model (SNP
-//! reports, or SEV-ES launches run in the model), the genuine flow once (the key must be
-//! released) and then each refusal case of [`cases::CASES`] or [`cases::SEV_CASES`] and
-//! [`cases::BODY_CASES`], over raw HTTP so any broker speaking the reference-kbs protocol or
-//! Trustee's RCAR can be checked. With an admin token it registers the workloads itself
-//! (krun-kbs's admin API); with a bundle it computes bound digests for the binding cases.
-//! Prints case / expected / observed / verdict; exits 1 when any verdict is wrong. See
-//! docs/broker-check.md.
+//! reports, or SEV and SEV-ES launches run in the model), the genuine flow once (the key must
+//! be released) and then each case of [`cases::CASES`] or [`cases::SEV_CASES`], the binding
+//! and unbound-registration cases, [`cases::SEV_ES_CASES`] or [`cases::UNBOUND_SNP_CASES`],
+//! and [`cases::BODY_CASES`], over raw HTTP so any broker speaking the reference-kbs protocol
+//! or Trustee's RCAR can be checked. With an admin token it registers the workloads itself
+//! (krun-kbs's admin API); with a bundle it computes bound and unbound digests (and SEV
+//! launches) of the bundle for the binding cases. Prints case / expected / observed /
+//! verdict; exits 1 when any verdict is wrong. See docs/broker-check.md.
 
 mod cases;
-mod sev_es;
+mod sev_launch;
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -36,6 +37,18 @@ pub enum TeeArg {
     /// SEV-ES: the pre-attestation of the launch (LAUNCH_MEASURE, LAUNCH_SECRET); reference
     /// protocol only.
     SevEs,
+    /// Plain SEV (no ES: no VMSA is measured), pre-attested as SEV-ES is; reference
+    /// protocol only. Also `sev-no-es`, the name mkcw and TEE configs use (their `sev` is
+    /// SEV-ES, buildah's meaning).
+    #[value(alias = "sev-no-es")]
+    Sev,
+}
+
+impl TeeArg {
+    /// SEV or SEV-ES: pre-attestation of the launch.
+    pub fn is_sev(self) -> bool {
+        matches!(self, TeeArg::Sev | TeeArg::SevEs)
+    }
 }
 
 /// The broker protocol.
@@ -61,17 +74,22 @@ pub struct BrokerCheckArgs {
     /// (registered, and replaced, by broker-check itself with --admin-token-file).
     #[arg(long)]
     workload_id: String,
-    /// The workload's registered SNP launch digest (96 hex digits). SEV-ES launches are
-    /// broker-check's own: the digest is fixed (--print-measurement), and given here it must
-    /// be that one.
+    /// The workload's registered SNP launch digest (96 hex digits). SEV and SEV-ES launches
+    /// are broker-check's own (a fixed page, or the bundle's launch with --bundle): given
+    /// here, it must be that launch's digest (the error says which).
     #[arg(long)]
     measurement: Option<String>,
-    /// The guest bundle the workload launches with (SNP): broker-check then computes the
-    /// workload's digest itself, bound to --workload-id, --broker and --protocol (docs/
-    /// threat-model.md "Binding"), and runs the binding cases with the digests of launches
-    /// bound elsewhere or unbound. Register that digest (--admin-token-file does).
+    /// The guest bundle the workload launches with: broker-check then computes the
+    /// workload's digest itself (SEV/SEV-ES: launches the bundle in the model), bound to
+    /// --workload-id, --public-url and --protocol (docs/threat-model.md "Binding"), and runs
+    /// the binding cases with launches bound elsewhere or unbound. Register that digest
+    /// (--admin-token-file does, and registers ID-unbound with the unbound digest too).
     #[arg(long)]
     bundle: Option<std::path::PathBuf>,
+    /// The URL launches name the broker by (its --public-url behind a proxy), in the binding
+    /// of the digests --bundle computes; default --broker.
+    #[arg(long)]
+    public_url: Option<String>,
     /// vCPUs of the launch whose digest --bundle computes.
     #[arg(long, default_value_t = 1)]
     vcpus: u8,
@@ -109,17 +127,21 @@ pub enum BrokerCheckError {
     Tls(#[source] tls::TlsError),
     #[error("--tee snp needs --measurement (96 hex digits) or --bundle")]
     Measurement,
-    #[error("for SEV-ES the launch is broker-check's own: register and give its digest {0}")]
+    #[error("--measurement is not the digest of broker-check's SEV/SEV-ES launch: register and give {0}")]
     SevMeasurement(String),
     #[error(
-        "RCAR 0.4.0 carries no SEV or SEV-ES evidence: use --protocol reference with --tee sev-es"
+        "RCAR 0.4.0 carries no SEV or SEV-ES evidence (its attestation runs in the guest after \
+         launch; SEV pre-attestation needs LAUNCH_START parameters before it and a LAUNCH_SECRET \
+         packet, which RCAR has no message for): use --protocol reference with --tee sev or sev-es"
     )]
     RcarSev,
+    #[error("this needs --bundle")]
+    NoBundle,
     #[error("cannot read the admin token")]
     Token(#[source] crate::mkcw::register::RegisterError),
     #[error("cannot load the bundle {0}")]
     Bundle(String, #[source] krun_bundle::BundleError),
-    #[error("--bundle computes the SNP launch digest; it works with --tee snp only")]
+    #[error("the launch digest of --bundle has an unexpected length")]
     BundleTee,
     #[error("cannot compute the launch digest of the bundle")]
     Digest(#[source] krun_sev::launch::LaunchError),
@@ -213,12 +235,30 @@ pub struct Ctx {
         krun_sev::launch::host_json::LaunchShape,
     )>,
     pub broker: String,
+    /// The directory of --bundle.
+    pub bundle_dir: Option<std::path::PathBuf>,
+    /// SEV/SEV-ES with --bundle: the workload's own launch (bound to it and the broker URL
+    /// of the bindings, --public-url or --broker).
+    pub sev_own: Option<sev_launch::SevImage>,
+    /// Whether the unbound workload is registered, or why not (the reason its cases are
+    /// skipped).
+    pub unbound_registered: Result<(), String>,
     /// `Bearer <token>` for the admin API, when given.
     admin_auth: Option<zeroize::Zeroizing<String>>,
     /// A second identity whose ARK no broker trusts; made on first use.
     other: std::sync::OnceLock<Result<ModelIdentity, String>>,
     /// The reference protocol's two RSA TEE keys; made on first use.
     rsa: std::sync::OnceLock<Vec<Result<TeeKey, String>>>,
+}
+
+/// Which host.json a launch flow sends with `/auth`.
+pub enum Sent {
+    /// The measured launch's own.
+    Own,
+    /// None.
+    Nothing,
+    /// Another launch's: bound to this binding, or unbound.
+    Of(Option<krun_footer::Binding>),
 }
 
 /// A session opened by `/auth`.
@@ -347,10 +387,33 @@ impl Ctx {
 
     /// The `/auth` body of this protocol for this TEE.
     pub fn auth_body(&self) -> Vec<u8> {
-        if self.tee == TeeArg::SevEs {
-            return self.sev_auth_body(self.sev_build());
+        if self.tee.is_sev() {
+            let host_json = self.sev_own.as_ref().map(|i| i.host_json.as_slice());
+            return self.sev_auth_body(&self.workload_id, self.sev_build(), host_json);
         }
         self.snp_auth_body(None)
+    }
+
+    /// The launch type of --tee.
+    pub fn tee_mode(&self) -> krun_sev::tee::TeeMode {
+        match self.tee {
+            TeeArg::Snp => krun_sev::tee::TeeMode::Snp,
+            TeeArg::SevEs => krun_sev::tee::TeeMode::SevEs,
+            TeeArg::Sev => krun_sev::tee::TeeMode::Sev,
+        }
+    }
+
+    /// The binding of a launch to `(workload, url)` with this protocol and no TLS pin.
+    pub fn binding(&self, (workload, url): (&str, &str)) -> krun_footer::Binding {
+        krun_footer::Binding {
+            workload_id: workload.into(),
+            attestation_url: url.into(),
+            kbs_protocol: match self.protocol {
+                KbsProtocol::Reference => krun_footer::KbsProtocol::Reference,
+                KbsProtocol::Rcar => krun_footer::KbsProtocol::Rcar,
+            },
+            broker_pin: None,
+        }
     }
 
     /// The SNP `/auth` body, sending the launch's measured host.json when given (krun-kbs's
@@ -388,24 +451,20 @@ impl Ctx {
         }
     }
 
-    /// The measured host.json of an SNP launch of --bundle bound to `(workload, url)` with
-    /// this protocol, or unbound; `None` without --bundle.
+    /// The measured host.json of a launch of --bundle bound to `(workload, url)` with this
+    /// protocol, or unbound; `None` without --bundle.
     pub fn host_json(&self, binding: Option<(&str, &str)>) -> Option<Vec<u8>> {
+        self.host_json_of(binding.map(|b| self.binding(b)).as_ref())
+    }
+
+    /// [`Ctx::host_json`] with `binding` as given.
+    pub fn host_json_of(&self, binding: Option<&krun_footer::Binding>) -> Option<Vec<u8>> {
         let (_, shape) = self.launch.as_ref()?;
-        let binding = binding.map(|(workload, url)| krun_footer::Binding {
-            workload_id: workload.into(),
-            attestation_url: url.into(),
-            kbs_protocol: match self.protocol {
-                KbsProtocol::Reference => krun_footer::KbsProtocol::Reference,
-                KbsProtocol::Rcar => krun_footer::KbsProtocol::Rcar,
-            },
-            broker_pin: None,
-        });
         Some(krun_sev::launch::host_json::build(
             &krun_sev::resources::VmResources::default(),
-            krun_sev::tee::TeeMode::Snp,
+            self.tee_mode(),
             shape,
-            binding.as_ref(),
+            binding,
         ))
     }
 
@@ -423,24 +482,55 @@ impl Ctx {
             .map_err(|_| BrokerCheckError::BundleTee)
     }
 
-    /// The genuine flow, but for the launch of --bundle bound to `binding` (or unbound): the
-    /// report carries its digest and `/auth` sends its host.json.
-    pub fn binding_flow(&self, binding: Option<(&str, &str)>) -> Observed {
-        let Some(json) = self.host_json(binding) else {
+    /// The genuine flow of `workload` (its key asked for; the reference `/auth` names it),
+    /// but for the launch of --bundle bound to `measured` (or unbound): the evidence carries
+    /// that launch's digest, and `/auth` sends the host.json `sent` says. Skipped without
+    /// --bundle.
+    pub fn launch_flow(
+        &self,
+        workload: &str,
+        measured: Option<krun_footer::Binding>,
+        sent: Sent,
+    ) -> Observed {
+        if self.launch.is_none() {
             return Observed::Skipped(
-                "needs --bundle: the digests of other bindings are computed from the bundle".into(),
+                "needs --bundle: the launches of other bindings are made from the bundle".into(),
             );
-        };
+        }
+        if self.tee.is_sev() {
+            return self.sev_launch_flow(workload, measured, sent);
+        }
         let run = || -> Step<Observed> {
-            let digest = self
-                .launch_digest(&json)
-                .map_err(|e| Observed::Skipped(error_chain(&e)))?;
-            let session = self.auth_with(&self.snp_auth_body(Some(&json)))?;
+            let skipped = |e: BrokerCheckError| Observed::Skipped(error_chain(&e));
+            let json = self
+                .host_json_of(measured.as_ref())
+                .ok_or(BrokerCheckError::NoBundle)
+                .map_err(skipped)?;
+            let digest = self.launch_digest(&json).map_err(skipped)?;
+            let sent = match sent {
+                Sent::Own => Some(json),
+                Sent::Nothing => None,
+                Sent::Of(other) => self.host_json_of(other.as_ref()),
+            };
+            let session = self.auth_with(&self.snp_auth_body_for(workload, sent.as_deref()))?;
             let ev = self.evidence(&session, |f| f.measurement = digest)?;
             self.attest(&session, &ev.body)?;
-            Ok(self.key(&session, &self.workload_id, &ev.key))
+            Ok(self.key(&session, workload, &ev.key))
         };
         run().unwrap_or_else(|o| o)
+    }
+
+    /// The workload broker-check registers with the *unbound* digest of --bundle's launch.
+    pub fn unbound_workload_id(&self) -> String {
+        format!("{}-unbound", self.workload_id)
+    }
+
+    /// `Some(skipped)` unless the unbound workload is registered.
+    pub fn unbound_skip(&self) -> Option<Observed> {
+        self.unbound_registered
+            .as_ref()
+            .err()
+            .map(|why| Observed::Skipped(why.clone()))
     }
 
     /// The platform's SEV firmware build, as the model reports it.
@@ -455,8 +545,14 @@ impl Ctx {
         }
     }
 
-    /// The reference `/auth` body of a SEV/SEV-ES launch on a platform claiming `build`.
-    pub fn sev_auth_body(&self, build: SevBuild) -> Vec<u8> {
+    /// The reference `/auth` body of a SEV/SEV-ES launch of `workload` on a platform
+    /// claiming `build`, sending the launch's measured host.json when given.
+    pub fn sev_auth_body(
+        &self,
+        workload: &str,
+        build: SevBuild,
+        host_json: Option<&[u8]>,
+    ) -> Vec<u8> {
         let chain = match SevCertChain::from_bytes(self.identity.sev_chain_bytes()) {
             Ok(c) => c,
             Err(_) => return Vec::new(),
@@ -464,8 +560,8 @@ impl Ctx {
         let sev = reference::SevRequest {
             build,
             chain,
-            workload_id: self.workload_id.clone(),
-            host_json: None,
+            workload_id: workload.into(),
+            host_json: host_json.map(reference::encode_host_json),
         };
         let req = serde_json::to_string(&sev).map(|extra| reference::Request {
             version: reference::PROTOCOL_VERSION.into(),
@@ -494,7 +590,7 @@ impl Ctx {
             KbsProtocol::Reference => {
                 let c = serde_json::from_slice::<reference::Challenge>(&resp.body)
                     .map_err(|e| bad(e.to_string()))?;
-                let sev = if self.tee == TeeArg::SevEs {
+                let sev = if self.tee.is_sev() {
                     let s: SevChallenge = serde_json::from_str(&c.extra_params)
                         .map_err(|e| bad(format!("SEV extra-params: {e}")))?;
                     s.start.validate().map_err(|e| bad(e.to_string()))?;
@@ -805,7 +901,10 @@ fn random_passphrase() -> Result<String, BrokerCheckError> {
 /// Registers (replacing) the workload and the other workload through krun-kbs's admin API
 /// (`POST /kbs/v0/admin/workloads`), with bound digests and the requirements the
 /// minimum-TCB and minimum-firmware cases rest on: the model platform's own TCB or firmware.
-fn register(ctx: &Ctx) -> Result<(), BrokerCheckError> {
+/// With --bundle also the unbound workload, with the same requirements and the unbound
+/// digest; a refusal of that one only skips its cases (the answer says why), since a broker
+/// may rightly refuse unbound digests it cannot check.
+fn register(ctx: &Ctx) -> Result<Result<(), String>, BrokerCheckError> {
     let (tee, requirements, main, other) = match ctx.tee {
         TeeArg::Snp => {
             let t = ctx.identity.snp_platform().tcb;
@@ -827,14 +926,14 @@ fn register(ctx: &Ctx) -> Result<(), BrokerCheckError> {
                 hex::encode(other),
             )
         }
-        TeeArg::SevEs => {
+        TeeArg::SevEs | TeeArg::Sev => {
             let v = ctx.identity.sev_version();
             let fw = format!("{}.{}.{}", v.api_major, v.api_minor, v.build);
             (
                 "sev",
                 ("sev", serde_json::json!({ "min_fw": fw })),
-                hex::encode(sev_es::digest(&sev_es::LAUNCH_DATA)),
-                hex::encode(sev_es::digest(&sev_es::OTHER_DATA)),
+                hex::encode(ctx.sev_own_digest()),
+                hex::encode(ctx.sev_other_digest()?),
             )
         }
     };
@@ -849,15 +948,22 @@ fn register(ctx: &Ctx) -> Result<(), BrokerCheckError> {
             true,
         ));
     }
-    for (id, digest, forbid_smt) in &workloads {
+    let spec_of = |id: &str, digest: &str, kind: &str| -> Result<_, BrokerCheckError> {
         let mut spec = serde_json::json!({
             "id": id,
             "tee": tee,
             "measurements": [digest],
-            "measurement_kind": "bound",
+            "measurement_kind": kind,
             "passphrase": random_passphrase()?,
         });
         spec[requirements.0] = requirements.1.clone();
+        if ctx.tee.is_sev() {
+            spec["sev_policy"] = sev_launch::registered_policy(ctx.sev_mode()).into();
+        }
+        Ok(spec)
+    };
+    for (id, digest, forbid_smt) in &workloads {
+        let mut spec = spec_of(id, digest, "bound")?;
         if *forbid_smt {
             spec[requirements.0]["forbid_smt"] = true.into();
         }
@@ -871,7 +977,26 @@ fn register(ctx: &Ctx) -> Result<(), BrokerCheckError> {
                 observed: o.text(),
             })?;
     }
-    Ok(())
+    if ctx.launch.is_none() {
+        return Ok(Err(
+            "needs --bundle: the unbound digest is computed from the bundle".into(),
+        ));
+    }
+    let unbound = if ctx.tee.is_sev() {
+        hex::encode(ctx.sev_image(None)?.digest)
+    } else {
+        let json = ctx.host_json(None).ok_or(BrokerCheckError::NoBundle)?;
+        hex::encode(ctx.launch_digest(&json)?)
+    };
+    let mut spec = spec_of(&ctx.unbound_workload_id(), &unbound, "unbound")?;
+    let body = zeroize::Zeroizing::new(spec.to_string().into_bytes());
+    if let Some(p) = spec.get_mut("passphrase") {
+        *p = serde_json::Value::Null;
+    }
+    Ok(ctx
+        .admin("register", "POST", "admin/workloads", &body)
+        .map(|_| ())
+        .map_err(|o| format!("the broker refused the unbound registration ({})", o.text())))
 }
 
 /// One result row.
@@ -897,20 +1022,11 @@ pub fn broker_check(args: &BrokerCheckArgs) -> Result<ExitCode, BrokerCheckError
             &mut measurement,
         )
         .map_err(|_| BrokerCheckError::Measurement)?,
-        TeeArg::SevEs => {
-            let own = hex::encode(sev_es::digest(&sev_es::LAUNCH_DATA));
-            if args.protocol == ProtocolArg::Rcar {
-                return Err(BrokerCheckError::RcarSev);
-            }
-            if args.bundle.is_some() {
-                return Err(BrokerCheckError::BundleTee);
-            }
-            if let Some(m) = &args.measurement {
-                if !m.trim().eq_ignore_ascii_case(&own) {
-                    return Err(BrokerCheckError::SevMeasurement(own));
-                }
-            }
+        // SEV/SEV-ES: the digest is that of broker-check's own launch, checked below.
+        TeeArg::SevEs | TeeArg::Sev if args.protocol == ProtocolArg::Rcar => {
+            return Err(BrokerCheckError::RcarSev);
         }
+        TeeArg::SevEs | TeeArg::Sev => {}
     }
     let admin_auth = args
         .admin_token_file
@@ -951,7 +1067,16 @@ pub fn broker_check(args: &BrokerCheckArgs) -> Result<ExitCode, BrokerCheckError
     };
     let mut ctx = Ctx {
         launch,
-        broker: args.broker.clone(),
+        bundle_dir: args.bundle.clone(),
+        sev_own: None,
+        unbound_registered: Err(
+            "needs --bundle and --admin-token-file: broker-check registers the unbound digest"
+                .into(),
+        ),
+        broker: args
+            .public_url
+            .clone()
+            .unwrap_or_else(|| args.broker.clone()),
         connector,
         url,
         protocol: match args.protocol {
@@ -970,7 +1095,18 @@ pub fn broker_check(args: &BrokerCheckArgs) -> Result<ExitCode, BrokerCheckError
         other: std::sync::OnceLock::new(),
         rsa: std::sync::OnceLock::new(),
     };
-    if let Some(json) = ctx.host_json(Some((&ctx.workload_id, &ctx.broker))) {
+    if ctx.tee.is_sev() {
+        if ctx.launch.is_some() {
+            let own = ctx.binding((&ctx.workload_id, &ctx.broker));
+            ctx.sev_own = Some(ctx.sev_image(Some(own))?);
+        }
+        let own = hex::encode(ctx.sev_own_digest());
+        if let Some(m) = &args.measurement {
+            if !m.trim().eq_ignore_ascii_case(&own) {
+                return Err(BrokerCheckError::SevMeasurement(own));
+            }
+        }
+    } else if let Some(json) = ctx.host_json(Some((&ctx.workload_id, &ctx.broker))) {
         let bound = ctx.launch_digest(&json)?;
         if let Some(m) = &args.measurement {
             if !m.trim().eq_ignore_ascii_case(&hex::encode(bound)) {
@@ -980,15 +1116,25 @@ pub fn broker_check(args: &BrokerCheckArgs) -> Result<ExitCode, BrokerCheckError
         ctx.measurement = bound;
     }
     if ctx.admin_auth.is_some() {
-        register(&ctx)?;
+        ctx.unbound_registered = register(&ctx)?;
     }
     let tee_cases = match args.tee {
         TeeArg::Snp => cases::CASES,
         TeeArg::SevEs => cases::SEV_CASES,
+        TeeArg::Sev => cases::SEV_CASES,
     };
+    let tee_only: &[&[cases::Case]] = match args.tee {
+        TeeArg::SevEs => &[cases::SEV_ES_CASES],
+        TeeArg::Snp => &[cases::UNBOUND_SNP_CASES],
+        TeeArg::Sev => &[],
+    };
+    let lists = [tee_cases, cases::BINDING_CASES, cases::UNBOUND_CASES]
+        .into_iter()
+        .chain(tee_only.iter().copied())
+        .chain([cases::BODY_CASES]);
 
     let mut rows = Vec::new();
-    for case in tee_cases.iter().chain(cases::BODY_CASES) {
+    for case in lists.flatten() {
         let observed = (case.run)(&ctx);
         let verdict = verdict(case.expect, &observed, case.closed_ok);
         rows.push(Row {

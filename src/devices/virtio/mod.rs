@@ -20,6 +20,7 @@ pub mod descriptor;
 pub mod interrupt;
 pub mod net;
 pub mod placeholder;
+pub mod rate_limit;
 pub mod transport;
 pub mod vsock;
 pub mod worker;

@@ -141,10 +141,7 @@ fn register_inner(b: &Broker, headers: &HeaderMap, body: &[u8]) -> Result<Respon
     // absent means unbound. `krun-sev mkcw --register` says `bound`.
     let measurement_kind = reg.measurement_kind.unwrap_or(MeasurementKind::Unbound);
     if measurement_kind == MeasurementKind::Unbound && b.unbound.is_none() {
-        return Err(Refusal::bad_request(
-            "UnboundDigest",
-            "this digest leaves out the launch's binding (buildah's krunfw_measurement); the broker can only check such launches when started with --bundle and --public-url",
-        ));
+        return Err(unbound_uncheckable());
     }
     let w = Workload {
         id: reg.workload_id.clone(),
@@ -175,6 +172,14 @@ fn register_inner(b: &Broker, headers: &HeaderMap, body: &[u8]) -> Result<Respon
     };
     tracing::info!(workload = %w.id, tee = ?tee, by, kind = ?measurement_kind, "workload registered");
     Ok(StatusCode::OK.into_response())
+}
+
+/// The refusal of an unbound registration by a broker that cannot check such launches.
+fn unbound_uncheckable() -> Refusal {
+    Refusal::bad_request(
+        "UnboundDigest",
+        "this digest leaves out the launch's binding (buildah's krunfw_measurement); the broker can only check such launches when started with --bundle and --public-url",
+    )
 }
 
 /// Admin `POST /kbs/v0/admin/workloads` body.
@@ -211,6 +216,9 @@ impl WorkloadSpec {
             return Err(Refusal::bad_request("InvalidWorkload", "empty workload id"));
         }
         let digests = decode_measurements(self.tee, &self.measurements)?;
+        if self.measurement_kind == MeasurementKind::Unbound && b.unbound.is_none() {
+            return Err(unbound_uncheckable());
+        }
         let w = Workload {
             id: self.id.clone(),
             tee: self.tee,

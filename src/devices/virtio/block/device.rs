@@ -7,12 +7,14 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestMemory};
 
 use super::backend::DiskFile;
-use super::request::Request;
+use super::request::{Rejected, Request};
 use super::{
     BlockError, QUEUE_SIZE, SEG_MAX, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
+    VIRTIO_BLK_S_IOERR,
 };
 use crate::devices::virtio::activate::{Activation, DeviceWorker};
 use crate::devices::virtio::interrupt::Interrupt;
+use crate::devices::virtio::rate_limit::guest_warn;
 use crate::devices::virtio::{
     read_config_bytes, ActivateContext, VirtioDevice, VirtioError, TYPE_BLOCK,
     VIRTIO_RING_F_EVENT_IDX,
@@ -57,21 +59,24 @@ pub fn process_queue<M: GuestMemory>(
             let chain = queue.iter(mem).map_err(BlockError::Queue)?.next();
             let Some(chain) = chain else { break };
             let head = chain.head_index();
-            let used = match Request::parse(chain, max_descriptors, disk.sectors()) {
+            let used = match Request::parse_or_reject(chain, max_descriptors, disk.sectors()) {
                 Ok(req) => {
                     let (status, written) = disk.execute(mem, &req);
                     match mem.write_obj(status, req.status_addr) {
                         // The status byte counts as written.
                         Ok(()) => written.saturating_add(1),
                         Err(e) => {
-                            log::warn!("virtio-blk: cannot write request status: {e}");
+                            guest_warn!("virtio-blk: cannot write request status: {e}");
                             0
                         }
                     }
                 }
-                Err(e) => {
-                    log::warn!("virtio-blk: rejected request: {e}");
-                    0
+                Err(Rejected { error, status_addr }) => {
+                    guest_warn!("virtio-blk: rejected request: {error}");
+                    match status_addr.map(|a| mem.write_obj(VIRTIO_BLK_S_IOERR, a)) {
+                        Some(Ok(())) => 1,
+                        _ => 0,
+                    }
                 }
             };
             queue.add_used(mem, head, used).map_err(BlockError::Queue)?;
@@ -277,15 +282,15 @@ mod tests {
         let disk = DiskFile::open(&img.0, false).unwrap();
         let m = mem();
         let mut rig = Rig::new(&m);
-        // Beyond the disk, wrong direction, outside RAM: status untouched, used length 0.
-        for (sector, d) in [
-            (4u64, raw(DATA, 512, F_WRITE, 0)),
-            (0, raw(DATA, 512, 0, 0)),
-            (0, raw(0xfff000, 0x2000, F_WRITE, 0)),
-        ] {
-            let (st, used) = rig.submit(&disk, VIRTIO_BLK_T_IN, sector, &[d]);
-            assert_eq!((st, used), (0xff, 0));
-        }
+        // A data buffer outside RAM: the chain itself is invalid, so the status stays
+        // untouched and the used length is 0.
+        let (st, used) = rig.submit(
+            &disk,
+            VIRTIO_BLK_T_IN,
+            0,
+            &[raw(0xfff000, 0x2000, F_WRITE, 0)],
+        );
+        assert_eq!((st, used), (0xff, 0));
         // The queue still works afterwards.
         assert_eq!(
             rig.submit(&disk, VIRTIO_BLK_T_IN, 0, &[raw(DATA, 512, F_WRITE, 0)])
@@ -293,6 +298,33 @@ mod tests {
             VIRTIO_BLK_S_OK
         );
         let _ = F_NEXT;
+    }
+
+    /// A well-formed chain asking for something invalid (beyond the disk, a sector number
+    /// that overflows, a partial sector, the wrong direction) is answered with IOERR in its
+    /// status byte, not left with a stale status the driver would read as the result (the
+    /// hostile-guest test saw 0xee, its own marker, come back for reads beyond the end).
+    #[test]
+    fn invalid_requests_get_an_error_status() {
+        let img = image(4);
+        let disk = DiskFile::open(&img.0, false).unwrap();
+        let m = mem();
+        let mut rig = Rig::new(&m);
+        let before = std::fs::read(&img.0).unwrap();
+        for (kind, sector, d) in [
+            (VIRTIO_BLK_T_IN, 4u64, raw(DATA, 512, F_WRITE, 0)),
+            (VIRTIO_BLK_T_IN, 3, raw(DATA, 1024, F_WRITE, 0)),
+            (VIRTIO_BLK_T_OUT, 4, raw(DATA, 512, 0, 0)),
+            (VIRTIO_BLK_T_OUT, u64::MAX, raw(DATA, 512, 0, 0)),
+            (VIRTIO_BLK_T_IN, 0, raw(DATA, 511, F_WRITE, 0)),
+            (VIRTIO_BLK_T_IN, 0, raw(DATA, 512, 0, 0)),
+            (VIRTIO_BLK_T_OUT, 0, raw(DATA, 512, F_WRITE, 0)),
+        ] {
+            let (st, used) = rig.submit(&disk, kind, sector, &[d]);
+            assert_eq!((st, used), (VIRTIO_BLK_S_IOERR, 1), "{kind} at {sector}");
+        }
+        // Nothing was written.
+        assert_eq!(std::fs::read(&img.0).unwrap(), before);
     }
 
     #[test]

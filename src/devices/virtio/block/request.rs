@@ -91,12 +91,52 @@ pub struct Request {
     pub status_addr: GuestAddress,
 }
 
+/// A request the device refuses to execute.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Rejected {
+    /// Why.
+    pub error: RequestError,
+    /// The status byte's address when the chain's status descriptor itself is valid: the
+    /// device then answers `VIRTIO_BLK_S_IOERR` there (virtio 1.2, 5.2.6.1: the device sets
+    /// the status of every request it completes), so the driver does not read a stale status.
+    pub status_addr: Option<GuestAddress>,
+}
+
 impl Request {
     /// Parses `chain` for a disk of `disk_sectors` sectors.
     pub fn parse<M>(
         chain: DescriptorChain<M>,
         max_descriptors: usize,
         disk_sectors: u64,
+    ) -> Result<Request, RequestError>
+    where
+        M: Deref + Clone,
+        M::Target: GuestMemory,
+    {
+        Self::parse_or_reject(chain, max_descriptors, disk_sectors).map_err(|r| r.error)
+    }
+
+    /// [`Request::parse`], also saying where to put the error status of a rejected request
+    /// whose status descriptor is valid.
+    pub fn parse_or_reject<M>(
+        chain: DescriptorChain<M>,
+        max_descriptors: usize,
+        disk_sectors: u64,
+    ) -> Result<Request, Rejected>
+    where
+        M: Deref + Clone,
+        M::Target: GuestMemory,
+    {
+        let mut status_addr = None;
+        Self::parse_inner(chain, max_descriptors, disk_sectors, &mut status_addr)
+            .map_err(|error| Rejected { error, status_addr })
+    }
+
+    fn parse_inner<M>(
+        chain: DescriptorChain<M>,
+        max_descriptors: usize,
+        disk_sectors: u64,
+        status_addr: &mut Option<GuestAddress>,
     ) -> Result<Request, RequestError>
     where
         M: Deref + Clone,
@@ -112,6 +152,7 @@ impl Request {
         if !status.write_only || status.len < 1 {
             return Err(RequestError::BadStatus);
         }
+        *status_addr = Some(status.addr);
         // One copy of the header; nothing below reads guest memory again.
         let mut raw = [0u8; HEADER_LEN as usize];
         mem.read_slice(&mut raw, header.addr)

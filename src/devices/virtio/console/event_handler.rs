@@ -10,6 +10,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::{ConsoleError, RX_CHUNK};
 use crate::devices::virtio::descriptor::check_chain;
 use crate::devices::virtio::interrupt::Interrupt;
+use crate::devices::virtio::rate_limit::guest_warn;
 use crate::devices::virtio::worker::{drain, poll, Interest};
 
 /// State of the input side after an attempt to move input into the guest.
@@ -48,7 +49,7 @@ pub fn process_tx<M: GuestMemory>(
                     }
                 }
             }
-            Err(e) => log::warn!("virtio-console: rejected transmit chain: {e}"),
+            Err(e) => guest_warn!("virtio-console: rejected transmit chain: {e}"),
         }
         queue.add_used(mem, head, 0).map_err(ConsoleError::Queue)?;
         used_any = true;
@@ -76,7 +77,7 @@ pub fn process_rx<M: GuestMemory, R: Read>(
         let descs = match check_chain(chain, max) {
             Ok(d) => d,
             Err(e) => {
-                log::warn!("virtio-console: rejected receive chain: {e}");
+                guest_warn!("virtio-console: rejected receive chain: {e}");
                 queue.add_used(mem, head, 0).map_err(ConsoleError::Queue)?;
                 continue;
             }
@@ -119,7 +120,7 @@ pub fn process_rx<M: GuestMemory, R: Read>(
             }
             let take = rest.len().min(usize::try_from(d.len).unwrap_or(0));
             if let Err(e) = mem.write_slice(&rest[..take], d.addr) {
-                log::warn!("virtio-console: cannot write input to the guest: {e}");
+                guest_warn!("virtio-console: cannot write input to the guest: {e}");
                 break;
             }
             rest = &rest[take..];

@@ -75,7 +75,7 @@ impl StreamBackend {
             discard: 0,
             tx: Vec::with_capacity(TX_BATCH_LEN + FRAME_PREFIX_LEN + MAX_FRAME_LEN),
             tx_off: 0,
-            bad_frames: RateLimitedLog::new(Duration::from_secs(5)),
+            bad_frames: RateLimitedLog::new(Duration::from_secs(5), module_path!()),
         })
     }
 

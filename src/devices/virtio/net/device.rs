@@ -81,8 +81,8 @@ impl NetEngine {
             rx_held: VecDeque::new(),
             rx_stalled: false,
             link_reported: true,
-            bad_tx: RateLimitedLog::new(Duration::from_secs(5)),
-            bad_rx: RateLimitedLog::new(Duration::from_secs(5)),
+            bad_tx: RateLimitedLog::new(Duration::from_secs(5), module_path!()),
+            bad_rx: RateLimitedLog::new(Duration::from_secs(5), module_path!()),
         }
     }
 

@@ -66,46 +66,7 @@ pub enum NetError {
     Socket(#[source] std::io::Error),
 }
 
-/// A log line at most once per interval, counting what it held back (guest- or
-/// host-triggered events that must not flood the log).
-#[derive(Debug)]
-pub struct RateLimitedLog {
-    interval: std::time::Duration,
-    last: Option<std::time::Instant>,
-    suppressed: u64,
-}
-
-impl RateLimitedLog {
-    /// At most one line per `interval`.
-    pub fn new(interval: std::time::Duration) -> Self {
-        RateLimitedLog {
-            interval,
-            last: None,
-            suppressed: 0,
-        }
-    }
-
-    /// Logs `msg` as a warning unless a line was logged less than the interval ago; returns
-    /// whether it logged.
-    pub fn warn(&mut self, msg: std::fmt::Arguments<'_>) -> bool {
-        let now = std::time::Instant::now();
-        if self
-            .last
-            .is_some_and(|t| now.duration_since(t) < self.interval)
-        {
-            self.suppressed = self.suppressed.saturating_add(1);
-            return false;
-        }
-        if self.suppressed > 0 {
-            log::warn!("{msg} ({} similar messages suppressed)", self.suppressed);
-        } else {
-            log::warn!("{msg}");
-        }
-        self.last = Some(now);
-        self.suppressed = 0;
-        true
-    }
-}
+pub use crate::devices::virtio::rate_limit::RateLimitedLog;
 
 /// Formats a MAC address as `aa:bb:cc:dd:ee:ff`.
 pub fn format_mac(mac: &[u8; 6]) -> String {
@@ -118,18 +79,6 @@ pub fn format_mac(mac: &[u8; 6]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rate_limit_holds_back_repeats() {
-        let mut r = RateLimitedLog::new(std::time::Duration::from_secs(3600));
-        assert!(r.warn(format_args!("x")));
-        assert!(!r.warn(format_args!("x")));
-        assert!(!r.warn(format_args!("x")));
-        assert_eq!(r.suppressed, 2);
-        let mut r = RateLimitedLog::new(std::time::Duration::ZERO);
-        assert!(r.warn(format_args!("x")));
-        assert!(r.warn(format_args!("x")));
-    }
 
     #[test]
     fn mac_format() {

@@ -12,6 +12,7 @@ use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::devices::virtio::interrupt::Interrupt;
+use crate::devices::virtio::rate_limit::guest_warn;
 use crate::devices::virtio::{
     ActivateContext, VirtioDevice, STATUS_ACKNOWLEDGE, STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER,
     STATUS_DRIVER_OK, STATUS_FAILED, STATUS_FEATURES_OK, TRANSPORT_FEATURES, VIRTIO_F_VERSION_1,
@@ -82,6 +83,13 @@ impl QueueConfig {
     }
 
     fn build(&self, event_idx: bool) -> Option<Queue> {
+        // virtio-queue ignores a misaligned ring address (it logs and keeps the previous
+        // one, here 0), so the device would use rings at guest address 0 that the driver
+        // never gave it (seen with the hostile-guest test). Refuse such a queue instead.
+        let addr = |(lo, hi): (u32, u32)| u64::from(lo) | u64::from(hi) << 32;
+        if addr(self.desc) % 16 != 0 || addr(self.driver) % 2 != 0 || addr(self.device) % 4 != 0 {
+            return None;
+        }
         let mut q = Queue::new(self.max_size).ok()?;
         q.set_size(self.size);
         q.set_desc_table_address(Some(self.desc.0), Some(self.desc.1));
@@ -235,7 +243,7 @@ impl MmioTransport {
                 && self.driver_features & (1 << VIRTIO_F_VERSION_1) != 0
                 && self.status & STATUS_DRIVER != 0;
             if !ok {
-                log::warn!(
+                guest_warn!(
                     "virtio-mmio: driver features {:#x} refused",
                     self.driver_features
                 );
@@ -263,7 +271,7 @@ impl MmioTransport {
             .map(|q| q.build(event_idx).filter(|q| q.is_valid(self.mem.as_ref())))
             .collect();
         let Some(queues) = queues else {
-            log::warn!("virtio-mmio: activation with an invalid or unready queue");
+            guest_warn!("virtio-mmio: activation with an invalid or unready queue");
             self.interrupt.set_needs_reset();
             return;
         };
@@ -621,6 +629,30 @@ mod tests {
         assert_eq!(r(&mut t, REG_INTERRUPT_STATUS), 0);
         w(&mut t, REG_STATUS, 0);
         assert_eq!(r(&mut t, REG_STATUS), 0);
+    }
+
+    #[test]
+    fn misaligned_rings_set_needs_reset() {
+        for (desc, driver, device) in [
+            (0x1008, 0x1800, 0x2000),
+            (0x1000, 0x1801, 0x2000),
+            (0x1000, 0x1800, 0x2002),
+        ] {
+            let (mut t, log) = transport(false);
+            drive_to_features_ok(&mut t);
+            w(&mut t, REG_QUEUE_SEL, 0);
+            w(&mut t, REG_QUEUE_READY, 0);
+            w(&mut t, REG_QUEUE_DESC_LOW, desc);
+            w(&mut t, REG_QUEUE_DRIVER_LOW, driver);
+            w(&mut t, REG_QUEUE_DEVICE_LOW, device);
+            w(&mut t, REG_QUEUE_READY, 1);
+            w(&mut t, REG_STATUS, ALL_OK);
+            assert!(
+                log.lock().unwrap().activations.is_empty(),
+                "{desc:#x} {driver:#x} {device:#x}"
+            );
+            assert_ne!(r(&mut t, REG_STATUS) & STATUS_DEVICE_NEEDS_RESET, 0);
+        }
     }
 
     #[test]

@@ -17,6 +17,7 @@ use super::{
     OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW, OP_SHUTDOWN,
     SHUTDOWN_RCV, SHUTDOWN_SEND,
 };
+use crate::devices::virtio::rate_limit::guest_warn;
 
 /// Bytes of guest data we buffer per connection (our `buf_alloc`).
 pub const TX_BUF_SIZE: u32 = 256 * 1024;
@@ -162,7 +163,12 @@ impl Connection {
             (OP_RW, State::Established) => self.on_guest_data(payload),
             (OP_CREDIT_UPDATE, _) => {}
             (OP_CREDIT_REQUEST, State::Established | State::AwaitingOk) => {
-                self.control.push_back((OP_CREDIT_UPDATE, 0));
+                // One pending update answers any number of requests: the guest could
+                // otherwise grow this queue without bound by never posting receive buffers
+                // (found by the hostile-guest test).
+                if !self.control.contains(&(OP_CREDIT_UPDATE, 0)) {
+                    self.control.push_back((OP_CREDIT_UPDATE, 0));
+                }
             }
             (OP_SHUTDOWN, State::Established | State::AwaitingOk) => {
                 self.guest_no_send |= hdr.flags & SHUTDOWN_SEND != 0;
@@ -234,7 +240,7 @@ impl Connection {
             }
         }
         if self.tx_buf.len() + rest.len() > TX_BUF_SIZE as usize {
-            log::warn!(
+            guest_warn!(
                 "vsock: guest exceeded its credit on port {}",
                 self.local_port
             );
@@ -372,6 +378,30 @@ mod tests {
             src_port: 7000,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn credit_request_flood_queues_one_update() {
+        let (s, _peer) = pair();
+        let mut c = Connection::guest_initiated(1030, s, &hdr(OP_REQUEST, 0, 4096, 0));
+        for _ in 0..10_000 {
+            c.on_guest_packet(&hdr(OP_CREDIT_REQUEST, 0, 4096, 0), &[]);
+        }
+        assert_eq!(
+            c.next_outgoing(100, false),
+            Some(Outgoing::Control(OP_RESPONSE, 0))
+        );
+        assert_eq!(
+            c.next_outgoing(100, false),
+            Some(Outgoing::Control(OP_CREDIT_UPDATE, 0))
+        );
+        assert_eq!(c.next_outgoing(100, false), None);
+        // Answered: the next request queues a new update.
+        c.on_guest_packet(&hdr(OP_CREDIT_REQUEST, 0, 4096, 0), &[]);
+        assert_eq!(
+            c.next_outgoing(100, false),
+            Some(Outgoing::Control(OP_CREDIT_UPDATE, 0))
+        );
     }
 
     #[test]

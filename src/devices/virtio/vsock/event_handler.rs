@@ -8,6 +8,7 @@ use super::muxer::{Muxer, Token};
 use super::packet::{RxBuffer, TxPacket};
 use super::{VsockError, MAX_PKT_PAYLOAD};
 use crate::devices::virtio::interrupt::Interrupt;
+use crate::devices::virtio::rate_limit::guest_warn;
 use crate::devices::virtio::worker::{drain, poll, Interest, Ready};
 
 /// Hands every pending guest packet to the muxer.
@@ -25,7 +26,7 @@ pub fn process_tx<M: GuestMemory>(
         let head = chain.head_index();
         match TxPacket::parse(chain, max) {
             Ok(pkt) => muxer.handle_guest_packet(&pkt),
-            Err(e) => log::warn!("vsock: rejected guest packet: {e}"),
+            Err(e) => guest_warn!("vsock: rejected guest packet: {e}"),
         }
         queue.add_used(mem, head, 0).map_err(VsockError::Queue)?;
         used_any = true;
@@ -57,7 +58,7 @@ pub fn process_rx<M: GuestMemory>(
         let buf = match RxBuffer::parse(chain, max) {
             Ok(b) => b,
             Err(e) => {
-                log::warn!("vsock: rejected receive buffer: {e}");
+                guest_warn!("vsock: rejected receive buffer: {e}");
                 queue.add_used(mem, head, 0).map_err(VsockError::Queue)?;
                 used_any = true;
                 continue;
@@ -69,7 +70,7 @@ pub fn process_rx<M: GuestMemory>(
             break;
         };
         let used = buf.write(mem, &hdr, &payload).unwrap_or_else(|e| {
-            log::warn!("vsock: cannot deliver a packet: {e}");
+            guest_warn!("vsock: cannot deliver a packet: {e}");
             0
         });
         queue.add_used(mem, head, used).map_err(VsockError::Queue)?;

@@ -19,10 +19,16 @@ use super::{
     VsockError, GUEST_CID, HOST_CID, OP_REQUEST, OP_RST, OP_RW, PORT_ATTESTATION,
     PORT_ATTESTATION_DONE, PORT_FORWARDER, PORT_REPORT, TYPE_STREAM,
 };
+use crate::devices::virtio::rate_limit::guest_warn;
 use crate::devices::virtio::worker::{Interest, Ready};
 
 /// Most connections open at once; more requests are reset.
 pub const MAX_CONNECTIONS: usize = 256;
+/// Most RSTs for packets without a connection kept for the guest. An RST is advisory (the
+/// guest's connect or send to that port fails either way), so beyond this they are dropped:
+/// a guest that floods unknown ports without posting receive buffers would otherwise grow
+/// this queue without bound (found by the hostile-guest test, `docs/hostile-guest.md`).
+pub const MAX_STRAY_RSTS: usize = 256;
 /// First host-side port used for host-initiated connections.
 const LOCAL_PORT_BASE: u32 = 0x4000_0000;
 
@@ -148,6 +154,13 @@ impl Muxer {
         if hdr.op == OP_RST {
             return;
         }
+        if self.stray.len() >= MAX_STRAY_RSTS {
+            log::debug!(
+                "vsock: RST backlog full; dropping the RST for port {}",
+                hdr.src_port
+            );
+            return;
+        }
         self.stray.push_back(PacketHeader {
             src_cid: HOST_CID,
             dst_cid: GUEST_CID,
@@ -188,7 +201,7 @@ impl Muxer {
             return;
         }
         if self.conns.len() >= MAX_CONNECTIONS {
-            log::warn!(
+            guest_warn!(
                 "vsock: too many connections; refusing port {}",
                 hdr.dst_port
             );
@@ -209,7 +222,7 @@ impl Muxer {
                     .insert(key, Connection::guest_initiated(hdr.dst_port, stream, hdr));
             }
             Err(e) => {
-                log::warn!("vsock: host service on port {} failed: {e}", hdr.dst_port);
+                guest_warn!("vsock: host service on port {} failed: {e}", hdr.dst_port);
                 self.rst_for(hdr);
             }
         }
@@ -539,6 +552,23 @@ mod tests {
         // Asking again changes nothing.
         m.handle_guest_packet(&pkt(OP_REQUEST, 5003, PORT_ATTESTATION_DONE, &[]));
         assert_eq!(m.next_rx_packet(4096).unwrap().0.op, OP_RST);
+    }
+
+    #[test]
+    fn rst_backlog_is_bounded_without_receive_buffers() {
+        let mut m = Muxer::new(HostServices::new(), &[]).unwrap();
+        for port in 0..u32::try_from(10 * MAX_STRAY_RSTS).unwrap() {
+            m.handle_guest_packet(&pkt(OP_REQUEST, port, 9999, &[]));
+        }
+        let mut rsts = 0;
+        while let Some((h, _)) = m.next_rx_packet(4096) {
+            assert_eq!(h.op, OP_RST);
+            rsts += 1;
+        }
+        assert_eq!(rsts, MAX_STRAY_RSTS);
+        // Once drained, new refusals are answered again.
+        m.handle_guest_packet(&pkt(OP_REQUEST, 7, 9999, &[]));
+        assert_eq!(m.next_rx_packet(4096).unwrap().0.dst_port, 7);
     }
 
     #[test]

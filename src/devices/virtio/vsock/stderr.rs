@@ -14,6 +14,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
 use super::backend::{GuestPortHandler, HostStream};
+use crate::devices::virtio::rate_limit::guest_warn;
 
 /// How much the guest init reports, as the byte the host sends on connect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -90,7 +91,8 @@ fn copy_out(mut stream: UnixStream, level: u8, mut output: &File) {
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => {
-                log::warn!("guest stderr: {e}");
+                // The guest resets its end as often as it likes.
+                guest_warn!("guest stderr: {e}");
                 break;
             }
         }

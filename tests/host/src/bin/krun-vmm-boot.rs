@@ -3,13 +3,21 @@
 //!
 //! usage: krun-vmm-boot --kernel VMLINUX --initrd INITRD --root DISK [--root-ro]
 //!        [--data DISK] [--vcpus N] [--ram-mib M] [--host-json FILE] [--port HOST:GUEST]...
-//!        [--expose-ports] [--net-fd FD] [--stats] [--debug]
+//!        [--expose-ports] [--net-sink | --net-fd FD] [--stats] [--debug] [--log-level N]
 //!
-//! `--net-fd` gives the guest a virtio-net device on an inherited, connected unix stream
-//! socket speaking passt's framing (the other end of `passt --fd`), and serves the settings on vsock port 1029: DHCP,
-//! with [`net::DEFAULT_MAC`].
+//! `--log-level` is the C API's level (3 = info shows the boot-phase lines and the init's
+//! progress lines that `krun-boot-bench` stamps); the default is 2 (warnings), 4 with
+//! `--debug`.
+//!
+//! `--net-sink` gives the guest a virtio-net device whose peer (a unix socket pair, passt's
+//! stream framing) sends it a few frames, reads everything the guest sends and prints
+//! `krun-vmm-boot: net peer read N bytes` at the end. `--net-fd` gives it one on an
+//! inherited, connected unix stream socket in that framing (the other end of `passt --fd`)
+//! and serves the settings on vsock port 1029: DHCP, with [`net::DEFAULT_MAC`].
 
+use std::io::{Read, Write};
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -34,9 +42,11 @@ struct Args {
     host_json: Option<PathBuf>,
     ports: Vec<PortMapping>,
     expose: bool,
+    net_sink: bool,
     net_fd: Option<i32>,
     stats: bool,
     debug: bool,
+    log_level: Option<u32>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -51,9 +61,11 @@ fn parse() -> Result<Args, String> {
         host_json: None,
         ports: Vec::new(),
         expose: false,
+        net_sink: false,
         net_fd: None,
         stats: false,
         debug: false,
+        log_level: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -76,9 +88,13 @@ fn parse() -> Result<Args, String> {
                 });
             }
             "--expose-ports" => a.expose = true,
+            "--net-sink" => a.net_sink = true,
             "--net-fd" => a.net_fd = Some(value()?.parse().map_err(|e| format!("--net-fd: {e}"))?),
             "--stats" => a.stats = true,
             "--debug" => a.debug = true,
+            "--log-level" => {
+                a.log_level = Some(value()?.parse().map_err(|e| format!("--log-level: {e}"))?)
+            }
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -87,6 +103,9 @@ fn parse() -> Result<Args, String> {
         || a.root.as_os_str().is_empty()
     {
         return Err("--kernel, --initrd and --root are required".into());
+    }
+    if a.net_sink && a.net_fd.is_some() {
+        return Err("--net-sink and --net-fd exclude each other".into());
     }
     Ok(a)
 }
@@ -100,7 +119,10 @@ fn dup(fd: impl AsFd) -> Result<OwnedFd, String> {
 fn run() -> Result<u8, String> {
     let a = parse()?;
     // Installs the library's logger (RUST_LOG, when set, wins over the level).
-    krun_sev::capi::krun_set_log_level(if a.debug { 4 } else { 2 });
+    let level = a.log_level.unwrap_or(if a.debug { 4 } else { 2 });
+    if krun_sev::capi::krun_set_log_level(level) != 0 {
+        return Err(format!("--log-level {level}: not a log level"));
+    }
     let host_json = match &a.host_json {
         Some(p) => std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?,
         // The init's port handling must match the VMM's port map.
@@ -134,32 +156,6 @@ fn run() -> Result<u8, String> {
     } else {
         PortMap::List(a.ports)
     };
-    let mut vsock_handlers = HostServices::new();
-    let net = match a.net_fd {
-        Some(fd) => {
-            // SAFETY: --net-fd names a descriptor this process inherited for this purpose and
-            // nothing else in the process uses; `connect` checks it is a unix stream socket.
-            let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-            let socket = net::connect(&NetConfig {
-                endpoint: NetEndpoint::Fd(SharedFd(Arc::new(owned))),
-                mac: net::DEFAULT_MAC,
-                features: 0,
-                dhcp: true,
-            })
-            .map_err(|e| krun_sev::capi::error_chain(&e))?;
-            let settings = net::GuestNetConfig::dhcp(&net::DEFAULT_MAC);
-            vsock_handlers.insert(
-                PORT_NET_CONFIG,
-                Arc::new(net::NetConfigService::new(&settings)),
-            );
-            Some(NetDeviceConfig {
-                socket,
-                mac: net::DEFAULT_MAC,
-                features: 0,
-            })
-        }
-        None => None,
-    };
     let config = VmConfig {
         vcpus: a.vcpus,
         ram_mib: a.ram_mib,
@@ -177,17 +173,59 @@ fn run() -> Result<u8, String> {
         }),
         attestation_target: None,
         port_map,
-        vsock_handlers,
+        vsock_handlers: Default::default(),
         console: ConsoleConfig {
             input: Some(dup(std::io::stdin())?),
             output: dup(std::io::stdout())?,
             errors: dup(std::io::stderr())?,
         },
-        net,
+        net: None,
         tee: None,
+    };
+    let mut config = config;
+    if let Some(fd) = a.net_fd {
+        // SAFETY: --net-fd names a descriptor this process inherited for this purpose and
+        // nothing else in the process uses; `connect` checks it is a unix stream socket.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        let socket = net::connect(&NetConfig {
+            endpoint: NetEndpoint::Fd(SharedFd(Arc::new(owned))),
+            mac: net::DEFAULT_MAC,
+            features: 0,
+            dhcp: true,
+        })
+        .map_err(|e| krun_sev::capi::error_chain(&e))?;
+        let mut services = HostServices::new();
+        services.insert(
+            PORT_NET_CONFIG,
+            Arc::new(net::NetConfigService::new(&net::GuestNetConfig::dhcp(
+                &net::DEFAULT_MAC,
+            ))),
+        );
+        config.vsock_handlers = services;
+        config.net = Some(NetDeviceConfig {
+            socket,
+            mac: net::DEFAULT_MAC,
+            features: 0,
+        });
+    }
+    let sink = if a.net_sink {
+        let (vmm_end, peer) = UnixStream::pair().map_err(|e| format!("net socket pair: {e}"))?;
+        config.net = Some(NetDeviceConfig {
+            socket: vmm_end,
+            mac: [0x5a, 0x94, 0xef, 0xe4, 0x0c, 0xee],
+            features: 0,
+        });
+        Some(std::thread::spawn(move || net_peer(peer)))
+    } else {
+        None
     };
     let (status, stats) =
         Vmm::run_with_stats(config).map_err(|e| krun_sev::capi::error_chain(&e))?;
+    if let Some(sink) = sink {
+        // The VMM's end closed with the VM: the peer has read everything.
+        let read = sink.join().map_err(|_| "net peer panicked".to_owned())?;
+        eprintln!("krun-vmm-boot: net peer read {read} bytes");
+    }
     if a.stats {
         eprintln!(
             "krun-vmm-boot: stats: exits={} wall_ms={}",
@@ -196,6 +234,31 @@ fn run() -> Result<u8, String> {
         );
     }
     Ok(status.0)
+}
+
+/// The network peer: sends the guest a few frames (4-byte big-endian length, then an
+/// Ethernet broadcast frame), then reads until the VMM closes its end; returns the bytes read.
+fn net_peer(mut peer: UnixStream) -> u64 {
+    let mut frame = vec![0xffu8; 6];
+    frame.extend_from_slice(&[0x52; 6]);
+    frame.extend_from_slice(&[0x88, 0xb5]);
+    frame.resize(64, 0x42);
+    for _ in 0..32 {
+        let len = u32::try_from(frame.len()).unwrap_or(0);
+        if peer.write_all(&len.to_be_bytes()).is_err() || peer.write_all(&frame).is_err() {
+            break;
+        }
+    }
+    let mut total = 0u64;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match peer.read(&mut buf) {
+            Ok(0) => return total,
+            Ok(n) => total += n as u64,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return total,
+        }
+    }
 }
 
 fn main() -> ExitCode {
