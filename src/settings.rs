@@ -19,10 +19,15 @@
 //! | `model_dir` | absolute path of the PSP model's identity | `KRUN_SEV_PSP_MODEL_DIR` |
 //! | `log_level` | `off`, `error`, `warn`, `info`, `debug`, `trace` or 0..=5 | `RUST_LOG` (env_logger syntax) |
 //! | `passt` | absolute path of passt, or `none` | `KRUN_SEV_PASST` |
+//! | `seccomp` | `on` (default) or `off` | `KRUN_SEV_SECCOMP` |
 //!
 //! `passt` is the program the library starts for a VM whose caller configured no network
 //! (`launch::net`); by default the first `passt` on the loading process's `PATH`. `none`
 //! turns that default network off.
+//!
+//! `seccomp = off` turns the VMM's per-thread seccomp filters off, for debugging only
+//! (docs/hardening.md); the launch then logs a warning. A value other than `on` or `off`
+//! is a problem line and the filters stay on.
 //!
 //! A line that cannot be used is reported as an error (logged at the first C API call) and
 //! skipped; the rest of the file still applies. A bad `backend` makes every launch fail
@@ -47,6 +52,8 @@ pub const MODEL_DIR_ENV: &str = "KRUN_SEV_PSP_MODEL_DIR";
 pub const LOG_ENV: &str = "RUST_LOG";
 /// The passt binary (or `none`).
 pub const PASST_ENV: &str = "KRUN_SEV_PASST";
+/// `off` turns the VMM's seccomp filters off (debugging only).
+pub const SECCOMP_ENV: &str = crate::vmm::seccomp::SECCOMP_ENV;
 /// Where the launch writes its updates for the test oracles (environment only).
 pub const DUMP_ENV: &str = crate::tee::dump::DUMP_ENV;
 /// Default identity directory of the PSP model.
@@ -164,6 +171,8 @@ pub struct HostSettings {
     pub log_filter: Option<Setting<String>>,
     /// The passt for VMs without a configured network.
     pub passt: Setting<PasstChoice>,
+    /// Whether the VMM installs its seccomp filters (`true` unless turned off).
+    pub seccomp: Setting<bool>,
     /// `KRUN_SEV_DUMP_UPDATES` (test oracles only).
     pub dump_updates: Option<PathBuf>,
     /// What was wrong with the configuration file, one line each; logged as errors.
@@ -183,6 +192,8 @@ pub struct ConfigFile {
     pub log_level: Option<String>,
     /// `passt`.
     pub passt: Option<PasstChoice>,
+    /// `seccomp`.
+    pub seccomp: Option<bool>,
 }
 
 /// Parses a configuration file's text. Lines that cannot be used are skipped and described
@@ -230,8 +241,9 @@ pub fn parse_config(text: &str) -> (ConfigFile, Vec<String>) {
             },
             "log_level" => log_level(value).map(|l| cfg.log_level = Some(l.to_owned())),
             "passt" => PasstChoice::parse(value).map(|p| cfg.passt = Some(p)),
+            "seccomp" => on_off(value).map(|v| cfg.seccomp = Some(v)),
             other => Err(format!(
-                "unknown key `{other}` (known: bundle_dir, backend, model_dir, log_level, passt)"
+                "unknown key `{other}` (known: bundle_dir, backend, model_dir, log_level, passt, seccomp)"
             )),
         };
         match applied {
@@ -252,6 +264,17 @@ fn absolute(value: &str) -> Result<PathBuf, String> {
         Ok(PathBuf::from(value))
     } else {
         Err(format!("{value:?} is not an absolute path"))
+    }
+}
+
+/// A `seccomp` value: `on` or `off`.
+fn on_off(value: &str) -> Result<bool, String> {
+    match value {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => Err(format!(
+            "`seccomp` is {other:?}, not on or off; the filters stay on"
+        )),
     }
 }
 
@@ -391,6 +414,26 @@ pub fn capture(env: &dyn Fn(&str) -> Option<OsString>, default_bundle: &Path) ->
             source: Source::Default,
         },
     };
+    let seccomp = match (non_empty(env(SECCOMP_ENV)), file.seccomp) {
+        (Some(v), _) => {
+            let v = v.to_string_lossy();
+            Setting {
+                value: on_off(&v).unwrap_or_else(|e| {
+                    problems.push(format!("{SECCOMP_ENV}: {e}"));
+                    true
+                }),
+                source: Source::Environment,
+            }
+        }
+        (None, Some(v)) => Setting {
+            value: v,
+            source: Source::ConfigFile,
+        },
+        (None, None) => Setting {
+            value: true,
+            source: Source::Default,
+        },
+    };
     HostSettings {
         config_file,
         bundle_dir,
@@ -398,6 +441,7 @@ pub fn capture(env: &dyn Fn(&str) -> Option<OsString>, default_bundle: &Path) ->
         model_dir,
         log_filter,
         passt,
+        seccomp,
         dump_updates: non_empty(env(DUMP_ENV)).map(PathBuf::from),
         problems,
     }
@@ -424,7 +468,7 @@ impl HostSettings {
             None => "krun_set_log_level".to_owned(),
         };
         format!(
-            "host settings (configuration file {}): bundle directory {} ({}), backend {} ({}), PSP model identity {} ({}), log filter {}, passt {} ({})",
+            "host settings (configuration file {}): bundle directory {} ({}), backend {} ({}), PSP model identity {} ({}), log filter {}, passt {} ({}), seccomp {} ({})",
             self.config_file.display(),
             self.bundle_dir.value.display(),
             self.bundle_dir.source,
@@ -434,7 +478,9 @@ impl HostSettings {
             self.model_dir.source,
             log,
             self.passt.value,
-            self.passt.source
+            self.passt.source,
+            if self.seccomp.value { "on" } else { "off" },
+            self.seccomp.source
         )
     }
 }
@@ -484,12 +530,12 @@ mod tests {
             vec![
                 "line 1: expected `key = value`",
                 "line 2: \"relative/dir\" is not an absolute path",
-                "line 3: unknown key `colour` (known: bundle_dir, backend, model_dir, log_level, passt)",
+                "line 3: unknown key `colour` (known: bundle_dir, backend, model_dir, log_level, passt, seccomp)",
                 "line 4: `log_level` is \"loud\", not off, error, warn, info, debug, trace or 0..=5",
                 "line 5: `model_dir` has no value",
                 "line 7: `bundle_dir` is already set on line 6; this line is ignored",
                 "line 8: `backend` is \"modle\", not \"hardware\" or \"model\"; launches fail until it is fixed",
-                "line 9: unknown key `\u{0}` (known: bundle_dir, backend, model_dir, log_level, passt)",
+                "line 9: unknown key `\u{0}` (known: bundle_dir, backend, model_dir, log_level, passt, seccomp)",
             ]
         );
         // The usable line applies; a bad backend is kept so the launch fails.
@@ -638,6 +684,47 @@ mod tests {
             vec![
                 "line 1: `passt`: \"bin/passt\" is not an absolute path (an absolute path or none)"
             ]
+        );
+    }
+
+    #[test]
+    fn seccomp_setting() {
+        assert!(capture_with(&[]).seccomp.value);
+        assert_eq!(capture_with(&[]).seccomp.source, Source::Default);
+        let off = capture_with(&[(SECCOMP_ENV, "off")]);
+        assert_eq!(
+            off.seccomp,
+            Setting {
+                value: false,
+                source: Source::Environment
+            }
+        );
+        assert!(off.summary().contains("seccomp off (environment at load)"));
+        // Anything but on/off keeps the filters on, with a problem line.
+        let bad = capture_with(&[(SECCOMP_ENV, "0")]);
+        assert!(bad.seccomp.value);
+        assert_eq!(
+            bad.problems,
+            vec!["KRUN_SEV_SECCOMP: `seccomp` is \"0\", not on or off; the filters stay on"]
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("c.conf");
+        std::fs::write(&conf, "seccomp = off\n").unwrap();
+        let c = conf.to_str().unwrap();
+        let s = capture_with(&[(CONFIG_ENV, c)]);
+        assert!(!s.seccomp.value);
+        assert_eq!(s.seccomp.source, Source::ConfigFile);
+        // The environment at load wins over the file.
+        assert!(
+            capture_with(&[(CONFIG_ENV, c), (SECCOMP_ENV, "on")])
+                .seccomp
+                .value
+        );
+        let (cfg, problems) = parse_config("seccomp = yes\n");
+        assert_eq!(cfg.seccomp, None);
+        assert_eq!(
+            problems,
+            vec!["line 1: `seccomp` is \"yes\", not on or off; the filters stay on"]
         );
     }
 

@@ -56,6 +56,7 @@ fn run_child(role: &str, envs: &[(&str, &Path)], code: i32) -> String {
         settings::MODEL_DIR_ENV,
         settings::LOG_ENV,
         settings::DUMP_ENV,
+        settings::SECCOMP_ENV,
     ] {
         cmd.env_remove(var);
     }
@@ -131,6 +132,8 @@ fn become_container() {
     std::env::set_var(settings::MODEL_DIR_ENV, "/container/psp");
     std::env::set_var(settings::CONFIG_ENV, "/container/krun-sev.conf");
     std::env::set_var(settings::LOG_ENV, "trace");
+    // The image author cannot turn the VMM's seccomp filters off.
+    std::env::set_var(settings::SECCOMP_ENV, "off");
 }
 
 fn child_env() {
@@ -146,6 +149,8 @@ fn child_env() {
     assert_eq!(host.backend.value, BackendChoice::Hardware);
     assert_eq!(host.backend.source, Source::Default);
     assert_eq!(host.log_filter, None);
+    assert!(host.seccomp.value);
+    assert_eq!(host.seccomp.source, Source::Default);
     assert_eq!(bundle_dir(), bundle);
 
     let ctx = krun_create_ctx();

@@ -738,6 +738,7 @@ pub(crate) fn run(plan: LaunchPlan) -> Result<u8, LaunchError> {
             launch: Box::new(sequence),
             vcpu_sig: vcpu_model.signature(),
         }),
+        seccomp: seccomp_setting(),
     };
     match Vmm::run(config) {
         Ok(status) => Ok(status.0),
@@ -750,6 +751,20 @@ pub(crate) fn run(plan: LaunchPlan) -> Result<u8, LaunchError> {
         }
         Err(e) => Err(LaunchError::Vmm(e)),
     }
+}
+
+/// Whether the VMM's seccomp filters go on (docs/hardening.md): a host setting, so the
+/// container's environment cannot turn them off. Off is logged once, as a warning.
+fn seccomp_setting() -> bool {
+    let s = &crate::settings::host().seccomp;
+    if !s.value {
+        log::warn!(
+            "seccomp filters are OFF ({} {}=off or `seccomp = off`): the VMM runs without its per-thread system call allow-lists; use this only for debugging",
+            s.source,
+            crate::vmm::seccomp::SECCOMP_ENV
+        );
+    }
+    s.value
 }
 
 #[cfg(test)]
@@ -1272,6 +1287,7 @@ mod tests {
                     }),
                     vcpu_sig: VcpuModel::default().signature(),
                 }),
+                seccomp: false,
             };
             assert!(matches!(Vmm::run(config), Err(VmmError::Tee(_))));
             assert_eq!(

@@ -57,9 +57,11 @@ impl GuestPortHandler for ReportService {
     fn connect(&self, _guest_port: u32) -> std::io::Result<HostStream> {
         let (ours, theirs) = UnixStream::pair()?;
         let guest = self.guest.clone();
-        std::thread::Builder::new()
-            .name("snp-report".into())
-            .spawn(move || serve(&guest, theirs))?;
+        crate::vmm::seccomp::spawn(
+            crate::vmm::seccomp::ThreadKind::Service,
+            "snp-report",
+            move || serve(&guest, theirs),
+        )?;
         Ok(HostStream::Unix(ours))
     }
 }

@@ -23,6 +23,7 @@ use crate::vmm::config::{PortMap, VmConfig};
 use crate::vmm::device_manager::{DeviceManager, DeviceManagerError};
 use crate::vmm::loader::{self, GuestImage, LoaderError};
 use crate::vmm::memory::{self, MemoryError};
+use crate::vmm::seccomp::{self, ThreadKind};
 use crate::vmm::vstate::exit::{ExitState, StopReason};
 use crate::vmm::vstate::vcpu::{self, BootEntry, VcpuError, VcpuShared};
 use crate::vmm::vstate::vm::{Vm, VmError};
@@ -81,6 +82,9 @@ pub enum VmmError {
     /// The terminal mode could not be changed.
     #[error("cannot set up the terminal")]
     Terminal(#[source] ConsoleError),
+    /// The seccomp filters or the dropped privileges could not be set up.
+    #[error("cannot set up the seccomp sandbox")]
+    Seccomp(#[source] seccomp::SeccompError),
     /// The guest stopped without writing its exit status to port 0xf4.
     #[error("guest stopped without reporting an exit status")]
     NoExitStatus {
@@ -233,6 +237,10 @@ impl Vmm {
             exits: AtomicU64::new(0),
             converter,
         });
+        // Set-up is over: from here on each thread keeps to its allow-list (docs/hardening.md).
+        if config.seccomp {
+            seccomp::activate().map_err(VmmError::Seccomp)?;
+        }
         let started = Instant::now();
         let mut handles = Vec::with_capacity(fds.len());
         for (index, fd) in (0u8..).zip(fds) {
@@ -244,6 +252,11 @@ impl Vmm {
                     return Err(VmmError::Vcpu(e));
                 }
             }
+        }
+        if let Err(e) = seccomp::enter(ThreadKind::Main) {
+            exit.request_stop(StopReason::HostRequest);
+            vcpu::join_all(handles);
+            return Err(VmmError::Seccomp(e));
         }
         phase("guest entry");
         log::info!(
@@ -501,6 +514,7 @@ mod tests {
             console: crate::vmm::test_utils::console_to_file(&out.0),
             net: None,
             tee: None,
+            seccomp: false,
         }
     }
 

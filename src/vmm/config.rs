@@ -96,6 +96,10 @@ pub struct VmConfig {
     /// A confidential launch: boot through the reset-vector firmware and run the TEE launch
     /// sequence on the loaded memory before any vCPU starts. `None` for a plain boot.
     pub tee: Option<TeeBoot>,
+    /// Seccomp filters and least privilege once the guest is set up
+    /// (`crate::vmm::seccomp`, docs/hardening.md). The process is then the VMM's: at most one
+    /// such VM per process, and nothing else may run in it afterwards.
+    pub seccomp: bool,
 }
 
 /// Errors a TEE hook returns to the VMM.

@@ -10,6 +10,7 @@
 //! | `loader` | everything written before boot, shared with the measurement calculator |
 //! | `vstate::{vm, vcpu, exit}` | KVM VM (irqchip, PIT, memory slots), vCPU threads and exit handling, run end |
 //! | `bus`, `device_manager` | MMIO dispatch; virtio-mmio slots, IRQs and `virtio_mmio.device=` entries |
+//! | `seccomp` | per-thread seccomp allow-lists, the SIGSYS handler, dropped privileges (docs/hardening.md) |
 //! | `builder` | `Vmm::run`: assembles everything and returns the guest's exit status |
 //! | `crate::devices` | serial log sink, virtio transport, blk, console, vsock |
 
@@ -19,6 +20,7 @@ pub mod config;
 pub mod device_manager;
 pub mod loader;
 pub mod memory;
+pub mod seccomp;
 pub mod vstate;
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use super::interrupt::Interrupt;
 use super::worker::Worker;
 use super::{ActivateContext, VirtioError};
 use crate::vmm::memory::GuestMemory;
+use crate::vmm::seccomp::ThreadKind;
 
 /// What a worker of a device with `N` queues gets: an [`ActivateContext`] whose queue count
 /// has been checked.
@@ -56,6 +57,7 @@ impl DeviceWorker {
     pub fn activate<const N: usize, F, E>(
         &mut self,
         name: &str,
+        kind: ThreadKind,
         ctx: ActivateContext,
         body: F,
     ) -> Result<(), VirtioError>
@@ -68,7 +70,7 @@ impl DeviceWorker {
         }
         let activation = Activation::<N>::try_from(ctx)?;
         let interrupt = activation.interrupt.clone();
-        let worker = Worker::spawn(name, interrupt, move |kill| {
+        let worker = Worker::spawn(name, kind, interrupt, move |kill| {
             body(activation, kill).map_err(|e| e.to_string())
         })
         .map_err(VirtioError::Worker)?;
@@ -135,25 +137,40 @@ mod tests {
     fn worker_gets_queues_in_order_and_stops_on_reset() {
         let (tx, rx) = mpsc::channel();
         let mut w = DeviceWorker::default();
-        w.activate("t", ctx(3, 3), move |a: Activation<3>, kill| {
-            let descs: Vec<u64> = a.queues.iter().map(|q| q.desc_table()).collect();
-            tx.send((descs, a.acked_features)).unwrap();
-            wait_for_kill(kill)
-        })
+        w.activate(
+            "t",
+            ThreadKind::Block,
+            ctx(3, 3),
+            move |a: Activation<3>, kill| {
+                let descs: Vec<u64> = a.queues.iter().map(|q| q.desc_table()).collect();
+                tx.send((descs, a.acked_features)).unwrap();
+                wait_for_kill(kill)
+            },
+        )
         .unwrap();
         assert!(w.is_active());
         let (descs, features) = rx.recv_timeout(Duration::from_secs(5)).unwrap();
         assert_eq!(descs, vec![0, 0x1_0000, 0x2_0000]);
         assert_eq!(features, 1 << 32);
         assert!(matches!(
-            w.activate("t", ctx(3, 3), |_: Activation<3>, _| Ok::<(), String>(())),
+            w.activate(
+                "t",
+                ThreadKind::Block,
+                ctx(3, 3),
+                |_: Activation<3>, _| Ok::<(), String>(())
+            ),
             Err(VirtioError::AlreadyActive)
         ));
         w.stop();
         assert!(!w.is_active());
         // After a reset the device can be activated again.
-        w.activate("t", ctx(1, 1), |_: Activation<1>, kill| wait_for_kill(kill))
-            .unwrap();
+        w.activate(
+            "t",
+            ThreadKind::Block,
+            ctx(1, 1),
+            |_: Activation<1>, kill| wait_for_kill(kill),
+        )
+        .unwrap();
         w.stop();
     }
 
@@ -162,9 +179,12 @@ mod tests {
         let mut w = DeviceWorker::default();
         for (queues, evts) in [(1, 2), (2, 1), (3, 3), (0, 0)] {
             assert!(matches!(
-                w.activate("t", ctx(queues, evts), |_: Activation<2>, _| {
-                    Ok::<(), String>(())
-                }),
+                w.activate(
+                    "t",
+                    ThreadKind::Block,
+                    ctx(queues, evts),
+                    |_: Activation<2>, _| { Ok::<(), String>(()) }
+                ),
                 Err(VirtioError::QueueCount)
             ));
             assert!(!w.is_active());
@@ -176,8 +196,10 @@ mod tests {
         let c = ctx(1, 1);
         let irq = c.interrupt.clone();
         let mut w = DeviceWorker::default();
-        w.activate("t", c, |_: Activation<1>, _| Err("broken ring"))
-            .unwrap();
+        w.activate("t", ThreadKind::Block, c, |_: Activation<1>, _| {
+            Err("broken ring")
+        })
+        .unwrap();
         w.stop();
         assert!(irq.needs_reset());
     }

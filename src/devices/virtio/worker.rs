@@ -9,6 +9,7 @@ use std::thread::JoinHandle;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::interrupt::Interrupt;
+use crate::vmm::seccomp::{self, ThreadKind};
 
 /// A running worker thread and the eventfd that asks it to stop.
 #[derive(Debug)]
@@ -18,36 +19,40 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Runs `body(kill_evt)` on a new thread. `body` must return once `kill_evt` is readable.
-    /// An error or a panic in `body` marks the device as needing a reset.
-    pub fn spawn<F>(name: &str, interrupt: Arc<Interrupt>, body: F) -> std::io::Result<Worker>
+    /// Runs `body(kill_evt)` on a new thread under `kind`'s seccomp filter (when the filters
+    /// are on). `body` must return once `kill_evt` is readable. An error or a panic in `body`
+    /// marks the device as needing a reset.
+    pub fn spawn<F>(
+        name: &str,
+        kind: ThreadKind,
+        interrupt: Arc<Interrupt>,
+        body: F,
+    ) -> std::io::Result<Worker>
     where
         F: FnOnce(&EventFd) -> Result<(), String> + Send + 'static,
     {
         let kill = EventFd::new(EFD_NONBLOCK)?;
         let kill_for_thread = kill.try_clone()?;
         let thread_name = name.to_owned();
-        let thread = std::thread::Builder::new()
-            .name(name.to_owned())
-            .spawn(move || {
-                // Inside a host process that does not ignore SIGPIPE (a C program, crun), a
-                // write to a closed pipe must fail with EPIPE, not kill the process.
-                match vmm_sys_util::signal::block_signal(libc::SIGPIPE) {
-                    Ok(()) | Err(vmm_sys_util::signal::Error::SignalAlreadyBlocked(_)) => {}
-                    Err(e) => log::warn!("{thread_name}: cannot block SIGPIPE: {e}"),
+        let thread = seccomp::spawn(kind, name, move || {
+            // Inside a host process that does not ignore SIGPIPE (a C program, crun), a
+            // write to a closed pipe must fail with EPIPE, not kill the process.
+            match vmm_sys_util::signal::block_signal(libc::SIGPIPE) {
+                Ok(()) | Err(vmm_sys_util::signal::Error::SignalAlreadyBlocked(_)) => {}
+                Err(e) => log::warn!("{thread_name}: cannot block SIGPIPE: {e}"),
+            }
+            match catch_unwind(AssertUnwindSafe(|| body(&kill_for_thread))) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    log::error!("{thread_name}: {e}; device needs reset");
+                    interrupt.set_needs_reset();
                 }
-                match catch_unwind(AssertUnwindSafe(|| body(&kill_for_thread))) {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        log::error!("{thread_name}: {e}; device needs reset");
-                        interrupt.set_needs_reset();
-                    }
-                    Err(_) => {
-                        log::error!("{thread_name}: worker panicked; device needs reset");
-                        interrupt.set_needs_reset();
-                    }
+                Err(_) => {
+                    log::error!("{thread_name}: worker panicked; device needs reset");
+                    interrupt.set_needs_reset();
                 }
-            })?;
+            }
+        })?;
         Ok(Worker {
             kill,
             thread: Some(thread),
@@ -158,7 +163,7 @@ mod tests {
     fn stops_on_kill() {
         let ran = Arc::new(AtomicBool::new(false));
         let r = ran.clone();
-        let mut w = Worker::spawn("t", interrupt(), move |kill| loop {
+        let mut w = Worker::spawn("t", ThreadKind::Block, interrupt(), move |kill| loop {
             let ready = poll(&[Interest::read(kill)], 1000).map_err(|e| e.to_string())?;
             if ready[0].readable {
                 r.store(true, Ordering::SeqCst);
@@ -173,12 +178,15 @@ mod tests {
     #[test]
     fn error_and_panic_set_needs_reset() {
         let i = interrupt();
-        let mut w = Worker::spawn("t", i.clone(), |_| Err("broken queue".into())).unwrap();
+        let mut w = Worker::spawn("t", ThreadKind::Block, i.clone(), |_| {
+            Err("broken queue".into())
+        })
+        .unwrap();
         w.stop();
         assert!(i.needs_reset());
         let i = interrupt();
         #[allow(clippy::panic)]
-        let mut w = Worker::spawn("t", i.clone(), |_| panic!("bug")).unwrap();
+        let mut w = Worker::spawn("t", ThreadKind::Block, i.clone(), |_| panic!("bug")).unwrap();
         w.stop();
         assert!(i.needs_reset());
     }

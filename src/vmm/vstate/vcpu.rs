@@ -16,6 +16,7 @@ use crate::devices::BusDevice;
 use crate::tee::hardware::convert::MemoryConverter;
 use crate::tee::hardware::uapi;
 use crate::vmm::bus::MmioBus;
+use crate::vmm::seccomp::{self, ThreadKind};
 use crate::vmm::vstate::exit::{ExitState, StopReason};
 
 /// Errors while configuring or starting a vCPU.
@@ -283,6 +284,13 @@ fn install_kick_handler() -> Result<(), VcpuError> {
 
 /// The vCPU run loop.
 fn run_loop(mut fd: VcpuFd, index: u8, shared: Arc<VcpuShared>) {
+    if let Err(e) = seccomp::enter(ThreadKind::Vcpu) {
+        shared.exit.request_stop(StopReason::VcpuError(format!(
+            "vCPU {index}: {}",
+            seccomp::chain(&e)
+        )));
+        return;
+    }
     // The caller's thread may block our kick signal; this thread must receive it.
     if let Err(e) = vmm_sys_util::signal::unblock_signal(kick_signal()) {
         log::warn!("vCPU {index}: cannot unblock the kick signal: {e}");

@@ -231,6 +231,10 @@ cat /tmp/kbs.log
         "{ctx}"
     );
     assert_eq!(out.matches("key released").count(), 5, "{ctx}");
+    // Every launch ran under the VMM's seccomp filters (docs/hardening.md), and none of its
+    // threads made a call outside its allow-list.
+    assert_eq!(out.matches("seccomp filters on").count(), 5, "{ctx}");
+    assert!(!out.contains("denied system call"), "{ctx}");
 }
 
 /// Boot 2: a buildah-layout image (registered offline) runs through `krun-sev run` and a C
@@ -469,7 +473,8 @@ echo "NET_ROUTE_$c=$(ip route | grep '^default')"
 DRAIN='while read h; do [ -z "$(echo "$h" | tr -d "\r")" ] && break; done'
 # nc, not wget: the static busybox's wget looks up the "http" service through NSS, which
 # crashes where glibc's NSS modules are present (the test host).
-echo "NET_FETCH_$c=$(printf 'GET /from-guest-%s HTTP/1.0\r\n\r\n' "$c" | timeout 120 nc 192.0.2.1 8080 | tail -n 1)"
+# The shell's "Terminated" notice (if timeout has to stop nc) stays off the marker line.
+echo "NET_FETCH_$c=$( { printf 'GET /from-guest-%s HTTP/1.0\r\n\r\n' "$c" | timeout 120 nc 192.0.2.1 8080 | tail -n 1; } 2>/dev/null)"
 printf '%s\n' '#!/bin/sh' 'read request' "$DRAIN" "printf 'HTTP/1.0 200 OK\r\n\r\n'" \
   'peer=$(netstat -tn | grep ":8081 " | grep ESTABLISHED | tr -s " " | cut -d" " -f5 | sed "s/:[0-9]*\$//; s/^::ffff://" | head -n 1)' \
   'echo "GUEST_SERVED $request PEER $peer" | tr -d "\r"' > /tmp/serve
@@ -674,6 +679,12 @@ cat /tmp/kbs.log
     // No passt outlives its VM.
     assert_eq!(marker_values(out, "PASST_LEFT="), [""], "{ctx}");
     assert_eq!(out.matches("key released").count(), 3, "{ctx}");
+    // The virtio-net and vsock workers ran under their seccomp allow-lists.
+    assert!(
+        out.contains("OUT_default: [libkrun-sev INFO krun_sev::vmm::seccomp] seccomp filters on"),
+        "{ctx}"
+    );
+    assert!(!out.contains("denied system call"), "{ctx}");
 }
 
 /// crun versions run by [`real_crun_runs_the_confidential_container`]: Debian 12's source
@@ -937,6 +948,9 @@ cat /tmp/kbs.log
         2 * CRUN_VERSIONS.len() + 1,
         "{ctx}"
     );
+    // crun's container process ran the VMM under its seccomp filters (on by default) without
+    // a denied call.
+    assert!(!out.contains("denied system call"), "{ctx}");
 }
 
 /// The PSP model's warning lines (`krun_sev::tee::model::warn_unencrypted`).

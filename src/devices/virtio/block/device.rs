@@ -1,5 +1,6 @@
 //! The virtio-blk device and its queue processing.
 
+use crate::vmm::seccomp::ThreadKind;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -122,12 +123,16 @@ impl VirtioDevice for VirtioBlock {
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), VirtioError> {
         let disk = self.disk.clone();
-        self.worker
-            .activate("virtio-blk", ctx, move |a: Activation<1>, kill| {
+        self.worker.activate(
+            "virtio-blk",
+            ThreadKind::Block,
+            ctx,
+            move |a: Activation<1>, kill| {
                 let [queue] = a.queues;
                 let [evt] = a.queue_evts;
                 super::event_handler::run(&a.mem, queue, &evt, kill, &disk, &a.interrupt)
-            })
+            },
+        )
     }
 
     fn reset(&mut self) {

@@ -1,5 +1,6 @@
 //! The virtio-console device.
 
+use crate::vmm::seccomp::ThreadKind;
 use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -56,8 +57,11 @@ impl VirtioDevice for VirtioConsole {
         debug_assert_eq!((RX_QUEUE, TX_QUEUE), (0, 1));
         let input = self.input.clone();
         let output = self.output.clone();
-        self.worker
-            .activate("virtio-console", ctx, move |a: Activation<2>, kill| {
+        self.worker.activate(
+            "virtio-console",
+            ThreadKind::Console,
+            ctx,
+            move |a: Activation<2>, kill| {
                 let [rx, tx] = a.queues;
                 let [rx_evt, tx_evt] = a.queue_evts;
                 ConsoleWorker {
@@ -71,7 +75,8 @@ impl VirtioDevice for VirtioConsole {
                     interrupt: &a.interrupt,
                 }
                 .run(kill)
-            })
+            },
+        )
     }
 
     fn reset(&mut self) {

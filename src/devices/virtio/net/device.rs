@@ -7,6 +7,7 @@
 //! never stops the device. Only a broken ring (for example an available index beyond the
 //! queue size) is an error, and that puts the device into `DEVICE_NEEDS_RESET`.
 
+use crate::vmm::seccomp::ThreadKind;
 use std::collections::VecDeque;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -531,8 +532,11 @@ impl VirtioDevice for VirtioNet {
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), VirtioError> {
         let engine = self.engine.clone();
         let mergeable = ctx.acked_features & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0;
-        self.worker
-            .activate("virtio-net", ctx, move |a: Activation<2>, kill| {
+        self.worker.activate(
+            "virtio-net",
+            ThreadKind::Net,
+            ctx,
+            move |a: Activation<2>, kill| {
                 let [rx, tx] = a.queues;
                 let [rx_evt, tx_evt] = a.queue_evts;
                 // Held for the worker's life; a reset stops the worker and releases it.
@@ -550,7 +554,8 @@ impl VirtioDevice for VirtioNet {
                     &mut engine,
                     &a.interrupt,
                 )
-            })
+            },
+        )
     }
 
     fn reset(&mut self) {

@@ -116,9 +116,11 @@ impl GuestPortHandler for ExposedPortsHandler {
     fn connect(&self, _guest_port: u32) -> std::io::Result<HostStream> {
         let (ours, theirs) = UnixStream::pair()?;
         let control = self.control.clone();
-        std::thread::Builder::new()
-            .name("vsock-control".into())
-            .spawn(move || control.serve(theirs))?;
+        crate::vmm::seccomp::spawn(
+            crate::vmm::seccomp::ThreadKind::Service,
+            "vsock-control",
+            move || control.serve(theirs),
+        )?;
         Ok(HostStream::Unix(ours))
     }
 }

@@ -1,5 +1,6 @@
 //! The virtio-vsock device.
 
+use crate::vmm::seccomp::ThreadKind;
 use std::sync::{Arc, Mutex};
 
 use super::event_handler::VsockWorker;
@@ -51,8 +52,11 @@ impl VirtioDevice for VirtioVsock {
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), VirtioError> {
         let slot = self.muxer.clone();
-        self.worker
-            .activate("virtio-vsock", ctx, move |a: Activation<3>, kill| {
+        self.worker.activate(
+            "virtio-vsock",
+            ThreadKind::Vsock,
+            ctx,
+            move |a: Activation<3>, kill| {
                 let [rx, tx, _event_queue] = a.queues;
                 let [rx_evt, tx_evt, ev_evt] = a.queue_evts;
                 // Only this worker uses the muxer while the device is active.
@@ -73,7 +77,8 @@ impl VirtioDevice for VirtioVsock {
                     interrupt: &a.interrupt,
                 };
                 worker.run(kill).map_err(|e| e.to_string())
-            })
+            },
+        )
     }
 
     fn reset(&mut self) {

@@ -68,9 +68,11 @@ impl GuestPortHandler for GuestStderr {
         let (ours, theirs) = UnixStream::pair()?;
         let output = Arc::clone(&self.output);
         let level = self.level as u8;
-        std::thread::Builder::new()
-            .name("guest-stderr".into())
-            .spawn(move || copy_out(ours, level, &output))?;
+        crate::vmm::seccomp::spawn(
+            crate::vmm::seccomp::ThreadKind::Service,
+            "guest-stderr",
+            move || copy_out(ours, level, &output),
+        )?;
         Ok(HostStream::Unix(theirs))
     }
 }

@@ -181,6 +181,8 @@ fn run() -> Result<u8, String> {
         },
         net: None,
         tee: None,
+        // The Rust API without a TEE; the library's launch path turns the filters on.
+        seccomp: false,
     };
     let mut config = config;
     if let Some(fd) = a.net_fd {
