@@ -3,7 +3,11 @@
 //!
 //! usage: krun-vmm-boot --kernel VMLINUX --initrd INITRD --root DISK [--root-ro]
 //!        [--data DISK] [--vcpus N] [--ram-mib M] [--host-json FILE] [--port HOST:GUEST]...
-//!        [--expose-ports] [--net-sink | --net-fd FD] [--stats] [--debug] [--log-level N]
+//!        [--expose-ports] [--net-sink | --net-fd FD] [--seccomp] [--stats] [--debug]
+//!        [--log-level N]
+//!
+//! `--seccomp` turns on the VMM's per-thread seccomp filters, as a confidential launch does
+//! (docs/hardening.md); they are off otherwise, as for every in-process user of the Rust API.
 //!
 //! `--log-level` is the C API's level (3 = info shows the boot-phase lines and the init's
 //! progress lines that `krun-boot-bench` stamps); the default is 2 (warnings), 4 with
@@ -44,6 +48,7 @@ struct Args {
     expose: bool,
     net_sink: bool,
     net_fd: Option<i32>,
+    seccomp: bool,
     stats: bool,
     debug: bool,
     log_level: Option<u32>,
@@ -63,6 +68,7 @@ fn parse() -> Result<Args, String> {
         expose: false,
         net_sink: false,
         net_fd: None,
+        seccomp: false,
         stats: false,
         debug: false,
         log_level: None,
@@ -89,6 +95,7 @@ fn parse() -> Result<Args, String> {
             }
             "--expose-ports" => a.expose = true,
             "--net-sink" => a.net_sink = true,
+            "--seccomp" => a.seccomp = true,
             "--net-fd" => a.net_fd = Some(value()?.parse().map_err(|e| format!("--net-fd: {e}"))?),
             "--stats" => a.stats = true,
             "--debug" => a.debug = true,
@@ -181,8 +188,8 @@ fn run() -> Result<u8, String> {
         },
         net: None,
         tee: None,
-        // The Rust API without a TEE; the library's launch path turns the filters on.
-        seccomp: false,
+        // The library's launch path turns the filters on; here --seccomp does.
+        seccomp: a.seccomp,
     };
     let mut config = config;
     if let Some(fd) = a.net_fd {
