@@ -14,31 +14,15 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 runs=${1:-5}
 mib=${2:-64}
 port=5201
-if [ -n "${KRUN_SEV_BUNDLE_DIR:-}" ]; then
-    bundle=$KRUN_SEV_BUNDLE_DIR
-else
-    bundle=$root/build/bundle
-    "$root/firmware/build-bundle.sh" "$bundle" >/dev/null
-fi
-assets=$("$root/tests/host/prepare.sh" | tail -n 1)
-cargo build --quiet --release --manifest-path "$root/Cargo.toml" -p krun-testhost \
-    --bin krun-testhost --bin krun-vmm-boot --bin krun-net-bench
-bin=$root/target/release
+. "$root/ci/bench-lib.sh"
+bench_prepare krun-net-bench
 
 # The workload: a raw ext4 root disk whose command sends the zeros to the gateway address,
 # which passt maps to the test host's loopback. It exits 0 whatever nc reports: the
 # benchmark checks the byte count on the receiving side.
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-mkdir -p "$work/root/bin" "$work/root/proc" "$work/root/sys" "$work/root/dev" \
-    "$work/root/tmp" "$work/root/run" "$work/root/etc"
-cp "$assets/busybox" "$work/root/bin/busybox"
-for t in sh dd nc; do ln -s busybox "$work/root/bin/$t"; done
-cmd="dd if=/dev/zero bs=65536 count=$((mib * 16)) 2>/dev/null | nc 192.0.2.1 $port; exit 0"
-printf '{"config":{"Cmd":["/bin/sh","-c","%s"],"Env":["PATH=/bin"],"WorkingDir":"/"}}' "$cmd" \
-    >"$work/root/.krun_config.json"
-truncate -s 32M "$work/root.img"
-mkfs.ext4 -q -F -d "$work/root" "$work/root.img"
+bench_root_disk "$work" "dd if=/dev/zero bs=65536 count=$((mib * 16)) 2>/dev/null | nc 192.0.2.1 $port; exit 0" dd nc
 
 qemu=/usr/bin/qemu-system-x86_64
 # The host network passt copies (dummy0, a default route, a nameserver); passt started as

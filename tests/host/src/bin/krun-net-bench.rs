@@ -18,92 +18,58 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use krun_sev::devices::virtio::net::DEVICE_MTU;
 use krun_sev::devices::virtio::vsock::PORT_NET_CONFIG;
-use krun_sev::launch::{net, segment};
+use krun_sev::launch::net;
+use krun_testhost::bench::{median, BenchGuest};
 
-/// The guest command line both VMMs get (krun-vmm-boot's non-debug line).
-const CMDLINE: &str = "console=hvc0 quiet reboot=t panic=-1 acpi=off";
-/// The launch segment is placed on the next page boundary after the bundle initrd.
-const PAGE: usize = 4096;
 /// How long a VM may take to boot and connect, and then to send everything.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(180);
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(600);
 
 struct Args {
-    kernel: PathBuf,
-    initrd: PathBuf,
-    root: PathBuf,
-    vmm: PathBuf,
-    qemu: PathBuf,
+    guest: BenchGuest,
     passt: PathBuf,
     runs: usize,
     mib: u64,
     port: u16,
-    ram_mib: u32,
 }
 
 fn parse() -> Result<Args, String> {
     let mut a = Args {
-        kernel: PathBuf::new(),
-        initrd: PathBuf::new(),
-        root: PathBuf::new(),
-        vmm: PathBuf::new(),
-        qemu: PathBuf::new(),
+        guest: BenchGuest::default(),
         passt: PathBuf::new(),
         runs: 5,
         mib: 64,
         port: 5201,
-        ram_mib: 256,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
+        if a.guest.take_flag(&flag, &mut value)? {
+            continue;
+        }
         match flag.as_str() {
-            "--kernel" => a.kernel = value()?.into(),
-            "--initrd" => a.initrd = value()?.into(),
-            "--root" => a.root = value()?.into(),
-            "--vmm" => a.vmm = value()?.into(),
-            "--qemu" => a.qemu = value()?.into(),
             "--passt" => a.passt = value()?.into(),
             "--runs" => a.runs = value()?.parse().map_err(|e| format!("--runs: {e}"))?,
             "--mib" => a.mib = value()?.parse().map_err(|e| format!("--mib: {e}"))?,
             "--port" => a.port = value()?.parse().map_err(|e| format!("--port: {e}"))?,
-            "--ram-mib" => a.ram_mib = value()?.parse().map_err(|e| format!("--ram-mib: {e}"))?,
             other => return Err(format!("unknown argument {other}")),
         }
     }
-    for (name, p) in [
-        ("--kernel", &a.kernel),
-        ("--initrd", &a.initrd),
-        ("--root", &a.root),
-        ("--vmm", &a.vmm),
-        ("--qemu", &a.qemu),
-        ("--passt", &a.passt),
-    ] {
-        if p.as_os_str().is_empty() {
-            return Err(format!("{name} is required"));
-        }
+    a.guest.check()?;
+    if a.passt.as_os_str().is_empty() {
+        return Err("--passt is required".into());
     }
     if a.runs == 0 || a.mib == 0 {
         return Err("--runs and --mib must be at least 1".into());
     }
     Ok(a)
-}
-
-/// The bundle initrd with the launch segment krun-vmm-boot builds, as one file for QEMU.
-fn qemu_initrd(initrd: &Path, out: &Path) -> Result<(), String> {
-    let mut bytes = std::fs::read(initrd).map_err(|e| format!("{}: {e}", initrd.display()))?;
-    let seg = segment::build(br#"{"format":1,"tee":"none","port_map":[]}"#)
-        .map_err(|e| format!("launch segment: {e}"))?;
-    bytes.resize(bytes.len().div_ceil(PAGE) * PAGE, 0);
-    bytes.extend_from_slice(&seg);
-    std::fs::write(out, bytes).map_err(|e| format!("{}: {e}", out.display()))
 }
 
 /// `AF_VSOCK` as an address family field, and `sizeof(struct sockaddr_vm)`.
@@ -287,65 +253,30 @@ fn run_once(cmd: &dyn Fn(i32) -> Command, a: &Args, listener: &TcpListener) -> R
     Ok(expected as f64 / elapsed.as_secs_f64() / 1e6)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 fn run() -> Result<(), String> {
     let a = parse()?;
     let initrd_q = std::env::temp_dir().join("krun-net-bench-initrd");
-    qemu_initrd(&a.initrd, &initrd_q)?;
+    a.guest.write_qemu_initrd(&initrd_q)?;
     serve_settings_on_vsock()?;
     let listener =
         TcpListener::bind(("0.0.0.0", a.port)).map_err(|e| format!("port {}: {e}", a.port))?;
-    let ram = a.ram_mib.to_string();
+    let ram = a.guest.ram_mib.to_string();
     let ours = |fd: i32| {
-        let mut c = Command::new(&a.vmm);
+        let mut c = Command::new(&a.guest.vmm);
         c.arg("--kernel")
-            .arg(&a.kernel)
+            .arg(&a.guest.kernel)
             .arg("--initrd")
-            .arg(&a.initrd)
+            .arg(&a.guest.initrd)
             .arg("--root")
-            .arg(&a.root)
+            .arg(&a.guest.root)
             .args(["--net-fd", &fd.to_string()])
             .args(["--vcpus", "1", "--ram-mib", &ram]);
         c
     };
-    let drive = format!("file={},format=raw,if=none,id=root", a.root.display());
     let mac = krun_sev::devices::virtio::net::format_mac(&net::DEFAULT_MAC);
     let qemu = |fd: i32| {
-        let mut c = Command::new(&a.qemu);
-        c.args(["-M", "microvm,acpi=off", "-accel", "kvm", "-cpu", "host"])
-            .args(["-m", &ram, "-smp", "1", "-nodefaults", "-no-user-config"])
-            .args([
-                "-nographic",
-                "-no-reboot",
-                "-serial",
-                "none",
-                "-monitor",
-                "none",
-            ])
-            .arg("-kernel")
-            .arg(&a.kernel)
-            .arg("-initrd")
-            .arg(&initrd_q)
-            .args(["-append", CMDLINE])
-            .args(["-drive", &drive, "-device", "virtio-blk-device,drive=root"])
-            .args(["-chardev", "stdio,id=con,signal=off"])
-            .args([
-                "-device",
-                "virtio-serial-device",
-                "-device",
-                "virtconsole,chardev=con",
-            ])
-            .args(["-device", "vhost-vsock-device,guest-cid=3"])
-            .arg("-netdev")
+        let mut c = a.guest.qemu_command(&initrd_q);
+        c.arg("-netdev")
             .arg(format!("stream,id=net0,addr.type=fd,addr.str={fd}"))
             // The MTU our device announces (passt's), so both guests send the same frames.
             .arg("-device")
@@ -368,7 +299,7 @@ fn run() -> Result<(), String> {
     let (mo, mq) = (median(o), median(q));
     println!(
         "guest->host TCP through passt, {} MiB per run, medians of {} runs each (1 vCPU, {} MiB)",
-        a.mib, a.runs, a.ram_mib
+        a.mib, a.runs, a.guest.ram_mib
     );
     println!(
         "| {:<24} | {:>10} | {:>10} | {:>9} |",
