@@ -15,31 +15,15 @@
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 runs=${1:-5}
-if [ -n "${KRUN_SEV_BUNDLE_DIR:-}" ]; then
-    bundle=$KRUN_SEV_BUNDLE_DIR
-else
-    bundle=$root/build/bundle
-    "$root/firmware/build-bundle.sh" "$bundle" >/dev/null
-fi
-assets=$("$root/tests/host/prepare.sh" | tail -n 1)
-cargo build --quiet --release --manifest-path "$root/Cargo.toml" -p krun-testhost \
-    --bin krun-testhost --bin krun-vmm-boot --bin krun-boot-bench
+. "$root/ci/bench-lib.sh"
+bench_prepare krun-boot-bench
 cargo build --quiet --release --manifest-path "$root/Cargo.toml" -p krun-sev-cli --bin krun-sev
 cargo build --quiet --release --manifest-path "$root/Cargo.toml" -p krun-kbs --bin krun-kbs
-bin=$root/target/release
 
 # The workload: a raw ext4 root disk whose command prints the marker and exits 0.
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-mkdir -p "$work/root/bin" "$work/root/proc" "$work/root/sys" "$work/root/dev" \
-    "$work/root/tmp" "$work/root/run"
-cp "$assets/busybox" "$work/root/bin/busybox"
-ln -s busybox "$work/root/bin/sh"
-ln -s busybox "$work/root/bin/echo"
-printf '%s' '{"config":{"Cmd":["/bin/sh","-c","echo BENCH_WORKLOAD_DONE"],"Env":["PATH=/bin"],"WorkingDir":"/"}}' \
-    >"$work/root/.krun_config.json"
-truncate -s 32M "$work/root.img"
-mkfs.ext4 -q -F -d "$work/root" "$work/root.img"
+bench_root_disk "$work" "echo BENCH_WORKLOAD_DONE" echo
 
 # The confidential case: the same files as a `krun-sev mkcw` SNP image (LUKS1, cheap PBKDF2
 # as in the test-host tests: TCG), 1 vCPU and 256 MiB like the others, whose broker runs in

@@ -134,6 +134,19 @@ fn child(case: &str) {
                 t.join().unwrap();
             }
         }
+        "heap-shrink" => {
+            // A thread with an arena of its own frees more than glibc's default trim
+            // threshold at once: glibc would shrink that heap, and first read a /proc file.
+            let t = seccomp::spawn(ThreadKind::Service, "shrink", || {
+                for _ in 0..4 {
+                    let chunks: Vec<Vec<u8>> = (0..4000).map(|i| vec![1; 100 + i % 50]).collect();
+                    assert_eq!(chunks.len(), 4000);
+                    drop(chunks);
+                }
+            })
+            .unwrap();
+            t.join().unwrap();
+        }
         other => panic!("unknown case {other}"),
     }
     std::process::exit(0);
@@ -189,6 +202,7 @@ fn parent() {
         ("vcpu-allowed", "vcpu"),
         ("service-allowed", "vsock service"),
         ("many-threads", "vsock service"),
+        ("heap-shrink", "vsock service"),
     ];
     let denied_cases = [
         ("block-socket", "socket (41) on a virtio-blk worker thread"),

@@ -209,6 +209,7 @@ fn measurements(args: &Args) -> Result<Vec<(&'static str, String)>, String> {
         ("SNP", TeeMode::Snp),
     ] {
         let req = MeasureRequest {
+            port_map: Default::default(),
             mode,
             vcpus: args.cpus,
             ram_mib: args.ram_mib,

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use krun_footer::{Binding, TeeConfig};
 use krun_sev::launch::{self, MeasureRequest};
+use krun_sev::resources::PortMap;
 use krun_sev::tee::measure::Measurement;
 use krun_sev::tee::vcpu_model::VcpuModel;
 use krun_sev::tee::TeeMode;
@@ -38,6 +39,11 @@ pub struct MeasureArgs {
     /// The launch attaches a data disk (one more virtio device on the command line).
     #[arg(long)]
     data_disk: bool,
+    /// HOST_PORT:GUEST_PORT, repeatable: the launch's caller sets this explicit port map
+    /// (`krun_set_port_map`), which is measured. Without it, the map crun and `krun-sev run`
+    /// use (none set: every listening port exposed), which adds nothing to the measurement.
+    #[arg(long = "port", value_name = "HOST:GUEST")]
+    ports: Vec<String>,
     /// Print JSON instead of the bare hex digest.
     #[arg(long)]
     json: bool,
@@ -64,6 +70,9 @@ pub enum MeasureCliError {
     /// The library could not compute it.
     #[error("cannot compute the measurement")]
     Launch(#[source] launch::LaunchError),
+    /// A `--port` entry is malformed or repeated.
+    #[error("bad --port")]
+    PortMap(#[source] krun_sev::resources::PortMapError),
     /// The launch updates cannot be written.
     #[error("cannot write the launch updates")]
     Dump(#[source] krun_sev::tee::dump::DumpError),
@@ -117,8 +126,10 @@ pub fn request(args: &MeasureArgs) -> Result<MeasureRequest, MeasureCliError> {
     if let Some(path) = &args.tee_config {
         let shown = path.display().to_string();
         let cfg = read_tee_config(path).map_err(|e| MeasureCliError::TeeConfig(shown, e))?;
-        return MeasureRequest::from_tee_config(&cfg, bundle_dir, args.data_disk)
-            .map_err(MeasureCliError::Launch);
+        let mut req = MeasureRequest::from_tee_config(&cfg, bundle_dir, args.data_disk)
+            .map_err(MeasureCliError::Launch)?;
+        req.port_map = port_map(args)?;
+        return Ok(req);
     }
     // clap requires --tee, --cpus and --ram-mib without --tee-config.
     let missing = || {
@@ -128,6 +139,7 @@ pub fn request(args: &MeasureArgs) -> Result<MeasureRequest, MeasureCliError> {
         )
     };
     Ok(MeasureRequest {
+        port_map: port_map(args)?,
         mode: args.tee.ok_or_else(missing)?,
         vcpus: args.cpus.ok_or_else(missing)?,
         ram_mib: args.ram_mib.ok_or_else(missing)?,
@@ -136,6 +148,14 @@ pub fn request(args: &MeasureArgs) -> Result<MeasureRequest, MeasureCliError> {
         vcpu_model: args.gen.unwrap_or_default(),
         binding: None,
     })
+}
+
+/// The explicit port map `--port` gives, parsed as `krun_set_port_map` parses it.
+fn port_map(args: &MeasureArgs) -> Result<PortMap, MeasureCliError> {
+    if args.ports.is_empty() {
+        return Ok(PortMap::default());
+    }
+    PortMap::parse(&args.ports).map_err(MeasureCliError::PortMap)
 }
 
 fn read_tee_config(
@@ -174,6 +194,7 @@ mod tests {
     #[test]
     fn json_names_inputs_digest_and_regions() {
         let req = MeasureRequest {
+            port_map: Default::default(),
             mode: TeeMode::Snp,
             vcpus: 2,
             ram_mib: 512,
@@ -213,5 +234,42 @@ mod tests {
         assert!(parse_mode("tdx").is_err());
         assert_eq!(parse_model("turin").unwrap(), VcpuModel::Turin);
         assert!(parse_model("rome").is_err());
+    }
+
+    /// `--port` gives the explicit port map the launch's caller sets, which lands in the
+    /// measured host.json; without it nothing about ports is measured.
+    #[test]
+    fn port_options_become_the_measured_port_map() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            m: MeasureArgs,
+        }
+        let args = |extra: &[&str]| {
+            let mut argv = vec!["measure", "--tee", "snp", "--cpus", "2", "--ram-mib", "512"];
+            argv.extend_from_slice(extra);
+            Cli::try_parse_from(argv).unwrap().m
+        };
+        let plain = request(&args(&[])).unwrap();
+        assert_eq!(plain.port_map, PortMap::default());
+        assert!(!String::from_utf8(plain.host_json())
+            .unwrap()
+            .contains("port_map"));
+        let mapped = request(&args(&["--port", "18082:8081", "--port", "9000:9000"])).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&mapped.host_json()).unwrap();
+        assert_eq!(
+            json["port_map"],
+            serde_json::json!([
+                {"host_port": 18082, "guest_port": 8081},
+                {"host_port": 9000, "guest_port": 9000}
+            ])
+        );
+        for bad in ["18082", "0:1", "1:70000"] {
+            assert!(matches!(
+                request(&args(&["--port", bad])),
+                Err(MeasureCliError::PortMap(_))
+            ));
+        }
     }
 }

@@ -57,6 +57,8 @@ pub struct MeasureRequest {
     pub vcpu_model: VcpuModel,
     /// The workload and broker the launch is bound to (in the measured host.json).
     pub binding: Option<Binding>,
+    /// The caller's port map (`krun_set_port_map`); an explicit one is measured.
+    pub port_map: ResPortMap,
 }
 
 impl MeasureRequest {
@@ -74,7 +76,10 @@ impl MeasureRequest {
     /// exec, environment or port map from the caller).
     pub fn host_json(&self) -> Vec<u8> {
         host_json::build(
-            &VmResources::default(),
+            &VmResources {
+                port_map: self.port_map.clone(),
+                ..VmResources::default()
+            },
             self.mode,
             &self.shape(),
             self.binding.as_ref(),
@@ -90,6 +95,7 @@ impl MeasureRequest {
     ) -> Result<MeasureRequest, LaunchError> {
         let (vcpu_model, binding) = declared(cfg)?;
         Ok(MeasureRequest {
+            port_map: Default::default(),
             mode: TeeMode::from_kind(cfg.tee),
             vcpus: cfg.cpus,
             ram_mib: cfg.ram_mib,
@@ -920,6 +926,7 @@ mod tests {
                 broker_pin: None,
             };
             let req = MeasureRequest {
+                port_map: Default::default(),
                 mode,
                 vcpus: machine.vcpus,
                 ram_mib: machine.ram_mib,
@@ -945,6 +952,7 @@ mod tests {
             let one_cpu = expected_measurement_with(
                 &identity(),
                 &MeasureRequest {
+                    port_map: Default::default(),
                     vcpus: 1,
                     ..req.clone()
                 },
@@ -966,6 +974,7 @@ mod tests {
                 (
                     "workload",
                     MeasureRequest {
+                        port_map: Default::default(),
                         binding: Some(Binding {
                             workload_id: "y".into(),
                             ..binding.clone()
@@ -976,6 +985,7 @@ mod tests {
                 (
                     "broker",
                     MeasureRequest {
+                        port_map: Default::default(),
                         binding: Some(Binding {
                             attestation_url: "http://evil:8000".into(),
                             ..binding.clone()
@@ -986,6 +996,7 @@ mod tests {
                 (
                     "vcpu model",
                     MeasureRequest {
+                        port_map: Default::default(),
                         vcpu_model: VcpuModel::Genoa,
                         ..req.clone()
                     },
@@ -1007,6 +1018,7 @@ mod tests {
         let bundle = Bundle::load(dir.as_path()).unwrap();
         for mode in modes() {
             let req = MeasureRequest {
+                port_map: Default::default(),
                 mode,
                 vcpus: 3,
                 ram_mib: 384,
@@ -1025,6 +1037,7 @@ mod tests {
             let again = measurement_of_host_json(&identity(), &bundle, &json).unwrap();
             assert_eq!(again.digest, bound.digest, "{mode:?}");
             let unbound_req = MeasureRequest {
+                port_map: Default::default(),
                 binding: None,
                 ..req.clone()
             };
@@ -1336,6 +1349,7 @@ mod tests {
             let written = std::fs::read_to_string(&path).unwrap();
 
             let (measured, dump) = expected_measurement_dump(&MeasureRequest {
+                port_map: Default::default(),
                 mode,
                 vcpus: machine.vcpus,
                 ram_mib: machine.ram_mib,

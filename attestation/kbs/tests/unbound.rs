@@ -291,6 +291,7 @@ fn an_sev_es_launch_bound_to_an_unbound_registration_gets_its_launch_secret() {
         ..Default::default()
     });
     let req = |binding: Option<Binding>| MeasureRequest {
+        port_map: Default::default(),
         mode: TeeMode::SevEs,
         vcpus: 1,
         ram_mib: 512,

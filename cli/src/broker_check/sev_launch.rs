@@ -147,6 +147,7 @@ impl Ctx {
             _ => return Err(BrokerCheckError::NoBundle),
         };
         let req = krun_sev::launch::MeasureRequest {
+            port_map: Default::default(),
             mode: self.tee_mode(),
             vcpus: shape.vcpus,
             ram_mib: shape.ram_mib,

@@ -40,6 +40,9 @@ pub const VIRTIO_F_VERSION_1: u32 = 32;
 /// every device so that SEV guests bounce buffers through shared (unencrypted) memory without
 /// a patched kernel.
 pub const VIRTIO_F_ACCESS_PLATFORM: u32 = 33;
+/// Feature bit: the driver may put a table of descriptors in one ring slot (virtio-queue
+/// follows them; `descriptor::check_chain` validates them like direct ones).
+pub const VIRTIO_RING_F_INDIRECT_DESC: u32 = 28;
 /// Feature bit: used/avail event index notification suppression.
 pub const VIRTIO_RING_F_EVENT_IDX: u32 = 29;
 

@@ -219,6 +219,7 @@ pub fn activate() -> Result<(), SeccompError> {
     }
     let programs = Arc::new(compile_all()?);
     pin_malloc_arena_limit();
+    stop_heap_shrinking();
     sigsys::install().map_err(SeccompError::Handler)?;
     set_no_new_privs()?;
     drop_capabilities()?;
@@ -337,6 +338,22 @@ fn pin_malloc_arena_limit() {
         // count.
         if unsafe { libc::mallopt(libc::M_ARENA_MAX, limit) } != 1 {
             log::warn!("cannot set the malloc arena limit; many threads allocating at once may hit the seccomp filters");
+        }
+    }
+}
+
+/// Keeps glibc from shrinking the heaps of its per-thread arenas: the first time it would,
+/// it reads `/proc/sys/vm/overcommit_memory`, which no list allows (the hostile-guest test
+/// hit it on a spawner thread after many device resets; any worker freeing a burst of
+/// buffers could). Freed memory stays in the arenas for reuse, as it does below the default
+/// 128 KiB threshold.
+fn stop_heap_shrinking() {
+    #[cfg(target_env = "gnu")]
+    {
+        // SAFETY: mallopt only changes a malloc parameter; M_TRIM_THRESHOLD takes any
+        // non-negative size.
+        if unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX) } != 1 {
+            log::warn!("cannot set the malloc trim threshold; a thread freeing much memory may hit the seccomp filters");
         }
     }
 }

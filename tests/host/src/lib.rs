@@ -16,6 +16,7 @@
 //! # Ok::<(), krun_testhost::TestHostError>(())
 //! ```
 
+pub mod bench;
 pub mod console;
 pub mod initramfs;
 pub mod ldd;

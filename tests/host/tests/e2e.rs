@@ -473,7 +473,8 @@ echo "NET_ROUTE_$c=$(ip route | grep '^default')"
 DRAIN='while read h; do [ -z "$(echo "$h" | tr -d "\r")" ] && break; done'
 # nc, not wget: the static busybox's wget looks up the "http" service through NSS, which
 # crashes where glibc's NSS modules are present (the test host).
-echo "NET_FETCH_$c=$(printf 'GET /from-guest-%s HTTP/1.0\r\n\r\n' "$c" | timeout 120 nc 192.0.2.1 8080 | tail -n 1)"
+# The shell's "Terminated" notice (if timeout has to stop nc) stays off the marker line.
+echo "NET_FETCH_$c=$( { printf 'GET /from-guest-%s HTTP/1.0\r\n\r\n' "$c" | timeout 120 nc 192.0.2.1 8080 | tail -n 1; } 2>/dev/null)"
 printf '%s\n' '#!/bin/sh' 'read request' "$DRAIN" "printf 'HTTP/1.0 200 OK\r\n\r\n'" \
   'peer=$(netstat -tn | grep ":8081 " | grep ESTABLISHED | tr -s " " | cut -d" " -f5 | sed "s/:[0-9]*\$//; s/^::ffff://" | head -n 1)' \
   'echo "GUEST_SERVED $request PEER $peer" | tr -d "\r"' > /tmp/serve
@@ -485,17 +486,19 @@ echo "NET_SERVED_$c=$?"
 
 /// Boot 5 (issue 15): a confidential SNP workload (PSP model) with a network through Debian
 /// 12's passt, copied into the test host, whose dummy0 interface (192.0.2.10/24, default
-/// route via 192.0.2.1, nameserver 192.0.2.53) is the host network passt copies. Twice: (i)
-/// crun 1.22+'s way, a socketpair with `passt --fd` and `krun_add_net_unixstream` with the fd
-/// and `NET_FLAG_DHCP_CLIENT` (tests/c/net_passt.c, in crun's call order); (ii) `krun-sev
-/// run`, which makes no network call, so the library starts passt itself. Each time the init
-/// configures eth0 by DHCP, the workload fetches a page from a server the test runs on the test host
-/// outside the VM (passt maps the gateway address to the host's loopback) and the server logs
-/// the request; then the test host reaches the workload's server: in (i) through passt's port
-/// forwarding (host port 18081, which only passt binds), in (ii) through the NULL port map,
-/// which stays on the vsock forwarder (host port 8081). The
-/// library's passt forwarding an explicit port map is not in this boot: a port map is part of
-/// the measured launch, so it needs its own registration.
+/// route via 192.0.2.1, nameserver 192.0.2.53) is the host network passt copies. Three
+/// times: (i) crun 1.22+'s way, a socketpair with `passt --fd` and `krun_add_net_unixstream`
+/// with the fd and `NET_FLAG_DHCP_CLIENT` (tests/c/net_passt.c, in crun's call order); (ii)
+/// `krun-sev run`, which makes no network call, so the library starts passt itself; (iii) a
+/// C caller with no network call and an explicit port map (`krun_set_port_map`
+/// "18082:8081"), so the library starts passt and hands it the map's forward; that launch is
+/// measured with its port map, so the workload is registered with `krun-sev measure --port`'s
+/// digest. Each time the init configures eth0 by DHCP, the workload fetches a page from a
+/// server the test runs on the test host outside the VM (passt maps the gateway address to
+/// the host's loopback) and the server logs the request; then the test host reaches the
+/// workload's server: in (i) and (iii) through passt's port forwarding (host ports 18081 and
+/// 18082, which only passt binds), in (ii) through the NULL port map, which stays on the
+/// vsock forwarder (host port 8081).
 #[test]
 #[ignore = "boots the test host"]
 fn network_through_passt_outbound_and_inbound() {
@@ -551,6 +554,18 @@ mkdir -p /tmp/netroot && tar -xf /netroot.tar -C /tmp/netroot
 start_kbs
 ROOT=/tmp/netroot mk snp net-explicit /tmp/ne pass-ne '/bin/sh /net.sh explicit'
 ROOT=/tmp/netroot mk snp net-default /tmp/nd pass-nd '/bin/sh /net.sh default'
+# A C caller's explicit port map is measured: the workload is registered with the digest
+# `krun-sev measure --port` computes for it (mkcw's would be for crun's launch, without one).
+krun-sev mkcw --tee snp --cpus 2 --ram-mib 512 --kbs-protocol reference \
+  --attestation-url http://127.0.0.1:8123 --workload-id net-ports --passphrase pass-np \
+  --pbkdf2-iterations 1000 --env PATH=/bin --cmd /bin/sh --cmd -c --cmd '/bin/sh /net.sh ports' \
+  /tmp/netroot /tmp/np
+echo "MKCW_net-ports=$?"
+digest=$(krun-sev measure --tee-config /tmp/np/krun-sev.json --port 18082:8081)
+printf pass-np > /tmp/pp-np
+/bin/krun-kbs --db /tmp/kbs.db workload add --id net-ports --tee snp --measurement "$digest" \
+  --passphrase-file /tmp/pp-np
+echo "REGISTERED_net-ports=$?"
 cat > /tmp/cases.sh <<'CASES'
 # case_run CASE HOST_PORT COMMAND...: runs COMMAND in the background, waits for the workload
 # to listen, fetches from it through HOST_PORT, then waits for COMMAND.
@@ -576,6 +591,7 @@ case_run() {{
 }}
 case_run explicit 18081 /bin/net-passt /tmp/ne/disk.img /tmp/ne/krun-sev.json fd 18081:8081
 case_run default 8081 krun-sev run --log-level 3 /tmp/nd
+case_run ports 18082 /bin/net-passt /tmp/np/disk.img /tmp/np/krun-sev.json default 18082:8081
 CASES
 unshare -m sh -c 'mount -o rbind / /host && cd /host && mount -o move . / && exec chroot . sh /tmp/cases.sh'
 echo "HOST_CHROOT=$?"
@@ -599,12 +615,14 @@ cat /tmp/kbs.log
     assert_eq!(marker_values(out, "HOST_CHROOT="), ["0"], "{ctx}");
     assert_eq!(marker_values(out, "MKCW_net-explicit="), ["0"], "{ctx}");
     assert_eq!(marker_values(out, "MKCW_net-default="), ["0"], "{ctx}");
+    assert_eq!(marker_values(out, "MKCW_net-ports="), ["0"], "{ctx}");
+    assert_eq!(marker_values(out, "REGISTERED_net-ports="), ["0"], "{ctx}");
     assert_eq!(
         marker_values(out, "OUT_explicit: NET_CALL="),
         ["0"],
         "{ctx}"
     );
-    for c in ["explicit", "default"] {
+    for c in ["explicit", "default", "ports"] {
         let o = |k: &str| marker_values(out, &format!("OUT_{c}: {k}"));
         // The init configured eth0 with passt's copy of the host network.
         let configured = after(out, &format!("OUT_{c}: krun-init: network: "));
@@ -644,16 +662,23 @@ cat /tmp/kbs.log
         assert_eq!(o("NET_SERVED_"), [format!("{c}=0")], "{ctx}");
         assert_eq!(marker_values(out, &format!("STATUS_{c}=")), ["0"], "{ctx}");
     }
-    // Both asked DHCP (the library's own passt always does).
-    for c in ["explicit", "default"] {
+    // All asked DHCP (the library's own passt always does).
+    for c in ["explicit", "default", "ports"] {
         let line = after(out, &format!("OUT_{c}: krun-init: network: "));
         assert!(line[0].ends_with("(DHCP)"), "{c}: {line:?}; {ctx}");
     }
-    // The library started passt for the default case only.
-    assert_eq!(out.matches("network: started ").count(), 1, "{ctx}");
+    // The library started passt for the default and ports cases, with the port map's
+    // forward in the second.
+    assert_eq!(out.matches("network: started ").count(), 2, "{ctx}");
+    assert_eq!(
+        out.matches("TCP ports forwarded by passt: 18082:8081")
+            .count(),
+        1,
+        "{ctx}"
+    );
     // No passt outlives its VM.
     assert_eq!(marker_values(out, "PASST_LEFT="), [""], "{ctx}");
-    assert_eq!(out.matches("key released").count(), 2, "{ctx}");
+    assert_eq!(out.matches("key released").count(), 3, "{ctx}");
     // The virtio-net and vsock workers ran under their seccomp allow-lists.
     assert!(
         out.contains("OUT_default: [libkrun-sev INFO krun_sev::vmm::seccomp] seccomp filters on"),

@@ -97,7 +97,7 @@ cp /hostile/root.img /tmp/root.img; cp /hostile/root.img /tmp/root.orig
 mkfifo /tmp/console
 wc -c < /tmp/console > /tmp/console.bytes & wc=$!
 /bin/krun-vmm-boot --kernel /hostile/hostile.elf --initrd /hostile/empty --root /tmp/root.img \
-  --ram-mib {RAM_MIB} --net-sink --debug </dev/null >/tmp/console 2>/tmp/vmm.log & vmm=$!
+  --ram-mib {RAM_MIB} --net-sink --seccomp --debug </dev/null >/tmp/console 2>/tmp/vmm.log & vmm=$!
 start=$(date +%s); hwm=0; hung=0
 while kill -0 $vmm 2>/dev/null; do
   h=$(awk '/^VmHWM/ {{print $2}}' /proc/$vmm/status 2>/dev/null)
@@ -111,6 +111,8 @@ echo "VMM_WALL_S=$(( $(date +%s) - start ))"
 grep -a 'guest serial: HOSTILE: ' /tmp/vmm.log | sed 's/.*guest serial: //'
 grep -a ' ERROR \|krun-vmm-boot:' /tmp/vmm.log | grep -av 'virtio_queue::queue' | tail -20
 echo "VMM_LOG_LINES=$(wc -l < /tmp/vmm.log)"
+echo "SECCOMP_ON=$(grep -ac 'seccomp filters on' /tmp/vmm.log)"
+echo "SECCOMP_DENIED=$(grep -ac 'denied system call' /tmp/vmm.log)"
 echo "VMM_HWM_KIB=$hwm"
 echo "VMM_HUNG=$hung"
 echo "CONSOLE_BYTES=$(cat /tmp/console.bytes)"
@@ -120,7 +122,7 @@ echo "VMM_STATUS=$status"
 # The abrupt variant: a write in flight and a triple fault, no status reported.
 cp /hostile/root.img /tmp/abrupt.img
 /bin/krun-vmm-boot --kernel /hostile/abrupt.elf --initrd /hostile/empty --root /tmp/abrupt.img \
-  --ram-mib {RAM_MIB} --net-sink </dev/null >/dev/null 2>/tmp/abrupt.log & vmm=$!
+  --ram-mib {RAM_MIB} --net-sink --seccomp </dev/null >/dev/null 2>/tmp/abrupt.log & vmm=$!
 start=$(date +%s); hung=0
 while kill -0 $vmm 2>/dev/null; do
   if [ $(( $(date +%s) - start )) -gt 120 ]; then hung=1; kill -9 $vmm; fi
@@ -208,6 +210,10 @@ echo "ABRUPT_STATUS=$status"
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no net peer count; {ctx}"));
     assert!(net >= NET_FLOOD_BYTES, "net peer read {net} bytes; {ctx}");
+    // The VMM ran under its seccomp filters, as in a confidential launch, and no attack
+    // drove a thread outside its allow-list.
+    assert_eq!(one("SECCOMP_ON="), "1", "{ctx}");
+    assert_eq!(one("SECCOMP_DENIED="), "0", "{ctx}");
     let hwm: u64 = one("VMM_HWM_KIB=").parse().unwrap();
     assert!(
         hwm > 0 && hwm <= MAX_HWM_KIB,

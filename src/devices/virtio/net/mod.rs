@@ -23,7 +23,8 @@ pub const RX_QUEUE: usize = 0;
 /// Transmit queue index.
 pub const TX_QUEUE: usize = 1;
 
-/// Length of `struct virtio_net_hdr_v1` (VIRTIO_F_VERSION_1, no mergeable buffers).
+/// Length of `struct virtio_net_hdr_v1` (VIRTIO_F_VERSION_1, with or without mergeable
+/// buffers).
 pub const NET_HDR_LEN: usize = 12;
 /// Shortest Ethernet frame accepted (destination, source, EtherType).
 pub const MIN_FRAME_LEN: usize = 14;
@@ -35,6 +36,9 @@ pub const DEVICE_MTU: u16 = 65520;
 
 /// Feature bit: the device reports its maximum MTU in the configuration space.
 pub const VIRTIO_NET_F_MTU: u32 = 3;
+/// Feature bit: the driver may merge receive buffers (a frame spans several chains; the
+/// header's `num_buffers` counts them).
+pub const VIRTIO_NET_F_MRG_RXBUF: u32 = 15;
 /// Feature bit: the device has a MAC address in the configuration space.
 pub const VIRTIO_NET_F_MAC: u32 = 5;
 /// Feature bit: the configuration space's `status` field is valid (link up/down).

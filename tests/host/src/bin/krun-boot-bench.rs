@@ -36,10 +36,8 @@ use std::process::{Command, ExitCode, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use krun_sev::launch::segment;
+use krun_testhost::bench::{median, BenchGuest};
 
-/// The guest command line both VMMs get (krun-vmm-boot's non-debug line).
-const CMDLINE: &str = "console=hvc0 quiet reboot=t panic=-1 acpi=off";
 /// tracefs (the caller mounts it).
 const TRACEFS: &str = "/sys/kernel/tracing";
 /// The tracepoints counted and the key of each one's histogram: every exit from guest mode,
@@ -54,18 +52,11 @@ const TEE_ENV: [&str; 3] = [
     "KRUN_SEV_BUNDLE_DIR",
     "KRUN_SEV_PSP_MODEL_DIR",
 ];
-/// The launch segment is placed on the next page boundary after the bundle initrd.
-const PAGE: usize = 4096;
 
 struct Args {
-    kernel: PathBuf,
-    initrd: PathBuf,
-    root: PathBuf,
-    vmm: PathBuf,
-    qemu: PathBuf,
+    guest: BenchGuest,
     runs: usize,
     marker: String,
-    ram_mib: u32,
     /// The confidential comparison (all four set, or none).
     tee: Option<TeeArgs>,
 }
@@ -81,14 +72,9 @@ struct TeeArgs {
 
 fn parse() -> Result<Args, String> {
     let mut a = Args {
-        kernel: PathBuf::new(),
-        initrd: PathBuf::new(),
-        root: PathBuf::new(),
-        vmm: PathBuf::new(),
-        qemu: PathBuf::new(),
+        guest: BenchGuest::default(),
         runs: 5,
         marker: "BENCH_WORKLOAD_DONE".into(),
-        ram_mib: 256,
         tee: None,
     };
     let (mut tee_disk, mut tee_config, mut krun_sev, mut dev_passphrase) = (None, None, None, None);
@@ -96,15 +82,12 @@ fn parse() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
+        if a.guest.take_flag(&flag, &mut value)? {
+            continue;
+        }
         match flag.as_str() {
-            "--kernel" => a.kernel = value()?.into(),
-            "--initrd" => a.initrd = value()?.into(),
-            "--root" => a.root = value()?.into(),
-            "--vmm" => a.vmm = value()?.into(),
-            "--qemu" => a.qemu = value()?.into(),
             "--runs" => a.runs = value()?.parse().map_err(|e| format!("--runs: {e}"))?,
             "--marker" => a.marker = value()?,
-            "--ram-mib" => a.ram_mib = value()?.parse().map_err(|e| format!("--ram-mib: {e}"))?,
             "--tee-disk" => tee_disk = Some(PathBuf::from(value()?)),
             "--tee-config" => tee_config = Some(PathBuf::from(value()?)),
             "--krun-sev" => krun_sev = Some(PathBuf::from(value()?)),
@@ -140,31 +123,11 @@ fn parse() -> Result<Args, String> {
         (None, None, None, None, None, None) => None,
         _ => return Err("--tee-disk, --tee-config, --krun-sev, --dev-passphrase, --bundle-dir and --psp-model-dir go together".into()),
     };
-    for (name, p) in [
-        ("--kernel", &a.kernel),
-        ("--initrd", &a.initrd),
-        ("--root", &a.root),
-        ("--vmm", &a.vmm),
-        ("--qemu", &a.qemu),
-    ] {
-        if p.as_os_str().is_empty() {
-            return Err(format!("{name} is required"));
-        }
-    }
+    a.guest.check()?;
     if a.runs == 0 {
         return Err("--runs must be at least 1".into());
     }
     Ok(a)
-}
-
-/// The bundle initrd with the launch segment krun-vmm-boot builds, as one file for QEMU.
-fn qemu_initrd(initrd: &Path, out: &Path) -> Result<(), String> {
-    let mut bytes = std::fs::read(initrd).map_err(|e| format!("{}: {e}", initrd.display()))?;
-    let seg = segment::build(br#"{"format":1,"tee":"none","port_map":[]}"#)
-        .map_err(|e| format!("launch segment: {e}"))?;
-    bytes.resize(bytes.len().div_ceil(PAGE) * PAGE, 0);
-    bytes.extend_from_slice(&seg);
-    std::fs::write(out, bytes).map_err(|e| format!("{}: {e}", out.display()))
 }
 
 fn event_dir(event: &str) -> PathBuf {
@@ -385,16 +348,6 @@ fn run_once(cmd: &mut Command, marker: &str, ram_kib: u64) -> Result<Sample, Str
     })
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    match n {
-        0 => f64::NAN,
-        _ if n % 2 == 1 => v[n / 2],
-        _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
 fn med<F: Fn(&Sample) -> Option<f64>>(s: &[Sample], f: F) -> Option<f64> {
     let v: Option<Vec<f64>> = s.iter().map(f).collect();
     v.map(median)
@@ -533,18 +486,18 @@ fn print_trace(variants: &[Variant], marker: &str) {
 fn run() -> Result<(), String> {
     let a = parse()?;
     let initrd_q = std::env::temp_dir().join("krun-boot-bench-initrd");
-    qemu_initrd(&a.initrd, &initrd_q)?;
+    a.guest.write_qemu_initrd(&initrd_q)?;
     if !reset_counters() {
         eprintln!("krun-boot-bench: no kvm tracepoints in {TRACEFS}; exit counts are n/a");
     }
-    let ram = a.ram_mib.to_string();
-    let ram_kib = u64::from(a.ram_mib) * 1024;
+    let ram = a.guest.ram_mib.to_string();
+    let ram_kib = u64::from(a.guest.ram_mib) * 1024;
     let ours_cmd = {
         let (vmm, kernel, initrd, root, ram) = (
-            a.vmm.clone(),
-            a.kernel.clone(),
-            a.initrd.clone(),
-            a.root.clone(),
+            a.guest.vmm.clone(),
+            a.guest.kernel.clone(),
+            a.guest.initrd.clone(),
+            a.guest.root.clone(),
             ram.clone(),
         );
         move |root_disk: Option<&Path>, host_json: Option<&Path>| {
@@ -566,38 +519,12 @@ fn run() -> Result<(), String> {
             c
         }
     };
-    let drive = format!("file={},format=raw,if=none,id=root", a.root.display());
-    let (qemu_bin, kernel) = (a.qemu.clone(), a.kernel.clone());
+    let guest = a.guest.clone();
     let qemu = move || {
-        let mut c = Command::new(&qemu_bin);
+        let mut c = guest.qemu_command(&initrd_q);
         for k in TEE_ENV {
             c.env_remove(k);
         }
-        c.args(["-M", "microvm,acpi=off", "-accel", "kvm", "-cpu", "host"])
-            .args(["-m", &ram, "-smp", "1", "-nodefaults", "-no-user-config"])
-            .args([
-                "-nographic",
-                "-no-reboot",
-                "-serial",
-                "none",
-                "-monitor",
-                "none",
-            ])
-            .arg("-kernel")
-            .arg(&kernel)
-            .arg("-initrd")
-            .arg(&initrd_q)
-            .args(["-append", CMDLINE])
-            // Device order as in our VMM: root disk, console, vsock.
-            .args(["-drive", &drive, "-device", "virtio-blk-device,drive=root"])
-            .args(["-chardev", "stdio,id=con,signal=off"])
-            .args([
-                "-device",
-                "virtio-serial-device",
-                "-device",
-                "virtconsole,chardev=con",
-            ])
-            .args(["-device", "vhost-vsock-device,guest-cid=3"]);
         c
     };
     let mut variants = vec![
@@ -678,7 +605,7 @@ fn run() -> Result<(), String> {
     let (o, q) = (&variants[0].samples, &variants[1].samples);
     println!(
         "medians of {} runs each (1 vCPU, {} MiB)",
-        a.runs, a.ram_mib
+        a.runs, a.guest.ram_mib
     );
     println!(
         "| {:<36} | {:>10} | {:>10} | {:>9} |",

@@ -3,7 +3,11 @@
 //!
 //! usage: krun-vmm-boot --kernel VMLINUX --initrd INITRD --root DISK [--root-ro]
 //!        [--data DISK] [--vcpus N] [--ram-mib M] [--host-json FILE] [--port HOST:GUEST]...
-//!        [--expose-ports] [--net-sink] [--stats] [--debug] [--log-level N]
+//!        [--expose-ports] [--net-sink | --net-fd FD] [--seccomp] [--stats] [--debug]
+//!        [--log-level N]
+//!
+//! `--seccomp` turns on the VMM's per-thread seccomp filters, as a confidential launch does
+//! (docs/hardening.md); they are off otherwise, as for every in-process user of the Rust API.
 //!
 //! `--log-level` is the C API's level (3 = info shows the boot-phase lines and the init's
 //! progress lines that `krun-boot-bench` stamps); the default is 2 (warnings), 4 with
@@ -11,15 +15,20 @@
 //!
 //! `--net-sink` gives the guest a virtio-net device whose peer (a unix socket pair, passt's
 //! stream framing) sends it a few frames, reads everything the guest sends and prints
-//! `krun-vmm-boot: net peer read N bytes` at the end.
+//! `krun-vmm-boot: net peer read N bytes` at the end. `--net-fd` gives it one on an
+//! inherited, connected unix stream socket in that framing (the other end of `passt --fd`)
+//! and serves the settings on vsock port 1029: DHCP, with [`net::DEFAULT_MAC`].
 
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
-use krun_sev::launch::segment;
+use krun_sev::devices::virtio::vsock::{HostServices, PORT_NET_CONFIG};
+use krun_sev::launch::{net, segment};
+use krun_sev::resources::{NetConfig, NetEndpoint, SharedFd};
 use krun_sev::vmm::config::NetDeviceConfig;
 use krun_sev::vmm::{ConsoleConfig, DiskConfig, PortMap, PortMapping, VmConfig, Vmm};
 
@@ -38,6 +47,8 @@ struct Args {
     ports: Vec<PortMapping>,
     expose: bool,
     net_sink: bool,
+    net_fd: Option<i32>,
+    seccomp: bool,
     stats: bool,
     debug: bool,
     log_level: Option<u32>,
@@ -56,6 +67,8 @@ fn parse() -> Result<Args, String> {
         ports: Vec::new(),
         expose: false,
         net_sink: false,
+        net_fd: None,
+        seccomp: false,
         stats: false,
         debug: false,
         log_level: None,
@@ -82,6 +95,8 @@ fn parse() -> Result<Args, String> {
             }
             "--expose-ports" => a.expose = true,
             "--net-sink" => a.net_sink = true,
+            "--seccomp" => a.seccomp = true,
+            "--net-fd" => a.net_fd = Some(value()?.parse().map_err(|e| format!("--net-fd: {e}"))?),
             "--stats" => a.stats = true,
             "--debug" => a.debug = true,
             "--log-level" => {
@@ -95,6 +110,9 @@ fn parse() -> Result<Args, String> {
         || a.root.as_os_str().is_empty()
     {
         return Err("--kernel, --initrd and --root are required".into());
+    }
+    if a.net_sink && a.net_fd.is_some() {
+        return Err("--net-sink and --net-fd exclude each other".into());
     }
     Ok(a)
 }
@@ -170,10 +188,35 @@ fn run() -> Result<u8, String> {
         },
         net: None,
         tee: None,
-        // The Rust API without a TEE; the library's launch path turns the filters on.
-        seccomp: false,
+        // The library's launch path turns the filters on; here --seccomp does.
+        seccomp: a.seccomp,
     };
     let mut config = config;
+    if let Some(fd) = a.net_fd {
+        // SAFETY: --net-fd names a descriptor this process inherited for this purpose and
+        // nothing else in the process uses; `connect` checks it is a unix stream socket.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        let socket = net::connect(&NetConfig {
+            endpoint: NetEndpoint::Fd(SharedFd(Arc::new(owned))),
+            mac: net::DEFAULT_MAC,
+            features: 0,
+            dhcp: true,
+        })
+        .map_err(|e| krun_sev::capi::error_chain(&e))?;
+        let mut services = HostServices::new();
+        services.insert(
+            PORT_NET_CONFIG,
+            Arc::new(net::NetConfigService::new(&net::GuestNetConfig::dhcp(
+                &net::DEFAULT_MAC,
+            ))),
+        );
+        config.vsock_handlers = services;
+        config.net = Some(NetDeviceConfig {
+            socket,
+            mac: net::DEFAULT_MAC,
+            features: 0,
+        });
+    }
     let sink = if a.net_sink {
         let (vmm_end, peer) = UnixStream::pair().map_err(|e| format!("net socket pair: {e}"))?;
         config.net = Some(NetDeviceConfig {
