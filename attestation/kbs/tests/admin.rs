@@ -205,18 +205,9 @@ fn an_unbound_digest_needs_a_broker_that_can_check_it() {
     assert_eq!(r.status, 400, "{}", r.message());
     assert!(r.message().contains("--bundle"), "{}", r.message());
     // The admin API's explicit "unbound" too (it was stored, and every launch then refused).
-    let auth = format!("Bearer {ADMIN_TOKEN}");
     let spec = serde_json::json!({"id": "w", "tee": "snp", "measurements": [hex::encode(M)],
         "measurement_kind": "unbound", "passphrase": "pw"});
-    let r = kbs.request(
-        "POST",
-        "/kbs/v0/admin/workloads",
-        &[
-            ("Authorization", &auth),
-            ("Content-Type", "application/json"),
-        ],
-        Some(spec.to_string().as_bytes()),
-    );
+    let r = kbs.admin_add_workload(&spec);
     assert_eq!(r.status, 400, "{}", r.message());
     assert!(r.message().contains("--bundle"), "{}", r.message());
     kbs.register("w", &hex::encode(M), "pw", 15);

@@ -216,19 +216,10 @@ fn sev_firmware_minimum_from_the_server_or_the_workload() {
         b"no-min passphrase"
     );
     // The admin API's sev.min_fw.
-    let auth = format!("Bearer {ADMIN_TOKEN}");
     let spec = serde_json::json!({"id": "api", "tee": "sev",
         "measurements": [digest_hex(LAUNCH_DATA)], "passphrase": "api passphrase",
         "sev": {"min_fw": "1.56"}});
-    let r = kbs.request(
-        "POST",
-        "/kbs/v0/admin/workloads",
-        &[
-            ("Authorization", &auth),
-            ("Content-Type", "application/json"),
-        ],
-        Some(spec.to_string().as_bytes()),
-    );
+    let r = kbs.admin_add_workload(&spec);
     assert_eq!(r.status, 200, "{}", r.message());
     let err = launch(&kbs, &platform, "api", LAUNCH_DATA).unwrap_err();
     assert!(err.to_string().contains("minimum 1.56.0"), "{err}");

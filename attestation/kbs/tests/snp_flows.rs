@@ -642,19 +642,10 @@ fn the_server_minimum_tcb_applies_unless_a_workload_has_its_own() {
     .unwrap_err();
     assert!(err.to_string().contains("minimum 3:0:8:116"), "{err}");
     // The admin API's snp.min_tcb is the same setting.
-    let auth = format!("Bearer {ADMIN_TOKEN}");
     let spec = serde_json::json!({"id": "api", "tee": "snp", "measurements": [hex::encode(M2)],
         "passphrase": "passphrase-two",
         "snp": {"min_tcb": {"bootloader": 3, "snp": 8, "microcode": 115}}});
-    let r = kbs.request(
-        "POST",
-        "/kbs/v0/admin/workloads",
-        &[
-            ("Authorization", &auth),
-            ("Content-Type", "application/json"),
-        ],
-        Some(spec.to_string().as_bytes()),
-    );
+    let r = kbs.admin_add_workload(&spec);
     assert_eq!(r.status, 200, "{}", r.message());
     let secret = run(&kbs, &ev, "api", KbsProtocol::Rcar, M2, LIBKRUN_POLICY).unwrap();
     assert_eq!(secret, b"passphrase-two");

@@ -253,6 +253,21 @@ impl Kbs {
         self.request("GET", path, &h, None)
     }
 
+    /// `POST /kbs/v0/admin/workloads` with the admin token: adds or replaces the workload
+    /// `spec` describes.
+    pub fn admin_add_workload(&self, spec: &serde_json::Value) -> HttpResponse {
+        let auth = format!("Bearer {ADMIN_TOKEN}");
+        self.request(
+            "POST",
+            "/kbs/v0/admin/workloads",
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
+            Some(spec.to_string().as_bytes()),
+        )
+    }
+
     /// `krun-sev mkcw --register`'s body (a bound digest), with the admin token.
     pub fn register(
         &self,
