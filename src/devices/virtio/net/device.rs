@@ -355,6 +355,8 @@ fn place_merged<M: GuestMemory>(
 ) -> Result<(Placed, bool), NetError> {
     let needed = NET_HDR_LEN + frame.len();
     let mut used_any = false;
+    // The room of the chains held, kept as they come and go.
+    let mut room: usize = held.iter().map(|c| c.room).sum();
     loop {
         while let Some(first) = held.front() {
             if first.room >= NET_HDR_LEN {
@@ -367,10 +369,10 @@ fn place_merged<M: GuestMemory>(
             queue
                 .add_used(mem, first.head, 0)
                 .map_err(NetError::Queue)?;
+            room -= first.room;
             held.pop_front();
             used_any = true;
         }
-        let room: usize = held.iter().map(|c| c.room).sum();
         if room >= needed {
             break;
         }
@@ -400,22 +402,26 @@ fn place_merged<M: GuestMemory>(
             Err(e) => Err(e.to_string()),
         };
         match checked {
-            Ok(c) => held.push_back(c),
+            Ok(c) => {
+                room += c.room;
+                held.push_back(c);
+            }
             Err(why) => {
                 bad_rx.warn(format_args!("virtio-net: rejected receive chain: {why}"));
                 for c in held.drain(..) {
                     queue.add_used(mem, c.head, 0).map_err(NetError::Queue)?;
                 }
                 queue.add_used(mem, head, 0).map_err(NetError::Queue)?;
+                room = 0;
                 used_any = true;
             }
         }
     }
     // The chains the frame needs, in order; the header goes first, with their count.
     let mut count = 0;
-    let mut room = 0;
-    while room < needed {
-        room += held[count].room;
+    let mut filled = 0;
+    while filled < needed {
+        filled += held[count].room;
         count += 1;
     }
     let mut header = RX_HEADER;

@@ -357,6 +357,12 @@ fn cell(v: Option<f64>) -> String {
     v.map_or("n/a".into(), |v| format!("{v:.0}"))
 }
 
+/// The head of a table of [`row`]s comparing `left` with `right`.
+fn header(left: &str, right: &str, ratio: &str) {
+    println!("| {:<36} | {left:>10} | {right:>10} | {ratio:>9} |", "");
+    println!("|{:-<38}|{:->12}|{:->12}|{:->11}|", "", "", "", "");
+}
+
 fn row<F: Fn(&Sample) -> Option<f64> + Copy>(name: &str, ours: &[Sample], qemu: &[Sample], f: F) {
     let (o, q) = (med(ours, f), med(qemu, f));
     let ratio = o
@@ -607,11 +613,7 @@ fn run() -> Result<(), String> {
         "medians of {} runs each (1 vCPU, {} MiB)",
         a.runs, a.guest.ram_mib
     );
-    println!(
-        "| {:<36} | {:>10} | {:>10} | {:>9} |",
-        "", "ours", "qemu", "ours/qemu"
-    );
-    println!("|{:-<38}|{:->12}|{:->12}|{:->11}|", "", "", "", "");
+    header("ours", "qemu", "ours/qemu");
     row("boot-to-workload marker (ms)", o, q, |s| {
         Some(ms(s.to_marker))
     });
@@ -649,11 +651,7 @@ fn run() -> Result<(), String> {
         let (n, c) = (&variants[2].samples, &variants[3].samples);
         println!();
         println!("confidential (SNP, PSP model) against non-confidential, same bundle and LUKS root disk");
-        println!(
-            "| {:<36} | {:>10} | {:>10} | {:>9} |",
-            "", "ours-snp", "ours-luks", "snp/luks"
-        );
-        println!("|{:-<38}|{:->12}|{:->12}|{:->11}|", "", "", "", "");
+        header("ours-snp", "ours-luks", "snp/luks");
         row("boot-to-workload marker (ms)", c, n, |s| {
             Some(ms(s.to_marker))
         });
