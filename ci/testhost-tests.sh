@@ -6,7 +6,7 @@
 #
 # Cost: about 11 minutes of test host runs once the kernel is cached (the end-to-end test's
 # boots with debug binaries under TCG take most of them; its real-crun boot about 1.5 minutes;
-# the hostile-guest test 2.5 to 4 minutes);
+# the hostile-guest test 2.5 to 4 minutes, up to 7.5 on a loaded machine);
 # a cold cache adds the guest kernel build (about 8 minutes on 2 cores), the two crun builds
 # (about a minute each) and ~190 MB of Debian package downloads.
 # Needs: qemu-system-x86 (the outer and inner VMM), cpio, e2fsprogs (mkfs.ext4 and debugfs,
