@@ -14,8 +14,8 @@ use krun_kbs::config::{
     BrokerConfig, DEFAULT_BODY_LIMIT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_SESSIONS,
 };
 use krun_kbs::db::{
-    HostData, MeasurementKind, MinTcb, PutMode, SevFirmware, SevRequirements, SnpRequirements,
-    Store, TeeKind,
+    HostData, MeasurementKind, MinTcb, PoolOptions, PutMode, SevFirmware, SevRequirements,
+    SnpRequirements, Store, TeeKind, DEFAULT_DB_TIMEOUT, DEFAULT_POOL_SIZE,
 };
 use krun_kbs::error_chain;
 use krun_kbs::verify_sev::{LegacySevGeneration, SevTrust};
@@ -30,9 +30,18 @@ struct Cli {
     /// Address to listen on, e.g. 127.0.0.1:8000 (port 0 picks a free port).
     #[arg(long)]
     listen: Option<SocketAddr>,
-    /// SQLite database (created if missing, owner-only; with its -wal/-shm files).
+    /// The store: a SQLite database file (created if missing, owner-only; with its
+    /// -wal/-shm files), or a PostgreSQL server as postgres://USER[:PASSWORD]@HOST[:PORT]/DB
+    /// (replicas sharing one database serve any step of any session).
     #[arg(long)]
-    db: PathBuf,
+    db: String,
+    /// PostgreSQL: most connections in this broker's pool.
+    #[arg(long, default_value_t = DEFAULT_POOL_SIZE, value_parser = parse_pool_size)]
+    db_pool_size: u32,
+    /// Database timeout in milliseconds: connecting to PostgreSQL, waiting for a free pooled
+    /// connection, and (SQLite) waiting for another process's write lock.
+    #[arg(long, default_value_t = DEFAULT_DB_TIMEOUT.as_millis() as u64, value_parser = parse_timeout)]
+    db_timeout_ms: u64,
     /// File holding the admin bearer token (enables the admin API and registration).
     #[arg(long)]
     admin_token_file: Option<PathBuf>,
@@ -248,6 +257,22 @@ fn parse_positive(s: &str) -> Result<usize, String> {
     }
 }
 
+fn parse_pool_size(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn parse_timeout(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(0) => Err("must be at least 1 ms".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 fn parse_u32(s: &str) -> Result<u32, String> {
     match s.strip_prefix("0x") {
         Some(h) => u32::from_str_radix(h, 16),
@@ -302,8 +327,18 @@ fn read(path: &std::path::Path) -> Result<Vec<u8>, MainError> {
     })
 }
 
+fn open_store(cli: &Cli) -> Result<Store, MainError> {
+    Ok(Store::connect(
+        &cli.db,
+        PoolOptions {
+            size: cli.db_pool_size,
+            timeout: Duration::from_millis(cli.db_timeout_ms),
+        },
+    )?)
+}
+
 fn admin(cli: &Cli, cmd: &Command) -> Result<(), MainError> {
-    let store = Store::open(&cli.db)?;
+    let store = open_store(cli)?;
     match cmd {
         Command::Workload(WorkloadCmd::Add {
             id,
@@ -404,7 +439,8 @@ fn serve(cli: &Cli, listen: SocketAddr) -> Result<(), MainError> {
             "--public-url is only used with --bundle".into(),
         ));
     }
-    let store = Store::open(&cli.db)?;
+    let store = open_store(cli)?;
+    tracing::info!(store = store.engine_name(), "store opened");
     let admin_token = match &cli.admin_token_file {
         Some(f) => {
             let raw = Zeroizing::new(read(f)?);

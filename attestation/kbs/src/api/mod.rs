@@ -21,7 +21,7 @@ use zeroize::Zeroizing;
 use crate::config::BrokerConfig;
 use crate::db::{MeasurementKind, Store, Workload};
 use crate::refusal::Refusal;
-use crate::sessions::{Ended, Protocol, Sessions, Stage};
+use crate::sessions::{Ended, Protocol, Sessions};
 use crate::unbound::{Channel, UnboundVerifier};
 use crate::verify_sev::SevTrust;
 use crate::verify_snp::SnpVerifier;
@@ -29,7 +29,7 @@ use crate::verify_snp::SnpVerifier;
 /// Everything a request handler needs.
 pub struct Broker {
     pub config: BrokerConfig,
-    pub store: Store,
+    pub store: Arc<Store>,
     pub sessions: Sessions,
     pub snp: SnpVerifier,
     pub sev: SevTrust,
@@ -50,7 +50,8 @@ impl std::fmt::Debug for Broker {
 
 impl Broker {
     pub fn new(config: BrokerConfig, store: Store, snp: SnpVerifier, sev: SevTrust) -> Self {
-        let sessions = Sessions::new(config.session_ttl, config.max_sessions);
+        let store = Arc::new(store);
+        let sessions = Sessions::new(store.clone(), config.session_ttl, config.max_sessions);
         let pool = Arc::new(Semaphore::new(config.blocking_threads.max(1)));
         Broker {
             pool,
@@ -237,27 +238,38 @@ async fn attest(State(b): AppState, headers: HeaderMap, body: Bytes) -> Response
 }
 
 fn attest_inner(b: &Broker, headers: &HeaderMap, body: &[u8]) -> Result<Response, Refusal> {
-    let (id, s, result) = if let Some(id) = cookie(headers, krun_attestation::rcar::SESSION_COOKIE)
-    {
-        let s = b.sessions.get(&id, Protocol::Rcar)?;
-        let r = rcar::attest(b, &s, body);
-        (id, s, r)
+    let (id, protocol) = if let Some(id) = cookie(headers, krun_attestation::rcar::SESSION_COOKIE) {
+        (id, Protocol::Rcar)
     } else if let Some(id) = cookie(headers, krun_attestation::reference::SESSION_COOKIE) {
-        let s = b.sessions.get(&id, Protocol::Reference)?;
-        let r = reference::attest(b, &s, body);
-        (id, s, r)
+        (id, Protocol::Reference)
     } else {
         return Err(Refusal::unauthorized("MissingCookie", "no session cookie"));
     };
-    // A session whose one attestation attempt failed is of no further use.
-    let failed = s
-        .lock()
-        .map(|g| matches!(g.stage, Stage::Failed))
-        .unwrap_or(true);
-    if failed {
-        b.sessions.end(&id, Ended::AttestationFailed);
+    // The body is parsed before the session's one attempt is claimed: a malformed request
+    // does not use it up.
+    let result = match protocol {
+        Protocol::Rcar => {
+            let evidence = rcar::parse_attestation(body)?;
+            let pending = b.sessions.begin_attest(&id, protocol)?;
+            rcar::attest(b, &id, pending, &evidence)
+        }
+        Protocol::Reference => {
+            let evidence = parse_json(body, "attestation")?;
+            let pending = b.sessions.begin_attest(&id, protocol)?;
+            reference::attest(b, &id, pending, &evidence)
+        }
+    };
+    match result {
+        Ok((response, attested)) => {
+            b.sessions.attested(&id, protocol, &attested)?;
+            Ok(response)
+        }
+        Err(refusal) => {
+            // A session whose one attestation attempt failed is of no further use.
+            b.sessions.end(&id, Ended::AttestationFailed);
+            Err(refusal)
+        }
     }
-    result
 }
 
 /// The launch digests `w` accepts: its registered ones when they are bound; for unbound
