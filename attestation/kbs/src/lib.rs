@@ -8,6 +8,7 @@ pub mod config;
 pub mod db;
 pub mod jwe;
 pub mod refusal;
+pub mod seal;
 pub mod serve;
 pub mod sessions;
 pub mod testkit;

@@ -162,8 +162,8 @@ impl std::fmt::Debug for Stage {
 }
 
 impl Stage {
-    /// The stored form. SEV stages hold the owner session's transport keys (TEK/TIK);
-    /// `Store` seals the bytes when the broker has a secrets key.
+    /// The stored form. SEV stages hold the owner session's transport keys (TEK/TIK):
+    /// `Store::seal_session` seals the bytes when the broker has a secrets key.
     fn encode(&self) -> Result<Zeroizing<Vec<u8>>, Refusal> {
         serde_json::to_vec(self)
             .map(Zeroizing::new)
@@ -351,7 +351,7 @@ impl Sessions {
                     Value::Text(nonce),
                     Value::Int(now.saturating_add(self.ttl_ms())),
                     Value::text(PENDING),
-                    Value::Blob(self.store.seal_session(&blob)?),
+                    Value::Blob(self.store.seal_session(&id, &blob)?),
                 ],
             )?;
             Ok(true)
@@ -390,7 +390,7 @@ impl Sessions {
         })??;
         let [nonce, stage] = <[Value; 2]>::try_from(claimed)
             .map_err(|_| Refusal::internal("stored session is invalid"))?;
-        let stage = self.store.open_session(&stage.into_blob()?)?;
+        let stage = self.store.open_session(id, &stage.into_blob()?)?;
         Ok(Pending {
             nonce: nonce.into_text()?,
             stage: Stage::decode(&stage)?,
@@ -399,7 +399,7 @@ impl Sessions {
 
     /// Records the outcome of a claimed attestation attempt.
     pub fn attested(&self, id: &str, protocol: Protocol, stage: &Stage) -> Result<(), Refusal> {
-        let blob = self.store.seal_session(&stage.encode()?)?;
+        let blob = self.store.seal_session(id, &stage.encode()?)?;
         self.store.tx(|c| {
             let n = c.execute(
                 "UPDATE sessions SET state = $2, stage = $3
@@ -464,7 +464,7 @@ impl Sessions {
         if state.into_text()? != ATTESTED {
             return Ok(None);
         }
-        let stage = self.store.open_session(&stage.into_blob()?)?;
+        let stage = self.store.open_session(id, &stage.into_blob()?)?;
         Stage::decode(&stage).map(Some)
     }
 
@@ -488,7 +488,7 @@ impl Sessions {
             }
         })??;
         let stage = first(vec![row])?.into_blob()?;
-        Stage::decode(&self.store.open_session(&stage)?)
+        Stage::decode(&self.store.open_session(id, &stage)?)
     }
 
     /// Records that `resource` is released in session `id`; false when it already was (by

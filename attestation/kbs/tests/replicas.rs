@@ -216,15 +216,15 @@ fn a_session_expires_on_every_replica() {
     let pg = Postgres::start();
     let (ev, sev) = (SnpEvidence::new(), SevPlatform::new());
     let opts = KbsOptions {
-        session_ttl: Some(1),
+        session_ttl: Some(2),
         ..Default::default()
     };
     let (a, b) = replicas(&pg, &ev, &sev, opts);
-    let (cookie, nonce) = ref_auth(&a);
     let key = TeeKey::generate_rsa().unwrap();
-    let body = ref_evidence(&ev, &key, &nonce);
+    let (cookie, nonce) = ref_auth(&a);
     assert_eq!(b.sessions(), 1, "B sees the session A opened");
-    std::thread::sleep(Duration::from_millis(1300));
+    let body = ref_evidence(&ev, &key, &nonce);
+    std::thread::sleep(Duration::from_millis(2300));
     let r = b.post_json("/kbs/v0/attest", Some(&cookie), &body);
     assert_eq!(r.status, 401);
     assert!(
@@ -237,11 +237,11 @@ fn a_session_expires_on_every_replica() {
     let body = ref_evidence(&ev, &key, &nonce);
     let r = a.post_json("/kbs/v0/attest", Some(&cookie), &body);
     assert_eq!(r.status, 200, "{}", r.message());
-    std::thread::sleep(Duration::from_millis(1300));
+    std::thread::sleep(Duration::from_millis(2300));
     let r = b.get("/kbs/v0/key/w1", Some(&cookie));
     assert_eq!(r.status, 401, "{}", r.message());
     // Collected from the database by the replicas' collectors.
-    std::thread::sleep(Duration::from_millis(1000));
+    std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(a.sessions(), 0);
     let left = pg.query("kbs", "SELECT count(*) FROM sessions");
     assert_eq!(left[0].get::<_, i64>(0), 0, "expired rows deleted");
@@ -371,4 +371,101 @@ fn replicas_starting_together_migrate_the_schema_once() {
     let versions = pg.query("kbs", "SELECT version FROM schema_version");
     assert_eq!(versions.len(), 1, "one version row");
     assert_eq!(versions[0].get::<_, i64>(0), 2);
+}
+
+/// Runs `krun-kbs` to serve with `args` expecting it to refuse to start; its stderr.
+fn refused_start(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_krun-kbs"))
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the broker started");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn secrets_and_sessions_are_sealed_in_the_database() {
+    let pg = Postgres::start();
+    let (ev, sev) = (SnpEvidence::new(), SevPlatform::new());
+    let keys = tempfile::tempdir().unwrap();
+    let key_file = keys.path().join("secrets.key");
+    std::fs::write(&key_file, format!("{}\n", hex::encode([0x42u8; 32]))).unwrap();
+    let key_arg = key_file.display().to_string();
+    let opts = KbsOptions {
+        extra_args: vec!["--secrets-key-file".into(), key_arg.clone()],
+        ..Default::default()
+    };
+    let (a, b) = replicas(&pg, &ev, &sev, opts);
+    let (cfg, _) = split_client(&a.url, &a, &b);
+    assert_eq!(sev_flow(&cfg, &sev), b"sev passphrase");
+    let (_, _cookie) = rcar_session(&a, &b, &ev);
+    let secrets = pg.query("kbs", "SELECT data FROM secrets");
+    assert_eq!(secrets.len(), 2);
+    for row in &secrets {
+        let data: Vec<u8> = row.get(0);
+        assert!(data.starts_with(b"\0kbsgcm1"), "sealed");
+        for plain in [&b"passphrase-one"[..], b"sev passphrase"] {
+            assert!(!data.windows(plain.len()).any(|w| w == plain));
+        }
+    }
+    let sessions = pg.query("kbs", "SELECT stage FROM sessions WHERE ended IS NULL");
+    assert_eq!(sessions.len(), 1, "the attested RCAR session");
+    let stage: Vec<u8> = sessions[0].get(0);
+    assert!(stage.starts_with(b"\0kbsgcm1"), "session state sealed");
+    assert!(!stage.windows(7).any(|w| w == b"EcP256\""));
+
+    // A replica with another key, or none, refuses to start and says why.
+    let url = pg.url("kbs");
+    let wrong = keys.path().join("wrong.key");
+    std::fs::write(&wrong, [7u8; 32]).unwrap();
+    let err = refused_start(&[
+        "--db",
+        &url,
+        "--secrets-key-file",
+        &wrong.display().to_string(),
+    ]);
+    assert!(err.contains("sealed under key id"), "{err}");
+    let err = refused_start(&["--db", &url]);
+    assert!(err.contains("no --secrets-key-file"), "{err}");
+
+    // Rotation to a new key; the replicas restarted with it serve as before.
+    drop((a, b));
+    let new = keys.path().join("new.key");
+    std::fs::write(&new, [9u8; 32]).unwrap();
+    let new_arg = new.display().to_string();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_krun-kbs"))
+        .args(["--db", &url, "rotate-secrets", "--old-key-file", &key_arg])
+        .args(["--new-key-file", &new_arg])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = refused_start(&["--db", &url, "--secrets-key-file", &key_arg]);
+    assert!(err.contains("sealed under key id"), "{err}");
+    let rotated = ev.trusted_by(KbsOptions {
+        admin_token: true,
+        db: Some(url),
+        extra_args: vec!["--secrets-key-file".into(), new_arg],
+        ..Default::default()
+    });
+    let (a, b) = (Kbs::start(rotated.clone()), Kbs::start(rotated));
+    let (cfg, _) = split_client(&a.url, &a, &b);
+    assert_eq!(
+        snp_flow(&cfg, &ev, KbsProtocol::Reference),
+        b"passphrase-one"
+    );
+}
+
+#[test]
+fn a_broker_without_a_secrets_key_warns_once_that_secrets_are_in_plaintext() {
+    let kbs = Kbs::start(KbsOptions {
+        capture_log: true,
+        ..Default::default()
+    });
+    let log = kbs.log();
+    assert_eq!(log.matches("stored in plaintext").count(), 1, "{log}");
 }

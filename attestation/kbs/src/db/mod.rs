@@ -14,6 +14,8 @@ use backend::Engine;
 pub(crate) use backend::{Conn, Value};
 pub use backend::{PoolOptions, DEFAULT_DB_TIMEOUT, DEFAULT_POOL_SIZE};
 
+use crate::seal::{self, SealError, SecretsKey};
+
 /// Name of the secret released by the reference protocol's `/key/<workload_id>`.
 pub const KEY_SECRET: &str = "key";
 
@@ -38,6 +40,8 @@ pub enum DbError {
     Pool(#[source] r2d2::Error),
     #[error("unexpected database content: {0}")]
     Shape(String),
+    #[error("stored secret")]
+    Seal(#[from] crate::seal::SealError),
     #[error("the database has schema version {found}, newer than this broker's {known}: upgrade the broker")]
     TooNew { found: usize, known: usize },
 }
@@ -357,6 +361,8 @@ pub enum PutMode {
 #[derive(Debug)]
 pub struct Store {
     engine: Engine,
+    /// Seals secrets and session state at rest (`--secrets-key-file`).
+    secrets_key: Option<SecretsKey>,
 }
 
 /// Whether `db` (the `--db` argument) names a PostgreSQL server rather than a SQLite file.
@@ -377,6 +383,7 @@ impl Store {
         if is_postgres_url(db) {
             let store = Store {
                 engine: Engine::postgres(db, opts)?,
+                secrets_key: None,
             };
             store.engine.tx(migrations::migrate)?;
             Ok(store)
@@ -398,6 +405,7 @@ impl Store {
         .map_err(DbError::Open)?;
         let store = Store {
             engine: Engine::Sqlite(std::sync::Mutex::new(conn)),
+            secrets_key: None,
         };
         store.engine.tx(migrations::migrate)?;
         Ok(store)
@@ -424,15 +432,111 @@ impl Store {
         self.tx(|c| c.query("SELECT 1", &[]).map(|_| ()))
     }
 
-    /// Session state as stored. FIXME(secrets at rest): stored as it is, SEV TEK/TIK
-    /// included, until the store has a secrets key.
-    pub(crate) fn seal_session(&self, plain: &[u8]) -> Result<Zeroizing<Vec<u8>>, DbError> {
-        Ok(Zeroizing::new(plain.to_vec()))
+    /// The store, sealing what it writes with `key` from now on (and opening what was
+    /// sealed with it).
+    pub fn with_secrets_key(mut self, key: SecretsKey) -> Self {
+        self.secrets_key = Some(key);
+        self
+    }
+
+    /// Whether secrets are sealed at rest.
+    pub fn seals_secrets(&self) -> bool {
+        self.secrets_key.is_some()
+    }
+
+    /// Checks that every sealed secret and session in the database is sealed under this
+    /// store's key, so a broker started with the wrong key (or none) says so at start
+    /// rather than failing each release. Returns how many values are still unsealed.
+    pub fn check_sealed(&self) -> Result<usize, DbError> {
+        self.tx(|c| {
+            let mut unsealed = 0;
+            let rows = c.query("SELECT data FROM secrets", &[])?;
+            let sessions = c.query("SELECT stage FROM sessions WHERE ended IS NULL", &[])?;
+            for row in rows.into_iter().chain(sessions) {
+                let data = first(vec![row])?.into_blob()?;
+                match (&self.secrets_key, seal::sealed_key_id(&data)) {
+                    (_, None) => unsealed += 1,
+                    (Some(k), Some(id)) if k.id_bytes() == id => {}
+                    (Some(k), Some(id)) => {
+                        return Err(SealError::WrongKey {
+                            found: hex::encode(id),
+                            have: k.id(),
+                        }
+                        .into())
+                    }
+                    (None, Some(id)) => return Err(SealError::NoKey(hex::encode(id)).into()),
+                }
+            }
+            Ok(unsealed)
+        })
+    }
+
+    /// Re-seals every secret and open session under `new` (or stores them unsealed when
+    /// `new` is `None`), opening them with `old` (values stored unsealed need no key). One
+    /// transaction: a failure changes nothing. Returns how many values were rewritten.
+    pub fn rotate_secrets(
+        &self,
+        old: Option<&SecretsKey>,
+        new: Option<&SecretsKey>,
+    ) -> Result<usize, DbError> {
+        self.tx(|c| {
+            let mut n = 0;
+            for row in c.query("SELECT workload_id, name, data FROM secrets", &[])? {
+                let [w, name, data] = <[Value; 3]>::try_from(row)
+                    .map_err(|_| DbError::Shape("secret row has the wrong columns".into()))?;
+                let (w, name) = (w.into_text()?, name.into_text()?);
+                let ctx = seal::secret_context(&w, &name);
+                let plain = seal::open_with(old, &data.into_blob()?, &ctx)?;
+                let sealed = seal::seal_with(new, &plain, &ctx)?;
+                c.execute(
+                    "UPDATE secrets SET data = $3 WHERE workload_id = $1 AND name = $2",
+                    &[Value::Text(w), Value::Text(name), Value::Blob(sealed)],
+                )?;
+                n += 1;
+            }
+            let sessions = c.query("SELECT id, stage FROM sessions WHERE ended IS NULL", &[])?;
+            for row in sessions {
+                let [id, stage] = <[Value; 2]>::try_from(row)
+                    .map_err(|_| DbError::Shape("session row has the wrong columns".into()))?;
+                let id = id.into_text()?;
+                let ctx = seal::session_context(&id);
+                let plain = seal::open_with(old, &stage.into_blob()?, &ctx)?;
+                let sealed = seal::seal_with(new, &plain, &ctx)?;
+                c.execute(
+                    "UPDATE sessions SET stage = $2 WHERE id = $1",
+                    &[Value::Text(id), Value::Blob(sealed)],
+                )?;
+                n += 1;
+            }
+            Ok(n)
+        })
+    }
+
+    /// Session state as stored: sealed (it holds SEV transport keys and recipient keys)
+    /// when the store has a secrets key.
+    pub(crate) fn seal_session(
+        &self,
+        id: &str,
+        plain: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, DbError> {
+        Ok(seal::seal_with(
+            self.secrets_key.as_ref(),
+            plain,
+            &seal::session_context(id),
+        )?)
     }
 
     /// Session state as [`Store::seal_session`] was given it.
-    pub(crate) fn open_session(&self, stored: &[u8]) -> Result<Zeroizing<Vec<u8>>, DbError> {
-        Ok(Zeroizing::new(stored.to_vec()))
+    pub(crate) fn open_session(
+        &self,
+        id: &str,
+        stored: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, DbError> {
+        Ok(seal::open_with(
+            self.secrets_key.as_ref(),
+            stored,
+            &seal::session_context(id),
+        )?)
     }
 
     pub(crate) fn tx<T>(
@@ -503,7 +607,7 @@ impl Store {
                 )?;
             }
             if let Some(data) = key {
-                put_secret_row(c, &w.id, KEY_SECRET, data)?;
+                self.put_secret_row(c, &w.id, KEY_SECRET, data)?;
             }
             Ok(true)
         })
@@ -617,7 +721,7 @@ impl Store {
             if exists.is_empty() {
                 return Ok(false);
             }
-            put_secret_row(c, workload, name, data)?;
+            self.put_secret_row(c, workload, name, data)?;
             Ok(true)
         })
     }
@@ -646,9 +750,42 @@ impl Store {
             )?
             .into_iter()
             .next()
-            .map(|r| first(vec![r])?.into_blob())
+            .map(|r| {
+                let stored = first(vec![r])?.into_blob()?;
+                Ok(seal::open_with(
+                    self.secrets_key.as_ref(),
+                    &stored,
+                    &seal::secret_context(workload, name),
+                )?)
+            })
             .transpose()
         })
+    }
+
+    /// Writes one secret, sealed when the store has a secrets key (bound to the workload and
+    /// name: a sealed value copied to another row does not open).
+    fn put_secret_row(
+        &self,
+        c: &mut dyn Conn,
+        workload: &str,
+        name: &str,
+        data: &[u8],
+    ) -> Result<(), DbError> {
+        let stored = seal::seal_with(
+            self.secrets_key.as_ref(),
+            data,
+            &seal::secret_context(workload, name),
+        )?;
+        c.execute(
+            "INSERT INTO secrets (workload_id, name, data) VALUES ($1, $2, $3)
+             ON CONFLICT(workload_id, name) DO UPDATE SET data = $3",
+            &[
+                Value::text(workload),
+                Value::text(name),
+                Value::Blob(stored),
+            ],
+        )
+        .map(|_| ())
     }
 
     /// Names of a workload's secrets.
@@ -663,20 +800,6 @@ impl Store {
             .collect()
         })
     }
-}
-
-fn put_secret_row(
-    c: &mut dyn Conn,
-    workload: &str,
-    name: &str,
-    data: &[u8],
-) -> Result<(), DbError> {
-    c.execute(
-        "INSERT INTO secrets (workload_id, name, data) VALUES ($1, $2, $3)
-         ON CONFLICT(workload_id, name) DO UPDATE SET data = $3",
-        &[Value::text(workload), Value::text(name), Value::blob(data)],
-    )
-    .map(|_| ())
 }
 
 /// The first column of the first row.
@@ -701,6 +824,115 @@ mod tests {
             measurements: vec![],
             measurement_kind: MeasurementKind::Bound,
         }
+    }
+
+    #[test]
+    fn secrets_are_sealed_at_rest_and_need_the_right_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kbs.db");
+        let key = || SecretsKey::new([1; 32]);
+        let s = Store::open(&path).unwrap().with_secrets_key(key());
+        s.register(
+            &workload("w", TeeKind::Snp),
+            &[vec![1; 48]],
+            Some(b"luks-passphrase"),
+            PutMode::Replace,
+        )
+        .unwrap();
+        assert!(s
+            .put_secret("w", "repo/type/tag", b"resource-secret")
+            .unwrap());
+        assert_eq!(
+            s.secret("w", KEY_SECRET).unwrap().unwrap().as_slice(),
+            b"luks-passphrase"
+        );
+        assert_eq!(s.check_sealed().unwrap(), 0);
+        drop(s);
+        let raw = std::fs::read(&path).unwrap();
+        for plain in [&b"luks-passphrase"[..], b"resource-secret"] {
+            assert!(!raw.windows(plain.len()).any(|w| w == plain));
+        }
+        // A sealed value moved to another row does not open.
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "UPDATE secrets SET data = (SELECT data FROM secrets WHERE name = 'key')
+                 WHERE name = 'repo/type/tag'",
+            )
+            .unwrap();
+        }
+        let s = Store::open(&path).unwrap().with_secrets_key(key());
+        let moved = s.secret("w", "repo/type/tag").unwrap_err();
+        assert!(crate::error_chain(&moved).contains("moved from another row"));
+        assert!(s
+            .put_secret("w", "repo/type/tag", b"resource-secret")
+            .unwrap());
+        // Another key, or none: a clear error, at the check and at the read.
+        let wrong = Store::open(&path)
+            .unwrap()
+            .with_secrets_key(SecretsKey::new([2; 32]));
+        let err = crate::error_chain(&wrong.check_sealed().unwrap_err());
+        assert!(
+            err.contains(&key().id()) && err.contains("--secrets-key-file"),
+            "{err}"
+        );
+        assert!(wrong.secret("w", KEY_SECRET).is_err());
+        let none = Store::open(&path).unwrap();
+        let err = crate::error_chain(&none.check_sealed().unwrap_err());
+        assert!(err.contains("no --secrets-key-file"), "{err}");
+
+        // Rotation: everything re-sealed under the new key, in one step.
+        let new = SecretsKey::new([3; 32]);
+        assert!(
+            none.rotate_secrets(None, Some(&new)).is_err(),
+            "sealed values need the old key"
+        );
+        assert_eq!(none.rotate_secrets(Some(&key()), Some(&new)).unwrap(), 2);
+        let s = Store::open(&path).unwrap().with_secrets_key(new);
+        assert_eq!(s.check_sealed().unwrap(), 0);
+        assert_eq!(
+            s.secret("w", KEY_SECRET).unwrap().unwrap().as_slice(),
+            b"luks-passphrase"
+        );
+    }
+
+    #[test]
+    fn plaintext_values_are_read_and_sealed_by_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kbs.db");
+        let s = Store::open(&path).unwrap();
+        s.put_workload(&workload("w", TeeKind::Snp), &[vec![1; 48]])
+            .unwrap();
+        assert!(s.put_secret("w", KEY_SECRET, b"old-plaintext").unwrap());
+        let key = SecretsKey::new([4; 32]);
+        let s = Store::open(&path).unwrap().with_secrets_key(key);
+        assert_eq!(s.check_sealed().unwrap(), 1, "one value still unsealed");
+        assert_eq!(
+            s.secret("w", KEY_SECRET).unwrap().unwrap().as_slice(),
+            b"old-plaintext"
+        );
+        let key = SecretsKey::new([4; 32]);
+        assert_eq!(s.rotate_secrets(None, Some(&key)).unwrap(), 1);
+        assert_eq!(s.check_sealed().unwrap(), 0);
+        assert_eq!(
+            s.secret("w", KEY_SECRET).unwrap().unwrap().as_slice(),
+            b"old-plaintext"
+        );
+    }
+
+    #[test]
+    fn a_database_newer_than_the_broker_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kbs.db");
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.schema_version().unwrap(), 2);
+        drop(s);
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("UPDATE schema_version SET version = 99")
+            .unwrap();
+        let err = Store::open(&path).unwrap_err();
+        assert!(err.to_string().contains("upgrade the broker"), "{err}");
     }
 
     #[test]
