@@ -7,6 +7,7 @@ pub mod api;
 pub mod config;
 pub mod db;
 pub mod jwe;
+pub mod metrics;
 pub mod refusal;
 pub mod seal;
 pub mod serve;

@@ -469,3 +469,62 @@ fn a_broker_without_a_secrets_key_warns_once_that_secrets_are_in_plaintext() {
     let log = kbs.log();
     assert_eq!(log.matches("stored in plaintext").count(), 1, "{log}");
 }
+
+#[test]
+fn health_follows_the_database_and_metrics_count_what_each_replica_did() {
+    let pg = Postgres::start();
+    let (ev, sev) = (SnpEvidence::new(), SevPlatform::new());
+    let opts = KbsOptions {
+        extra_args: vec!["--db-timeout-ms".into(), "1000".into()],
+        ..Default::default()
+    };
+    let (a, b) = replicas(&pg, &ev, &sev, opts);
+    for kbs in [&a, &b] {
+        let r = kbs.get("/healthz", None);
+        assert_eq!(r.status, 200, "{}", r.message());
+    }
+    for protocol in [KbsProtocol::Reference, KbsProtocol::Rcar] {
+        let (cfg, _) = split_client(&a.url, &a, &b);
+        assert_eq!(snp_flow(&cfg, &ev, protocol), b"passphrase-one");
+    }
+    assert_eq!(b.get("/kbs/v0/key/w1", None).status, 401);
+    let metrics = |kbs: &Kbs| {
+        let r = kbs.get("/metrics", None);
+        assert_eq!(r.status, 200);
+        String::from_utf8(r.body).unwrap()
+    };
+    let (ma, mb) = (metrics(&a), metrics(&b));
+    let has = |text: &str, line: &str| text.lines().any(|l| l == line);
+    for line in [
+        "krun_kbs_attestations_total{protocol=\"reference\",tee=\"snp\"} 1",
+        "krun_kbs_attestations_total{protocol=\"rcar\",tee=\"snp\"} 1",
+        "krun_kbs_key_releases_total{protocol=\"reference\"} 1",
+        "krun_kbs_key_releases_total{protocol=\"rcar\"} 1",
+        "krun_kbs_refusals_total{reason=\"MissingCookie\"} 1",
+        "krun_kbs_request_duration_seconds_count{endpoint=\"attest\"} 2",
+    ] {
+        assert!(has(&mb, line), "B: {line} missing from\n{mb}");
+    }
+    assert!(
+        has(
+            &ma,
+            "krun_kbs_attestations_total{protocol=\"rcar\",tee=\"snp\"} 0"
+        ),
+        "{ma}"
+    );
+    assert!(
+        has(
+            &ma,
+            "krun_kbs_request_duration_seconds_count{endpoint=\"auth\"} 2"
+        ),
+        "{ma}"
+    );
+    assert!(
+        !ma.contains("passphrase") && !mb.contains("session_id"),
+        "no secrets or sessions in metrics"
+    );
+    // The database gone: unhealthy, until it is back.
+    drop(pg);
+    let r = a.get("/healthz", None);
+    assert_eq!(r.status, 503, "{}", r.message());
+}

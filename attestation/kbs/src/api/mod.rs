@@ -20,8 +20,9 @@ use zeroize::Zeroizing;
 
 use crate::config::BrokerConfig;
 use crate::db::{MeasurementKind, Store, Workload};
+use crate::metrics::Metrics;
 use crate::refusal::Refusal;
-use crate::sessions::{Ended, Protocol, Sessions};
+use crate::sessions::{Ended, Protocol, Sessions, Stage};
 use crate::unbound::{Channel, UnboundVerifier};
 use crate::verify_sev::SevTrust;
 use crate::verify_snp::SnpVerifier;
@@ -35,6 +36,8 @@ pub struct Broker {
     pub sev: SevTrust,
     /// Checks launches of workloads registered with unbound digests (`--bundle`).
     pub unbound: Option<UnboundVerifier>,
+    /// Counters for `GET /metrics`.
+    pub metrics: Metrics,
     /// Slots on the blocking pool (`config.blocking_threads`).
     pool: Arc<Semaphore>,
 }
@@ -54,6 +57,7 @@ impl Broker {
         let sessions = Sessions::new(store.clone(), config.session_ttl, config.max_sessions);
         let pool = Arc::new(Semaphore::new(config.blocking_threads.max(1)));
         Broker {
+            metrics: Metrics::default(),
             pool,
             config,
             store,
@@ -92,6 +96,8 @@ pub fn router(broker: Arc<Broker>) -> Router {
             axum::routing::delete(admin::remove_workload),
         )
         .route("/kbs/v0/admin/stats", get(admin::stats))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .route(
             "/kbs/v0/admin/workloads/{id}/secrets/{*name}",
             put(admin::put_secret).delete(admin::remove_secret),
@@ -129,6 +135,8 @@ pub(crate) async fn blocking(
     b: Arc<Broker>,
     work: impl FnOnce(&Broker) -> Result<Response, Refusal> + Send + 'static,
 ) -> Response {
+    let started = std::time::Instant::now();
+    let broker = b.clone();
     let Ok(slot) = b.pool.clone().acquire_owned().await else {
         return finish(endpoint, Err(Refusal::internal("request handler failed")));
     };
@@ -141,7 +149,35 @@ pub(crate) async fn blocking(
         tracing::error!(endpoint, error = %e, "request handler failed");
         Err(Refusal::internal("request handler failed"))
     });
+    if let Err(refusal) = &result {
+        broker.metrics.refused(refusal.kind);
+    }
+    broker.metrics.observe(endpoint, started.elapsed());
     finish(endpoint, result)
+}
+
+/// `GET /healthz`: 200 when the store answers a trivial query, 503 otherwise. Not queued
+/// behind attestation work: a load balancer's probe must not time out under load.
+async fn healthz(State(b): AppState) -> Response {
+    let store = b.store.clone();
+    match tokio::task::spawn_blocking(move || store.ping()).await {
+        Ok(Ok(())) => (StatusCode::OK, "ok\n").into_response(),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %crate::error_chain(&e), "health check: store unreachable");
+            (StatusCode::SERVICE_UNAVAILABLE, "store unreachable\n").into_response()
+        }
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "health check failed\n").into_response(),
+    }
+}
+
+/// `GET /metrics`: the counters in Prometheus text format.
+async fn metrics(State(b): AppState) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        b.metrics.render(),
+    )
+        .into_response()
 }
 
 async fn index() -> Response {
@@ -262,6 +298,15 @@ fn attest_inner(b: &Broker, headers: &HeaderMap, body: &[u8]) -> Result<Response
     match result {
         Ok((response, attested)) => {
             b.sessions.attested(&id, protocol, &attested)?;
+            let tee = match attested {
+                Stage::SevAttested { .. } => "sev",
+                _ => "snp",
+            };
+            let protocol = match protocol {
+                Protocol::Reference => "reference",
+                Protocol::Rcar => "rcar",
+            };
+            b.metrics.attested(protocol, tee);
             Ok(response)
         }
         Err(refusal) => {

@@ -231,5 +231,6 @@ fn resource_inner(b: &Broker, path: &str, headers: &HeaderMap) -> Result<Respons
     }
     let jwe = crate::jwe::seal_jwe(key, &secret)?;
     tracing::info!(protocol = "rcar", session = %log_tag(&sid), workload = %workload, resource = %path, "resource released");
+    b.metrics.released("rcar");
     json_response(&jwe)
 }

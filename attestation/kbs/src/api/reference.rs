@@ -216,5 +216,6 @@ fn key_inner(b: &Broker, wanted: &str, headers: &HeaderMap) -> Result<Response, 
         _ => return Err(Refusal::internal("session key does not match the protocol")),
     };
     tracing::info!(protocol = "reference", session = %log_tag(&sid), workload = %wanted, "key released");
+    b.metrics.released("reference");
     Ok(resp)
 }
