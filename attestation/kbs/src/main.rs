@@ -601,15 +601,24 @@ fn serve(cli: &Cli, listen: SocketAddr) -> Result<(), MainError> {
     })
 }
 
+/// `RUST_LOG` (default `info`), with the PostgreSQL client held at `info` whatever it says:
+/// at `debug` tokio-postgres logs every statement's parameters, which are session ids,
+/// nonces and secrets.
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    ["tokio_postgres=info", "postgres=info"]
+        .into_iter()
+        .filter_map(|d| d.parse().ok())
+        .fold(filter, tracing_subscriber::EnvFilter::add_directive)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(log_filter())
         .init();
     let result = match (&cli.command, cli.listen) {
         (Some(cmd), _) => admin(&cli, cmd),

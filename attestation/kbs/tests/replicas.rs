@@ -528,3 +528,34 @@ fn health_follows_the_database_and_metrics_count_what_each_replica_did() {
     let r = a.get("/healthz", None);
     assert_eq!(r.status, 503, "{}", r.message());
 }
+
+#[test]
+fn debug_logs_of_a_postgres_broker_carry_no_session_ids_or_secrets() {
+    let pg = Postgres::start();
+    let ev = SnpEvidence::new();
+    let kbs = Kbs::start(ev.trusted_by(KbsOptions {
+        admin_token: true,
+        db: Some(pg.create_database("kbs")),
+        capture_log: true,
+        ..Default::default()
+    }));
+    kbs.register("w1", &hex::encode(M1), "passphrase-one", 15);
+    let (cookie, nonce) = ref_auth(&kbs);
+    let key = TeeKey::generate_rsa().unwrap();
+    let r = kbs.post_json(
+        "/kbs/v0/attest",
+        Some(&cookie),
+        &ref_evidence(&ev, &key, &nonce),
+    );
+    assert_eq!(r.status, 200, "{}", r.message());
+    let r = kbs.get("/kbs/v0/key/w1", Some(&cookie));
+    assert_eq!(r.status, 200, "{}", r.message());
+    let log = kbs.log();
+    // Run with RUST_LOG=debug: before the cap, tokio-postgres logged every parameter here.
+    assert!(log.contains("key released"), "the broker logged:\n{log}");
+    let id = cookie.trim_start_matches("session_id=");
+    let as_bytes = format!("{:?}", b"passphrase-one".as_slice());
+    for secret in [id, "passphrase-one", &as_bytes, &nonce] {
+        assert!(!log.contains(secret), "{secret} in the log:\n{log}");
+    }
+}
