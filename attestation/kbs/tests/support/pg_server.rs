@@ -50,8 +50,13 @@ pub struct Postgres {
 impl Postgres {
     pub fn start() -> Postgres {
         let bin = bin_dir();
-        let dir = tempfile::tempdir().unwrap();
         let user = is_root().then_some("postgres");
+        // As root the cluster lives under /tmp: the server's user must reach it, and a
+        // $TMPDIR under /root would not let it (the socket path stays short too).
+        let dir = match user {
+            Some(_) => tempfile::tempdir_in("/tmp").unwrap(),
+            None => tempfile::tempdir().unwrap(),
+        };
         if let Some(u) = user {
             let out = Command::new("chown")
                 .arg(format!("{u}:"))
