@@ -21,9 +21,15 @@
 //! The SNP reference-protocol clients spend most of a flow making their RSA-2048 key, so those
 //! points run `--snp-flows` flows (default 64) instead of `--flows`.
 //!
+//! `--stores sqlite,postgres,replicas` runs the flows instead against one broker on SQLite,
+//! one on PostgreSQL and two replicas sharing a PostgreSQL database (each request of a flow
+//! to the next replica in turn, so every session moves between them), the PostgreSQL server
+//! started for the run (Debian's `postgresql`), and prints flows/s and p99 for each and the
+//! two-replica / one-replica ratio.
+//!
 //! `cargo bench -p krun-kbs --bench attest_load -- [--clients 1,8,32,64] [--flows N]
 //!  [--snp-flows N] [--kinds sev-es,snp,rcar] [--rounds R] [--soak N] [--session-ttl S]
-//!  [--reference-kbs PATH]`
+//!  [--reference-kbs PATH] [--stores sqlite,postgres,replicas]`
 
 // Harness code: a failed setup step should abort loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -39,6 +45,7 @@ mod support;
 
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -182,11 +189,19 @@ impl Platform {
     }
 }
 
-/// A broker under test: its URL and process.
+/// A broker under test: its URL and process(es).
 trait Target: Sync {
     fn name(&self) -> &'static str;
     fn url(&self) -> &str;
     fn pid(&self) -> u32;
+    /// Every process serving it (CPU and RSS are summed over them).
+    fn pids(&self) -> Vec<u32> {
+        vec![self.pid()]
+    }
+    /// Sessions still open (krun-kbs only).
+    fn sessions_left(&self) -> usize {
+        0
+    }
     fn client(&self) -> ClientConfig {
         let mut cfg = ClientConfig::tcp(self.url(), Duration::from_secs(60), None).unwrap();
         cfg.retries = 0;
@@ -203,6 +218,64 @@ impl Target for Kbs {
     }
     fn pid(&self) -> u32 {
         Kbs::pid(self)
+    }
+}
+
+/// Two replicas on one database behind a round-robin "balancer": each connection goes to
+/// the next replica, so consecutive requests of a flow reach different replicas.
+struct Replicas {
+    brokers: [Kbs; 2],
+    next: Arc<AtomicUsize>,
+}
+
+impl Target for Replicas {
+    fn name(&self) -> &'static str {
+        "2 replicas"
+    }
+    fn url(&self) -> &str {
+        &self.brokers[0].url
+    }
+    fn pid(&self) -> u32 {
+        self.brokers[0].pid()
+    }
+    fn pids(&self) -> Vec<u32> {
+        self.brokers.iter().map(Kbs::pid).collect()
+    }
+    fn sessions_left(&self) -> usize {
+        // One database: either replica sees every session.
+        self.brokers[0].sessions()
+    }
+    fn client(&self) -> ClientConfig {
+        let addrs = [self.brokers[0].addr.clone(), self.brokers[1].addr.clone()];
+        let next = self.next.clone();
+        let connector = move || -> std::io::Result<Box<dyn krun_attestation::transport::Stream>> {
+            let addr = &addrs[next.fetch_add(1, Ordering::Relaxed) % 2];
+            let s = TcpStream::connect(addr)?;
+            s.set_read_timeout(Some(Duration::from_secs(60)))?;
+            Ok(Box::new(s))
+        };
+        client_with(self.url(), connector)
+    }
+}
+
+/// A broker on one store, with its label.
+struct Labelled {
+    label: &'static str,
+    kbs: Kbs,
+}
+
+impl Target for Labelled {
+    fn name(&self) -> &'static str {
+        self.label
+    }
+    fn url(&self) -> &str {
+        &self.kbs.url
+    }
+    fn pid(&self) -> u32 {
+        self.kbs.pid()
+    }
+    fn sessions_left(&self) -> usize {
+        self.kbs.sessions()
     }
 }
 
@@ -349,9 +422,11 @@ fn pct(lat: &[Duration], p: f64) -> f64 {
 
 /// `flows` complete flows of `kind` by `clients` concurrent clients.
 fn run(target: &dyn Target, p: &Platform, kind: Kind, clients: usize, flows: usize) -> Figures {
-    let pid = target.pid();
-    let rss_before_kb = rss_kb(pid);
-    let cpu_before = cpu_ticks(pid);
+    let pids = target.pids();
+    let rss = || pids.iter().map(|&p| rss_kb(p)).sum::<u64>();
+    let cpu = || pids.iter().map(|&p| cpu_ticks(p)).sum::<u64>();
+    let rss_before_kb = rss();
+    let cpu_before = cpu();
     let per_client = flows.div_ceil(clients).max(1);
     let start = Instant::now();
     let results: Vec<(Vec<Duration>, usize)> = std::thread::scope(|scope| {
@@ -384,7 +459,7 @@ fn run(target: &dyn Target, p: &Platform, kind: Kind, clients: usize, flows: usi
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let elapsed = start.elapsed().as_secs_f64();
-    let cpu_ticks_used = cpu_ticks(pid) - cpu_before;
+    let cpu_ticks_used = cpu() - cpu_before;
     let mut latencies: Vec<Duration> = results.iter().flat_map(|(l, _)| l.clone()).collect();
     let errors = results.iter().map(|(_, e)| e).sum();
     latencies.sort();
@@ -396,7 +471,7 @@ fn run(target: &dyn Target, p: &Platform, kind: Kind, clients: usize, flows: usi
         p99_ms: pct(&latencies, 0.99),
         cpu_ms_per_flow: cpu_ticks_used as f64 * 1000.0 / clock_ticks() / done.max(1) as f64,
         rss_before_kb,
-        rss_after_kb: rss_kb(pid),
+        rss_after_kb: rss(),
         errors,
     }
 }
@@ -426,6 +501,85 @@ fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter()
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1).cloned())
+}
+
+/// `--stores`: the same flows against each store; flows/s and p99 per store and the
+/// two-replica / one-PostgreSQL-broker ratio. The exit code: 1 on errors or leaked sessions.
+#[allow(clippy::too_many_arguments)]
+fn compare_stores(
+    stores: &[&str],
+    start: &dyn Fn(Option<String>) -> Kbs,
+    platform: &Platform,
+    kinds: &[Kind],
+    levels: &[usize],
+    flows: usize,
+    snp_flows: usize,
+    ttl: u64,
+) -> i32 {
+    let pg = stores
+        .iter()
+        .any(|s| *s != "sqlite")
+        .then(support::pg_server::Postgres::start);
+    let mut targets: Vec<Box<dyn Target>> = Vec::new();
+    for (i, store) in stores.iter().enumerate() {
+        let db = |pg: &Option<support::pg_server::Postgres>| {
+            pg.as_ref().map(|pg| pg.create_database(&format!("kbs{i}")))
+        };
+        match *store {
+            "sqlite" => targets.push(Box::new(Labelled {
+                label: "sqlite",
+                kbs: start(None),
+            })),
+            "postgres" => targets.push(Box::new(Labelled {
+                label: "postgres",
+                kbs: start(db(&pg)),
+            })),
+            "replicas" => {
+                let url = db(&pg);
+                let a = start(url.clone());
+                let b = start(url);
+                targets.push(Box::new(Replicas {
+                    brokers: [a, b],
+                    next: Arc::new(AtomicUsize::new(0)),
+                }));
+            }
+            other => panic!("unknown store {other} (sqlite, postgres, replicas)"),
+        }
+    }
+    let mut errors = 0;
+    for &kind in kinds {
+        for &clients in levels {
+            let n = if kind == Kind::Snp { snp_flows } else { flows };
+            let mut rates = Vec::new();
+            for t in &targets {
+                let f = run(t.as_ref(), platform, kind, clients, n);
+                print(t.name(), kind, clients, &f);
+                errors += f.errors;
+                rates.push((t.name(), f.per_second));
+            }
+            let rate = |name: &str| rates.iter().find(|(n, _)| *n == name).map(|(_, r)| *r);
+            if let (Some(one), Some(two)) = (rate("postgres"), rate("2 replicas")) {
+                println!(
+                    "ratio         {:<15} {clients:>3} clients: 2 replicas {two:.1} / 1 postgres \
+                     broker {one:.1} flows/s = {:.2}x",
+                    kind.name(),
+                    two / one
+                );
+            }
+        }
+    }
+    // Reference-protocol sessions end at /key; RCAR ones when they expire.
+    if kinds.contains(&Kind::Rcar) {
+        std::thread::sleep(Duration::from_secs(ttl * 3 / 2 + 2));
+    }
+    let left: usize = targets.iter().map(|t| t.sessions_left()).sum();
+    println!("sessions left: {left}");
+    drop(targets);
+    if errors > 0 || left > 0 {
+        eprintln!("load test had errors or leaked sessions");
+        return 1;
+    }
+    0
 }
 
 fn main() {
@@ -464,26 +618,43 @@ fn main() {
         platform.identity.snp_ask_pem().unwrap(),
     ]
     .concat();
-    let kbs = Kbs::start(KbsOptions {
-        admin_token: true,
-        trust_root_pem: Some(root),
-        vcek_dir: Some(dir.path().to_path_buf()),
-        sev_ark: Some(platform.chain.ca.ark.clone()),
-        session_ttl: Some(ttl),
-        ..Default::default()
-    });
-    kbs.register(
-        "sev-load",
-        &hex::encode(Platform::sev_digest()),
-        std::str::from_utf8(SEV_PASSPHRASE).unwrap(),
-        SEV_ES_POLICY,
-    );
-    kbs.register(
-        "snp-load",
-        &hex::encode(platform.snp_guest.launch_digest()),
-        std::str::from_utf8(SNP_PASSPHRASE).unwrap(),
-        15,
-    );
+    let start = |db: Option<String>| {
+        let kbs = Kbs::start(KbsOptions {
+            admin_token: true,
+            trust_root_pem: Some(root.clone()),
+            vcek_dir: Some(dir.path().to_path_buf()),
+            sev_ark: Some(platform.chain.ca.ark.clone()),
+            session_ttl: Some(ttl),
+            db,
+            ..Default::default()
+        });
+        kbs.register(
+            "sev-load",
+            &hex::encode(Platform::sev_digest()),
+            std::str::from_utf8(SEV_PASSPHRASE).unwrap(),
+            SEV_ES_POLICY,
+        );
+        kbs.register(
+            "snp-load",
+            &hex::encode(platform.snp_guest.launch_digest()),
+            std::str::from_utf8(SNP_PASSPHRASE).unwrap(),
+            15,
+        );
+        kbs
+    };
+    if let Some(stores) = arg(&args, "--stores") {
+        let stores: Vec<&str> = stores.split(',').map(str::trim).collect();
+        println!(
+            "stores: {}; brokers, database and clients on one machine ({} cores)",
+            stores.join(", "),
+            std::thread::available_parallelism().map_or(0, std::num::NonZero::get)
+        );
+        let code = compare_stores(
+            &stores, &start, &platform, &kinds, &levels, flows, snp_flows, ttl,
+        );
+        std::process::exit(code);
+    }
+    let kbs = start(None);
     let reference = reference_bin.as_deref().map(ReferenceKbs::start);
     println!(
         "machine: {} cores, {}; {flows} flows per point, {rounds} round(s), broker and clients \

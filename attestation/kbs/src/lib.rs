@@ -1,13 +1,15 @@
 //! krun-kbs: a reference key broker for libkrun-sev. It speaks the reference-kbs protocol
-//! (SEV/SEV-ES pre-attestation and SNP) and Trustee's RCAR protocol (SNP), keeps workloads
-//! and secrets in SQLite, and releases a workload's secret only to a session that attested
-//! that workload, once.
+//! (SEV/SEV-ES pre-attestation and SNP) and Trustee's RCAR protocol (SNP), keeps workloads,
+//! secrets and attestation sessions in SQLite or PostgreSQL (replicas share one database),
+//! and releases a workload's secret only to a session that attested that workload, once.
 
 pub mod api;
 pub mod config;
 pub mod db;
 pub mod jwe;
+pub mod metrics;
 pub mod refusal;
+pub mod seal;
 pub mod serve;
 pub mod sessions;
 pub mod testkit;

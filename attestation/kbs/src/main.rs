@@ -14,10 +14,11 @@ use krun_kbs::config::{
     BrokerConfig, DEFAULT_BODY_LIMIT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_SESSIONS,
 };
 use krun_kbs::db::{
-    HostData, MeasurementKind, MinTcb, PutMode, SevFirmware, SevRequirements, SnpRequirements,
-    Store, TeeKind,
+    HostData, MeasurementKind, MinTcb, PoolOptions, PutMode, SevFirmware, SevRequirements,
+    SnpRequirements, Store, TeeKind, DEFAULT_DB_TIMEOUT, DEFAULT_POOL_SIZE,
 };
 use krun_kbs::error_chain;
+use krun_kbs::seal::SecretsKey;
 use krun_kbs::verify_sev::{LegacySevGeneration, SevTrust};
 use krun_kbs::verify_snp::{SnpVerifier, TrustRoot};
 
@@ -30,9 +31,23 @@ struct Cli {
     /// Address to listen on, e.g. 127.0.0.1:8000 (port 0 picks a free port).
     #[arg(long)]
     listen: Option<SocketAddr>,
-    /// SQLite database (created if missing, owner-only; with its -wal/-shm files).
+    /// The store: a SQLite database file (created if missing, owner-only; with its
+    /// -wal/-shm files), or a PostgreSQL server as postgres://USER[:PASSWORD]@HOST[:PORT]/DB
+    /// (replicas sharing one database serve any step of any session).
     #[arg(long)]
-    db: PathBuf,
+    db: String,
+    /// PostgreSQL: most connections in this broker's pool.
+    #[arg(long, default_value_t = DEFAULT_POOL_SIZE, value_parser = parse_pool_size)]
+    db_pool_size: u32,
+    /// Database timeout in milliseconds: connecting to PostgreSQL, waiting for a free pooled
+    /// connection, and (SQLite) waiting for another process's write lock.
+    #[arg(long, default_value_t = DEFAULT_DB_TIMEOUT.as_millis() as u64, value_parser = parse_timeout)]
+    db_timeout_ms: u64,
+    /// File with the 32-byte key (raw, or 64 hex digits) that seals workload secrets and
+    /// session state at rest (AES-256-GCM). Without it they are stored in plaintext. To
+    /// change keys: `krun-kbs --db ... rotate-secrets --old-key-file OLD --new-key-file NEW`.
+    #[arg(long)]
+    secrets_key_file: Option<PathBuf>,
     /// File holding the admin bearer token (enables the admin API and registration).
     #[arg(long)]
     admin_token_file: Option<PathBuf>,
@@ -117,6 +132,20 @@ enum Command {
     /// Manage a workload's secrets.
     #[command(subcommand)]
     Secret(SecretCmd),
+    /// Re-seal every stored secret and open session under a new key, in one transaction.
+    /// Stop the brokers first (or restart them all with the new key right after): a broker
+    /// still running with the old key cannot open what was re-sealed.
+    RotateSecrets {
+        /// The key the values are sealed with now; omit when they are stored unsealed.
+        #[arg(long)]
+        old_key_file: Option<PathBuf>,
+        /// The key to seal them with.
+        #[arg(long, required_unless_present = "unseal")]
+        new_key_file: Option<PathBuf>,
+        /// Store them unsealed instead (leaving secrets-at-rest sealing).
+        #[arg(long, conflicts_with = "new_key_file")]
+        unseal: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -248,6 +277,22 @@ fn parse_positive(s: &str) -> Result<usize, String> {
     }
 }
 
+fn parse_pool_size(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn parse_timeout(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(0) => Err("must be at least 1 ms".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 fn parse_u32(s: &str) -> Result<u32, String> {
     match s.strip_prefix("0x") {
         Some(h) => u32::from_str_radix(h, 16),
@@ -260,6 +305,8 @@ fn parse_u32(s: &str) -> Result<u32, String> {
 enum MainError {
     #[error("database error")]
     Db(#[from] krun_kbs::db::DbError),
+    #[error("secrets key")]
+    Seal(#[from] krun_kbs::seal::SealError),
     #[error("cannot read an input file")]
     Read(#[source] std::io::Error),
     #[error("trust root is unusable")]
@@ -302,8 +349,22 @@ fn read(path: &std::path::Path) -> Result<Vec<u8>, MainError> {
     })
 }
 
+fn open_store(cli: &Cli) -> Result<Store, MainError> {
+    let store = Store::connect(
+        &cli.db,
+        PoolOptions {
+            size: cli.db_pool_size,
+            timeout: Duration::from_millis(cli.db_timeout_ms),
+        },
+    )?;
+    match &cli.secrets_key_file {
+        Some(f) => Ok(store.with_secrets_key(SecretsKey::from_file(f)?)),
+        None => Ok(store),
+    }
+}
+
 fn admin(cli: &Cli, cmd: &Command) -> Result<(), MainError> {
-    let store = Store::open(&cli.db)?;
+    let store = open_store(cli)?;
     match cmd {
         Command::Workload(WorkloadCmd::Add {
             id,
@@ -387,6 +448,25 @@ fn admin(cli: &Cli, cmd: &Command) -> Result<(), MainError> {
                 return Err(MainError::Usage(format!("no workload {workload}").into()));
             }
         }
+        Command::RotateSecrets {
+            old_key_file,
+            new_key_file,
+            unseal: _,
+        } => {
+            let old = old_key_file
+                .as_deref()
+                .map(SecretsKey::from_file)
+                .transpose()?;
+            let new = new_key_file
+                .as_deref()
+                .map(SecretsKey::from_file)
+                .transpose()?;
+            let n = store.rotate_secrets(old.as_ref(), new.as_ref())?;
+            match &new {
+                Some(k) => println!("{n} values re-sealed under key id {}", k.id()),
+                None => println!("{n} values stored unsealed"),
+            }
+        }
         Command::Secret(SecretCmd::Remove { workload, name }) => {
             if !store.remove_secret(workload, name)? {
                 return Err(MainError::Usage(
@@ -404,7 +484,15 @@ fn serve(cli: &Cli, listen: SocketAddr) -> Result<(), MainError> {
             "--public-url is only used with --bundle".into(),
         ));
     }
-    let store = Store::open(&cli.db)?;
+    let store = open_store(cli)?;
+    tracing::info!(store = store.engine_name(), "store opened");
+    // A wrong key (or none) is refused here, not at the first release.
+    let unsealed = store.check_sealed()?;
+    if !store.seals_secrets() {
+        tracing::warn!("no --secrets-key-file: secrets and session state are stored in plaintext");
+    } else if unsealed > 0 {
+        tracing::warn!(unsealed, "values stored before the secrets key was set are still in plaintext: run rotate-secrets without --old-key-file to seal them");
+    }
     let admin_token = match &cli.admin_token_file {
         Some(f) => {
             let raw = Zeroizing::new(read(f)?);
@@ -513,15 +601,24 @@ fn serve(cli: &Cli, listen: SocketAddr) -> Result<(), MainError> {
     })
 }
 
+/// `RUST_LOG` (default `info`), with the PostgreSQL client held at `info` whatever it says:
+/// at `debug` tokio-postgres logs every statement's parameters, which are session ids,
+/// nonces and secrets.
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    ["tokio_postgres=info", "postgres=info"]
+        .into_iter()
+        .filter_map(|d| d.parse().ok())
+        .fold(filter, tracing_subscriber::EnvFilter::add_directive)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(log_filter())
         .init();
     let result = match (&cli.command, cli.listen) {
         (Some(cmd), _) => admin(&cli, cmd),

@@ -134,14 +134,15 @@ pub async fn collect_sessions(broker: Arc<Broker>) {
     let mut tick = tokio::time::interval(period);
     loop {
         tick.tick().await;
-        let before = broker.sessions.len();
-        let after = broker.sessions.collect_garbage();
-        if after < before {
-            tracing::debug!(
-                removed = before - after,
-                open = after,
-                "expired sessions collected"
-            );
+        // Every replica collects; deleting what another already deleted is harmless.
+        let b = broker.clone();
+        match tokio::task::spawn_blocking(move || b.sessions.collect_garbage()).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(removed)) => tracing::debug!(removed, "expired sessions collected"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %crate::error_chain(&e), "cannot collect expired sessions")
+            }
+            Err(e) => tracing::warn!(error = %e, "session collection failed"),
         }
     }
 }

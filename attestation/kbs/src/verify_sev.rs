@@ -421,6 +421,20 @@ fn expected_measure(
     s.sign_to_vec().ok()
 }
 
+/// The allowed digest whose expected measurement (under `tik`) is the one the PSP sent.
+fn matching_digest<'a>(
+    tik: &[u8],
+    build: &Build,
+    policy_word: u32,
+    evidence: &SevMeasurement,
+    digests: &'a [Vec<u8>],
+) -> Option<&'a Vec<u8>> {
+    digests.iter().find(|d| {
+        expected_measure(tik, build, policy_word, d, &evidence.mnonce)
+            .is_some_and(|m| openssl::memcmp::eq(&m, &evidence.measure))
+    })
+}
+
 /// `/attest`: finds the allowed launch digest the measurement proves, then lets the crate
 /// verify it and hand out the verified session.
 pub fn attest(
@@ -430,11 +444,7 @@ pub fn attest(
     evidence: &SevMeasurement,
     digests: &[Vec<u8>],
 ) -> Result<Session<Verified>, Refusal> {
-    let matching = digests.iter().find(|d| {
-        expected_measure(&session.tik, &build, policy_word, d, &evidence.mnonce)
-            .is_some_and(|m| openssl::memcmp::eq(&m, &evidence.measure))
-    });
-    let Some(digest) = matching else {
+    let Some(digest) = matching_digest(&session.tik, &build, policy_word, evidence, digests) else {
         return Err(refuse(
             "SevMeasurement",
             "launch measurement is not an allowed one",
@@ -447,6 +457,119 @@ pub fn attest(
     session
         .verify(digest, build, msr)
         .map_err(|_| refuse("SevMeasurement", "launch measurement does not verify"))
+}
+
+/// An owner session between requests, as the session store keeps it: any replica can
+/// continue it. The transport keys are session secrets: they go to the store through
+/// `Store::seal_session`, and the bytes here are wiped when dropped.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct SevOwner {
+    tek: [u8; 16],
+    tik: [u8; 16],
+    /// The policy word LAUNCH_START was given.
+    policy: u32,
+    /// The firmware build the platform reported: major, minor, build.
+    build: [u8; 3],
+}
+
+impl std::fmt::Debug for SevOwner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The transport keys stay out of logs.
+        f.debug_struct("SevOwner")
+            .field("policy", &self.policy)
+            .field("build", &self.build)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for SevOwner {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.tek);
+        zeroize::Zeroize::zeroize(&mut self.tik);
+    }
+}
+
+impl SevOwner {
+    /// The state of `session`, started with `policy_word` on a platform of `build`.
+    pub fn new(
+        session: &Session<Initialized>,
+        policy_word: u32,
+        build: &Build,
+    ) -> Result<Self, Refusal> {
+        let key = |k: &[u8]| -> Result<[u8; 16], Refusal> {
+            k.try_into()
+                .map_err(|_| Refusal::internal("owner session key of unexpected length"))
+        };
+        Ok(SevOwner {
+            tek: key(&session.tek)?,
+            tik: key(&session.tik)?,
+            policy: policy_word,
+            build: [build.version.major, build.version.minor, build.build],
+        })
+    }
+
+    fn build(&self) -> Build {
+        Build {
+            version: Version {
+                major: self.build[0],
+                minor: self.build[1],
+            },
+            build: self.build[2],
+        }
+    }
+
+    /// The sev crate's session with these transport keys.
+    fn session(&self) -> Result<Session<Initialized>, Refusal> {
+        let mut session = Session::try_from(policy_of(self.policy))
+            .map_err(|_| Refusal::internal("no hardware random numbers for the owner session"))?;
+        if session.tek.len() != self.tek.len() || session.tik.len() != self.tik.len() {
+            return Err(Refusal::internal("owner session key of unexpected length"));
+        }
+        session.tek.copy_from_slice(&self.tek);
+        session.tik.copy_from_slice(&self.tik);
+        Ok(session)
+    }
+
+    /// `/attest`: checks the measurement against `digests` (see [`attest`]); the proof lets
+    /// a later request rebuild the verified session.
+    pub fn attest(
+        &self,
+        evidence: &SevMeasurement,
+        digests: &[Vec<u8>],
+    ) -> Result<SevProof, Refusal> {
+        let build = self.build();
+        let digest = matching_digest(&self.tik, &build, self.policy, evidence, digests)
+            .ok_or_else(|| refuse("SevMeasurement", "launch measurement is not an allowed one"))?
+            .clone();
+        let proof = SevProof {
+            digest,
+            measure: evidence.measure,
+            mnonce: evidence.mnonce,
+        };
+        self.verified(&proof)?;
+        Ok(proof)
+    }
+
+    /// The verified session `proof` (from [`SevOwner::attest`]) stands for; the crate checks
+    /// the measurement again.
+    pub fn verified(&self, proof: &SevProof) -> Result<Session<Verified>, Refusal> {
+        let msr = Measurement {
+            measure: proof.measure,
+            mnonce: proof.mnonce,
+        };
+        self.session()?
+            .verify(&proof.digest, self.build(), msr)
+            .map_err(|_| refuse("SevMeasurement", "launch measurement does not verify"))
+    }
+}
+
+/// What an owner session's attestation established: the allowed digest and the PSP's
+/// measurement of it.
+#[derive(serde::Serialize, serde::Deserialize, Debug)]
+pub struct SevProof {
+    digest: Vec<u8>,
+    measure: [u8; 32],
+    mnonce: [u8; 16],
 }
 
 /// `/key`: packages `payload` as a LAUNCH_SECRET packet.
@@ -602,6 +725,29 @@ mod tests {
             .err()
             .unwrap();
         assert_eq!(err.kind, "SevMeasurement");
+    }
+
+    #[test]
+    fn a_stored_owner_session_is_continued_after_a_round_trip() {
+        let platform = FakeSevPlatform::new().unwrap();
+        let trust = SevTrust::new(vec![platform.ark().to_vec()], &[]);
+        let (session, wire) = start(&platform.chain, ES_POLICY, &trust).unwrap();
+        let build = build_of(&platform.build);
+        let owner = SevOwner::new(&session, ES_POLICY, &build).unwrap();
+        drop(session);
+        let owner: SevOwner = serde_json::from_slice(&serde_json::to_vec(&owner).unwrap()).unwrap();
+        let mut guest = platform.launch_start(&wire).unwrap();
+        guest.update(b"kernel and initrd");
+        let msr = guest.measure().unwrap();
+        let refused = owner.attest(&msr, &[vec![0; 32]]).err().unwrap();
+        assert_eq!(refused.kind, "SevMeasurement");
+        let proof = owner.attest(&msr, &[vec![0; 32], good_digest()]).unwrap();
+        let proof: SevProof = serde_json::from_slice(&serde_json::to_vec(&proof).unwrap()).unwrap();
+        let packet = package(&owner.verified(&proof).unwrap(), b"0123456789abcdef").unwrap();
+        assert_eq!(
+            guest.launch_secret(&packet).unwrap().as_slice(),
+            b"0123456789abcdef"
+        );
     }
 
     #[test]

@@ -20,6 +20,7 @@ use zeroize::Zeroizing;
 
 use crate::config::BrokerConfig;
 use crate::db::{MeasurementKind, Store, Workload};
+use crate::metrics::Metrics;
 use crate::refusal::Refusal;
 use crate::sessions::{Ended, Protocol, Sessions, Stage};
 use crate::unbound::{Channel, UnboundVerifier};
@@ -29,12 +30,14 @@ use crate::verify_snp::SnpVerifier;
 /// Everything a request handler needs.
 pub struct Broker {
     pub config: BrokerConfig,
-    pub store: Store,
+    pub store: Arc<Store>,
     pub sessions: Sessions,
     pub snp: SnpVerifier,
     pub sev: SevTrust,
     /// Checks launches of workloads registered with unbound digests (`--bundle`).
     pub unbound: Option<UnboundVerifier>,
+    /// Counters for `GET /metrics`.
+    pub metrics: Metrics,
     /// Slots on the blocking pool (`config.blocking_threads`).
     pool: Arc<Semaphore>,
 }
@@ -50,9 +53,11 @@ impl std::fmt::Debug for Broker {
 
 impl Broker {
     pub fn new(config: BrokerConfig, store: Store, snp: SnpVerifier, sev: SevTrust) -> Self {
-        let sessions = Sessions::new(config.session_ttl, config.max_sessions);
+        let store = Arc::new(store);
+        let sessions = Sessions::new(store.clone(), config.session_ttl, config.max_sessions);
         let pool = Arc::new(Semaphore::new(config.blocking_threads.max(1)));
         Broker {
+            metrics: Metrics::default(),
             pool,
             config,
             store,
@@ -91,6 +96,8 @@ pub fn router(broker: Arc<Broker>) -> Router {
             axum::routing::delete(admin::remove_workload),
         )
         .route("/kbs/v0/admin/stats", get(admin::stats))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .route(
             "/kbs/v0/admin/workloads/{id}/secrets/{*name}",
             put(admin::put_secret).delete(admin::remove_secret),
@@ -128,6 +135,8 @@ pub(crate) async fn blocking(
     b: Arc<Broker>,
     work: impl FnOnce(&Broker) -> Result<Response, Refusal> + Send + 'static,
 ) -> Response {
+    let started = std::time::Instant::now();
+    let broker = b.clone();
     let Ok(slot) = b.pool.clone().acquire_owned().await else {
         return finish(endpoint, Err(Refusal::internal("request handler failed")));
     };
@@ -140,7 +149,35 @@ pub(crate) async fn blocking(
         tracing::error!(endpoint, error = %e, "request handler failed");
         Err(Refusal::internal("request handler failed"))
     });
+    if let Err(refusal) = &result {
+        broker.metrics.refused(refusal.kind);
+    }
+    broker.metrics.observe(endpoint, started.elapsed());
     finish(endpoint, result)
+}
+
+/// `GET /healthz`: 200 when the store answers a trivial query, 503 otherwise. Not queued
+/// behind attestation work: a load balancer's probe must not time out under load.
+async fn healthz(State(b): AppState) -> Response {
+    let store = b.store.clone();
+    match tokio::task::spawn_blocking(move || store.ping()).await {
+        Ok(Ok(())) => (StatusCode::OK, "ok\n").into_response(),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %crate::error_chain(&e), "health check: store unreachable");
+            (StatusCode::SERVICE_UNAVAILABLE, "store unreachable\n").into_response()
+        }
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "health check failed\n").into_response(),
+    }
+}
+
+/// `GET /metrics`: the counters in Prometheus text format.
+async fn metrics(State(b): AppState) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        b.metrics.render(),
+    )
+        .into_response()
 }
 
 async fn index() -> Response {
@@ -237,27 +274,47 @@ async fn attest(State(b): AppState, headers: HeaderMap, body: Bytes) -> Response
 }
 
 fn attest_inner(b: &Broker, headers: &HeaderMap, body: &[u8]) -> Result<Response, Refusal> {
-    let (id, s, result) = if let Some(id) = cookie(headers, krun_attestation::rcar::SESSION_COOKIE)
-    {
-        let s = b.sessions.get(&id, Protocol::Rcar)?;
-        let r = rcar::attest(b, &s, body);
-        (id, s, r)
+    let (id, protocol) = if let Some(id) = cookie(headers, krun_attestation::rcar::SESSION_COOKIE) {
+        (id, Protocol::Rcar)
     } else if let Some(id) = cookie(headers, krun_attestation::reference::SESSION_COOKIE) {
-        let s = b.sessions.get(&id, Protocol::Reference)?;
-        let r = reference::attest(b, &s, body);
-        (id, s, r)
+        (id, Protocol::Reference)
     } else {
         return Err(Refusal::unauthorized("MissingCookie", "no session cookie"));
     };
-    // A session whose one attestation attempt failed is of no further use.
-    let failed = s
-        .lock()
-        .map(|g| matches!(g.stage, Stage::Failed))
-        .unwrap_or(true);
-    if failed {
-        b.sessions.end(&id, Ended::AttestationFailed);
+    // The body is parsed before the session's one attempt is claimed: a malformed request
+    // does not use it up.
+    let result = match protocol {
+        Protocol::Rcar => {
+            let evidence = rcar::parse_attestation(body)?;
+            let pending = b.sessions.begin_attest(&id, protocol)?;
+            rcar::attest(b, &id, pending, &evidence)
+        }
+        Protocol::Reference => {
+            let evidence = parse_json(body, "attestation")?;
+            let pending = b.sessions.begin_attest(&id, protocol)?;
+            reference::attest(b, &id, pending, &evidence)
+        }
+    };
+    match result {
+        Ok((response, attested)) => {
+            b.sessions.attested(&id, protocol, &attested)?;
+            let tee = match attested {
+                Stage::SevAttested { .. } => "sev",
+                _ => "snp",
+            };
+            let protocol = match protocol {
+                Protocol::Reference => "reference",
+                Protocol::Rcar => "rcar",
+            };
+            b.metrics.attested(protocol, tee);
+            Ok(response)
+        }
+        Err(refusal) => {
+            // A session whose one attestation attempt failed is of no further use.
+            b.sessions.end(&id, Ended::AttestationFailed);
+            Err(refusal)
+        }
     }
-    result
 }
 
 /// The launch digests `w` accepts: its registered ones when they are bound; for unbound

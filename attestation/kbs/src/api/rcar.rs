@@ -21,7 +21,7 @@ use super::{
 };
 use crate::db::{MeasurementKind, TeeKind, KEY_SECRET};
 use crate::refusal::Refusal;
-use crate::sessions::{log_tag, Protocol, Stage};
+use crate::sessions::{log_tag, Pending, Protocol, Stage};
 use crate::unbound::{decode_host_json, Channel, UnboundVerifier};
 use crate::verify_snp::check_requirements;
 
@@ -48,7 +48,7 @@ pub(super) fn auth(b: &Broker, body: &[u8]) -> Result<Response, Refusal> {
     let id = b.sessions.insert(
         Protocol::Rcar,
         nonce.clone(),
-        Stage::RcarPending { host_json },
+        &Stage::RcarPending { host_json },
     )?;
     tracing::info!(protocol = "rcar", session = %log_tag(&id), "session opened");
     let challenge = Challenge {
@@ -60,34 +60,40 @@ pub(super) fn auth(b: &Broker, body: &[u8]) -> Result<Response, Refusal> {
     Ok(resp)
 }
 
+/// An RCAR attestation request and its SNP evidence.
+pub(super) struct Evidence {
+    att: Attestation,
+    snp: SnpEvidence,
+}
+
+pub(super) fn parse_attestation(body: &[u8]) -> Result<Evidence, Refusal> {
+    let att: Attestation = parse_json(body, "attestation")?;
+    let snp: SnpEvidence = serde_json::from_value(att.tee_evidence.primary_evidence.clone())
+        .map_err(|e| {
+            Refusal::bad_request("InvalidRequest", format!("malformed SNP evidence: {e}"))
+        })?;
+    Ok(Evidence { att, snp })
+}
+
+/// The session's one attestation attempt (claimed by the caller): the token and the
+/// attested stage.
 pub(super) fn attest(
     b: &Broker,
-    s: &crate::sessions::SessionRef,
-    body: &[u8],
-) -> Result<Response, Refusal> {
-    let att: Attestation = parse_json(body, "attestation")?;
-    let evidence: SnpEvidence = serde_json::from_value(att.tee_evidence.primary_evidence.clone())
-        .map_err(|e| {
-        Refusal::bad_request("InvalidRequest", format!("malformed SNP evidence: {e}"))
-    })?;
-    let mut session = s
-        .lock()
-        .map_err(|_| Refusal::internal("session poisoned"))?;
-    // An attested session stays as it is: a second /attest is refused without ending it.
-    if !matches!(session.stage, Stage::RcarPending { .. }) {
+    id: &str,
+    pending: Pending,
+    evidence: &Evidence,
+) -> Result<(Response, Stage), Refusal> {
+    let Evidence { att, snp: evidence } = evidence;
+    let Stage::RcarPending { host_json } = pending.stage else {
         return Err(Refusal::unauthorized(
             "NonceUsed",
             "session already attested or failed",
         ));
-    }
-    // The nonce is single-use: whatever the outcome, this session cannot attest again.
-    let Stage::RcarPending { host_json } = std::mem::replace(&mut session.stage, Stage::Failed)
-    else {
-        return Err(Refusal::internal("session changed"));
     };
+    let nonce = pending.nonce;
     // Length first: memcmp::eq requires equal lengths.
-    if att.runtime_data.nonce.len() != session.nonce.len()
-        || !openssl::memcmp::eq(att.runtime_data.nonce.as_bytes(), session.nonce.as_bytes())
+    if att.runtime_data.nonce.len() != nonce.len()
+        || !openssl::memcmp::eq(att.runtime_data.nonce.as_bytes(), nonce.as_bytes())
     {
         return Err(Refusal::unauthorized(
             "NonceMismatch",
@@ -143,12 +149,12 @@ pub(super) fn attest(
             Refusal::unauthorized("SnpPolicy", "no workload accepts the report")
         }));
     }
-    tracing::info!(protocol = "rcar", session = %log_tag(&session.id), workloads = ?workloads, "attested");
-    session.stage = Stage::SnpAttested { key, workloads };
+    tracing::info!(protocol = "rcar", session = %log_tag(id), workloads = ?workloads, "attested");
     // The token is the session id: the cookie and `Authorization: Bearer` are equivalent.
-    json_response(&AttestationToken {
-        token: session.id.clone(),
-    })
+    let response = json_response(&AttestationToken {
+        token: id.to_string(),
+    })?;
+    Ok((response, Stage::SnpAttested { key, workloads }))
 }
 
 /// The unbound-registered SNP workload the binding in `host_json` names, when the launch
@@ -191,11 +197,8 @@ fn resource_inner(b: &Broker, path: &str, headers: &HeaderMap) -> Result<Respons
     let sid = cookie(headers, SESSION_COOKIE)
         .or_else(|| bearer(headers).map(|t| t.to_string()))
         .ok_or_else(|| Refusal::unauthorized("MissingCookie", "no session cookie or token"))?;
-    let s = b.sessions.get(&sid, Protocol::Rcar)?;
-    let mut session = s
-        .lock()
-        .map_err(|_| Refusal::internal("session poisoned"))?;
-    let Stage::SnpAttested { workloads, .. } = &session.stage else {
+    let stage = b.sessions.attested_stage(&sid, Protocol::Rcar)?;
+    let Stage::SnpAttested { workloads, key } = &stage else {
         return Err(Refusal::unauthorized(
             "NotAttested",
             "session is not attested",
@@ -219,16 +222,15 @@ fn resource_inner(b: &Broker, path: &str, headers: &HeaderMap) -> Result<Respons
             "resource is not available to this session",
         ));
     };
-    if !session.released.insert(path.to_string()) {
+    // Each resource at most once per session, whichever replica is asked.
+    if !b.sessions.release(&sid, path)? {
         return Err(Refusal::forbidden(
             "AlreadyReleased",
             "resource was already released",
         ));
     }
-    let Stage::SnpAttested { key, .. } = &session.stage else {
-        return Err(Refusal::internal("session changed"));
-    };
     let jwe = crate::jwe::seal_jwe(key, &secret)?;
-    tracing::info!(protocol = "rcar", session = %log_tag(&session.id), workload = %workload, resource = %path, "resource released");
+    tracing::info!(protocol = "rcar", session = %log_tag(&sid), workload = %workload, resource = %path, "resource released");
+    b.metrics.released("rcar");
     json_response(&jwe)
 }

@@ -22,9 +22,9 @@ use super::{
 };
 use crate::db::{TeeKind, Workload, KEY_SECRET};
 use crate::refusal::Refusal;
-use crate::sessions::{log_tag, random_id, Protocol, RecipientKey, SessionRef, Stage};
+use crate::sessions::{log_tag, random_id, Pending, Protocol, RecipientKey, Stage};
 use crate::unbound::{decode_host_json, Channel};
-use crate::verify_sev;
+use crate::verify_sev::{self, SevOwner};
 use crate::verify_snp::check_requirements;
 
 fn workload_of(b: &Broker, id: &str, tee: TeeKind) -> Result<Workload, Refusal> {
@@ -63,6 +63,8 @@ pub(super) fn auth(b: &Broker, body: &[u8]) -> Result<Response, Refusal> {
             let build = verify_sev::build_of(&sev.build);
             verify_sev::check_firmware(&build, w.sev.min_fw.unwrap_or(b.config.min_sev_fw))?;
             let (session, start) = verify_sev::start(&sev.chain, w.sev_policy, &b.sev)?;
+            let owner = SevOwner::new(&session, w.sev_policy, &build)?;
+            drop(session);
             let challenge = SevChallenge {
                 id: nonce.clone(),
                 start,
@@ -70,8 +72,7 @@ pub(super) fn auth(b: &Broker, body: &[u8]) -> Result<Response, Refusal> {
             let text = serde_json::to_string(&challenge)
                 .map_err(|_| Refusal::internal("cannot encode the challenge"))?;
             let stage = Stage::SevPending {
-                session,
-                build,
+                owner,
                 workload_id: sev.workload_id.clone(),
                 host_json: sev.host_json.as_deref().map(decode_host_json).transpose()?,
             };
@@ -81,7 +82,7 @@ pub(super) fn auth(b: &Broker, body: &[u8]) -> Result<Response, Refusal> {
     };
     let id = b
         .sessions
-        .insert(Protocol::Reference, nonce.clone(), stage)?;
+        .insert(Protocol::Reference, nonce.clone(), &stage)?;
     tracing::info!(protocol = "reference", session = %log_tag(&id), workload = %workload, "session opened");
     let mut resp = json_response(&Challenge {
         nonce,
@@ -91,39 +92,30 @@ pub(super) fn auth(b: &Broker, body: &[u8]) -> Result<Response, Refusal> {
     Ok(resp)
 }
 
-pub(super) fn attest(b: &Broker, s: &SessionRef, body: &[u8]) -> Result<Response, Refusal> {
-    let att: Attestation = parse_json(body, "attestation")?;
-    let mut session = s
-        .lock()
-        .map_err(|_| Refusal::internal("session poisoned"))?;
-    if !matches!(
-        session.stage,
-        Stage::SnpPending { .. } | Stage::SevPending { .. }
-    ) {
-        return Err(Refusal::unauthorized(
-            "NonceUsed",
-            "session already attested or failed",
-        ));
-    }
-    // The nonce is single-use: whatever the outcome, this session cannot attest again.
-    let stage = std::mem::replace(&mut session.stage, Stage::Failed);
-    let attested = match stage {
+/// The session's one attestation attempt (claimed by the caller): the attested stage.
+pub(super) fn attest(
+    b: &Broker,
+    id: &str,
+    pending: Pending,
+    att: &Attestation,
+) -> Result<(Response, Stage), Refusal> {
+    let attested = match pending.stage {
         Stage::SnpPending {
             workload_id,
             host_json,
-        } => attest_snp(b, &session.nonce, &workload_id, host_json.as_deref(), &att)?,
+        } => attest_snp(b, &pending.nonce, &workload_id, host_json.as_deref(), att)?,
         Stage::SevPending {
-            session: owner,
-            build,
+            owner,
             workload_id,
             host_json,
         } => {
             let m: SevMeasurement = parse_json_str(&att.tee_evidence, "SEV evidence")?;
             let w = workload_of(b, &workload_id, TeeKind::Sev)?;
             let digests = allowed_digests(b, &w, Channel::SevHost, host_json.as_deref())?;
-            let verified = verify_sev::attest(owner, build, w.sev_policy, &m, &digests)?;
+            let proof = owner.attest(&m, &digests)?;
             Stage::SevAttested {
-                session: verified,
+                owner,
+                proof,
                 workload_id,
             }
         }
@@ -134,9 +126,8 @@ pub(super) fn attest(b: &Broker, s: &SessionRef, body: &[u8]) -> Result<Response
             ))
         }
     };
-    session.stage = attested;
-    tracing::info!(protocol = "reference", session = %log_tag(&session.id), "attested");
-    Ok(StatusCode::OK.into_response())
+    tracing::info!(protocol = "reference", session = %log_tag(id), "attested");
+    Ok((StatusCode::OK.into_response(), attested))
 }
 
 fn attest_snp(
@@ -185,17 +176,13 @@ pub(super) async fn key(
 fn key_inner(b: &Broker, wanted: &str, headers: &HeaderMap) -> Result<Response, Refusal> {
     let sid = cookie(headers, SESSION_COOKIE)
         .ok_or_else(|| Refusal::unauthorized("MissingCookie", "no session cookie"))?;
-    // The key is released at most once: the session leaves the table here in one step
-    // (concurrent requests with the same cookie get `AlreadyReleased`), and its attested
-    // stage is moved out under the session's lock, so no other holder of the session (an
-    // /attest still running) can use it again.
-    let s = b.sessions.take(&sid, Protocol::Reference)?;
-    let stage = {
-        let mut session = s
-            .lock()
-            .map_err(|_| Refusal::internal("session poisoned"))?;
-        std::mem::replace(&mut session.stage, Stage::Failed)
-    };
+    // The key is released at most once: the session is ended here by one conditional
+    // update in the store (concurrent requests with the same cookie, on any replica, get
+    // `AlreadyReleased`), and its stored state is wiped in the same transaction.
+    let stage = b
+        .sessions
+        .take(&sid, Protocol::Reference)?
+        .ok_or_else(|| Refusal::unauthorized("NotAttested", "session is not attested"))?;
     let attested_for = match &stage {
         Stage::SnpAttested { workloads, .. } => workloads.first().map(String::as_str),
         Stage::SevAttested { workload_id, .. } => Some(workload_id.as_str()),
@@ -221,13 +208,14 @@ fn key_inner(b: &Broker, wanted: &str, headers: &HeaderMap) -> Result<Response, 
             key: RecipientKey::RsaPkcs1(rsa),
             ..
         } => json_response(&crate::jwe::seal_pkcs1_hex(rsa, &secret)?)?,
-        Stage::SevAttested { session: owner, .. } => {
+        Stage::SevAttested { owner, proof, .. } => {
             let table = secret_table::build(&secret)
                 .map_err(|_| Refusal::internal("secret does not fit the launch secret"))?;
-            json_response(&verify_sev::package(owner, &table)?)?
+            json_response(&verify_sev::package(&owner.verified(proof)?, &table)?)?
         }
         _ => return Err(Refusal::internal("session key does not match the protocol")),
     };
     tracing::info!(protocol = "reference", session = %log_tag(&sid), workload = %wanted, "key released");
+    b.metrics.released("reference");
     Ok(resp)
 }

@@ -18,6 +18,8 @@ use krun_attestation::http::{exchange, HttpRequest, HttpResponse};
 use krun_attestation::ClientConfig;
 use krun_kbs::testkit;
 
+pub mod pg_server;
+
 pub const ADMIN_TOKEN: &str = "s3cret-admin-token";
 /// SNP policy of libkrun guests: SMT allowed plus the must-be-one bit 17.
 pub const LIBKRUN_POLICY: u64 = 0x30000;
@@ -25,6 +27,8 @@ pub const LIBKRUN_POLICY: u64 = 0x30000;
 /// A running broker.
 pub struct Kbs {
     child: Option<Child>,
+    /// `--db` as given.
+    db_arg: String,
     /// The bundle given with `--bundle` ([`KbsOptions::unbound`]).
     pub bundle: Option<PathBuf>,
     pub dir: tempfile::TempDir,
@@ -58,6 +62,8 @@ pub struct KbsOptions {
     /// Check unbound registrations: `--bundle` with a minimal bundle (its path in
     /// [`Kbs::bundle`]) and `--public-url` [`PUBLIC_URL`].
     pub unbound: bool,
+    /// `--db`: a `postgres://` URL; default a SQLite file in the broker's directory.
+    pub db: Option<String>,
 }
 
 /// The URL launches name a broker started with [`KbsOptions::unbound`] by.
@@ -67,11 +73,12 @@ impl Kbs {
     pub fn start(opts: KbsOptions) -> Kbs {
         let dir = tempfile::tempdir().unwrap();
         let p = |name: &str| dir.path().join(name).display().to_string();
+        let db = opts.db.clone().unwrap_or_else(|| p("kbs.db"));
         let mut args = vec![
             "--listen".into(),
             "127.0.0.1:0".into(),
             "--db".into(),
-            p("kbs.db"),
+            db.clone(),
         ];
         if opts.admin_token {
             std::fs::write(dir.path().join("token"), format!("{ADMIN_TOKEN}\n")).unwrap();
@@ -122,6 +129,7 @@ impl Kbs {
         });
         args.extend(opts.extra_args.iter().cloned());
         let mut kbs = Kbs {
+            db_arg: db,
             child: None,
             bundle,
             dir,
@@ -186,6 +194,16 @@ impl Kbs {
         let port_arg = self.args.iter().position(|a| a == "--listen").unwrap() + 1;
         self.args[port_arg] = "127.0.0.1:0".into();
         self.spawn();
+    }
+
+    /// Kills the broker (SIGKILL: no clean shutdown).
+    pub fn kill(&mut self) {
+        self.stop();
+    }
+
+    /// Starts a killed broker again on a new port with the same database.
+    pub fn start_again(&mut self) {
+        self.restart();
     }
 
     fn stop(&mut self) {
@@ -307,7 +325,7 @@ impl Kbs {
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
         Command::new(env!("CARGO_BIN_EXE_krun-kbs"))
             .arg("--db")
-            .arg(self.db())
+            .arg(&self.db_arg)
             .args(args)
             .output()
             .unwrap()

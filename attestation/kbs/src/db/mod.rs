@@ -1,11 +1,20 @@
-//! Persistent store (SQLite): workloads, their allowed launch measurements and their secrets.
+//! Persistent store (SQLite or PostgreSQL): workloads, their allowed launch measurements,
+//! their secrets, and the attestation sessions (src/sessions.rs) any replica can serve.
+
+mod backend;
+mod migrations;
 
 use std::path::Path;
-use std::sync::Mutex;
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
+
+use backend::Engine;
+pub(crate) use backend::{Conn, Value};
+pub use backend::{PoolOptions, DEFAULT_DB_TIMEOUT, DEFAULT_POOL_SIZE};
+
+use crate::seal::{self, SealError, SecretsKey};
 
 /// Name of the secret released by the reference protocol's `/key/<workload_id>`.
 pub const KEY_SECRET: &str = "key";
@@ -23,6 +32,18 @@ pub enum DbError {
     Poisoned,
     #[error("cannot make the database file {0} owner-only")]
     Permissions(String, #[source] std::io::Error),
+    #[error("{0}")]
+    Connect(String),
+    #[error("PostgreSQL query failed")]
+    Postgres(#[source] postgres::Error),
+    #[error("no database connection free in time")]
+    Pool(#[source] r2d2::Error),
+    #[error("unexpected database content: {0}")]
+    Shape(String),
+    #[error("stored secret")]
+    Seal(#[from] crate::seal::SealError),
+    #[error("the database has schema version {found}, newer than this broker's {known}: upgrade the broker")]
+    TooNew { found: usize, known: usize },
 }
 
 /// Mode of the database and of the `-wal`/`-shm` files SQLite puts beside it.
@@ -323,44 +344,8 @@ fn parse_kind(s: &str) -> Option<MeasurementKind> {
     }
 }
 
-/// Brings a database written by an older broker up to [`SCHEMA`]: adds the `sev` column
-/// (`{}`: no SEV requirements of its own) and the `measurement_kind` column (`bound`: older
-/// brokers matched every digest directly). Checked and altered in one write transaction, so
-/// a broker and an admin command opening the same old database do not both alter it.
-fn migrate(conn: &mut Connection) -> Result<(), rusqlite::Error> {
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let has = |column: &str| -> Result<bool, rusqlite::Error> {
-        tx.prepare("SELECT 1 FROM pragma_table_info('workloads') WHERE name = ?1")?
-            .exists(params![column])
-    };
-    if !has("sev")? {
-        tx.execute_batch("ALTER TABLE workloads ADD COLUMN sev TEXT NOT NULL DEFAULT '{}'")?;
-    }
-    if !has("measurement_kind")? {
-        tx.execute_batch(
-            "ALTER TABLE workloads ADD COLUMN measurement_kind TEXT NOT NULL DEFAULT 'bound'",
-        )?;
-    }
-    tx.commit()
-}
-
-/// The `workloads` columns [`read_row`] reads, in its order.
+/// The `workloads` columns [`Store::row_to_workload`] reads, in its order.
 const WORKLOAD_COLUMNS: &str = "id, tee, sev_policy, snp, sev, measurement_kind";
-
-/// One `workloads` row: id, tee, SEV policy, SNP and SEV requirements (JSON), measurement
-/// kind.
-type Row = (String, String, u32, String, String, String);
-
-fn read_row(r: &rusqlite::Row<'_>) -> Result<Row, rusqlite::Error> {
-    Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-    ))
-}
 
 /// Whether [`Store::register`] may replace an existing workload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -371,60 +356,194 @@ pub enum PutMode {
     CreateOnly,
 }
 
-/// The SQLite store. One connection behind a mutex: every query is short.
+/// The store: workloads, secrets and attestation sessions, in SQLite (one machine) or
+/// PostgreSQL (replicas sharing one database).
 #[derive(Debug)]
 pub struct Store {
-    conn: Mutex<Connection>,
+    engine: Engine,
+    /// Seals secrets and session state at rest (`--secrets-key-file`).
+    secrets_key: Option<SecretsKey>,
 }
 
-const SCHEMA: &str = "
-PRAGMA foreign_keys = ON;
-CREATE TABLE IF NOT EXISTS workloads (
-    id TEXT PRIMARY KEY,
-    tee TEXT NOT NULL,
-    sev_policy INTEGER NOT NULL,
-    snp TEXT NOT NULL,
-    sev TEXT NOT NULL DEFAULT '{}',
-    measurement_kind TEXT NOT NULL DEFAULT 'bound'
-);
-CREATE TABLE IF NOT EXISTS measurements (
-    workload_id TEXT NOT NULL REFERENCES workloads(id) ON DELETE CASCADE,
-    digest BLOB NOT NULL,
-    PRIMARY KEY (workload_id, digest)
-);
-CREATE INDEX IF NOT EXISTS measurements_digest ON measurements(digest);
-CREATE TABLE IF NOT EXISTS secrets (
-    workload_id TEXT NOT NULL REFERENCES workloads(id) ON DELETE CASCADE,
-    name TEXT NOT NULL,
-    data BLOB NOT NULL,
-    PRIMARY KEY (workload_id, name)
-);
-";
+/// Whether `db` (the `--db` argument) names a PostgreSQL server rather than a SQLite file.
+pub fn is_postgres_url(db: &str) -> bool {
+    db.starts_with("postgres://") || db.starts_with("postgresql://")
+}
 
 impl Store {
-    /// Opens (creating if needed) the database at `path`. The database holds passphrases in
-    /// plaintext: it is created owner-only whatever the umask, and an existing database or
+    /// Opens (creating if needed) the SQLite database at `path`. The database holds
+    /// passphrases: it is created owner-only whatever the umask, and an existing database or
     /// WAL/shared-memory file readable by others is narrowed to 0600.
     pub fn open(path: &Path) -> Result<Self, DbError> {
+        Self::open_sqlite(path, PoolOptions::default())
+    }
+
+    /// Opens the store `db` names: a `postgres://` URL, or a SQLite file path.
+    pub fn connect(db: &str, opts: PoolOptions) -> Result<Self, DbError> {
+        if is_postgres_url(db) {
+            let store = Store {
+                engine: Engine::postgres(db, opts)?,
+                secrets_key: None,
+            };
+            store.engine.tx(migrations::migrate)?;
+            Ok(store)
+        } else {
+            Self::open_sqlite(Path::new(db), opts)
+        }
+    }
+
+    fn open_sqlite(path: &Path, opts: PoolOptions) -> Result<Self, DbError> {
         owner_only(path)?;
-        let mut conn = Connection::open(path).map_err(DbError::Open)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(DbError::Open)?;
-        conn.execute_batch("PRAGMA journal_mode = WAL;")
-            .map_err(DbError::Open)?;
-        conn.execute_batch(SCHEMA).map_err(DbError::Open)?;
-        migrate(&mut conn).map_err(DbError::Open)?;
-        Ok(Store {
-            conn: Mutex::new(conn),
+        let conn = Connection::open(path).map_err(DbError::Open)?;
+        conn.busy_timeout(opts.timeout).map_err(DbError::Open)?;
+        // WAL with synchronous=NORMAL: a commit is durable against a crash of the broker;
+        // only the last commits can be lost on a power failure, and each request's commit
+        // (sessions live here too) does not wait for an fsync.
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+        )
+        .map_err(DbError::Open)?;
+        let store = Store {
+            engine: Engine::Sqlite(std::sync::Mutex::new(conn)),
+            secrets_key: None,
+        };
+        store.engine.tx(migrations::migrate)?;
+        Ok(store)
+    }
+
+    /// Which engine the store uses.
+    pub fn engine_name(&self) -> &'static str {
+        match self.engine {
+            Engine::Sqlite(_) => "sqlite",
+            Engine::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Schema version of the database (number of migrations applied).
+    pub fn schema_version(&self) -> Result<usize, DbError> {
+        self.tx(|c| {
+            let v = first(c.query("SELECT max(version) FROM schema_version", &[])?)?;
+            usize::try_from(v.into_int()?).map_err(|_| DbError::Shape("negative version".into()))
         })
     }
 
-    fn with<T>(
+    /// A trivial query: whether the database answers (`/healthz`).
+    pub fn ping(&self) -> Result<(), DbError> {
+        self.tx(|c| c.query("SELECT 1", &[]).map(|_| ()))
+    }
+
+    /// The store, sealing what it writes with `key` from now on (and opening what was
+    /// sealed with it).
+    pub fn with_secrets_key(mut self, key: SecretsKey) -> Self {
+        self.secrets_key = Some(key);
+        self
+    }
+
+    /// Whether secrets are sealed at rest.
+    pub fn seals_secrets(&self) -> bool {
+        self.secrets_key.is_some()
+    }
+
+    /// Checks that every sealed secret and session in the database is sealed under this
+    /// store's key, so a broker started with the wrong key (or none) says so at start
+    /// rather than failing each release. Returns how many values are still unsealed.
+    pub fn check_sealed(&self) -> Result<usize, DbError> {
+        self.tx(|c| {
+            let mut unsealed = 0;
+            let rows = c.query("SELECT data FROM secrets", &[])?;
+            let sessions = c.query("SELECT stage FROM sessions WHERE ended IS NULL", &[])?;
+            for row in rows.into_iter().chain(sessions) {
+                let data = first(vec![row])?.into_blob()?;
+                match (&self.secrets_key, seal::sealed_key_id(&data)) {
+                    (_, None) => unsealed += 1,
+                    (Some(k), Some(id)) if k.id_bytes() == id => {}
+                    (Some(k), Some(id)) => {
+                        return Err(SealError::WrongKey {
+                            found: hex::encode(id),
+                            have: k.id(),
+                        }
+                        .into())
+                    }
+                    (None, Some(id)) => return Err(SealError::NoKey(hex::encode(id)).into()),
+                }
+            }
+            Ok(unsealed)
+        })
+    }
+
+    /// Re-seals every secret and open session under `new` (or stores them unsealed when
+    /// `new` is `None`), opening them with `old` (values stored unsealed need no key). One
+    /// transaction: a failure changes nothing. Returns how many values were rewritten.
+    pub fn rotate_secrets(
         &self,
-        f: impl FnOnce(&mut Connection) -> Result<T, rusqlite::Error>,
+        old: Option<&SecretsKey>,
+        new: Option<&SecretsKey>,
+    ) -> Result<usize, DbError> {
+        self.tx(|c| {
+            let mut n = 0;
+            for row in c.query("SELECT workload_id, name, data FROM secrets", &[])? {
+                let [w, name, data] = <[Value; 3]>::try_from(row)
+                    .map_err(|_| DbError::Shape("secret row has the wrong columns".into()))?;
+                let (w, name) = (w.into_text()?, name.into_text()?);
+                let ctx = seal::secret_context(&w, &name);
+                let plain = seal::open_with(old, &data.into_blob()?, &ctx)?;
+                let sealed = seal::seal_with(new, &plain, &ctx)?;
+                c.execute(
+                    "UPDATE secrets SET data = $3 WHERE workload_id = $1 AND name = $2",
+                    &[Value::Text(w), Value::Text(name), Value::Blob(sealed)],
+                )?;
+                n += 1;
+            }
+            let sessions = c.query("SELECT id, stage FROM sessions WHERE ended IS NULL", &[])?;
+            for row in sessions {
+                let [id, stage] = <[Value; 2]>::try_from(row)
+                    .map_err(|_| DbError::Shape("session row has the wrong columns".into()))?;
+                let id = id.into_text()?;
+                let ctx = seal::session_context(&id);
+                let plain = seal::open_with(old, &stage.into_blob()?, &ctx)?;
+                let sealed = seal::seal_with(new, &plain, &ctx)?;
+                c.execute(
+                    "UPDATE sessions SET stage = $2 WHERE id = $1",
+                    &[Value::Text(id), Value::Blob(sealed)],
+                )?;
+                n += 1;
+            }
+            Ok(n)
+        })
+    }
+
+    /// Session state as stored: sealed (it holds SEV transport keys and recipient keys)
+    /// when the store has a secrets key.
+    pub(crate) fn seal_session(
+        &self,
+        id: &str,
+        plain: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, DbError> {
+        Ok(seal::seal_with(
+            self.secrets_key.as_ref(),
+            plain,
+            &seal::session_context(id),
+        )?)
+    }
+
+    /// Session state as [`Store::seal_session`] was given it.
+    pub(crate) fn open_session(
+        &self,
+        id: &str,
+        stored: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, DbError> {
+        Ok(seal::open_with(
+            self.secrets_key.as_ref(),
+            stored,
+            &seal::session_context(id),
+        )?)
+    }
+
+    pub(crate) fn tx<T>(
+        &self,
+        f: impl FnOnce(&mut dyn Conn) -> Result<T, DbError>,
     ) -> Result<T, DbError> {
-        let mut conn = self.conn.lock().map_err(|_| DbError::Poisoned)?;
-        f(&mut conn).map_err(DbError::Query)
+        self.engine.tx(f)
     }
 
     /// Inserts or replaces a workload and its measurements (re-registration overwrites, as
@@ -447,70 +566,85 @@ impl Store {
         let snp = serde_json::to_string(&w.snp).map_err(DbError::StoredPolicy)?;
         let sev = serde_json::to_string(&w.sev).map_err(DbError::StoredPolicy)?;
         let kind = kind_str(w.measurement_kind);
-        self.with(|c| {
-            let tx = c.transaction()?;
+        let row = [
+            Value::text(&w.id),
+            Value::text(w.tee.as_str()),
+            Value::Int(w.sev_policy.into()),
+            Value::Text(snp),
+            Value::Text(sev),
+            Value::text(kind),
+        ];
+        self.tx(|c| {
             let written = match mode {
-                PutMode::Replace => tx.execute(
+                PutMode::Replace => c.execute(
                     "INSERT INTO workloads (id, tee, sev_policy, snp, sev, measurement_kind)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                     ON CONFLICT(id) DO UPDATE SET tee = ?2, sev_policy = ?3, snp = ?4, sev = ?5,
-                         measurement_kind = ?6",
-                    params![w.id, w.tee.as_str(), w.sev_policy, snp, sev, kind],
+                     VALUES ($1, $2, $3, $4, $5, $6)
+                     ON CONFLICT(id) DO UPDATE SET tee = $2, sev_policy = $3, snp = $4, sev = $5,
+                         measurement_kind = $6",
+                    &row,
                 )?,
                 // The check and the insert are one statement inside the write transaction:
                 // two concurrent registrations of a new id cannot both create it.
-                PutMode::CreateOnly => tx.execute(
+                PutMode::CreateOnly => c.execute(
                     "INSERT INTO workloads (id, tee, sev_policy, snp, sev, measurement_kind)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     VALUES ($1, $2, $3, $4, $5, $6)
                      ON CONFLICT(id) DO NOTHING",
-                    params![w.id, w.tee.as_str(), w.sev_policy, snp, sev, kind],
+                    &row,
                 )?,
             };
             if written == 0 {
                 return Ok(false);
             }
-            tx.execute(
-                "DELETE FROM measurements WHERE workload_id = ?1",
-                params![w.id],
+            c.execute(
+                "DELETE FROM measurements WHERE workload_id = $1",
+                &[Value::text(&w.id)],
             )?;
             for d in digests {
-                tx.execute(
-                    "INSERT OR IGNORE INTO measurements (workload_id, digest) VALUES (?1, ?2)",
-                    params![w.id, d],
+                c.execute(
+                    "INSERT INTO measurements (workload_id, digest) VALUES ($1, $2)
+                     ON CONFLICT DO NOTHING",
+                    &[Value::text(&w.id), Value::blob(d)],
                 )?;
             }
             if let Some(data) = key {
-                tx.execute(
-                    "INSERT INTO secrets (workload_id, name, data) VALUES (?1, ?2, ?3)
-                     ON CONFLICT(workload_id, name) DO UPDATE SET data = ?3",
-                    params![w.id, KEY_SECRET, data],
-                )?;
+                self.put_secret_row(c, &w.id, KEY_SECRET, data)?;
             }
-            tx.commit()?;
             Ok(true)
         })
     }
 
     /// Removes a workload with its measurements and secrets. Returns whether it existed.
     pub fn remove_workload(&self, id: &str) -> Result<bool, DbError> {
-        self.with(|c| c.execute("DELETE FROM workloads WHERE id = ?1", params![id]))
+        self.tx(|c| c.execute("DELETE FROM workloads WHERE id = $1", &[Value::text(id)]))
             .map(|n| n > 0)
     }
 
-    fn row_to_workload(c: &Connection, row: Row) -> Result<Option<Workload>, rusqlite::Error> {
-        let (id, tee, sev_policy, snp, sev, kind) = row;
-        let (Some(tee), Some(measurement_kind)) = (TeeKind::parse(&tee), parse_kind(&kind)) else {
+    fn row_to_workload(c: &mut dyn Conn, row: Vec<Value>) -> Result<Option<Workload>, DbError> {
+        let [id, tee, sev_policy, snp, sev, kind] = <[Value; 6]>::try_from(row)
+            .map_err(|_| DbError::Shape("workload row has the wrong columns".into()))?;
+        let id = id.into_text()?;
+        let (Some(tee), Some(measurement_kind)) = (
+            TeeKind::parse(&tee.into_text()?),
+            parse_kind(&kind.into_text()?),
+        ) else {
             return Ok(None);
         };
-        let (Ok(snp), Ok(sev)) = (serde_json::from_str(&snp), serde_json::from_str(&sev)) else {
+        let Ok(sev_policy) = u32::try_from(sev_policy.into_int()?) else {
             return Ok(None);
         };
-        let mut stmt = c.prepare_cached(
-            "SELECT digest FROM measurements WHERE workload_id = ?1 ORDER BY digest",
-        )?;
-        let measurements = stmt
-            .query_map(params![id], |r| r.get::<_, Vec<u8>>(0))?
-            .map(|d| d.map(hex::encode))
+        let (Ok(snp), Ok(sev)) = (
+            serde_json::from_str(&snp.into_text()?),
+            serde_json::from_str(&sev.into_text()?),
+        ) else {
+            return Ok(None);
+        };
+        let measurements = c
+            .query(
+                "SELECT digest FROM measurements WHERE workload_id = $1 ORDER BY digest",
+                &[Value::text(&id)],
+            )?
+            .into_iter()
+            .map(|r| first(vec![r])?.into_blob().map(hex::encode))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Some(Workload {
             id,
@@ -525,14 +659,14 @@ impl Store {
 
     /// Looks up one workload.
     pub fn workload(&self, id: &str) -> Result<Option<Workload>, DbError> {
-        self.with(|c| {
+        self.tx(|c| {
             let row = c
-                .query_row(
-                    &format!("SELECT {WORKLOAD_COLUMNS} FROM workloads WHERE id = ?1"),
-                    params![id],
-                    read_row,
-                )
-                .optional()?;
+                .query(
+                    &format!("SELECT {WORKLOAD_COLUMNS} FROM workloads WHERE id = $1"),
+                    &[Value::text(id)],
+                )?
+                .into_iter()
+                .next();
             match row {
                 Some(row) => Self::row_to_workload(c, row),
                 None => Ok(None),
@@ -542,13 +676,11 @@ impl Store {
 
     /// All workloads, by id.
     pub fn workloads(&self) -> Result<Vec<Workload>, DbError> {
-        self.with(|c| {
-            let mut stmt = c.prepare(&format!(
-                "SELECT {WORKLOAD_COLUMNS} FROM workloads ORDER BY id"
-            ))?;
-            let rows = stmt
-                .query_map([], read_row)?
-                .collect::<Result<Vec<Row>, _>>()?;
+        self.tx(|c| {
+            let rows = c.query(
+                &format!("SELECT {WORKLOAD_COLUMNS} FROM workloads ORDER BY id"),
+                &[],
+            )?;
             let mut out = Vec::new();
             for row in rows {
                 if let Some(w) = Self::row_to_workload(c, row)? {
@@ -566,47 +698,40 @@ impl Store {
         tee: TeeKind,
         digest: &[u8],
     ) -> Result<Vec<String>, DbError> {
-        self.with(|c| {
-            let mut stmt = c.prepare_cached(
+        self.tx(|c| {
+            c.query(
                 "SELECT w.id FROM workloads w JOIN measurements m ON m.workload_id = w.id
-                 WHERE m.digest = ?1 AND w.tee = ?2 AND w.measurement_kind = 'bound'
+                 WHERE m.digest = $1 AND w.tee = $2 AND w.measurement_kind = 'bound'
                  ORDER BY w.id",
-            )?;
-            let ids = stmt
-                .query_map(params![digest, tee.as_str()], |r| r.get(0))?
-                .collect::<Result<Vec<String>, _>>()?;
-            Ok(ids)
+                &[Value::blob(digest), Value::text(tee.as_str())],
+            )?
+            .into_iter()
+            .map(|r| first(vec![r])?.into_text())
+            .collect()
         })
     }
 
     /// Stores a secret of a workload. Returns false if the workload does not exist.
     pub fn put_secret(&self, workload: &str, name: &str, data: &[u8]) -> Result<bool, DbError> {
-        self.with(|c| {
-            let exists: Option<i64> = c
-                .query_row(
-                    "SELECT 1 FROM workloads WHERE id = ?1",
-                    params![workload],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            if exists.is_none() {
+        self.tx(|c| {
+            let exists = c.query(
+                "SELECT 1 FROM workloads WHERE id = $1",
+                &[Value::text(workload)],
+            )?;
+            if exists.is_empty() {
                 return Ok(false);
             }
-            c.execute(
-                "INSERT INTO secrets (workload_id, name, data) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(workload_id, name) DO UPDATE SET data = ?3",
-                params![workload, name, data],
-            )?;
+            self.put_secret_row(c, workload, name, data)?;
             Ok(true)
         })
     }
 
     /// Removes a secret. Returns whether it existed.
     pub fn remove_secret(&self, workload: &str, name: &str) -> Result<bool, DbError> {
-        self.with(|c| {
+        self.tx(|c| {
             c.execute(
-                "DELETE FROM secrets WHERE workload_id = ?1 AND name = ?2",
-                params![workload, name],
+                "DELETE FROM secrets WHERE workload_id = $1 AND name = $2",
+                &[Value::text(workload), Value::text(name)],
             )
         })
         .map(|n| n > 0)
@@ -618,28 +743,71 @@ impl Store {
         workload: &str,
         name: &str,
     ) -> Result<Option<Zeroizing<Vec<u8>>>, DbError> {
-        self.with(|c| {
-            c.query_row(
-                "SELECT data FROM secrets WHERE workload_id = ?1 AND name = ?2",
-                params![workload, name],
-                |r| r.get::<_, Vec<u8>>(0),
-            )
-            .optional()
+        self.tx(|c| {
+            c.query(
+                "SELECT data FROM secrets WHERE workload_id = $1 AND name = $2",
+                &[Value::text(workload), Value::text(name)],
+            )?
+            .into_iter()
+            .next()
+            .map(|r| {
+                let stored = first(vec![r])?.into_blob()?;
+                Ok(seal::open_with(
+                    self.secrets_key.as_ref(),
+                    &stored,
+                    &seal::secret_context(workload, name),
+                )?)
+            })
+            .transpose()
         })
-        .map(|o| o.map(Zeroizing::new))
+    }
+
+    /// Writes one secret, sealed when the store has a secrets key (bound to the workload and
+    /// name: a sealed value copied to another row does not open).
+    fn put_secret_row(
+        &self,
+        c: &mut dyn Conn,
+        workload: &str,
+        name: &str,
+        data: &[u8],
+    ) -> Result<(), DbError> {
+        let stored = seal::seal_with(
+            self.secrets_key.as_ref(),
+            data,
+            &seal::secret_context(workload, name),
+        )?;
+        c.execute(
+            "INSERT INTO secrets (workload_id, name, data) VALUES ($1, $2, $3)
+             ON CONFLICT(workload_id, name) DO UPDATE SET data = $3",
+            &[
+                Value::text(workload),
+                Value::text(name),
+                Value::Blob(stored),
+            ],
+        )
+        .map(|_| ())
     }
 
     /// Names of a workload's secrets.
     pub fn secret_names(&self, workload: &str) -> Result<Vec<String>, DbError> {
-        self.with(|c| {
-            let mut stmt =
-                c.prepare("SELECT name FROM secrets WHERE workload_id = ?1 ORDER BY name")?;
-            let names = stmt
-                .query_map(params![workload], |r| r.get(0))?
-                .collect::<Result<Vec<String>, _>>()?;
-            Ok(names)
+        self.tx(|c| {
+            c.query(
+                "SELECT name FROM secrets WHERE workload_id = $1 ORDER BY name",
+                &[Value::text(workload)],
+            )?
+            .into_iter()
+            .map(|r| first(vec![r])?.into_text())
+            .collect()
         })
     }
+}
+
+/// The first column of the first row.
+pub(crate) fn first(rows: Vec<Vec<Value>>) -> Result<Value, DbError> {
+    rows.into_iter()
+        .next()
+        .and_then(|r| r.into_iter().next())
+        .ok_or_else(|| DbError::Shape("query returned no value".into()))
 }
 
 #[cfg(test)]
@@ -656,6 +824,115 @@ mod tests {
             measurements: vec![],
             measurement_kind: MeasurementKind::Bound,
         }
+    }
+
+    #[test]
+    fn secrets_are_sealed_at_rest_and_need_the_right_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kbs.db");
+        let key = || SecretsKey::new([1; 32]);
+        let s = Store::open(&path).unwrap().with_secrets_key(key());
+        s.register(
+            &workload("w", TeeKind::Snp),
+            &[vec![1; 48]],
+            Some(b"luks-passphrase"),
+            PutMode::Replace,
+        )
+        .unwrap();
+        assert!(s
+            .put_secret("w", "repo/type/tag", b"resource-secret")
+            .unwrap());
+        assert_eq!(
+            s.secret("w", KEY_SECRET).unwrap().unwrap().as_slice(),
+            b"luks-passphrase"
+        );
+        assert_eq!(s.check_sealed().unwrap(), 0);
+        drop(s);
+        let raw = std::fs::read(&path).unwrap();
+        for plain in [&b"luks-passphrase"[..], b"resource-secret"] {
+            assert!(!raw.windows(plain.len()).any(|w| w == plain));
+        }
+        // A sealed value moved to another row does not open.
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "UPDATE secrets SET data = (SELECT data FROM secrets WHERE name = 'key')
+                 WHERE name = 'repo/type/tag'",
+            )
+            .unwrap();
+        }
+        let s = Store::open(&path).unwrap().with_secrets_key(key());
+        let moved = s.secret("w", "repo/type/tag").unwrap_err();
+        assert!(crate::error_chain(&moved).contains("moved from another row"));
+        assert!(s
+            .put_secret("w", "repo/type/tag", b"resource-secret")
+            .unwrap());
+        // Another key, or none: a clear error, at the check and at the read.
+        let wrong = Store::open(&path)
+            .unwrap()
+            .with_secrets_key(SecretsKey::new([2; 32]));
+        let err = crate::error_chain(&wrong.check_sealed().unwrap_err());
+        assert!(
+            err.contains(&key().id()) && err.contains("--secrets-key-file"),
+            "{err}"
+        );
+        assert!(wrong.secret("w", KEY_SECRET).is_err());
+        let none = Store::open(&path).unwrap();
+        let err = crate::error_chain(&none.check_sealed().unwrap_err());
+        assert!(err.contains("no --secrets-key-file"), "{err}");
+
+        // Rotation: everything re-sealed under the new key, in one step.
+        let new = SecretsKey::new([3; 32]);
+        assert!(
+            none.rotate_secrets(None, Some(&new)).is_err(),
+            "sealed values need the old key"
+        );
+        assert_eq!(none.rotate_secrets(Some(&key()), Some(&new)).unwrap(), 2);
+        let s = Store::open(&path).unwrap().with_secrets_key(new);
+        assert_eq!(s.check_sealed().unwrap(), 0);
+        assert_eq!(
+            s.secret("w", KEY_SECRET).unwrap().unwrap().as_slice(),
+            b"luks-passphrase"
+        );
+    }
+
+    #[test]
+    fn plaintext_values_are_read_and_sealed_by_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kbs.db");
+        let s = Store::open(&path).unwrap();
+        s.put_workload(&workload("w", TeeKind::Snp), &[vec![1; 48]])
+            .unwrap();
+        assert!(s.put_secret("w", KEY_SECRET, b"old-plaintext").unwrap());
+        let key = SecretsKey::new([4; 32]);
+        let s = Store::open(&path).unwrap().with_secrets_key(key);
+        assert_eq!(s.check_sealed().unwrap(), 1, "one value still unsealed");
+        assert_eq!(
+            s.secret("w", KEY_SECRET).unwrap().unwrap().as_slice(),
+            b"old-plaintext"
+        );
+        let key = SecretsKey::new([4; 32]);
+        assert_eq!(s.rotate_secrets(None, Some(&key)).unwrap(), 1);
+        assert_eq!(s.check_sealed().unwrap(), 0);
+        assert_eq!(
+            s.secret("w", KEY_SECRET).unwrap().unwrap().as_slice(),
+            b"old-plaintext"
+        );
+    }
+
+    #[test]
+    fn a_database_newer_than_the_broker_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kbs.db");
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.schema_version().unwrap(), 2);
+        drop(s);
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("UPDATE schema_version SET version = 99")
+            .unwrap();
+        let err = Store::open(&path).unwrap_err();
+        assert!(err.to_string().contains("upgrade the broker"), "{err}");
     }
 
     #[test]
