@@ -396,11 +396,11 @@ impl Store {
         owner_only(path)?;
         let conn = Connection::open(path).map_err(DbError::Open)?;
         conn.busy_timeout(opts.timeout).map_err(DbError::Open)?;
-        // WAL with synchronous=NORMAL: a commit is durable against a crash of the broker;
-        // only the last commits can be lost on a power failure, and each request's commit
-        // (sessions live here too) does not wait for an fsync.
+        // WAL with synchronous=FULL: every commit is on disk before the answer, so a power
+        // failure loses neither a registration nor the record that a session's key was
+        // released (NORMAL could roll both back).
         conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
         )
         .map_err(DbError::Open)?;
         let store = Store {
