@@ -446,3 +446,67 @@ pub fn client_with(
 pub fn path_of(p: &Path) -> String {
     p.display().to_string()
 }
+
+/// `n` clients ask for workload `wid`'s key with `cookie` at the same moment, spread over
+/// `brokers` in turn: each answer's status and body.
+pub fn concurrent_key_requests(
+    brokers: &[&Kbs],
+    wid: &str,
+    cookie: &str,
+    n: usize,
+) -> Vec<(u16, Vec<u8>)> {
+    let barrier = Arc::new(std::sync::Barrier::new(n));
+    let threads: Vec<_> = (0..n)
+        .map(|i| {
+            let addr = brokers[i % brokers.len()].addr.clone();
+            let mut s = TcpStream::connect(&addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            let barrier = barrier.clone();
+            let (path, cookie) = (format!("/kbs/v0/key/{wid}"), cookie.to_string());
+            std::thread::spawn(move || {
+                barrier.wait();
+                let req = HttpRequest {
+                    method: "GET",
+                    host: &addr,
+                    path: &path,
+                    headers: &[("Cookie", &cookie)],
+                    body: None,
+                };
+                let r = exchange(&mut s, &req, 1 << 20).unwrap();
+                (r.status, r.body)
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
+/// The one key `answers` (from [`concurrent_key_requests`]) released, opened with `key`;
+/// every other answer must be the refusal of a key already released.
+pub fn the_one_released_key(
+    answers: &[(u16, Vec<u8>)],
+    key: &krun_attestation::keys::TeeKey,
+    round: usize,
+) -> Vec<u8> {
+    let released: Vec<_> = answers.iter().filter(|(s, _)| *s == 200).collect();
+    assert_eq!(
+        released.len(),
+        1,
+        "round {round}: {} keys released",
+        released.len()
+    );
+    for (status, body) in answers.iter().filter(|(s, _)| *s != 200) {
+        let text = String::from_utf8_lossy(body);
+        assert_eq!(*status, 401, "{text}");
+        assert!(text.contains("AlreadyReleased"), "{text}");
+    }
+    open_reference_key(key, &released[0].1)
+}
+
+/// The reference protocol's `/key` answer (hex of the PKCS#1 ciphertext, as JSON) opened
+/// with `key`.
+pub fn open_reference_key(key: &krun_attestation::keys::TeeKey, body: &[u8]) -> Vec<u8> {
+    let hex_ct: String = serde_json::from_slice(body).unwrap();
+    key.decrypt_pkcs1(&hex::decode(hex_ct).unwrap())
+        .unwrap()
+        .to_vec()
+}
