@@ -268,19 +268,7 @@ fn rcar_attest(kbs: &Kbs, ev: &SnpEvidence, extra_params: &str) -> RcarSession {
     assert_eq!(r.status, 200);
     let cookie = format!("kbs-session-id={}", r.cookie("kbs-session-id").unwrap());
     let ch: krun_attestation::rcar::Challenge = serde_json::from_slice(&r.body).unwrap();
-    let pk = key.rcar_pubkey();
-    let rd = krun_attestation::keys::rcar_report_data(&ch.nonce, &pk, "").unwrap();
-    let report = sev::parser::ByteParser::from_bytes(&ev.report(rd, M1, LIBKRUN_POLICY)).unwrap();
-    let evidence = krun_attestation::rcar::SnpEvidence {
-        attestation_report: report,
-        cert_chain: Some(ev.cert_table()),
-    };
-    let att = serde_json::json!({
-        "init-data": null,
-        "runtime-data": {"nonce": ch.nonce, "tee-pubkey": pk},
-        "tee-evidence": {"primary_evidence": evidence, "additional_evidence": ""},
-    });
-    let attest_body = att.to_string();
+    let attest_body = rcar_attest_body(ev, &key, &ch.nonce, M1);
     let r = kbs.post_json("/kbs/v0/attest", Some(&cookie), attest_body.as_bytes());
     assert_eq!(r.status, 200, "{}", r.message());
     let token: krun_attestation::rcar::AttestationToken = serde_json::from_slice(&r.body).unwrap();

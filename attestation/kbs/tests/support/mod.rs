@@ -510,3 +510,26 @@ pub fn open_reference_key(key: &krun_attestation::keys::TeeKey, body: &[u8]) -> 
         .unwrap()
         .to_vec()
 }
+
+/// RCAR's `/attest` body for `nonce`: a report of `ev`'s guest with measurement `m` whose
+/// REPORT_DATA binds `key`, with its certificate table.
+pub fn rcar_attest_body(
+    ev: &SnpEvidence,
+    key: &krun_attestation::keys::TeeKey,
+    nonce: &str,
+    m: [u8; 48],
+) -> String {
+    let pk = key.rcar_pubkey();
+    let rd = krun_attestation::keys::rcar_report_data(nonce, &pk, "").unwrap();
+    let report = sev::parser::ByteParser::from_bytes(&ev.report(rd, m, LIBKRUN_POLICY)).unwrap();
+    let evidence = krun_attestation::rcar::SnpEvidence {
+        attestation_report: report,
+        cert_chain: Some(ev.cert_table()),
+    };
+    serde_json::json!({
+        "init-data": null,
+        "runtime-data": {"nonce": nonce, "tee-pubkey": pk},
+        "tee-evidence": {"primary_evidence": evidence, "additional_evidence": ""},
+    })
+    .to_string()
+}
