@@ -474,7 +474,13 @@ DRAIN='while read h; do [ -z "$(echo "$h" | tr -d "\r")" ] && break; done'
 # nc, not wget: the static busybox's wget looks up the "http" service through NSS, which
 # crashes where glibc's NSS modules are present (the test host).
 # The shell's "Terminated" notice (if timeout has to stop nc) stays off the marker line.
-echo "NET_FETCH_$c=$( { printf 'GET /from-guest-%s HTTP/1.0\r\n\r\n' "$c" | timeout 120 nc 192.0.2.1 8080 | tail -n 1; } 2>/dev/null)"
+# The request's stdin stays open 5 s: on its end nc half-closes (shutdown SHUT_WR), and
+# after a guest's half-close Debian 12's passt does not pass the server's FIN on (the guest
+# socket stays in FIN_WAIT2 with the whole answer read, so nc waited out its timeout; with
+# stdin open, as HTTP clients keep it, the FIN arrives at once).
+t0=$(date +%s)
+echo "NET_FETCH_$c=$( { { printf 'GET /from-guest-%s HTTP/1.0\r\n\r\n' "$c"; sleep 5; } | timeout 120 nc 192.0.2.1 8080 | tail -n 1; } 2>/dev/null)"
+echo "FETCH_SECONDS_$c=$(( $(date +%s) - t0 ))"
 printf '%s\n' '#!/bin/sh' 'read request' "$DRAIN" "printf 'HTTP/1.0 200 OK\r\n\r\n'" \
   'peer=$(netstat -tn | grep ":8081 " | grep ESTABLISHED | tr -s " " | cut -d" " -f5 | sed "s/:[0-9]*\$//; s/^::ffff://" | head -n 1)' \
   'echo "GUEST_SERVED $request PEER $peer" | tr -d "\r"' > /tmp/serve
@@ -514,7 +520,7 @@ fn network_through_passt_outbound_and_inbound() {
         &root,
         &[
             "sh", "echo", "cat", "grep", "tr", "cut", "ip", "tail", "head", "sed", "chmod",
-            "printf", "netstat", "timeout", "nc",
+            "printf", "netstat", "timeout", "nc", "date",
         ],
     )
     .unwrap();
@@ -571,6 +577,7 @@ cat > /tmp/cases.sh <<'CASES'
 # to listen, fetches from it through HOST_PORT, then waits for COMMAND.
 case_run() {{
   c=$1; port=$2; shift 2
+  t0=$(date +%s)
   "$@" </dev/null >/tmp/out-$c 2>&1 &
   pid=$!
   for i in $(seq 900); do
@@ -578,6 +585,7 @@ case_run() {{
     kill -0 $pid 2>/dev/null || break
     sleep 1
   done
+  echo "TIME_${{c}}_LISTENING_S=$(( $(date +%s) - t0 ))"
   body=
   for i in $(seq 60); do
     body=$(printf 'GET /from-host-%s HTTP/1.0\r\n\r\n' "$c" | timeout 60 nc 127.0.0.1 $port | tail -n 1)
@@ -585,8 +593,10 @@ case_run() {{
     sleep 2
   done
   echo "INBOUND_$c=$(echo $body | tr '\n' ' ')"
+  echo "TIME_${{c}}_INBOUND_S=$(( $(date +%s) - t0 ))"
   wait $pid
   echo "STATUS_$c=$?"
+  echo "TIME_${{c}}_EXIT_S=$(( $(date +%s) - t0 ))"
   sed "s/^/OUT_$c: /" /tmp/out-$c
 }}
 case_run explicit 18081 /bin/net-passt /tmp/ne/disk.img /tmp/ne/krun-sev.json fd 18081:8081
@@ -609,6 +619,13 @@ cat /tmp/kbs.log
         .run(&["sh", "-c", &script])
         .unwrap();
     let out = &outcome.output;
+    // Where the boot's time goes (printed on success too: this is the longest test-host test).
+    for line in out
+        .lines()
+        .filter(|l| l.contains("TIME_") || l.contains("FETCH_SECONDS_"))
+    {
+        eprintln!("network: {line}");
+    }
     let ctx = format!("output:\n{out}");
 
     assert_eq!(marker_values(out, "HOST_NET="), ["0"], "{ctx}");
@@ -644,6 +661,15 @@ cat /tmp/kbs.log
         );
         // Outbound: the page from the server outside the VM, which saw the request.
         assert_eq!(o("NET_FETCH_"), [format!("{c}=HOST_PAGE_7431")], "{ctx}");
+        // The server's close reached the guest: nc ended with it, not at its 120-s timeout.
+        let fetch_s: Vec<u64> = o("FETCH_SECONDS_")
+            .iter()
+            .filter_map(|v| v.strip_prefix(&format!("{c}="))?.parse().ok())
+            .collect();
+        assert!(
+            fetch_s.len() == 1 && fetch_s[0] < 60,
+            "{c}: fetch took {fetch_s:?} s; {ctx}"
+        );
         let saw = marker_values(out, "HOST_SERVER_SAW: ");
         assert!(
             saw.iter()
