@@ -2,7 +2,7 @@
 //! nested-KVM test host, in one boot.
 //!
 //! A plain `cargo test` lists them as ignored ("needs a KVM that boots guests: runs in the
-//! test host"). This test builds their binaries (`cargo test --no-run
+//! test host"). This test builds their binaries (`cargo test --workspace --no-run
 //! --message-format=json`), copies them (debug info stripped) with their shared libraries and
 //! a PSP model identity into the test host, and runs each with `--ignored` and
 //! `KRUN_TEST_REQUIRE_KVM=1`: every ignored test of those binaries must run there and pass.
@@ -16,24 +16,53 @@ use std::time::Duration;
 
 use krun_testhost::{marker_values, TestHost};
 
-/// The test binaries holding KVM tests: (package, cargo target selection, name in the host).
+/// The test binaries holding KVM tests: (package, test target name, name in the host). The
+/// target name of a library's unit tests is the crate name (`krun_sev`).
 const BINARIES: &[(&str, &str, &str)] = &[
-    ("krun-sev", "--lib", "krun-sev-lib"),
-    ("krun-resetvec", "--test=kvm_boot", "krun-resetvec-kvm_boot"),
+    ("krun-sev", "krun_sev", "krun-sev-lib"),
+    ("krun-resetvec", "kvm_boot", "krun-resetvec-kvm_boot"),
 ];
 
-/// Builds one test binary and returns its path.
-fn build_test_binary(package: &str, target: &str) -> PathBuf {
+/// The package name in a cargo package ID (`path+file:///dir#name@1.0.0`, or
+/// `path+file:///dir/name#1.0.0` when the directory has the package's name).
+fn package_name(id: &str) -> &str {
+    let (path, fragment) = id.rsplit_once('#').unwrap_or((id, ""));
+    match fragment.split_once('@') {
+        Some((name, _)) => name,
+        None => path.rsplit('/').next().unwrap_or(path),
+    }
+}
+
+/// Builds the workspace's test binaries and returns the paths of [`BINARIES`], in order.
+/// One `cargo test --workspace --no-run`, like `make test`'s unit tests before it (same
+/// features, same environment), so there it builds nothing again; with `-p PACKAGE` the
+/// features differ and the two binaries would be compiled once more.
+fn build_test_binaries() -> Vec<PathBuf> {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml");
-    let out = Command::new(env!("CARGO"))
-        .args([
-            "test",
-            "--no-run",
-            "--message-format=json",
-            "-p",
-            package,
-            target,
-        ])
+    let mut cargo = Command::new(env!("CARGO"));
+    // The variables cargo sets for this test (CARGO_MANIFEST_DIR, CARGO_PKG_NAME, OUT_DIR,
+    // ...) are left out: build scripts (ring's) name some in rerun-if-env-changed, and cargo
+    // compares them with its own environment, so they would make this cargo run those build
+    // scripts again and rebuild what depends on them, and the next plain cargo undo it.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key == "OUT_DIR"
+            || [
+                "CARGO_PKG_",
+                "CARGO_MANIFEST_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+            ]
+            .iter()
+            .any(|p| key.starts_with(p))
+            || key == "CARGO_TARGET_TMPDIR"
+            || key == "CARGO_PRIMARY_PACKAGE"
+        {
+            cargo.env_remove(key.as_ref());
+        }
+    }
+    let out = cargo
+        .args(["test", "--workspace", "--no-run", "--message-format=json"])
         .arg("--manifest-path")
         .arg(&manifest)
         // With the oracles required, the only ignored tests of these binaries are the KVM
@@ -43,21 +72,33 @@ fn build_test_binary(package: &str, target: &str) -> PathBuf {
         .unwrap();
     assert!(
         out.status.success(),
-        "cargo test --no-run -p {package} {target} failed:\n{}",
+        "cargo test --workspace --no-run failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let executables: Vec<PathBuf> = String::from_utf8_lossy(&out.stdout)
+    let artifacts: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|m| m["reason"] == "compiler-artifact" && m["profile"]["test"] == true)
-        .filter_map(|m| m["executable"].as_str().map(PathBuf::from))
         .collect();
-    assert_eq!(
-        executables.len(),
-        1,
-        "expected one test binary for -p {package} {target}: {executables:?}"
-    );
-    executables.into_iter().next().unwrap()
+    BINARIES
+        .iter()
+        .map(|(package, target, _)| {
+            let found: Vec<PathBuf> = artifacts
+                .iter()
+                .filter(|m| {
+                    m["package_id"].as_str().map(package_name) == Some(*package)
+                        && m["target"]["name"] == *target
+                })
+                .filter_map(|m| m["executable"].as_str().map(PathBuf::from))
+                .collect();
+            assert_eq!(
+                found.len(),
+                1,
+                "expected one test binary {target} of {package}: {found:?}"
+            );
+            found.into_iter().next().unwrap()
+        })
+        .collect()
 }
 
 /// The ignored tests `binary` lists (what must run in the test host).
@@ -107,8 +148,7 @@ fn kvm_unit_tests_pass_in_the_test_host() {
         .mem_mib(2048)
         .timeout(Duration::from_secs(600));
     let mut expected = Vec::new();
-    for (package, target, name) in BINARIES {
-        let binary = build_test_binary(package, target);
+    for ((_, _, name), binary) in BINARIES.iter().zip(build_test_binaries()) {
         let tests = ignored_tests(&binary);
         assert!(
             !tests.is_empty(),
@@ -163,4 +203,17 @@ done
         passed.len(),
         outcome.wall_time.as_secs_f64()
     );
+}
+
+#[test]
+fn package_names_from_cargo_package_ids() {
+    assert_eq!(
+        package_name("path+file:///work/main#krun-sev@1.0.0"),
+        "krun-sev"
+    );
+    assert_eq!(
+        package_name("path+file:///r/firmware/resetvec#krun-resetvec@1.0.0"),
+        "krun-resetvec"
+    );
+    assert_eq!(package_name("path+file:///r/krun-sev#1.0.0"), "krun-sev");
 }
