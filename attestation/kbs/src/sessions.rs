@@ -470,7 +470,7 @@ impl Sessions {
 
     /// The stage of a live, attested session of `protocol`.
     pub fn attested_stage(&self, id: &str, protocol: Protocol) -> Result<Stage, Refusal> {
-        let row = self.store.tx(|c| {
+        let row = self.store.read(|c| {
             let rows = c.query(
                 "SELECT stage FROM sessions
                  WHERE id = $1 AND protocol = $2 AND state = $3 AND ended IS NULL
@@ -516,7 +516,7 @@ impl Sessions {
 
     /// Sessions not ended (open, attested, or expired and not yet collected).
     pub fn open_count(&self) -> Result<usize, DbError> {
-        let n = self.store.tx(|c| {
+        let n = self.store.read(|c| {
             first(c.query("SELECT count(*) FROM sessions WHERE ended IS NULL", &[])?)?.into_int()
         })?;
         Ok(usize::try_from(n).unwrap_or(0))

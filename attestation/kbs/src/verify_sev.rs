@@ -3,9 +3,6 @@
 
 use std::sync::Arc;
 
-use openssl::hash::MessageDigest;
-use openssl::pkey::PKey;
-use openssl::sign::Signer;
 use sev::certs::sev::{sev::Certificate as SevCertificate, Chain, Verifiable};
 use sev::firmware::host::{Build, Version};
 use sev::launch::sev::{HeaderFlags, Measurement, Policy, PolicyFlags};
@@ -404,21 +401,26 @@ pub fn build_of(b: &SevBuild) -> Build {
     }
 }
 
+/// The MAC LAUNCH_MEASURE must carry for `digest` (SEV API, LAUNCH_MEASURE): HMAC-SHA256
+/// under the TIK over 0x04, the firmware build, the policy, the digest and the PSP's nonce.
+/// ring's HMAC: OpenSSL 3.0 fetches the algorithm and builds a key object on every call,
+/// which cost more than the MAC itself (issue 23's profile).
 fn expected_measure(
     tik: &[u8],
     build: &Build,
     policy_word: u32,
     digest: &[u8],
     mnonce: &[u8; 16],
-) -> Option<Vec<u8>> {
-    let key = PKey::hmac(tik).ok()?;
-    let mut s = Signer::new(MessageDigest::sha256(), &key).ok()?;
-    s.update(&[0x04, build.version.major, build.version.minor, build.build])
-        .ok()?;
-    s.update(&policy_word.to_le_bytes()).ok()?;
-    s.update(digest).ok()?;
-    s.update(mnonce).ok()?;
-    s.sign_to_vec().ok()
+) -> [u8; 32] {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, tik);
+    let mut m = ring::hmac::Context::with_key(&key);
+    m.update(&[0x04, build.version.major, build.version.minor, build.build]);
+    m.update(&policy_word.to_le_bytes());
+    m.update(digest);
+    m.update(mnonce);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(m.sign().as_ref());
+    out
 }
 
 /// The allowed digest whose expected measurement (under `tik`) is the one the PSP sent.
@@ -430,8 +432,8 @@ fn matching_digest<'a>(
     digests: &'a [Vec<u8>],
 ) -> Option<&'a Vec<u8>> {
     digests.iter().find(|d| {
-        expected_measure(tik, build, policy_word, d, &evidence.mnonce)
-            .is_some_and(|m| openssl::memcmp::eq(&m, &evidence.measure))
+        let m = expected_measure(tik, build, policy_word, d, &evidence.mnonce);
+        openssl::memcmp::eq(&m, &evidence.measure)
     })
 }
 
@@ -531,7 +533,7 @@ impl SevOwner {
     }
 
     /// `/attest`: checks the measurement against `digests` (see [`attest`]); the proof lets
-    /// a later request rebuild the verified session.
+    /// a later request package the secret (and check the proof again).
     pub fn attest(
         &self,
         evidence: &SevMeasurement,
@@ -541,17 +543,15 @@ impl SevOwner {
         let digest = matching_digest(&self.tik, &build, self.policy, evidence, digests)
             .ok_or_else(|| refuse("SevMeasurement", "launch measurement is not an allowed one"))?
             .clone();
-        let proof = SevProof {
+        Ok(SevProof {
             digest,
             measure: evidence.measure,
             mnonce: evidence.mnonce,
-        };
-        self.verified(&proof)?;
-        Ok(proof)
+        })
     }
 
-    /// The verified session `proof` (from [`SevOwner::attest`]) stands for; the crate checks
-    /// the measurement again.
+    /// The verified session `proof` (from [`SevOwner::attest`]) stands for, as the sev
+    /// crate rebuilds it (the crate checks the measurement again).
     pub fn verified(&self, proof: &SevProof) -> Result<Session<Verified>, Refusal> {
         let msr = Measurement {
             measure: proof.measure,
@@ -561,11 +561,65 @@ impl SevOwner {
             .verify(&proof.digest, self.build(), msr)
             .map_err(|_| refuse("SevMeasurement", "launch measurement does not verify"))
     }
+
+    /// `/key`: `payload` as a LAUNCH_SECRET packet for the guest `proof` attested, once the
+    /// proof's measurement is checked again under this session's TIK (a stored proof that
+    /// does not match its session releases nothing). The packet as the sev crate's
+    /// `Session::secret` makes it (SEV API, LAUNCH_SECRET): a new IV, the payload under the
+    /// TEK with AES-128-CTR, and HMAC-SHA256 under the TIK over 0x01, the header flags, the
+    /// IV, both lengths, the ciphertext and the launch measurement.
+    pub fn package(&self, proof: &SevProof, payload: &[u8]) -> Result<SevSecret, Refusal> {
+        let expected = expected_measure(
+            &self.tik,
+            &self.build(),
+            self.policy,
+            &proof.digest,
+            &proof.mnonce,
+        );
+        if !openssl::memcmp::eq(&expected, &proof.measure) {
+            return Err(refuse(
+                "SevMeasurement",
+                "launch measurement does not verify",
+            ));
+        }
+        let mut iv = [0u8; 16];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut iv);
+        let ciphertext = openssl::symm::encrypt(
+            openssl::symm::Cipher::aes_128_ctr(),
+            &self.tek,
+            Some(&iv),
+            payload,
+        )
+        .map_err(|_| Refusal::internal("cannot package the secret"))?;
+        let length = |n: usize| {
+            u32::try_from(n).map_err(|_| Refusal::internal("secret does not fit the launch secret"))
+        };
+        let flags = HeaderFlags::default().bits();
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.tik);
+        let mut m = ring::hmac::Context::with_key(&key);
+        m.update(&[0x01]);
+        m.update(&flags.to_le_bytes());
+        m.update(&iv);
+        m.update(&length(payload.len())?.to_le_bytes());
+        m.update(&length(ciphertext.len())?.to_le_bytes());
+        m.update(&ciphertext);
+        m.update(&proof.measure);
+        let mut mac = [0u8; 32];
+        mac.copy_from_slice(m.sign().as_ref());
+        Ok(SevSecret {
+            header: SevSecretHeader {
+                flags: reference::HeaderFlags(flags),
+                iv,
+                mac,
+            },
+            ciphertext,
+        })
+    }
 }
 
 /// What an owner session's attestation established: the allowed digest and the PSP's
 /// measurement of it.
-#[derive(serde::Serialize, serde::Deserialize, Debug)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone)]
 pub struct SevProof {
     digest: Vec<u8>,
     measure: [u8; 32],
@@ -743,11 +797,44 @@ mod tests {
         assert_eq!(refused.kind, "SevMeasurement");
         let proof = owner.attest(&msr, &[vec![0; 32], good_digest()]).unwrap();
         let proof: SevProof = serde_json::from_slice(&serde_json::to_vec(&proof).unwrap()).unwrap();
-        let packet = package(&owner.verified(&proof).unwrap(), b"0123456789abcdef").unwrap();
+        // The broker's own packet and the sev crate's both open in the guest (MAC checked).
+        let packet = owner.package(&proof, b"0123456789abcdef").unwrap();
         assert_eq!(
             guest.launch_secret(&packet).unwrap().as_slice(),
             b"0123456789abcdef"
         );
+        let crate_packet = package(&owner.verified(&proof).unwrap(), b"0123456789abcdef").unwrap();
+        assert_eq!(
+            guest.launch_secret(&crate_packet).unwrap().as_slice(),
+            b"0123456789abcdef"
+        );
+        assert_ne!(
+            packet.header.iv, crate_packet.header.iv,
+            "a new IV per packet"
+        );
+        // A stored proof that does not match the session's TIK releases nothing: a changed
+        // measurement, digest or nonce is refused like the crate refuses it.
+        let tampered = [
+            SevProof {
+                measure: [proof.measure[0] ^ 1; 32],
+                ..proof.clone()
+            },
+            SevProof {
+                digest: vec![0; 32],
+                ..proof.clone()
+            },
+            SevProof {
+                mnonce: [0; 16],
+                ..proof.clone()
+            },
+        ];
+        for bad in &tampered {
+            assert_eq!(
+                owner.package(bad, b"x").err().unwrap().kind,
+                "SevMeasurement"
+            );
+            assert!(owner.verified(bad).is_err());
+        }
     }
 
     #[test]

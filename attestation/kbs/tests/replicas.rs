@@ -315,7 +315,7 @@ fn replicas_starting_together_migrate_the_schema_once() {
     assert_eq!(snp_flow(&cfg, &ev, KbsProtocol::Rcar), b"passphrase-one");
     let versions = pg.query("kbs", "SELECT version FROM schema_version");
     assert_eq!(versions.len(), 1, "one version row");
-    assert_eq!(versions[0].get::<_, i64>(0), 2);
+    assert_eq!(versions[0].get::<_, i64>(0), 3);
 }
 
 /// Runs `krun-kbs` to serve with `args` expecting it to refuse to start; its stderr.

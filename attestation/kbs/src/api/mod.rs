@@ -258,14 +258,63 @@ async fn auth(State(b): AppState, body: Bytes) -> Response {
 /// Reference requests carry `extra-params` as a string; anything else is RCAR, whose version
 /// is checked strictly.
 fn auth_inner(b: &Broker, body: &[u8]) -> Result<Response, Refusal> {
-    let value: serde_json::Value = parse_json(body, "auth request")?;
-    if value
-        .get("extra-params")
-        .is_some_and(serde_json::Value::is_string)
-    {
+    let probe: AuthProbe = parse_json(body, "auth request")?;
+    if probe.extra_params.is_some_and(|t| t.0) {
         reference::auth(b, body)
     } else {
         rcar::auth(b, body)
+    }
+}
+
+/// The one thing `/auth` dispatches on, read without building the body's value tree (a
+/// SEV request's `extra-params` is tens of kilobytes of certificate chain, parsed once
+/// more by the protocol's own handler).
+#[derive(serde::Deserialize)]
+struct AuthProbe {
+    #[serde(rename = "extra-params")]
+    extra_params: Option<IsString>,
+}
+
+/// Whether a JSON value is a string; any other value is skipped.
+struct IsString(bool);
+
+impl<'de> serde::Deserialize<'de> for IsString {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = IsString;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_str<E>(self, _: &str) -> Result<IsString, E> {
+                Ok(IsString(true))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<IsString, E> {
+                Ok(IsString(false))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<IsString, E> {
+                Ok(IsString(false))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<IsString, E> {
+                Ok(IsString(false))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<IsString, E> {
+                Ok(IsString(false))
+            }
+            fn visit_unit<E>(self) -> Result<IsString, E> {
+                Ok(IsString(false))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<IsString, A::Error> {
+                while a.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(IsString(false))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<IsString, A::Error> {
+                while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(IsString(false))
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
@@ -351,3 +400,36 @@ pub(crate) fn allowed_digests(
 
 /// Path parameters that name a workload.
 pub(crate) type IdPath = Path<String>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_reference(body: &str) -> bool {
+        let probe: AuthProbe = parse_json(body.as_bytes(), "auth request").unwrap();
+        probe.extra_params.is_some_and(|t| t.0)
+    }
+
+    #[test]
+    fn auth_dispatch_is_on_a_string_extra_params_only() {
+        assert!(is_reference(
+            r#"{"version":"0.0.0","tee":"snp","extra-params":"{\"a\":[1,2]}"}"#
+        ));
+        assert!(is_reference(r#"{"extra-params":""}"#));
+        for rcar in [
+            r#"{"version":"0.4.0","tee":"snp","extra-params":{}}"#,
+            r#"{"extra-params":{"nested":[{"extra-params":"x"}]}}"#,
+            r#"{"extra-params":[1,"x"]}"#,
+            r#"{"extra-params":null}"#,
+            r#"{"extra-params":7}"#,
+            r#"{"extra-params":true}"#,
+            r#"{"tee":"snp"}"#,
+        ] {
+            assert!(!is_reference(rcar), "{rcar}");
+        }
+        // Not an object: not the reference protocol (the RCAR parser refuses it).
+        assert!(!is_reference("[1]"));
+        let err: Result<AuthProbe, _> = parse_json(br#"{"extra-params":"x""#, "auth request");
+        assert_eq!(err.err().unwrap().kind, "InvalidRequest");
+    }
+}

@@ -211,7 +211,7 @@ fn key_inner(b: &Broker, wanted: &str, headers: &HeaderMap) -> Result<Response, 
         Stage::SevAttested { owner, proof, .. } => {
             let table = secret_table::build(&secret)
                 .map_err(|_| Refusal::internal("secret does not fit the launch secret"))?;
-            json_response(&verify_sev::package(&owner.verified(proof)?, &table)?)?
+            json_response(&owner.package(proof, &table)?)?
         }
         _ => return Err(Refusal::internal("session key does not match the protocol")),
     };

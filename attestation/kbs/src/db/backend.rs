@@ -141,9 +141,59 @@ fn from_sqlite(v: ValueRef<'_>) -> Result<Value, DbError> {
     })
 }
 
-impl Conn for rusqlite::Transaction<'_> {
+/// A SQLite transaction on the process's one connection. BEGIN, COMMIT and ROLLBACK are
+/// cached statements like every query: parsing them for each transaction (as
+/// `rusqlite::Transaction` does) was a visible part of a flow's CPU (issue 23). Rolled back
+/// when dropped uncommitted (an error or a panic in the transaction's body).
+pub(crate) struct SqliteTx<'c> {
+    conn: &'c rusqlite::Connection,
+    open: bool,
+}
+
+impl<'c> SqliteTx<'c> {
+    fn begin(conn: &'c rusqlite::Connection, mode: TxMode) -> Result<Self, DbError> {
+        let sql = match mode {
+            TxMode::Write => "BEGIN IMMEDIATE",
+            TxMode::Read => "BEGIN DEFERRED",
+        };
+        Self::step(conn, sql)?;
+        Ok(SqliteTx { conn, open: true })
+    }
+
+    fn step(conn: &rusqlite::Connection, sql: &str) -> Result<(), DbError> {
+        conn.prepare_cached(sql)
+            .and_then(|mut s| s.execute([]))
+            .map(|_| ())
+            .map_err(DbError::Query)
+    }
+
+    fn commit(mut self) -> Result<(), DbError> {
+        self.open = false;
+        if let Err(e) = Self::step(self.conn, "COMMIT") {
+            // A failed COMMIT can leave the transaction open (SQLITE_BUSY): end it.
+            if !self.conn.is_autocommit() {
+                let _ = Self::step(self.conn, "ROLLBACK");
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for SqliteTx<'_> {
+    fn drop(&mut self) {
+        if self.open && !self.conn.is_autocommit() {
+            if let Err(e) = Self::step(self.conn, "ROLLBACK") {
+                tracing::error!(error = %crate::error_chain(&e), "cannot roll back a SQLite transaction");
+            }
+        }
+    }
+}
+
+impl Conn for SqliteTx<'_> {
     fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, DbError> {
         let mut stmt = self
+            .conn
             .prepare_cached(&sqlite_sql(sql))
             .map_err(DbError::Query)?;
         let n = stmt
@@ -154,6 +204,7 @@ impl Conn for rusqlite::Transaction<'_> {
 
     fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Vec<Value>>, DbError> {
         let mut stmt = self
+            .conn
             .prepare_cached(&sqlite_sql(sql))
             .map_err(DbError::Query)?;
         let columns = stmt.column_count();
@@ -171,13 +222,28 @@ impl Conn for rusqlite::Transaction<'_> {
     }
 
     fn batch(&mut self, sql: &str) -> Result<(), DbError> {
-        self.execute_batch(sql).map_err(DbError::Query)
+        self.conn.execute_batch(sql).map_err(DbError::Query)
     }
 
     fn dialect(&self) -> Dialect {
         Dialect::Sqlite
     }
 }
+
+/// What a transaction may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TxMode {
+    /// Takes SQLite's write lock at once (`BEGIN IMMEDIATE`), so two processes on one file
+    /// never deadlock upgrading a read lock.
+    Write,
+    /// Only reads: a WAL snapshot, without the write lock (`BEGIN DEFERRED`).
+    Read,
+}
+
+/// Prepared statements kept per SQLite connection: every statement the broker runs (about
+/// 40, with BEGIN/COMMIT/ROLLBACK), so none is parsed again once warm. rusqlite's default
+/// of 16 evicted hot ones under a mixed load.
+pub(crate) const SQLITE_STATEMENT_CACHE: usize = 64;
 
 /// NULL is never bound (only read); this stands in its place with a type-less empty text.
 static NO_TEXT: Option<String> = None;
@@ -303,20 +369,19 @@ impl Engine {
     }
 
     /// Runs `f` in one transaction: committed when it returns `Ok`, rolled back otherwise.
-    /// SQLite transactions take the write lock at once (`BEGIN IMMEDIATE`), so two
-    /// processes on one file never deadlock upgrading a read lock.
+    /// `mode` says whether it writes ([`TxMode`]); a read transaction that writes fails
+    /// only on contention with another process, never silently.
     pub(crate) fn tx<T>(
         &self,
+        mode: TxMode,
         f: impl FnOnce(&mut dyn Conn) -> Result<T, DbError>,
     ) -> Result<T, DbError> {
         match self {
             Engine::Sqlite(conn) => {
-                let mut conn = conn.lock().map_err(|_| DbError::Poisoned)?;
-                let mut tx = conn
-                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                    .map_err(DbError::Query)?;
+                let conn = conn.lock().map_err(|_| DbError::Poisoned)?;
+                let mut tx = SqliteTx::begin(&conn, mode)?;
                 let out = f(&mut tx)?;
-                tx.commit().map_err(DbError::Query)?;
+                tx.commit()?;
                 Ok(out)
             }
             Engine::Postgres(pool) => {

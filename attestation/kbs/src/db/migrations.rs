@@ -49,6 +49,9 @@ const SQLITE: &[&str] = &[
         resource TEXT NOT NULL,
         PRIMARY KEY (session_id, resource)
     );",
+    // Open sessions only, so the count `Sessions::insert` makes for its limit reads the open
+    // ones rather than every session not yet collected (issue 23).
+    "CREATE INDEX sessions_open ON sessions(expires_ms) WHERE ended IS NULL;",
 ];
 
 /// PostgreSQL migrations, in order; the same tables as [`SQLITE`].
@@ -88,6 +91,9 @@ const POSTGRES: &[&str] = &[
         resource TEXT NOT NULL,
         PRIMARY KEY (session_id, resource)
     );",
+    // Open sessions only, so the count `Sessions::insert` makes for its limit reads the open
+    // ones rather than every session not yet collected (issue 23).
+    "CREATE INDEX sessions_open ON sessions(expires_ms) WHERE ended IS NULL;",
 ];
 
 /// Brings the database up to the latest schema; returns the version it had.

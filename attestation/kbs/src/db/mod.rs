@@ -10,8 +10,8 @@ use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use backend::Engine;
 pub(crate) use backend::{Conn, Value};
+use backend::{Engine, TxMode};
 pub use backend::{PoolOptions, DEFAULT_DB_TIMEOUT, DEFAULT_POOL_SIZE};
 
 use crate::seal::{self, SealError, SecretsKey};
@@ -385,7 +385,7 @@ impl Store {
                 engine: Engine::postgres(db, opts)?,
                 secrets_key: None,
             };
-            store.engine.tx(migrations::migrate)?;
+            store.engine.tx(TxMode::Write, migrations::migrate)?;
             Ok(store)
         } else {
             Self::open_sqlite(Path::new(db), opts)
@@ -396,6 +396,7 @@ impl Store {
         owner_only(path)?;
         let conn = Connection::open(path).map_err(DbError::Open)?;
         conn.busy_timeout(opts.timeout).map_err(DbError::Open)?;
+        conn.set_prepared_statement_cache_capacity(backend::SQLITE_STATEMENT_CACHE);
         // WAL with synchronous=FULL: every commit is on disk before the answer, so a power
         // failure loses neither a registration nor the record that a session's key was
         // released (NORMAL could roll both back).
@@ -407,7 +408,7 @@ impl Store {
             engine: Engine::Sqlite(std::sync::Mutex::new(conn)),
             secrets_key: None,
         };
-        store.engine.tx(migrations::migrate)?;
+        store.engine.tx(TxMode::Write, migrations::migrate)?;
         Ok(store)
     }
 
@@ -421,7 +422,7 @@ impl Store {
 
     /// Schema version of the database (number of migrations applied).
     pub fn schema_version(&self) -> Result<usize, DbError> {
-        self.tx(|c| {
+        self.read(|c| {
             let v = first(c.query("SELECT max(version) FROM schema_version", &[])?)?;
             usize::try_from(v.into_int()?).map_err(|_| DbError::Shape("negative version".into()))
         })
@@ -429,7 +430,7 @@ impl Store {
 
     /// A trivial query: whether the database answers (`/healthz`).
     pub fn ping(&self) -> Result<(), DbError> {
-        self.tx(|c| c.query("SELECT 1", &[]).map(|_| ()))
+        self.read(|c| c.query("SELECT 1", &[]).map(|_| ()))
     }
 
     /// The store, sealing what it writes with `key` from now on (and opening what was
@@ -448,7 +449,7 @@ impl Store {
     /// store's key, so a broker started with the wrong key (or none) says so at start
     /// rather than failing each release. Returns how many values are still unsealed.
     pub fn check_sealed(&self) -> Result<usize, DbError> {
-        self.tx(|c| {
+        self.read(|c| {
             let mut unsealed = 0;
             let rows = c.query("SELECT data FROM secrets", &[])?;
             let sessions = c.query("SELECT stage FROM sessions WHERE ended IS NULL", &[])?;
@@ -539,11 +540,21 @@ impl Store {
         )?)
     }
 
+    /// Runs `f` in one transaction that may write.
     pub(crate) fn tx<T>(
         &self,
         f: impl FnOnce(&mut dyn Conn) -> Result<T, DbError>,
     ) -> Result<T, DbError> {
-        self.engine.tx(f)
+        self.engine.tx(TxMode::Write, f)
+    }
+
+    /// Runs `f`, which only reads, in one transaction (one consistent snapshot). On SQLite
+    /// it does not take the write lock.
+    pub(crate) fn read<T>(
+        &self,
+        f: impl FnOnce(&mut dyn Conn) -> Result<T, DbError>,
+    ) -> Result<T, DbError> {
+        self.engine.tx(TxMode::Read, f)
     }
 
     /// Inserts or replaces a workload and its measurements (re-registration overwrites, as
@@ -659,7 +670,7 @@ impl Store {
 
     /// Looks up one workload.
     pub fn workload(&self, id: &str) -> Result<Option<Workload>, DbError> {
-        self.tx(|c| {
+        self.read(|c| {
             let row = c
                 .query(
                     &format!("SELECT {WORKLOAD_COLUMNS} FROM workloads WHERE id = $1"),
@@ -676,7 +687,7 @@ impl Store {
 
     /// All workloads, by id.
     pub fn workloads(&self) -> Result<Vec<Workload>, DbError> {
-        self.tx(|c| {
+        self.read(|c| {
             let rows = c.query(
                 &format!("SELECT {WORKLOAD_COLUMNS} FROM workloads ORDER BY id"),
                 &[],
@@ -698,7 +709,7 @@ impl Store {
         tee: TeeKind,
         digest: &[u8],
     ) -> Result<Vec<String>, DbError> {
-        self.tx(|c| {
+        self.read(|c| {
             c.query(
                 "SELECT w.id FROM workloads w JOIN measurements m ON m.workload_id = w.id
                  WHERE m.digest = $1 AND w.tee = $2 AND w.measurement_kind = 'bound'
@@ -743,7 +754,7 @@ impl Store {
         workload: &str,
         name: &str,
     ) -> Result<Option<Zeroizing<Vec<u8>>>, DbError> {
-        self.tx(|c| {
+        self.read(|c| {
             c.query(
                 "SELECT data FROM secrets WHERE workload_id = $1 AND name = $2",
                 &[Value::text(workload), Value::text(name)],
@@ -790,7 +801,7 @@ impl Store {
 
     /// Names of a workload's secrets.
     pub fn secret_names(&self, workload: &str) -> Result<Vec<String>, DbError> {
-        self.tx(|c| {
+        self.read(|c| {
             c.query(
                 "SELECT name FROM secrets WHERE workload_id = $1 ORDER BY name",
                 &[Value::text(workload)],
@@ -921,11 +932,47 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_transaction_changes_nothing_and_the_next_one_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("kbs.db")).unwrap();
+        s.put_workload(&workload("w", TeeKind::Snp), &[vec![1; 48]])
+            .unwrap();
+        let failed: Result<(), DbError> = s.tx(|c| {
+            c.execute("DELETE FROM workloads WHERE id = $1", &[Value::text("w")])?;
+            Err(DbError::Shape("stop".into()))
+        });
+        assert!(failed.is_err());
+        assert!(s.workload("w").unwrap().is_some(), "rolled back");
+        // A failing statement inside a read transaction ends it too.
+        assert!(s
+            .read(|c| c.query("SELECT nope FROM workloads", &[]))
+            .is_err());
+        assert!(s.remove_workload("w").unwrap());
+        assert!(s.workload("w").unwrap().is_none());
+    }
+
+    #[test]
+    fn the_open_session_count_reads_the_open_sessions_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("kbs.db")).unwrap();
+        let plan = s
+            .read(|c| {
+                c.query(
+                    "EXPLAIN QUERY PLAN SELECT count(*) FROM sessions WHERE ended IS NULL",
+                    &[],
+                )
+            })
+            .unwrap();
+        let text = format!("{plan:?}");
+        assert!(text.contains("sessions_open"), "{text}");
+    }
+
+    #[test]
     fn a_database_newer_than_the_broker_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kbs.db");
         let s = Store::open(&path).unwrap();
-        assert_eq!(s.schema_version().unwrap(), 2);
+        assert_eq!(s.schema_version().unwrap(), 3);
         drop(s);
         Connection::open(&path)
             .unwrap()
