@@ -5,9 +5,13 @@ use std::sync::Arc;
 
 use sev::certs::sev::{sev::Certificate as SevCertificate, Chain, Verifiable};
 use sev::firmware::host::{Build, Version};
-use sev::launch::sev::{HeaderFlags, Measurement, Policy, PolicyFlags};
+#[cfg(test)]
+use sev::launch::sev::Measurement;
+use sev::launch::sev::{HeaderFlags, Policy, PolicyFlags};
 use sev::parser::{Decoder, Encoder};
-use sev::session::{Initialized, Session, Verified};
+#[cfg(test)]
+use sev::session::Verified;
+use sev::session::{Initialized, Session};
 
 use krun_attestation::reference::{
     self, SevBuild, SevCertChain, SevMeasurement, SevSecret, SevSecretHeader, SevStart,
@@ -324,10 +328,16 @@ fn kdf(key: &[u8], size: usize, ctx: &[u8], label: &str) -> zeroize::Zeroizing<V
     zeroize::Zeroizing::new(tag.as_ref()[..size].to_vec())
 }
 
-fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
-    let tag = ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key), data);
+/// HMAC-SHA256 under `key` over `parts` in order (ring's: OpenSSL 3.0 fetches the algorithm
+/// and builds a key object on every call, which cost more than the MAC itself in issue 23's
+/// profile).
+fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    let mut m = ring::hmac::Context::with_key(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key));
+    for part in parts {
+        m.update(part);
+    }
     let mut out = [0u8; 32];
-    out.copy_from_slice(tag.as_ref());
+    out.copy_from_slice(m.sign().as_ref());
     out
 }
 
@@ -385,8 +395,8 @@ fn owner_start_p384(
             nonce,
             wrap_tk,
             wrap_iv: iv,
-            wrap_mac: hmac(&kik, &wrap_tk),
-            policy_mac: hmac(&session.tik, &policy_word.to_le_bytes()),
+            wrap_mac: hmac(&kik, &[&wrap_tk]),
+            policy_mac: hmac(&session.tik, &[&policy_word.to_le_bytes()]),
         },
     })
 }
@@ -403,8 +413,6 @@ pub fn build_of(b: &SevBuild) -> Build {
 
 /// The MAC LAUNCH_MEASURE must carry for `digest` (SEV API, LAUNCH_MEASURE): HMAC-SHA256
 /// under the TIK over 0x04, the firmware build, the policy, the digest and the PSP's nonce.
-/// ring's HMAC: OpenSSL 3.0 fetches the algorithm and builds a key object on every call,
-/// which cost more than the MAC itself (issue 23's profile).
 fn expected_measure(
     tik: &[u8],
     build: &Build,
@@ -412,15 +420,15 @@ fn expected_measure(
     digest: &[u8],
     mnonce: &[u8; 16],
 ) -> [u8; 32] {
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, tik);
-    let mut m = ring::hmac::Context::with_key(&key);
-    m.update(&[0x04, build.version.major, build.version.minor, build.build]);
-    m.update(&policy_word.to_le_bytes());
-    m.update(digest);
-    m.update(mnonce);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(m.sign().as_ref());
-    out
+    hmac(
+        tik,
+        &[
+            &[0x04, build.version.major, build.version.minor, build.build],
+            &policy_word.to_le_bytes(),
+            digest,
+            mnonce,
+        ],
+    )
 }
 
 /// The allowed digest whose expected measurement (under `tik`) is the one the PSP sent.
@@ -437,8 +445,10 @@ fn matching_digest<'a>(
     })
 }
 
-/// `/attest`: finds the allowed launch digest the measurement proves, then lets the crate
-/// verify it and hand out the verified session.
+/// The sev crate's own `/attest`: finds the allowed launch digest the measurement proves,
+/// then lets the crate verify it and hand out the verified session. The broker packages the
+/// secret itself ([`SevOwner::package`]); the tests check its packet against this path.
+#[cfg(test)]
 pub fn attest(
     session: Session<Initialized>,
     build: Build,
@@ -521,6 +531,7 @@ impl SevOwner {
     }
 
     /// The sev crate's session with these transport keys.
+    #[cfg(test)]
     fn session(&self) -> Result<Session<Initialized>, Refusal> {
         let mut session = Session::try_from(policy_of(self.policy))
             .map_err(|_| Refusal::internal("no hardware random numbers for the owner session"))?;
@@ -532,8 +543,9 @@ impl SevOwner {
         Ok(session)
     }
 
-    /// `/attest`: checks the measurement against `digests` (see [`attest`]); the proof lets
-    /// a later request package the secret (and check the proof again).
+    /// `/attest`: finds the allowed digest whose expected measurement under this session's
+    /// TIK is the one the PSP sent; the proof lets a later request package the secret (and
+    /// check the proof again).
     pub fn attest(
         &self,
         evidence: &SevMeasurement,
@@ -551,7 +563,9 @@ impl SevOwner {
     }
 
     /// The verified session `proof` (from [`SevOwner::attest`]) stands for, as the sev
-    /// crate rebuilds it (the crate checks the measurement again).
+    /// crate rebuilds it (the crate checks the measurement again): the tests' oracle for
+    /// [`SevOwner::package`].
+    #[cfg(test)]
     pub fn verified(&self, proof: &SevProof) -> Result<Session<Verified>, Refusal> {
         let msr = Measurement {
             measure: proof.measure,
@@ -595,17 +609,18 @@ impl SevOwner {
             u32::try_from(n).map_err(|_| Refusal::internal("secret does not fit the launch secret"))
         };
         let flags = HeaderFlags::default().bits();
-        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.tik);
-        let mut m = ring::hmac::Context::with_key(&key);
-        m.update(&[0x01]);
-        m.update(&flags.to_le_bytes());
-        m.update(&iv);
-        m.update(&length(payload.len())?.to_le_bytes());
-        m.update(&length(ciphertext.len())?.to_le_bytes());
-        m.update(&ciphertext);
-        m.update(&proof.measure);
-        let mut mac = [0u8; 32];
-        mac.copy_from_slice(m.sign().as_ref());
+        let mac = hmac(
+            &self.tik,
+            &[
+                &[0x01],
+                &flags.to_le_bytes(),
+                &iv,
+                &length(payload.len())?.to_le_bytes(),
+                &length(ciphertext.len())?.to_le_bytes(),
+                &ciphertext,
+                &proof.measure,
+            ],
+        );
         Ok(SevSecret {
             header: SevSecretHeader {
                 flags: reference::HeaderFlags(flags),
@@ -626,7 +641,9 @@ pub struct SevProof {
     mnonce: [u8; 16],
 }
 
-/// `/key`: packages `payload` as a LAUNCH_SECRET packet.
+/// The sev crate's LAUNCH_SECRET packet of `payload` (the tests' oracle for
+/// [`SevOwner::package`]).
+#[cfg(test)]
 pub fn package(session: &Session<Verified>, payload: &[u8]) -> Result<SevSecret, Refusal> {
     let secret = session
         .secret(HeaderFlags::default(), payload)
