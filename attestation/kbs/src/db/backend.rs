@@ -144,10 +144,10 @@ fn from_sqlite(v: ValueRef<'_>) -> Result<Value, DbError> {
 /// A SQLite transaction on the process's one connection. BEGIN, COMMIT and ROLLBACK are
 /// cached statements like every query: parsing them for each transaction (as
 /// `rusqlite::Transaction` does) was a visible part of a flow's CPU (issue 23). Rolled back
-/// when dropped uncommitted (an error or a panic in the transaction's body).
+/// when dropped uncommitted (an error or a panic in the transaction's body): whether one is
+/// still open is the connection's own state (`is_autocommit`).
 pub(crate) struct SqliteTx<'c> {
     conn: &'c rusqlite::Connection,
-    open: bool,
 }
 
 impl<'c> SqliteTx<'c> {
@@ -157,7 +157,7 @@ impl<'c> SqliteTx<'c> {
             TxMode::Read => "BEGIN DEFERRED",
         };
         Self::step(conn, sql)?;
-        Ok(SqliteTx { conn, open: true })
+        Ok(SqliteTx { conn })
     }
 
     fn step(conn: &rusqlite::Connection, sql: &str) -> Result<(), DbError> {
@@ -167,22 +167,16 @@ impl<'c> SqliteTx<'c> {
             .map_err(DbError::Query)
     }
 
-    fn commit(mut self) -> Result<(), DbError> {
-        self.open = false;
-        if let Err(e) = Self::step(self.conn, "COMMIT") {
-            // A failed COMMIT can leave the transaction open (SQLITE_BUSY): end it.
-            if !self.conn.is_autocommit() {
-                let _ = Self::step(self.conn, "ROLLBACK");
-            }
-            return Err(e);
-        }
-        Ok(())
+    /// A failed COMMIT can leave the transaction open (SQLITE_BUSY): then the drop rolls it
+    /// back.
+    fn commit(self) -> Result<(), DbError> {
+        Self::step(self.conn, "COMMIT")
     }
 }
 
 impl Drop for SqliteTx<'_> {
     fn drop(&mut self) {
-        if self.open && !self.conn.is_autocommit() {
+        if !self.conn.is_autocommit() {
             if let Err(e) = Self::step(self.conn, "ROLLBACK") {
                 tracing::error!(error = %crate::error_chain(&e), "cannot roll back a SQLite transaction");
             }
