@@ -33,6 +33,19 @@ fn package_name(id: &str) -> &str {
     }
 }
 
+/// Variables cargo sets for a running test, left out of the cargo this test runs: build
+/// scripts (ring's) name some in rerun-if-env-changed, and cargo compares them with its own
+/// environment, so they would make that cargo run those build scripts again and rebuild what
+/// depends on them, and the next plain cargo undo it.
+const CARGO_TEST_VARS: &[&str] = &["OUT_DIR", "CARGO_TARGET_TMPDIR", "CARGO_PRIMARY_PACKAGE"];
+/// The prefixes of the others (CARGO_PKG_NAME, CARGO_MANIFEST_DIR, ...).
+const CARGO_TEST_VAR_PREFIXES: &[&str] = &[
+    "CARGO_PKG_",
+    "CARGO_MANIFEST_",
+    "CARGO_CRATE_",
+    "CARGO_BIN_",
+];
+
 /// Builds the workspace's test binaries and returns the paths of [`BINARIES`], in order.
 /// One `cargo test --workspace --no-run`, like `make test`'s unit tests before it (same
 /// features, same environment), so there it builds nothing again; with `-p PACKAGE` the
@@ -40,23 +53,10 @@ fn package_name(id: &str) -> &str {
 fn build_test_binaries() -> Vec<PathBuf> {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml");
     let mut cargo = Command::new(env!("CARGO"));
-    // The variables cargo sets for this test (CARGO_MANIFEST_DIR, CARGO_PKG_NAME, OUT_DIR,
-    // ...) are left out: build scripts (ring's) name some in rerun-if-env-changed, and cargo
-    // compares them with its own environment, so they would make this cargo run those build
-    // scripts again and rebuild what depends on them, and the next plain cargo undo it.
     for (key, _) in std::env::vars_os() {
         let key = key.to_string_lossy();
-        if key == "OUT_DIR"
-            || [
-                "CARGO_PKG_",
-                "CARGO_MANIFEST_",
-                "CARGO_CRATE_",
-                "CARGO_BIN_",
-            ]
-            .iter()
-            .any(|p| key.starts_with(p))
-            || key == "CARGO_TARGET_TMPDIR"
-            || key == "CARGO_PRIMARY_PACKAGE"
+        if CARGO_TEST_VARS.contains(&key.as_ref())
+            || CARGO_TEST_VAR_PREFIXES.iter().any(|p| key.starts_with(p))
         {
             cargo.env_remove(key.as_ref());
         }
