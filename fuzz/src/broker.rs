@@ -12,8 +12,11 @@
 //! What runs: `http::exchange` on each answer alone, then the whole SNP flow
 //! (`snp::attest`) against the scripted broker. The reference flow generates an RSA-2048 key
 //! once `/auth` succeeds (about a second), so when the first answer is a valid reference
-//! challenge the target runs the reference key step's parsing (`/key` body as a JSON string
-//! of hex, `TeeKey::decrypt_pkcs1`) with a key made once instead of the whole flow.
+//! challenge the target runs the reference key step's parsing instead (the `/key` body as a
+//! JSON string of hex) without the RSA decryption: that is the `rsa` crate's arithmetic on
+//! any number below the modulus (85% of this target's time when it ran), and as PKCS#1 v1.5
+//! has no integrity, a random ciphertext unpads with a probability of about 2^-16, so nothing
+//! can be asserted of its result.
 //!
 //! Checked beyond "no panic": a parsed response has a status in 200..600, a body within the
 //! limit and lowercase header names; no scripted answer yields a secret (none is sealed to
@@ -23,7 +26,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arbitrary::Arbitrary;
@@ -31,7 +34,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use krun_attestation::client::snp::{self, SnpRequest};
 use krun_attestation::http::{exchange, HttpRequest};
-use krun_attestation::keys::TeeKey;
 use krun_attestation::transport::Stream;
 use krun_attestation::{rcar, reference, ClientConfig, ClientError, KbsProtocol};
 
@@ -299,11 +301,6 @@ fn reference_auth_succeeds(first: &[u8]) -> bool {
     })
 }
 
-fn rsa_key() -> &'static TeeKey {
-    static KEY: OnceLock<TeeKey> = OnceLock::new();
-    KEY.get_or_init(|| TeeKey::generate_rsa().expect("RSA key"))
-}
-
 pub fn run(input: &Input) {
     let answers: Vec<Vec<u8>> = input.answers.iter().take(6).map(answer_bytes).collect();
     for a in &answers {
@@ -318,18 +315,14 @@ pub fn run(input: &Input) {
     if protocol == KbsProtocol::Reference
         && answers.first().is_some_and(|a| reference_auth_succeeds(a))
     {
-        // The reference `/key` step's parsing, on the third answer's body.
+        // The reference `/key` step's parsing, as the client does it, on the third answer's
+        // body (the module comment says why the decryption is left out).
         let Some(Answer::Http { body, .. }) = input.answers.get(2) else {
             return;
         };
         let body = body_bytes(body);
         if let Ok(text) = serde_json::from_slice::<String>(&body) {
-            if let Ok(ct) = decode_hex(text.trim()) {
-                assert!(
-                    rsa_key().decrypt_pkcs1(&ct).is_err(),
-                    "random ciphertext decrypted"
-                );
-            }
+            let _ = hex::decode(text.trim());
         }
         return;
     }
@@ -380,17 +373,4 @@ pub fn run(input: &Input) {
         Err(ClientError::Status { status, .. }) => assert_ne!(status, 200),
         Err(_) => {}
     }
-}
-
-fn decode_hex(s: &str) -> Result<Vec<u8>, ()> {
-    if !s.len().is_multiple_of(2) {
-        return Err(());
-    }
-    s.as_bytes()
-        .chunks_exact(2)
-        .map(|p| {
-            let d = |c: u8| (c as char).to_digit(16).ok_or(());
-            u8::try_from(d(p[0])? << 4 | d(p[1])?).map_err(|_| ())
-        })
-        .collect()
 }
