@@ -1,6 +1,6 @@
 //! Runs every fuzz target on stable Rust over seeded pseudo-random inputs (no coverage
-//! guidance) and over the files in `corpus/<target>/` when present. `KRUN_FUZZ_ITERS` sets
-//! the inputs per target (default 20000), `KRUN_FUZZ_SEED` the seed.
+//! guidance) and over its committed corpus, `corpus/<target>/` (which must be there).
+//! `KRUN_FUZZ_ITERS` sets the inputs per target (default 20000), `KRUN_FUZZ_SEED` the seed.
 
 use std::path::Path;
 
@@ -49,17 +49,24 @@ fn drive<T: for<'a> arbitrary::Arbitrary<'a>>(name: &str, run: fn(&T)) {
             built += 1;
         }
     }
+    // The corpora of the coverage-guided runs are committed (`corpus/<target>/`, merged
+    // with `-merge=1`); a missing or empty one would leave only the random inputs.
     let corpus = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("corpus")
         .join(name);
-    if let Ok(entries) = std::fs::read_dir(&corpus) {
-        for e in entries.flatten() {
-            let data = std::fs::read(e.path()).unwrap();
-            if let Some(input) = input_from_bytes::<T>(&data) {
-                run(&input);
-            }
+    let entries = std::fs::read_dir(&corpus)
+        .unwrap_or_else(|e| panic!("{name}: corpus {}: {e}", corpus.display()));
+    let mut replayed = 0u64;
+    for e in entries {
+        let path = e.expect("corpus entry").path();
+        let data = std::fs::read(&path).expect("corpus file");
+        if let Some(input) = input_from_bytes::<T>(&data) {
+            run(&input);
+            replayed += 1;
         }
     }
+    assert!(replayed > 0, "{name}: no input in {}", corpus.display());
+    eprintln!("{name}: {built} random inputs, {replayed} corpus inputs");
     // Most random byte strings must become inputs, or the run tests nothing.
     assert!(
         built * 2 > iters,
