@@ -122,10 +122,6 @@ pub struct Input {
     pub report_fails: bool,
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 fn b64(b: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(b)
 }
@@ -140,7 +136,7 @@ fn body_bytes(b: &Body) -> Vec<u8> {
             "detail": rcar::VERSION_MISMATCH,
         }),
         Body::ErrorInformation { kind, detail } => json!({"type": kind, "detail": detail}),
-        Body::Hex(h) => json!(hex(h)),
+        Body::Hex(h) => json!(hex::encode(h)),
         Body::Token(t) => json!({ "token": t }),
         Body::Jwe(j) => {
             let alg = match &j.alg {
